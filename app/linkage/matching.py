@@ -1,0 +1,795 @@
+"""Pure record-linkage core: person normal form, blocking keys, comparisons and
+Fellegi–Sunter scoring.
+
+No database, web or FHIR-model imports: this module works on plain FHIR R4 JSON dicts
+and on :class:`PersonRecord` values, so the storage-integrated linkage service, the
+tests and ``benchmarks/linkage_febrl.py`` all call the same code.
+
+Pipeline for one new record ``r``::
+
+    keys = blocking_keys(r)                 # DB: SELECT person FROM link_key WHERE key IN keys
+    for c in candidates:                    # a handful, never the whole table
+        s = score(r, c)                     # Fellegi–Sunter weights of evidence
+        decision = classify(s)              # "link" | "possible" | "non-match"
+        level = assurance_level(r, c, s)    # level4..level1 or None
+
+Scoring follows Fellegi & Sunter (1969) as Splink does: every comparison puts the pair
+into one *level* (e.g. date of birth: exact / day-month swapped / one digit / year ±1 /
+other); each level has ``m`` = P(level | same person) and ``u`` = P(level | different
+people); the level's weight of evidence is ``log2(m/u)`` (bits); a missing value on
+either side is neutral (weight 0).  The match weight is the prior
+``log2(λ/(1-λ))`` plus the sum of the level weights and the probability is
+``2^W / (1 + 2^W)``.  Parameters are data (``data/default_params.json``) and can be
+re-estimated (``app.linkage.training``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import jellyfish
+from rapidfuzz import fuzz
+from rapidfuzz.distance import OSA, JaroWinkler, Levenshtein
+
+from app.linkage.nicknames import are_nicknames, canonical_forms
+
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+NHS_VERIFICATION_EXTENSION = (
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
+)
+NHS_VERIFIED_CODE = "number-present-and-verified"
+
+DATA_DIR = Path(__file__).with_name("data")
+DEFAULT_PARAMS_FILE = DATA_DIR / "default_params.json"
+
+# Given names that are placeholders, not names (maternity systems register newborns as
+# "Baby" or "Baby of ..."; some systems write "Unknown").  Treated as missing.
+PLACEHOLDER_GIVEN = frozenset(
+    {"baby", "babyof", "infant", "unknown", "unk", "nk", "notknown", "twin", "male", "female",
+     "boy", "girl", "child", "newborn", "nfa", "xx", "x"}
+)
+
+
+# --------------------------------------------------------------------------- NHS number
+def nhs_number_is_valid(value: str | None) -> bool:
+    """Modulus 11 check of a 10-digit NHS number (spaces/hyphens ignored)."""
+    digits = normalise_nhs_number(value)
+    if digits is None:
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1)))
+    check = 11 - total % 11
+    if check == 11:
+        check = 0
+    if check == 10:
+        return False
+    return check == int(digits[9])
+
+
+def normalise_nhs_number(value: str | None) -> str | None:
+    if value is None:
+        return None
+    digits = re.sub(r"[\s-]", "", str(value))
+    if len(digits) != 10 or not digits.isdigit():
+        return None
+    return digits
+
+
+# --------------------------------------------------------------------------- normalisation
+_NON_NAME = re.compile(r"[^a-z\s-]")
+_SPLIT = re.compile(r"[\s-]+")
+
+
+def _ascii_lower(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+
+
+def name_tokens(text: str | None) -> tuple[str, ...]:
+    """Lower-case ASCII tokens; apostrophes and dots vanish (O'Brien -> obrien),
+    hyphens and spaces split (Smith-Jones -> smith, jones)."""
+    if not text:
+        return ()
+    text = _ascii_lower(str(text)).replace("'", "").replace("’", "").replace(".", " ")
+    text = _NON_NAME.sub(" ", text)
+    return tuple(t for t in _SPLIT.split(text) if t)
+
+
+def normalise_text(text: str | None) -> str | None:
+    if text is None:
+        return None
+    out = " ".join(_ascii_lower(str(text)).replace("'", "").split())
+    out = re.sub(r"[^a-z0-9 ]", " ", out)
+    out = " ".join(out.split())
+    return out or None
+
+
+_UK_POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?)([0-9][A-Z]{2})$")
+
+
+def normalise_postcode(value: str | None) -> str | None:
+    """UK postcodes as 'OUT IN' (e.g. 'LS1 4AP'); anything else upper-case, compact."""
+    if value is None:
+        return None
+    compact = re.sub(r"[^A-Za-z0-9]", "", str(value)).upper()
+    if not compact:
+        return None
+    m = _UK_POSTCODE.match(compact)
+    if m:
+        return f"{m.group(1)} {m.group(2)}"
+    return compact
+
+
+def postcode_parts(postcode: str | None) -> tuple[str | None, str | None]:
+    """(sector, district) of a normalised UK postcode, e.g. ('LS1 4', 'LS1'); (None, None)
+    for non-UK or missing postcodes."""
+    if not postcode or " " not in postcode:
+        return None, None
+    outward, inward = postcode.split(" ", 1)
+    return f"{outward} {inward[0]}", outward
+
+
+def _parse_date(value: Any) -> tuple[date | None, str | None]:
+    """(date, digits) from a date, 'YYYY-MM-DD' or 'YYYYMMDD'; digits kept for partial
+    or invalid (typo'd) dates so the date comparison can still see one-digit errors."""
+    if value is None:
+        return None, None
+    if isinstance(value, date):
+        return value, value.strftime("%Y%m%d")
+    digits = re.sub(r"\D", "", str(value))
+    if len(digits) != 8:
+        return None, None
+    try:
+        return date(int(digits[:4]), int(digits[4:6]), int(digits[6:])), digits
+    except ValueError:
+        return None, digits
+
+
+def _norm_sex(value: str | None) -> str | None:
+    if not value:
+        return None
+    v = str(value).strip().lower()
+    if v in {"male", "m"}:
+        return "male"
+    if v in {"female", "f"}:
+        return "female"
+    return None  # other / unknown: no evidence either way
+
+
+# --------------------------------------------------------------------------- PersonRecord
+@dataclass(frozen=True)
+class PersonRecord:
+    """Normal form of one Patient / RelatedPerson (or any person row) for matching.
+
+    Constructing it normalises: names to lower-case ASCII tokens (placeholder given names
+    such as "Baby" dropped), postcode to 'OUT IN', NHS number validated (Modulus 11 —
+    an invalid number is dropped and ``nhs_verified`` cleared), sex to male/female/None.
+    ``birth_date`` accepts a ``date`` or a string; ``birth_date_text`` keeps the digits
+    of an unparseable date (a typo such as 1956-13-09) for the date comparison only.
+
+    ``address_lines``, ``locality``, ``region`` and ``other_ids`` (system, value) are
+    optional extra evidence (FHIR Address.line/city/state, non-NHS identifiers);
+    ``other_ids`` are compared only within the same system, fuzzily (they are unchecked
+    local identifiers, unlike the NHS number).
+    """
+
+    record_ref: str
+    given_names: tuple[str, ...] = ()
+    family_names: tuple[str, ...] = ()
+    birth_date: date | None = None
+    sex: str | None = None
+    postcode: str | None = None
+    nhs_number: str | None = None
+    nhs_verified: bool = False
+    address_lines: tuple[str, ...] = ()
+    locality: str | None = None
+    region: str | None = None
+    other_ids: tuple[tuple[str, str], ...] = ()
+    birth_date_text: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        given: list[str] = []
+        for g in _as_tuple(self.given_names):
+            given.extend(name_tokens(g))
+        put("given_names", tuple(t for t in given if t not in PLACEHOLDER_GIVEN))
+        family: list[str] = []
+        for f in _as_tuple(self.family_names):
+            family.extend(name_tokens(f))
+        put("family_names", tuple(family))
+        if isinstance(self.birth_date, date):
+            parsed, digits = self.birth_date, None
+        else:
+            parsed, digits = _parse_date(self.birth_date)
+        put("birth_date", parsed)
+        text = self.birth_date_text if self.birth_date_text is not None else (digits if parsed is None else None)
+        if text is not None:
+            text = re.sub(r"\D", "", str(text))
+            text = text if len(text) == 8 else None
+        put("birth_date_text", text)
+        put("sex", _norm_sex(self.sex))
+        put("postcode", normalise_postcode(self.postcode))
+        nhs = normalise_nhs_number(self.nhs_number)
+        if nhs is not None and not nhs_number_is_valid(nhs):
+            nhs = None
+        put("nhs_number", nhs)
+        put("nhs_verified", bool(self.nhs_verified and nhs))
+        put("address_lines", tuple(x for x in (normalise_text(l) for l in _as_tuple(self.address_lines)) if x))
+        put("locality", normalise_text(self.locality))
+        put("region", normalise_text(self.region))
+        put(
+            "other_ids",
+            tuple(
+                (str(s), re.sub(r"\s", "", str(v)).upper())
+                for s, v in self.other_ids
+                if v is not None and str(v).strip()
+            ),
+        )
+
+    # -- derived values (cached on the instance; frozen dataclasses allow this) --
+    @cached_property
+    def first_given(self) -> str | None:
+        return self.given_names[0] if self.given_names else None
+
+    @cached_property
+    def family_full(self) -> str | None:
+        return "".join(self.family_names) or None
+
+    @cached_property
+    def dob_digits(self) -> str | None:
+        if self.birth_date is not None:
+            return self.birth_date.strftime("%Y%m%d")
+        return self.birth_date_text
+
+    @classmethod
+    def from_fhir(cls, resource: Mapping[str, Any]) -> "PersonRecord":
+        """Normal form of a FHIR R4 Patient or RelatedPerson JSON dict."""
+        rtype = resource.get("resourceType")
+        if rtype not in {"Patient", "RelatedPerson"}:
+            raise ValueError(f"not a Patient or RelatedPerson: {rtype!r}")
+        ref = f"{rtype}/{resource.get('id')}" if resource.get("id") else rtype
+
+        name = _pick_name(resource.get("name") or [])
+        given: tuple[str, ...] = ()
+        family: tuple[str, ...] = ()
+        if name:
+            given = tuple(name.get("given") or ())
+            fam = name.get("family")
+            family = (fam,) if fam else ()
+            if not given and not family and name.get("text"):
+                parts = str(name["text"]).split()
+                given, family = tuple(parts[:-1]), tuple(parts[-1:])
+
+        nhs, verified = None, False
+        others: list[tuple[str, str]] = []
+        for ident in resource.get("identifier") or []:
+            system, value = ident.get("system"), ident.get("value")
+            if not value:
+                continue
+            if system == NHS_NUMBER_SYSTEM:
+                if nhs is None and nhs_number_is_valid(value):
+                    nhs = normalise_nhs_number(value)
+                    verified = _nhs_verified(ident)
+            elif system:
+                others.append((system, value))
+
+        address = _pick_address(resource.get("address") or [])
+        return cls(
+            record_ref=ref,
+            given_names=given,
+            family_names=family,
+            birth_date=resource.get("birthDate"),
+            sex=resource.get("gender"),
+            postcode=(address or {}).get("postalCode"),
+            nhs_number=nhs,
+            nhs_verified=verified,
+            address_lines=tuple((address or {}).get("line") or ()),
+            locality=(address or {}).get("city"),
+            region=(address or {}).get("district") or (address or {}).get("state"),
+            other_ids=tuple(others),
+        )
+
+
+def _as_tuple(value: Any) -> tuple:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(v for v in value if v is not None)
+
+
+def _period_ended(element: Mapping[str, Any]) -> bool:
+    end = (element.get("period") or {}).get("end")
+    if not end:
+        return False
+    return str(end)[:10] < date.today().isoformat()
+
+
+def _pick_name(names: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    current = [n for n in names if n.get("use") not in {"old", "maiden"} and not _period_ended(n)]
+    for use in ("official", "usual", None):
+        for n in current:
+            if n.get("use") == use:
+                return n
+    return (current or names or [None])[0]
+
+
+def _pick_address(addresses: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    current = [a for a in addresses if a.get("use") not in {"old", "billing"} and not _period_ended(a)]
+    for use in ("home", None, "temp"):
+        for a in current:
+            if a.get("use") == use:
+                return a
+    return (current or [None])[0]
+
+
+def _nhs_verified(identifier: Mapping[str, Any]) -> bool:
+    for ext in identifier.get("extension") or []:
+        if ext.get("url") != NHS_VERIFICATION_EXTENSION:
+            continue
+        cc = ext.get("valueCodeableConcept") or {}
+        for coding in cc.get("coding") or []:
+            if coding.get("code") == NHS_VERIFIED_CODE:
+                return True
+    return False
+
+
+# --------------------------------------------------------------------------- blocking
+@lru_cache(maxsize=65536)
+def _soundex(token: str) -> str:
+    return jellyfish.soundex(token) if token else ""
+
+
+def _given_keys(rec: PersonRecord) -> set[str]:
+    """Phonetic codes of the first given name under nickname canonicalisation."""
+    if not rec.first_given:
+        return set()
+    return {_soundex(c) for c in canonical_forms(rec.first_given)} | {_soundex(rec.first_given)}
+
+
+def blocking_keys(rec: PersonRecord) -> set[str]:
+    """Small set of index keys; two records are candidates when they share any key.
+
+    Keys (each bucket stays small at 10^6 UK persons; see the module docs / report):
+
+    ``n:<nhs>``              valid NHS number
+    ``i:<system>|<value>``   other identifier (same system only)
+    ``nd:<sdx>:<dob>``       Soundex of any name token (family tokens, first given name
+                             and its nickname canonical forms) + full date of birth —
+                             survives a changed/misspelt other name, a given/family swap,
+                             a double-barrelled surname and a new address
+    ``dp:<dob>:<district>``  date of birth + postcode district (whole postcode if not
+                             UK) — survives any name change (marriage, nickname, typo)
+    ``ny:<sdx>+<sdx>:<yyyy>`` sorted Soundex pair (first given canonical, first family
+                             token) + birth year — survives day/month typos and moves
+    ``np:<sdx>+<sdx>:<district>`` same name pair + postcode district — survives any
+                             date-of-birth error
+    """
+    keys: set[str] = set()
+    if rec.nhs_number:
+        keys.add(f"n:{rec.nhs_number}")
+    for system, value in rec.other_ids:
+        keys.add(f"i:{system}|{value}")
+
+    dob = rec.dob_digits if rec.birth_date is not None else None
+    _, district = postcode_parts(rec.postcode)
+    district = district or rec.postcode
+    given_codes = _given_keys(rec)
+    family_codes = {_soundex(t) for t in rec.family_names}
+    first_family = _soundex(rec.family_names[0]) if rec.family_names else None
+
+    if dob:
+        for code in given_codes | family_codes:
+            keys.add(f"nd:{code}:{dob}")
+        if district:
+            keys.add(f"dp:{dob}:{district}")
+    if first_family and given_codes:
+        for g in given_codes:
+            pair = "+".join(sorted((g, first_family)))
+            if rec.birth_date is not None:
+                keys.add(f"ny:{pair}:{rec.birth_date.year}")
+            if district:
+                keys.add(f"np:{pair}:{district}")
+    return keys
+
+
+# --------------------------------------------------------------------------- comparisons
+# Level names per comparison, best first.  A comparison returns a level index or None
+# (value missing on either side -> neutral).  The order here is the order of the
+# parameters in data/default_params.json.
+COMPARISON_LEVELS: dict[str, tuple[str, ...]] = {
+    "nhs_number": ("match", "conflict"),
+    "given_name": ("exact", "nickname", "typo", "weak", "different"),
+    "family_name": ("exact", "part_of_compound", "typo", "weak", "different"),
+    "birth_date": ("exact", "day_month_swap", "one_digit", "year_off_by_one", "different"),
+    "sex": ("same", "different"),
+    "postcode": ("exact", "sector", "typo", "district", "different"),
+    "address": ("exact", "close", "partial", "different"),
+    "address2": ("exact", "close", "partial", "different"),
+    "locality": ("exact", "close", "different"),
+    "region": ("exact", "different"),
+    "other_id": ("exact", "one_edit", "two_edits", "different"),
+}
+COMPARISONS: tuple[str, ...] = tuple(COMPARISON_LEVELS)
+
+
+def compare_given(a: str | None, b: str | None, a_all: tuple[str, ...] = (), b_all: tuple[str, ...] = ()) -> int | None:
+    """Given names. exact | nickname (Jon~Jonathan, Bill~William, via the nickname table) |
+    typo (one edit incl. transposition, or Jaro-Winkler >= 0.92) | weak (JW >= 0.8, an
+    initial, a prefix such as Chris~Christopher, or the other's middle name) | different."""
+    if not a or not b:
+        return None
+    if a == b:
+        return 0
+    if are_nicknames(a, b):
+        return 1
+    if (min(len(a), len(b)) >= 3 and OSA.distance(a, b) <= 1) or JaroWinkler.similarity(a, b) >= 0.92:
+        return 2
+    if (
+        JaroWinkler.similarity(a, b) >= 0.8
+        or (len(a) == 1 and b.startswith(a))
+        or (len(b) == 1 and a.startswith(b))
+        or (min(len(a), len(b)) >= 3 and (a.startswith(b) or b.startswith(a)))
+        or a in b_all[1:]
+        or b in a_all[1:]
+    ):
+        return 3
+    return 4
+
+
+def compare_family(a: tuple[str, ...], b: tuple[str, ...]) -> int | None:
+    """Family names. exact | part_of_compound (a double-barrelled or hyphenated name
+    shares a part with the other: Smith-Jones~Smith) | typo (one edit incl. transposition
+    or JW >= 0.92) | weak (JW >= 0.8 or same Soundex/NYSIIS code) | different."""
+    if not a or not b:
+        return None
+    fa, fb = "".join(a), "".join(b)
+    if fa == fb:
+        return 0
+    if set(a) & set(b) or (len(a) > 1 or len(b) > 1) and (fa in fb or fb in fa):
+        return 1
+    if (min(len(fa), len(fb)) >= 3 and OSA.distance(fa, fb) <= 1) or JaroWinkler.similarity(fa, fb) >= 0.92:
+        return 2
+    if (
+        JaroWinkler.similarity(fa, fb) >= 0.8
+        or _soundex(fa) == _soundex(fb)
+        or jellyfish.nysiis(fa) == jellyfish.nysiis(fb)
+    ):
+        return 3
+    return 4
+
+
+def compare_names(a: PersonRecord, b: PersonRecord) -> tuple[int | None, int | None, bool]:
+    """(given level, family level, swapped).  When the names only agree with given and
+    family swapped (Smith John ~ John Smith), both are scored at the 'typo' level."""
+    g = compare_given(a.first_given, b.first_given, a.given_names, b.given_names)
+    f = compare_family(a.family_names, b.family_names)
+    if g is not None and f is not None and g >= 3 and f >= 3:
+        sg = compare_given(a.first_given, b.family_full) if b.family_full else None
+        sf = compare_given(a.family_full, b.first_given) if a.family_full else None
+        if sg is not None and sf is not None and sg <= 2 and sf <= 2:
+            return 2, 2, True
+    return g, f, False
+
+
+def compare_birth_date(a: str | None, b: str | None) -> int | None:
+    """Dates as 'YYYYMMDD'. exact | day_month_swap (03/04 vs 04/03) | one_digit (one digit
+    wrong or two adjacent digits transposed) | year_off_by_one (same day and month) |
+    different."""
+    if not a or not b:
+        return None
+    if a == b:
+        return 0
+    if a[:4] == b[:4] and a[4:6] == b[6:8] and a[6:8] == b[4:6]:
+        return 1
+    if OSA.distance(a, b) <= 1:
+        return 2
+    if a[4:] == b[4:] and abs(int(a[:4]) - int(b[:4])) == 1:
+        return 3
+    return 4
+
+
+def compare_sex(a: str | None, b: str | None) -> int | None:
+    if not a or not b:
+        return None
+    return 0 if a == b else 1
+
+
+def compare_postcode(a: str | None, b: str | None) -> int | None:
+    """exact | sector (LS1 4AP~LS1 4XY) | typo (one edit) | district (LS1) | different.
+    Non-UK postcodes only reach exact, typo or different."""
+    if not a or not b:
+        return None
+    if a == b:
+        return 0
+    sa, da = postcode_parts(a)
+    sb, db = postcode_parts(b)
+    if sa is not None and sa == sb:
+        return 1
+    if OSA.distance(a.replace(" ", ""), b.replace(" ", "")) <= 1:
+        return 2
+    if da is not None and da == db:
+        return 3
+    return 4
+
+
+def compare_text(a: str | None, b: str | None) -> int | None:
+    """Free-text address line: exact | close (normalised Levenshtein >= 0.85 or JW >= 0.92)
+    | partial (token-set ratio >= 80: reordered or a missing word) | different."""
+    if not a or not b:
+        return None
+    if a == b:
+        return 0
+    if Levenshtein.normalized_similarity(a, b) >= 0.85 or JaroWinkler.similarity(a, b) >= 0.92:
+        return 1
+    if fuzz.token_set_ratio(a, b) >= 80:
+        return 2
+    return 3
+
+
+def compare_locality(a: str | None, b: str | None) -> int | None:
+    if not a or not b:
+        return None
+    if a == b:
+        return 0
+    if JaroWinkler.similarity(a, b) >= 0.9 or OSA.distance(a, b) <= 1:
+        return 1
+    return 2
+
+
+def compare_region(a: str | None, b: str | None) -> int | None:
+    if not a or not b:
+        return None
+    return 0 if a == b else 1
+
+
+def compare_other_ids(a: tuple[tuple[str, str], ...], b: tuple[tuple[str, str], ...]) -> int | None:
+    """Unchecked identifiers in a shared system (e.g. a local MRN): exact | one edit |
+    two edits | different; best over shared systems."""
+    best = None
+    bmap: dict[str, list[str]] = {}
+    for s, v in b:
+        bmap.setdefault(s, []).append(v)
+    for s, va in a:
+        for vb in bmap.get(s, ()):
+            d = OSA.distance(va, vb)
+            level = 0 if d == 0 else 1 if d == 1 else 2 if d == 2 else 3
+            best = level if best is None else min(best, level)
+    return best
+
+
+def compare_nhs(a: str | None, b: str | None) -> int | None:
+    """Valid NHS numbers only (invalid ones were dropped): match | conflict."""
+    if not a or not b:
+        return None
+    return 0 if a == b else 1
+
+
+def comparison_vector(a: PersonRecord, b: PersonRecord) -> tuple[int | None, ...]:
+    """Levels of every comparison, in ``COMPARISONS`` order (None = missing)."""
+    g, f, _ = compare_names(a, b)
+    a1 = a.address_lines[0] if a.address_lines else None
+    b1 = b.address_lines[0] if b.address_lines else None
+    a2 = a.address_lines[1] if len(a.address_lines) > 1 else None
+    b2 = b.address_lines[1] if len(b.address_lines) > 1 else None
+    return (
+        compare_nhs(a.nhs_number, b.nhs_number),
+        g,
+        f,
+        compare_birth_date(a.dob_digits, b.dob_digits),
+        compare_sex(a.sex, b.sex),
+        compare_postcode(a.postcode, b.postcode),
+        compare_text(a1, b1),
+        compare_text(a2, b2),
+        compare_locality(a.locality, b.locality),
+        compare_region(a.region, b.region),
+        compare_other_ids(a.other_ids, b.other_ids),
+    )
+
+
+# --------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class MatchParams:
+    """m and u per comparison level, and the prior λ = P(two random records match).
+
+    ``m[name][i]`` = P(level i | same person), ``u[name][i]`` = P(level i | different
+    people); weights are log2(m/u).  Load the shipped defaults with :func:`load_params`.
+    """
+
+    m: Mapping[str, tuple[float, ...]]
+    u: Mapping[str, tuple[float, ...]]
+    prior: float = 1e-6
+
+    @cached_property
+    def weights(self) -> dict[str, tuple[float, ...]]:
+        return {
+            name: tuple(math.log2(max(mi, 1e-12) / max(ui, 1e-12)) for mi, ui in zip(self.m[name], self.u[name]))
+            for name in COMPARISONS
+        }
+
+    @cached_property
+    def prior_weight(self) -> float:
+        return math.log2(self.prior / (1.0 - self.prior))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prior": self.prior,
+            "comparisons": {
+                name: {
+                    "levels": list(COMPARISON_LEVELS[name]),
+                    "m": list(self.m[name]),
+                    "u": list(self.u[name]),
+                }
+                for name in COMPARISONS
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "MatchParams":
+        comps = data["comparisons"]
+        m, u = {}, {}
+        for name in COMPARISONS:
+            spec = comps[name]
+            if tuple(spec["levels"]) != COMPARISON_LEVELS[name]:
+                raise ValueError(f"levels of {name} do not match the code: {spec['levels']}")
+            m[name], u[name] = tuple(spec["m"]), tuple(spec["u"])
+        return cls(m=m, u=u, prior=float(data["prior"]))
+
+
+@lru_cache(maxsize=8)
+def _load_params_cached(path: str) -> MatchParams:
+    return MatchParams.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def load_params(path: str | Path | None = None) -> MatchParams:
+    """The m/u parameters from a JSON file (default: the shipped ``default_params.json``)."""
+    return _load_params_cached(str(path or DEFAULT_PARAMS_FILE))
+
+
+# --------------------------------------------------------------------------- scoring
+@dataclass(frozen=True)
+class ComparisonResult:
+    name: str
+    level: str | None  # None: value missing on one side, neutral
+    weight: float  # bits (log2 m/u)
+
+
+@dataclass(frozen=True)
+class MatchScore:
+    probability: float
+    match_weight: float  # prior + sum of comparison weights, in bits
+    prior_weight: float
+    comparisons: tuple[ComparisonResult, ...]
+    names_swapped: bool = False
+
+    def level(self, name: str) -> str | None:
+        for c in self.comparisons:
+            if c.name == name:
+                return c.level
+        raise KeyError(name)
+
+    def explain(self) -> str:
+        parts = [f"prior {self.prior_weight:+.1f}"]
+        parts += [f"{c.name}={c.level} {c.weight:+.1f}" for c in self.comparisons if c.level is not None]
+        return f"p={self.probability:.4f} W={self.match_weight:+.1f}: " + ", ".join(parts)
+
+
+def probability_from_weight(weight: float) -> float:
+    if weight > 60:
+        return 1.0
+    if weight < -60:
+        return 0.0
+    odds = 2.0**weight
+    return odds / (1.0 + odds)
+
+
+def score_vector(vector: Iterable[int | None], params: MatchParams) -> float:
+    """Match weight (bits) of a comparison vector."""
+    w = params.prior_weight
+    weights = params.weights
+    for name, level in zip(COMPARISONS, vector):
+        if level is not None:
+            w += weights[name][level]
+    return w
+
+
+def score(a: PersonRecord, b: PersonRecord, params: MatchParams | None = None) -> MatchScore:
+    """Fellegi–Sunter score of a pair, with the per-comparison evidence."""
+    params = params or load_params()
+    vector = comparison_vector(a, b)
+    _, _, swapped = compare_names(a, b) if vector[1] == 2 and vector[2] == 2 else (None, None, False)
+    weights = params.weights
+    results = []
+    total = params.prior_weight
+    for name, level in zip(COMPARISONS, vector):
+        if level is None:
+            results.append(ComparisonResult(name, None, 0.0))
+        else:
+            w = weights[name][level]
+            total += w
+            results.append(ComparisonResult(name, COMPARISON_LEVELS[name][level], w))
+    return MatchScore(
+        probability=probability_from_weight(total),
+        match_weight=total,
+        prior_weight=params.prior_weight,
+        comparisons=tuple(results),
+        names_swapped=swapped,
+    )
+
+
+# --------------------------------------------------------------------------- decisions
+@dataclass(frozen=True)
+class Thresholds:
+    """Decision thresholds on the match probability (settings pass their own).
+
+    link (0.95): auto-link only when at most a 1-in-20 chance of joining two different
+    people — a wrong link puts one man's GP record in another family's view, so the
+    bar is well above the symmetric-cost 0.5; pairs between ``possible`` and ``link``
+    go to a human (level1), where a missed link is recoverable.
+    possible (0.2): below this the expected yield of review is too low to queue.
+    twin_guard: a pair whose first given names are both present and plainly different
+    is never auto-linked without an NHS-number match (twins share surname, date of
+    birth, sex and address — the independence assumption of Fellegi–Sunter fails for
+    them); it can still be a possible match for review.
+    """
+
+    link: float = 0.95
+    possible: float = 0.2
+    twin_guard: bool = True
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+LINK, POSSIBLE, NON_MATCH = "link", "possible", "non-match"
+
+
+def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
+    """"link" | "possible" | "non-match".
+
+    Rules on top of the probability thresholds:
+    - conflicting valid NHS numbers are never auto-linked (at most "possible": two valid
+      numbers for one person happen only through a duplicate registration, which a
+      person must resolve);
+    - the twin guard (see :class:`Thresholds`);
+    - a valid NHS-number match is at least "possible", even when the demographics
+      disagree (e.g. the baby's NHS number recorded on the mother's record).
+    """
+    p = s.probability
+    label = LINK if p >= thresholds.link else POSSIBLE if p >= thresholds.possible else NON_MATCH
+    nhs = s.level("nhs_number")
+    if label == LINK and nhs == "conflict":
+        label = POSSIBLE
+    if label == LINK and thresholds.twin_guard and nhs != "match" and s.level("given_name") == "different":
+        label = POSSIBLE
+    if nhs == "match" and label == NON_MATCH:
+        label = POSSIBLE
+    return label
+
+
+def assurance_level(
+    a: PersonRecord, b: PersonRecord, s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS
+) -> str | None:
+    """FHIR Person.link.assurance for a pair: level4 (same NHS number, verified on both
+    sides), level3 (same valid NHS number), level2 (confident demographic match),
+    level1 (possible match, for review; not used by the view), None (not a match).
+
+    NHS-number levels require the pair to be a "link" overall: a matching number with
+    contradicting demographics is only level1.
+    """
+    label = classify(s, thresholds)
+    if label == NON_MATCH:
+        return None
+    if label == POSSIBLE:
+        return "level1"
+    if a.nhs_number and a.nhs_number == b.nhs_number:
+        return "level4" if a.nhs_verified and b.nhs_verified else "level3"
+    return "level2"
