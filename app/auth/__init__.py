@@ -1,0 +1,1 @@
+"""Who is asking: bearer JWTs, roles, organisations, services and SMART-style scopes."""

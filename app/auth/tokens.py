@@ -1,0 +1,211 @@
+"""JWT verification (issuer JWKS in production, a local key for the embedded default) and minting."""
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from app.errors import FhirError, unauthorized
+from app.fhir.validation import is_valid_ods_code
+from app.settings import Settings
+
+ROLES = ("source-system", "midwife", "health-visitor", "gp", "mash", "ig-officer", "admin")
+SERVICES = ("maternity", "health-visiting", "general-practice", "social-care")
+CLINICAL_ROLES = ("midwife", "health-visitor", "gp", "mash")
+WRITER_ROLES = ("source-system", "admin")
+
+DEFAULT_SCOPES = {
+    "source-system": "system/*.cruds",
+    "admin": "system/*.cruds",
+    "midwife": "user/*.rs",
+    "health-visitor": "user/*.rs",
+    "gp": "user/*.rs",
+    "mash": "user/*.rs",
+    "ig-officer": "user/AuditEvent.rs user/Person.rs",
+}
+
+_SCOPE_RE = re.compile(r"^(patient|user|system)/([A-Za-z]+|\*)\.(\*|read|write|c?r?u?d?s?)$")
+
+
+@dataclass(frozen=True)
+class Scope:
+    context: str
+    resource_type: str
+    ops: frozenset[str]
+
+    @classmethod
+    def parse(cls, text: str) -> "Scope | None":
+        m = _SCOPE_RE.match(text)
+        if not m:
+            return None
+        perms = m.group(3)
+        ops = {"*": "cruds", "read": "rs", "write": "cud"}.get(perms, perms)
+        return cls(m.group(1), m.group(2), frozenset(ops))
+
+
+@dataclass(frozen=True)
+class Principal:
+    sub: str
+    role: str
+    org: str
+    service: str | None = None
+    scopes: tuple[Scope, ...] = ()
+    token_id: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def source_system(self) -> str:
+        return self.service or self.sub
+
+    def may(self, resource_type: str, op: str) -> bool:
+        """SMART v2 scope check: op is one of c r u d s."""
+        return any(s.resource_type in ("*", resource_type) and op in s.ops for s in self.scopes)
+
+    @property
+    def writes(self) -> bool:
+        return self.role in WRITER_ROLES
+
+
+def _load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
+    if path.exists():
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)  # type: ignore[return-value]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    os.replace(tmp, path)
+    return key
+
+
+class LocalKey:
+    """The embedded default's signing key: created on first use, kept beside the database."""
+
+    def __init__(self, path: Path):
+        self.private_key = _load_or_create_key(path)
+        self.public_key = self.private_key.public_key()
+        self.kid = "familyview-local"
+
+
+def mint_token(
+    settings: Settings,
+    *,
+    role: str,
+    org: str,
+    service: str | None = None,
+    sub: str | None = None,
+    minutes: int = 60,
+    scope: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if not is_valid_ods_code(org):
+        raise ValueError("org must be an ODS code (upper-case letters and digits)")
+    if service is not None and service not in SERVICES:
+        raise ValueError(f"service must be one of {', '.join(SERVICES)}")
+    key = LocalKey(settings.auth_local_key_path)
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": settings.auth_issuer,
+        "aud": settings.auth_audience,
+        "sub": sub or f"{role}@{org}",
+        "org": org,
+        "role": role,
+        "scope": scope or DEFAULT_SCOPES[role],
+        "iat": now,
+        "nbf": now - 5,
+        "exp": now + int(minutes * 60),
+        "jti": str(uuid.uuid4()),
+    }
+    if service:
+        claims["service"] = service
+    claims.update(extra or {})
+    return jwt.encode(claims, key.private_key, algorithm="RS256", headers={"kid": key.kid})
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._jwks = jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=True) if settings.auth_jwks_url else None
+        self._local: LocalKey | None = None  # loaded on first use, so building the app writes nothing
+
+    def _key_for(self, token: str):
+        if self._jwks is not None:
+            try:
+                return self._jwks.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientError as exc:
+                raise unauthorized("The token's signing key is not known to this server") from exc
+        if self._local is None:
+            self._local = LocalKey(self.settings.auth_local_key_path)
+        return self._local.public_key
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                key=self._key_for(token),
+                algorithms=list(self.settings.auth_algorithms),
+                audience=self.settings.auth_audience,
+                issuer=self.settings.auth_issuer,
+                leeway=self.settings.auth_leeway_seconds,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthorized("The access token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise unauthorized("The access token is not for this audience") from None
+        except jwt.InvalidIssuerError:
+            raise unauthorized("The access token's issuer is not trusted") from None
+        except jwt.InvalidSignatureError:
+            raise unauthorized("The access token's signature is not valid") from None
+        except jwt.PyJWTError as exc:
+            raise unauthorized(f"The access token is not valid ({type(exc).__name__})") from None
+        return principal_from_claims(claims)
+
+
+def principal_from_claims(claims: dict[str, Any]) -> Principal:
+    role, org, service = claims.get("role"), claims.get("org"), claims.get("service")
+    if role not in ROLES:
+        raise unauthorized(f"The token's role claim must be one of {', '.join(ROLES)}")
+    if not is_valid_ods_code(org):
+        raise unauthorized("The token's org claim must be an ODS organisation code")
+    if role == "source-system" and service not in SERVICES:
+        raise unauthorized(f"A source-system token needs a service claim: one of {', '.join(SERVICES)}")
+    raw_scope = claims.get("scope") or ""
+    if isinstance(raw_scope, list):
+        raw_scope = " ".join(raw_scope)
+    scopes = tuple(s for s in (Scope.parse(t) for t in str(raw_scope).split()) if s)
+    return Principal(
+        sub=str(claims["sub"]), role=role, org=org, service=service, scopes=scopes,
+        token_id=claims.get("jti"), claims=claims,
+    )
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise unauthorized("An Authorization: Bearer token is required")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("The Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def require(principal: Principal, resource_type: str, op: str) -> None:
+    """403 unless the role may do this and a granted scope covers it."""
+    if op in "cud" and not principal.writes:
+        raise FhirError(403, "forbidden", f"The {principal.role} role may not write records", spine_code="ACCESS_DENIED")
+    if not principal.may(resource_type, op):
+        raise FhirError(
+            403, "forbidden", f"No granted scope allows '{op}' on {resource_type}", spine_code="ACCESS_DENIED"
+        )

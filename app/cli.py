@@ -1,0 +1,167 @@
+"""The familyview command: serve, migrate, token, demo, openapi, policy (and more as domains add them)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+from app.settings import PROJECT_ROOT, get_settings
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.migrate import upgrade
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.migrate:
+        upgrade(settings.database_url)
+    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, workers=1, log_level="info", access_log=args.access_log)
+    server = uvicorn.Server(config)
+    if args.with_demo:
+        base = f"http://{args.host}:{args.port}"
+
+        def load_demo_when_up() -> None:
+            import httpx
+
+            from app.demo.loader import load_demo
+
+            for _ in range(300):
+                if server.started:
+                    break
+                time.sleep(0.1)
+            try:
+                summary = load_demo(base, settings)
+            except (httpx.HTTPError, RuntimeError) as exc:
+                print(f"familyview: loading the demo families failed: {exc}", file=sys.stderr)
+                return
+            print(summary, flush=True)
+            print(_next_steps(base), flush=True)
+
+        threading.Thread(target=load_demo_when_up, daemon=True).start()
+    server.run()
+    return 0
+
+
+def _next_steps(base: str) -> str:
+    return f"""
+familyview is serving on {base}  (OpenAPI docs: {base}/docs)
+
+Try next, in another terminal:
+  TOKEN=$(.venv/bin/familyview token --role health-visitor --org RHV01)
+  curl -s {base}/fhir/metadata | head -c 300; echo
+  curl -s -H "Authorization: Bearer $TOKEN" \\
+    "{base}/fhir/Patient/\\$family-view?identifier=https://fhir.nhs.uk/Id/nhs-number|9990000018&purpose=direct-care"
+  (a source system's token: .venv/bin/familyview token --role source-system --org RMT01 --service maternity)
+"""
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from app.migrate import downgrade, upgrade
+
+    url = args.database_url or get_settings().database_url
+    if args.downgrade:
+        downgrade(url, args.downgrade)
+    else:
+        upgrade(url, args.revision)
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from app.auth.tokens import mint_token
+
+    try:
+        print(mint_token(get_settings(), role=args.role, org=args.org, service=args.service, sub=args.sub, minutes=args.minutes, scope=args.scope))
+    except ValueError as exc:
+        print(f"familyview token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo.loader import load_demo
+
+    print(load_demo(args.base_url, get_settings()))
+    return 0
+
+
+def _cmd_openapi(args: argparse.Namespace) -> int:
+    from app.openapi_doc import openapi_json
+
+    text = openapi_json()
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+    return 0
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from consent.cli import policy_check, policy_explain
+
+    if args.action == "explain":
+        print(policy_explain(args.file))
+        return 0
+    errors = policy_check(args.file)
+    for e in errors:
+        print(f"error: {e}")
+    if not errors:
+        print(f"{args.file}: valid")
+    return 1 if errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="familyview", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve the API (production entry point; configured by environment)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--migrate", action="store_true", help="run database migrations first")
+    p.add_argument("--with-demo", action="store_true", help="load the demo families once the server is up (make run)")
+    p.add_argument("--access-log", action="store_true")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("migrate", help="upgrade the database schema (alembic upgrade head)")
+    p.add_argument("--database-url")
+    p.add_argument("--revision", default="head")
+    p.add_argument("--downgrade", metavar="REVISION")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("token", help="mint a token with the local key that the embedded default trusts")
+    p.add_argument("--role", required=True)
+    p.add_argument("--org", required=True, help="ODS code of the requester's organisation")
+    p.add_argument("--service", help="maternity | health-visiting | general-practice | social-care (source systems)")
+    p.add_argument("--sub")
+    p.add_argument("--minutes", type=int, default=60)
+    p.add_argument("--scope")
+    p.set_defaults(func=_cmd_token)
+
+    p = sub.add_parser("demo", help="post the ten demo scenarios through the HTTP ingest path")
+    p.add_argument("--base-url", default="http://127.0.0.1:8000")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("openapi", help="write the OpenAPI document generated from the app")
+    p.add_argument("--output", default=str(PROJECT_ROOT / "openapi" / "openapi.json"))
+    p.set_defaults(func=_cmd_openapi)
+
+    p = sub.add_parser("policy", help="explain the disclosure policy, or check an edited policy file")
+    p.add_argument("action", choices=["explain", "check"])
+    p.add_argument("file", nargs="?")
+    p.set_defaults(func=_cmd_policy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The CapabilityStatement: built from the same tables the server runs on, so it cannot drift."""
+from __future__ import annotations
+
+from typing import Any
+
+from app.fhir.indexing import SEARCH_PARAMS, STORED_TYPES, WRITABLE_TYPES
+from app.settings import Settings
+
+_TYPE_FOR_KIND = {"token": "token", "string": "string", "date": "date", "reference": "reference"}
+CANONICAL_BASE = "https://familyview.example.nhs.uk/fhir"
+
+
+def capability_statement(settings: Settings, *, operations: list[dict[str, Any]], extra_resources: list[dict[str, Any]]) -> dict[str, Any]:
+    resources = []
+    for res_type in STORED_TYPES:
+        interactions = ["read", "vread", "history-instance", "search-type"]
+        if res_type in WRITABLE_TYPES:
+            interactions += ["create", "update"]
+        params = [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]
+        params += [
+            {"name": p.name, "type": _TYPE_FOR_KIND[p.kind], **({"documentation": p.description} if p.description else {})}
+            for p in SEARCH_PARAMS.get(res_type, {}).values()
+        ]
+        entry: dict[str, Any] = {
+            "type": res_type,
+            "interaction": [{"code": c} for c in interactions],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": res_type in WRITABLE_TYPES,
+            "conditionalCreate": res_type in WRITABLE_TYPES,
+            "conditionalUpdate": res_type in WRITABLE_TYPES,
+            "conditionalDelete": "not-supported",
+            "referencePolicy": ["literal", "logical", "resolves"],
+            "searchParam": params,
+        }
+        if res_type == "Patient":
+            entry["operation"] = [{"name": o["code"], "definition": o["url"]} for o in operations]
+        resources.append(entry)
+    resources.extend(extra_resources)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-26",
+        "publisher": "familyview",
+        "kind": "instance",
+        "software": {"name": "familyview", "version": "0.1.0"},
+        "implementation": {"description": "familyview FHIR R4 gateway", "url": settings.fhir_base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Bundles of type transaction (atomic) and batch are accepted at the base. Every interaction but this CapabilityStatement needs an OAuth2 bearer JWT.",
+                "security": {
+                    "cors": False,
+                    "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth", "display": "OAuth"}]}],
+                    "description": "Authorization: Bearer <JWT> with claims sub, org (ODS code), role, service (source systems) and SMART v2 scopes.",
+                },
+                "resource": resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                "operation": [{"name": o["code"], "definition": o["url"]} for o in operations],
+            }
+        ],
+    }

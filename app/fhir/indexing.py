@@ -1,0 +1,308 @@
+"""Search parameters per resource type and the extraction of index rows from a resource.
+
+Index rows are written in the same transaction as the resource, so a search never sees a
+resource without its index (or the reverse)."""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Iterator
+
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    name: str
+    kind: str  # token | string | date | reference
+    paths: tuple[str, ...]
+    targets: tuple[str, ...] = ()
+    description: str = ""
+
+
+def _p(name: str, kind: str, *paths: str, targets: tuple[str, ...] = (), description: str = "") -> SearchParam:
+    return SearchParam(name, kind, tuple(paths), targets, description)
+
+
+_IDENTIFIER = _p("identifier", "token", "identifier", description="A business identifier (system|value)")
+_HUMAN = [
+    _p("name", "string", "name", description="Any part of a name (starts-with, case and accent insensitive)"),
+    _p("family", "string", "name.family"),
+    _p("given", "string", "name.given"),
+]
+
+SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {}
+
+
+def _register(res_type: str, *params: SearchParam) -> None:
+    SEARCH_PARAMS[res_type] = {p.name: p for p in (_IDENTIFIER, *params)}
+
+
+_register(
+    "Patient",
+    *_HUMAN,
+    _p("birthdate", "date", "birthDate"),
+    _p("gender", "token", "gender"),
+    _p("active", "token", "active"),
+    _p("address-postalcode", "string", "address.postalCode"),
+    _p("general-practitioner", "reference", "generalPractitioner", targets=("Organization", "Practitioner", "PractitionerRole")),
+    _p("organization", "reference", "managingOrganization", targets=("Organization",)),
+    _p("link", "reference", "link.other", targets=("Patient", "RelatedPerson")),
+)
+_register(
+    "RelatedPerson",
+    *_HUMAN,
+    _p("patient", "reference", "patient", targets=("Patient",)),
+    _p("birthdate", "date", "birthDate"),
+    _p("gender", "token", "gender"),
+    _p("relationship", "token", "relationship"),
+    _p("active", "token", "active"),
+    _p("address-postalcode", "string", "address.postalCode"),
+)
+_register(
+    "Consent",
+    _p("patient", "reference", "patient", targets=("Patient",)),
+    _p("status", "token", "status"),
+    _p("category", "token", "category"),
+    _p("scope", "token", "scope"),
+    _p("date", "date", "dateTime"),
+    _p("actor", "reference", "provision.actor.reference", targets=("Organization", "Practitioner", "PractitionerRole", "CareTeam", "Patient", "RelatedPerson")),
+)
+_register(
+    "EpisodeOfCare",
+    _p("patient", "reference", "patient", targets=("Patient",)),
+    _p("status", "token", "status"),
+    _p("type", "token", "type"),
+    _p("organization", "reference", "managingOrganization", targets=("Organization",)),
+    _p("date", "date", "period"),
+)
+_register(
+    "CareTeam",
+    _p("patient", "reference", "subject", targets=("Patient",)),
+    _p("subject", "reference", "subject", targets=("Patient",)),
+    _p("status", "token", "status"),
+    _p("category", "token", "category"),
+    _p("participant", "reference", "participant.member", targets=("Practitioner", "PractitionerRole", "Organization", "RelatedPerson", "Patient", "CareTeam")),
+    _p("date", "date", "period"),
+)
+for _t, _status in (("Flag", "status"), ("Observation", "status"), ("Condition", "clinicalStatus")):
+    _register(
+        _t,
+        _p("patient", "reference", "subject", targets=("Patient",)),
+        _p("subject", "reference", "subject", targets=("Patient",)),
+        _p("status" if _t != "Condition" else "clinical-status", "token", _status),
+        _p("code", "token", "code"),
+        _p("category", "token", "category"),
+        _p("date", "date", {"Flag": "period", "Observation": "effectiveDateTime", "Condition": "recordedDate"}[_t]),
+    )
+_register(
+    "Organization",
+    _p("name", "string", "name", "alias"),
+    _p("type", "token", "type"),
+    _p("active", "token", "active"),
+)
+_register("Practitioner", *_HUMAN, _p("gender", "token", "gender"), _p("active", "token", "active"))
+_register(
+    "PractitionerRole",
+    _p("practitioner", "reference", "practitioner", targets=("Practitioner",)),
+    _p("organization", "reference", "organization", targets=("Organization",)),
+    _p("role", "token", "code"),
+    _p("active", "token", "active"),
+)
+_register(
+    "Communication",
+    _p("patient", "reference", "subject", targets=("Patient",)),
+    _p("subject", "reference", "subject", targets=("Patient",)),
+    _p("recipient", "reference", "recipient", targets=("Organization", "Practitioner", "PractitionerRole")),
+    _p("status", "token", "status"),
+    _p("category", "token", "category"),
+    _p("sent", "date", "sent"),
+)
+
+# Types that sources may write through the REST API and bundles.
+WRITABLE_TYPES = (
+    "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam", "Flag", "Condition",
+    "Observation", "Organization", "Practitioner", "PractitionerRole",
+)
+STORED_TYPES = WRITABLE_TYPES + ("Communication",)
+
+
+# ---------------------------------------------------------------- extraction helpers
+
+def walk(node: Any, path: str) -> Iterator[Any]:
+    """Yield every value at a dotted path, flattening lists (a tiny FHIRPath subset)."""
+    parts = path.split(".")
+
+    def _walk(value: Any, idx: int) -> Iterator[Any]:
+        if value is None:
+            return
+        if isinstance(value, list):
+            for v in value:
+                yield from _walk(v, idx)
+            return
+        if idx == len(parts):
+            yield value
+            return
+        if isinstance(value, dict):
+            yield from _walk(value.get(parts[idx]), idx + 1)
+
+    yield from _walk(node, 0)
+
+
+def normalise_string(value: str) -> str:
+    """Case- and accent-insensitive form used for string search."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return re.sub(r"\s+", " ", stripped).strip().lower()[:255]
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        # HumanName / Address: every textual part
+        for key in ("text", "family", "given", "prefix", "suffix", "line", "city", "district", "postalCode"):
+            v = value.get(key)
+            if isinstance(v, str):
+                yield v
+            elif isinstance(v, list):
+                yield from (s for s in v if isinstance(s, str))
+
+
+def _tokens(value: Any) -> Iterator[tuple[str | None, str]]:
+    if isinstance(value, bool):
+        yield None, "true" if value else "false"
+    elif isinstance(value, str):
+        yield None, value
+    elif isinstance(value, dict):
+        if "value" in value and isinstance(value.get("value"), str):  # Identifier
+            yield value.get("system"), value["value"]
+        if "code" in value and isinstance(value.get("code"), str):  # Coding
+            yield value.get("system"), value["code"]
+        for coding in value.get("coding") or []:  # CodeableConcept
+            if isinstance(coding, dict) and coding.get("code"):
+                yield coding.get("system"), coding["code"]
+
+
+_DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+
+
+def date_range(value: str) -> tuple[str, str]:
+    """The [low, high] instant range a FHIR date/dateTime/instant covers, as UTC ISO strings."""
+    m = _DATE_RE.match(value)
+    if m:
+        year, month, day = int(m.group(1)), m.group(2), m.group(3)
+        if not month:
+            low, high = datetime(year, 1, 1), datetime(year + 1, 1, 1)
+        elif not day:
+            mo = int(month)
+            low = datetime(year, mo, 1)
+            high = datetime(year + (mo == 12), 1 if mo == 12 else mo + 1, 1)
+        else:
+            low = datetime(year, int(month), int(day))
+            high = low + timedelta(days=1)
+        high = high - timedelta(seconds=1)
+        return _fmt(low), _fmt(high)
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+    return _fmt(dt), _fmt(dt)
+
+
+def _fmt(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _dates(value: Any) -> Iterator[tuple[str, str]]:
+    try:
+        if isinstance(value, str):
+            yield date_range(value)
+        elif isinstance(value, dict) and ("start" in value or "end" in value):  # Period
+            low = date_range(value["start"])[0] if value.get("start") else "0001-01-01T00:00:00"
+            high = date_range(value["end"])[1] if value.get("end") else "9999-12-31T23:59:59"
+            yield low, high
+    except ValueError:
+        return
+
+
+_REF_RE = re.compile(r"^(?:.*/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-\.]{1,64})(?:/_history/[^/]+)?$")
+
+
+def parse_reference(ref: str) -> tuple[str, str] | None:
+    """'Patient/123', or an absolute URL ending so, to (type, id); None for anything else."""
+    if ref.startswith("urn:") or ref.startswith("#") or "?" in ref:
+        return None
+    m = _REF_RE.match(ref)
+    return (m.group(1), m.group(2)) if m else None
+
+
+@dataclass
+class IndexRows:
+    tokens: list[dict] = field(default_factory=list)
+    strings: list[dict] = field(default_factory=list)
+    dates: list[dict] = field(default_factory=list)
+    references: list[dict] = field(default_factory=list)
+
+
+def index_resource(resource: dict[str, Any], rows: IndexRows | None = None) -> IndexRows:
+    rows = rows or IndexRows()
+    res_type, res_id = resource["resourceType"], resource["id"]
+    base = {"res_type": res_type, "res_id": res_id}
+    for param in SEARCH_PARAMS.get(res_type, {}).values():
+        seen: set = set()
+        for path in param.paths:
+            for value in walk(resource, path):
+                if param.kind == "token":
+                    for system, code in _tokens(value):
+                        key = (system, code[:255])
+                        if key not in seen:
+                            seen.add(key)
+                            rows.tokens.append({**base, "param": param.name, "system": system, "code": code[:255]})
+                elif param.kind == "string":
+                    for s in _strings(value):
+                        n = normalise_string(s)
+                        if n and n not in seen:
+                            seen.add(n)
+                            rows.strings.append({**base, "param": param.name, "value": n})
+                elif param.kind == "date":
+                    for low, high in _dates(value):
+                        rows.dates.append({**base, "param": param.name, "low": low, "high": high})
+                elif param.kind == "reference" and isinstance(value, dict):
+                    row = reference_row(value, param)
+                    if row is not None:
+                        rows.references.append({**base, "param": param.name, **row})
+    return rows
+
+
+def reference_row(ref: dict[str, Any], param: SearchParam) -> dict | None:
+    target_type = target_id = ident_system = ident_value = None
+    literal = ref.get("reference")
+    if isinstance(literal, str):
+        parsed = parse_reference(literal)
+        if parsed:
+            target_type, target_id = parsed
+    ident = ref.get("identifier")
+    if isinstance(ident, dict) and ident.get("value"):
+        ident_system, ident_value = ident.get("system"), ident["value"]
+        target_type = target_type or ref.get("type") or (param.targets[0] if len(param.targets) == 1 else None)
+    if target_type and param.targets and target_type not in param.targets:
+        return None
+    if target_id is None and ident_value is None:
+        return None
+    return {
+        "target_type": target_type,
+        "target_id": target_id,
+        "ident_system": ident_system,
+        "ident_value": ident_value[:255] if ident_value else None,
+    }
+
+
+def identifiers_of(resource: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for ident in resource.get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
+            out.append((ident["system"], ident["value"]))
+    return out

@@ -1,0 +1,309 @@
+"""Reading the FHIR store: read, vread, history and search, with the requester's access applied.
+
+A source system or practitioner reads what its own organisation sent; an admin reads all.
+Everything else reaches people through the family view, which decides per item."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable
+from urllib.parse import urlencode
+
+from sqlalchemy import and_, false, func, not_, or_, select
+from sqlalchemy.orm import Session
+
+from app.auth.tokens import Principal
+from app.errors import FhirError, bad_request, not_found
+from app.fhir.indexing import SEARCH_PARAMS, STORED_TYPES, date_range, normalise_string
+from app.fhir.models import ResourceVersion, SearchDate, SearchReference, SearchString, SearchToken, StoredResource
+
+# Parameters that shape the result rather than filter it.
+CONTROL_PARAMS = {"_count", "_offset", "_sort", "_format", "_pretty", "_total", "_summary", "_elements"}
+_INDEX_TABLES = {"token": SearchToken, "string": SearchString, "date": SearchDate, "reference": SearchReference}
+_DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
+
+
+def format_instant(dt: datetime) -> str:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def etag(version_id: int) -> str:
+    return f'W/"{version_id}"'  # the same form resource_headers sends
+
+
+def may_read(principal: Principal, row_source_org: str) -> bool:
+    return principal.role == "admin" or principal.org == row_source_org
+
+
+def visible_to(principal: Principal):
+    """SQL filter for what this requester may read through the plain REST API."""
+    if principal.role == "admin":
+        return None
+    return StoredResource.source_org == principal.org
+
+
+def check_type(res_type: str) -> None:
+    if res_type not in STORED_TYPES:
+        raise FhirError(404, "not-supported", f"Resource type {res_type} is not supported by this server", spine_code="INVALID_RESOURCE")
+
+
+def get_current(session: Session, res_type: str, res_id: str) -> StoredResource | None:
+    return session.get(StoredResource, (res_type, res_id))
+
+
+def read(session: Session, principal: Principal, res_type: str, res_id: str) -> StoredResource:
+    check_type(res_type)
+    row = get_current(session, res_type, res_id)
+    if row is None or row.deleted:
+        raise not_found(f"{res_type}/{res_id} is not known")
+    if not may_read(principal, row.source_org):
+        raise FhirError(403, "forbidden", f"{res_type}/{res_id} was sent by another organisation", spine_code="ACCESS_DENIED")
+    return row
+
+
+def vread(session: Session, principal: Principal, res_type: str, res_id: str, version: str) -> ResourceVersion:
+    current = read(session, principal, res_type, res_id)
+    try:
+        vid = int(version)
+    except ValueError:
+        raise not_found(f"{res_type}/{res_id}/_history/{version} is not known") from None
+    row = session.get(ResourceVersion, (res_type, current.res_id, vid))
+    if row is None:
+        raise not_found(f"{res_type}/{res_id}/_history/{version} is not known")
+    return row
+
+
+def history(session: Session, principal: Principal, res_type: str, res_id: str) -> list[ResourceVersion]:
+    read(session, principal, res_type, res_id)
+    return list(
+        session.scalars(
+            select(ResourceVersion)
+            .where(ResourceVersion.res_type == res_type, ResourceVersion.res_id == res_id)
+            .order_by(ResourceVersion.version_id.desc())
+        )
+    )
+
+
+# ---------------------------------------------------------------- search
+
+@dataclass
+class SearchResult:
+    total: int
+    rows: list[StoredResource]
+    offset: int
+    count: int
+
+
+def _split_token(value: str) -> tuple[str | None, str | None, bool]:
+    """'system|code' -> (system, code, system_given); '|code' -> ('', code); 'code' -> (None, code)."""
+    if "|" in value:
+        system, code = value.split("|", 1)
+        return system, code or None, True
+    return None, value, False
+
+
+def _date_prefix(value: str) -> tuple[str, str]:
+    if value[:2] in _DATE_PREFIXES and value[2:3].isdigit():
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def _date_condition(low_col, high_col, prefix: str, value: str, expr: str):
+    try:
+        p_low, p_high = date_range(value)
+    except ValueError:
+        raise bad_request(f"Invalid date parameter value for {expr}", expression=expr) from None
+    if prefix in ("eq", "ap"):
+        return and_(low_col >= p_low, high_col <= p_high)
+    if prefix == "ne":
+        return not_(and_(low_col >= p_low, high_col <= p_high))
+    if prefix == "lt":
+        return low_col < p_low
+    if prefix == "gt":
+        return high_col > p_high
+    if prefix == "le":
+        return low_col <= p_high
+    if prefix == "ge":
+        return high_col >= p_low
+    if prefix == "sa":
+        return low_col > p_high
+    if prefix == "eb":
+        return high_col < p_low
+    raise bad_request(f"Unsupported date prefix {prefix}", expression=expr)  # pragma: no cover
+
+
+def _instant_condition(col, prefix: str, value: str, expr: str):
+    """_lastUpdated against the resource's instant column."""
+    try:
+        p_low, p_high = date_range(value)
+    except ValueError:
+        raise bad_request(f"Invalid _lastUpdated value", expression=expr) from None
+    lo = datetime.fromisoformat(p_low).replace(tzinfo=timezone.utc)
+    hi = datetime.fromisoformat(p_high).replace(tzinfo=timezone.utc, microsecond=999999)
+    if p_low == p_high:  # an exact instant: compare to the instant itself, fractions included
+        lo = hi = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return {
+        "eq": and_(col >= lo, col <= hi), "ap": and_(col >= lo, col <= hi), "ne": or_(col < lo, col > hi),
+        "lt": col < lo, "gt": col > hi, "le": col <= hi, "ge": col >= lo, "sa": col > hi, "eb": col < lo,
+    }[prefix]
+
+
+def _identifiers_of_target(session: Session, target_type: str, target_id: str) -> list[tuple[str | None, str]]:
+    return [
+        (r.system, r.code)
+        for r in session.execute(
+            select(SearchToken.system, SearchToken.code).where(
+                SearchToken.res_type == target_type, SearchToken.res_id == target_id, SearchToken.param == "identifier"
+            )
+        )
+    ]
+
+
+def _param_condition(session: Session, res_type: str, name: str, modifier: str | None, raw: str):
+    expr = f"{res_type}?{name}"
+    if name == "_id":
+        return StoredResource.res_id.in_([v for v in raw.split(",") if v])
+    if name == "_lastUpdated":
+        prefix, value = _date_prefix(raw)
+        return _instant_condition(StoredResource.last_updated, prefix, value, expr)
+    param = SEARCH_PARAMS.get(res_type, {}).get(name)
+    if param is None:
+        supported = ", ".join(sorted(["_id", "_lastUpdated", *SEARCH_PARAMS.get(res_type, {})]))
+        raise bad_request(f"Unknown search parameter '{name}' for {res_type}. Supported: {supported}", expression=expr, code="not-supported")
+    table = _INDEX_TABLES[param.kind]
+    ors = []
+    for value in [v for v in raw.split(",") if v != ""] or [""]:
+        if value == "":
+            raise bad_request(f"Search parameter '{name}' needs a value", expression=expr, code="required")
+        if param.kind == "token":
+            system, code, system_given = _split_token(value)
+            cond = [table.param == name]
+            if code is not None:
+                cond.append(table.code == code)
+            if system_given:
+                cond.append(table.system == system if system else table.system.is_(None))
+            ors.append(and_(*cond))
+        elif param.kind == "string":
+            norm = normalise_string(value)
+            if modifier == "exact":
+                ors.append(and_(table.param == name, table.value == norm))
+            elif modifier == "contains":
+                ors.append(and_(table.param == name, table.value.contains(norm, autoescape=True)))
+            elif modifier in (None, ""):
+                ors.append(and_(table.param == name, table.value.startswith(norm, autoescape=True)))
+            else:
+                raise bad_request(f"Modifier :{modifier} is not supported on {name}", expression=expr, code="not-supported")
+        elif param.kind == "date":
+            prefix, v = _date_prefix(value)
+            ors.append(and_(table.param == name, _date_condition(table.low, table.high, prefix, v, expr)))
+        elif param.kind == "reference":
+            if modifier == "identifier":
+                system, code, system_given = _split_token(value)
+                cond = [table.param == name, table.ident_value == code]
+                if system_given and system:
+                    cond.append(table.ident_system == system)
+                ors.append(and_(*cond))
+                continue
+            if modifier and modifier not in param.targets:
+                raise bad_request(f"Modifier :{modifier} is not supported on {name}", expression=expr, code="not-supported")
+            if "/" in value:
+                target_type, _, target_id = value.rstrip("/").rpartition("/")
+                target_type = target_type.rsplit("/", 1)[-1]
+            else:
+                target_type = modifier or (param.targets[0] if len(param.targets) == 1 else None)
+                target_id = value
+            if target_type is None:
+                raise bad_request(f"Give {name} as Type/id", expression=expr)
+            literal = and_(table.param == name, table.target_type == target_type, table.target_id == target_id)
+            # a logical reference (Reference.identifier) to any identifier the target carries
+            idents = _identifiers_of_target(session, target_type, target_id)
+            logical = [
+                and_(table.param == name, table.target_id.is_(None), table.ident_value == code,
+                     table.ident_system == system if system else table.ident_system.is_(None))
+                for system, code in idents
+            ]
+            ors.append(or_(literal, *logical))
+    sub = select(table.res_id).where(table.res_type == res_type, or_(*ors))
+    return StoredResource.res_id.in_(sub)
+
+
+def search(
+    session: Session,
+    principal: Principal,
+    res_type: str,
+    params: Iterable[tuple[str, str]],
+    *,
+    default_count: int,
+    max_count: int,
+) -> SearchResult:
+    check_type(res_type)
+    conditions = [StoredResource.res_type == res_type, StoredResource.deleted == false()]
+    vis = visible_to(principal)
+    if vis is not None:
+        conditions.append(vis)
+    count, offset, sort = default_count, 0, None
+    for key, value in params:
+        name, _, modifier = key.partition(":")
+        if name in CONTROL_PARAMS:
+            if name == "_count":
+                count = _non_negative_int(value, "_count")
+                count = min(count, max_count)
+            elif name == "_offset":
+                offset = _non_negative_int(value, "_offset")
+            elif name == "_sort":
+                sort = value
+            continue
+        conditions.append(_param_condition(session, res_type, name, modifier or None, value))
+    order = [StoredResource.last_updated, StoredResource.res_id]
+    if sort:
+        fields = []
+        for part in sort.split(","):
+            desc = part.startswith("-")
+            col = {"_lastUpdated": StoredResource.last_updated, "_id": StoredResource.res_id}.get(part.lstrip("-"))
+            if col is None:
+                raise bad_request(f"Sorting by {part.lstrip('-')} is not supported (use _lastUpdated or _id)", expression=f"{res_type}?_sort", code="not-supported")
+            fields.append(col.desc() if desc else col)
+        order = fields + [StoredResource.res_id]
+    where = and_(*conditions)
+    total = session.scalar(select(func.count()).select_from(StoredResource).where(where)) or 0
+    rows = list(session.scalars(select(StoredResource).where(where).order_by(*order).offset(offset).limit(count))) if count else []
+    return SearchResult(total=total, rows=rows, offset=offset, count=count)
+
+
+def _non_negative_int(value: str, name: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise bad_request(f"{name} must be a whole number", expression=name) from None
+    if n < 0:
+        raise bad_request(f"{name} must not be negative", expression=name)
+    return n
+
+
+def searchset_bundle(
+    result: SearchResult, *, base: str, res_type: str, params: list[tuple[str, str]]
+) -> dict[str, Any]:
+    filters = [(k, v) for k, v in params if k not in ("_offset", "_count")]
+
+    def link(relation: str, offset: int) -> dict[str, str]:
+        q = urlencode(filters + [("_count", str(result.count)), ("_offset", str(offset))])
+        return {"relation": relation, "url": f"{base}/{res_type}?{q}"}
+
+    links = [link("self", result.offset)]
+    if result.count and result.offset + result.count < result.total:
+        links.append(link("next", result.offset + result.count))
+    if result.offset > 0:
+        links.append(link("previous", max(0, result.offset - result.count)))
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": result.total,
+        "link": links,
+        "entry": [
+            {"fullUrl": f"{base}/{r.res_type}/{r.res_id}", "resource": json.loads(r.body), "search": {"mode": "match"}}
+            for r in result.rows
+        ],
+    }

@@ -1,0 +1,226 @@
+"""Every rule a resource must pass before it is stored, in one place.
+
+First the R4B models of fhir.resources (structure, datatypes, cardinality); then what they
+let through: codes of required bindings, NHS numbers (10 digits, Modulus 11), ODS code
+shape and confidentiality labels. References are checked against the store by ingest.
+The rules are described for integrators as StructureDefinitions in fhir_profiles/."""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator
+
+import pydantic
+from fhir.resources.R4B import get_fhir_model_class
+
+from app.errors import FhirError, Issue
+from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM, WRITABLE_TYPES
+
+CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+
+_ADMIN_GENDER = {"male", "female", "other", "unknown"}
+_CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+_CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+
+# Elements bound to a required value set: path -> allowed codes.
+REQUIRED_CODES: dict[str, dict[str, set[str]]] = {
+    "Patient": {
+        "gender": _ADMIN_GENDER,
+        "link.type": {"replaced-by", "replaces", "refer", "seealso"},
+        "contact.gender": _ADMIN_GENDER,
+    },
+    "RelatedPerson": {"gender": _ADMIN_GENDER},
+    "Practitioner": {"gender": _ADMIN_GENDER},
+    "Consent": {"status": {"draft", "proposed", "active", "rejected", "inactive", "entered-in-error"}},
+    "EpisodeOfCare": {
+        "status": {"planned", "waitlist", "active", "onhold", "finished", "cancelled", "entered-in-error"},
+        "statusHistory.status": {"planned", "waitlist", "active", "onhold", "finished", "cancelled", "entered-in-error"},
+    },
+    "CareTeam": {"status": {"proposed", "active", "suspended", "inactive", "entered-in-error"}},
+    "Flag": {"status": {"active", "inactive", "entered-in-error"}},
+    "Observation": {
+        "status": {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"}
+    },
+}
+# CodeableConcepts with a required binding: path -> (system, allowed codes)
+REQUIRED_CONCEPTS: dict[str, dict[str, tuple[str, set[str]]]] = {
+    "Condition": {
+        "clinicalStatus": (_CONDITION_CLINICAL, {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}),
+        "verificationStatus": (
+            _CONDITION_VERIFICATION,
+            {"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"},
+        ),
+    },
+}
+# Datatype elements with required bindings, checked wherever the datatype appears.
+DATATYPE_CODES: dict[tuple[str, str], set[str]] = {
+    ("identifier", "use"): {"usual", "official", "temp", "secondary", "old"},
+    ("name", "use"): {"usual", "official", "temp", "nickname", "anonymous", "old", "maiden"},
+    ("telecom", "system"): {"phone", "fax", "email", "pager", "url", "sms", "other"},
+    ("telecom", "use"): {"home", "work", "temp", "old", "mobile"},
+    ("address", "use"): {"home", "work", "temp", "old", "billing"},
+    ("address", "type"): {"postal", "physical", "both"},
+}
+_CONSENT_PROVISION = {"type": {"deny", "permit"}, "data.meaning": {"instance", "related", "dependents", "authoredby"}}
+_CONFIDENTIALITY_CODES = {"U", "L", "M", "N", "R", "V"}
+ODS_CODE_RE = re.compile(r"^[A-Z0-9]{3,10}$")
+_NHS_RE = re.compile(r"^\d{10}$")
+
+
+def is_valid_nhs_number(value: str) -> bool:
+    """10 digits whose last is the Modulus 11 check digit of the first nine."""
+    if not isinstance(value, str) or not _NHS_RE.match(value):
+        return False
+    total = sum(int(d) * w for d, w in zip(value[:9], range(10, 1, -1)))
+    check = 11 - total % 11
+    if check == 11:
+        check = 0
+    return check != 10 and check == int(value[9])
+
+
+def mask_nhs_number(value: str) -> str:
+    """For logs and errors: never an NHS number in clear."""
+    return "*******" + value[-3:] if isinstance(value, str) and len(value) >= 3 else "***"
+
+
+def is_valid_ods_code(value: str) -> bool:
+    return isinstance(value, str) and bool(ODS_CODE_RE.match(value))
+
+
+def _loc_to_expression(res_type: str, loc: tuple) -> str:
+    out = res_type
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and not part.startswith(("function-", "union[", "list[", "json-or-python")):
+            out += "." + part
+    return out
+
+
+def validate_structure(resource: Any, *, expected_type: str | None = None) -> None:
+    """400 unless the resource is a well-formed R4 resource of a type this gateway stores."""
+    if not isinstance(resource, dict):
+        raise FhirError(400, "structure", "The resource must be a JSON object", expression="Resource")
+    res_type = resource.get("resourceType")
+    if not isinstance(res_type, str) or not res_type:
+        raise FhirError(400, "required", "resourceType is missing", expression="Resource.resourceType", spine_code="MISSING_VALUE")
+    if expected_type and res_type != expected_type:
+        raise FhirError(
+            400, "invalid", f"resourceType {res_type} does not match the URL type {expected_type}",
+            expression=f"{res_type}.resourceType",
+        )
+    if res_type not in WRITABLE_TYPES:
+        try:
+            get_fhir_model_class(res_type)
+            msg = f"Resource type {res_type} is not supported by this server (see /fhir/metadata)"
+        except (ValueError, KeyError, AttributeError):
+            msg = f"Unknown resource type {res_type!r}"
+        raise FhirError(400, "not-supported", msg, expression=f"{res_type}.resourceType", spine_code="INVALID_RESOURCE")
+    model = get_fhir_model_class(res_type)
+    try:
+        model.model_validate(resource)
+    except pydantic.ValidationError as exc:
+        issues = []
+        for err in exc.errors()[:20]:
+            expr = _loc_to_expression(res_type, err["loc"])
+            # the error message may echo the offending value; only ever name the element
+            msg = err["msg"].split(",", 1)[0] if err["type"] == "value_error" else err["msg"]
+            issues.append(Issue("structure", f"{expr}: {msg}", expression=[expr], spine_code="INVALID_RESOURCE"))
+        raise FhirError(400, "structure", issues[0].diagnostics, issues=issues) from None
+    except (ValueError, TypeError) as exc:  # pragma: no cover - defensive
+        raise FhirError(400, "structure", f"{res_type} is not valid: {type(exc).__name__}", expression=res_type) from None
+
+
+def _iter_paths(node: Any, path: str, expr: str) -> Iterator[tuple[str, Any]]:
+    """(FHIRPath-style expression, value) for every value at a dotted path."""
+    head, _, rest = path.partition(".")
+    if not isinstance(node, dict) or head not in node:
+        return
+    value = node[head]
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    for i, item in items:
+        here = f"{expr}.{head}" + (f"[{i}]" if i is not None else "")
+        if rest:
+            yield from _iter_paths(item, rest, here)
+        else:
+            yield here, item
+
+
+def _walk_dicts(node: Any, expr: str) -> Iterator[tuple[str, dict]]:
+    if isinstance(node, dict):
+        yield expr, node
+        for k, v in node.items():
+            if isinstance(v, (dict, list)):
+                yield from _walk_dicts(v, f"{expr}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk_dicts(v, f"{expr}[{i}]")
+
+
+def _code_error(expr: str, value: Any, allowed: set[str]) -> FhirError:
+    return FhirError(
+        400, "code-invalid",
+        f"{expr}: code is not in the required value set ({', '.join(sorted(allowed))})",
+        expression=expr, spine_code="INVALID_CODE_VALUE",
+    )
+
+
+def _provisions(node: dict, expr: str) -> Iterator[tuple[str, dict]]:
+    prov = node.get("provision")
+    if isinstance(prov, dict):
+        here = f"{expr}.provision"
+        yield here, prov
+        yield from _provisions(prov, here)
+    elif isinstance(prov, list):
+        for i, p in enumerate(prov):
+            if isinstance(p, dict):
+                here = f"{expr}.provision[{i}]"
+                yield here, p
+                yield from _provisions(p, here)
+
+
+def check_business_rules(resource: dict[str, Any]) -> None:
+    """400 for a code outside a required binding (invalid FHIR); 422 for valid FHIR that breaks a
+    rule of this gateway (NHS number, ODS code)."""
+    res_type = resource["resourceType"]
+    for path, allowed in REQUIRED_CODES.get(res_type, {}).items():
+        for expr, value in _iter_paths(resource, path, res_type):
+            if value not in allowed:
+                raise _code_error(expr, value, allowed)
+    for path, (system, allowed) in REQUIRED_CONCEPTS.get(res_type, {}).items():
+        for expr, value in _iter_paths(resource, path, res_type):
+            for i, coding in enumerate((value or {}).get("coding") or []):
+                if coding.get("system") == system and coding.get("code") not in allowed:
+                    raise _code_error(f"{expr}.coding[{i}].code", coding.get("code"), allowed)
+    if res_type == "Consent":
+        for expr, prov in _provisions(resource, res_type):
+            for path, allowed in _CONSENT_PROVISION.items():
+                for e, value in _iter_paths(prov, path, expr):
+                    if value not in allowed:
+                        raise _code_error(e, value, allowed)
+    for expr, node in _walk_dicts(resource, res_type):
+        for (element, attr), allowed in DATATYPE_CODES.items():
+            for e, value in _iter_paths(node, f"{element}.{attr}", expr):
+                if value not in allowed:
+                    raise _code_error(e, value, allowed)
+        system = node.get("system")
+        if system == NHS_NUMBER_SYSTEM and "value" in node:
+            if not is_valid_nhs_number(node.get("value")):
+                raise FhirError(
+                    422, "value",
+                    f"{expr}.value: not a valid NHS number (10 digits with a Modulus 11 check digit)",
+                    expression=f"{expr}.value", spine_code="INVALID_NHS_NUMBER",
+                )
+        elif system == ODS_SYSTEM and "value" in node:
+            if not is_valid_ods_code(node.get("value")):
+                raise FhirError(
+                    422, "value", f"{expr}.value: not a valid ODS organisation code (3 to 10 upper-case letters and digits)",
+                    expression=f"{expr}.value", spine_code="INVALID_VALUE",
+                )
+        elif system == CONFIDENTIALITY_SYSTEM and "code" in node and node.get("code") not in _CONFIDENTIALITY_CODES:
+            raise _code_error(f"{expr}.code", node.get("code"), _CONFIDENTIALITY_CODES)
+
+
+def validate_resource(resource: Any, *, expected_type: str | None = None) -> dict[str, Any]:
+    validate_structure(resource, expected_type=expected_type)
+    check_business_rules(resource)
+    return resource

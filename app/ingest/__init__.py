@@ -1,0 +1,1 @@
+"""Ingest: every write (REST create/update, transaction and batch Bundles) goes through one pipeline."""

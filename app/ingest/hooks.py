@@ -1,0 +1,28 @@
+"""Extension points of the write pipeline, so labelling and linkage run inside the same transaction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
+
+
+@dataclass
+class Written:
+    """A resource as it was just stored."""
+
+    res_type: str
+    res_id: str
+    version_id: int
+    resource: dict[str, Any]
+    created: bool
+    source_org: str
+    source_system: str
+
+
+class IngestHook(Protocol):
+    def prepare(self, resource: dict[str, Any]) -> None:
+        """Adjust a resource before it is stored (e.g. stamp security labels)."""
+
+    def after_write(self, session: Session, written: list[Written]) -> None:
+        """Work that must commit or fail with the write (e.g. record linkage)."""

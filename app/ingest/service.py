@@ -1,0 +1,464 @@
+"""The write pipeline: validate, resolve identities and references, store with history and
+search index, then run the hooks (labelling, linkage) — all in the caller's transaction."""
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+from urllib.parse import parse_qsl
+
+from sqlalchemy import bindparam, delete, insert, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from app.auth.tokens import Principal, require
+from app.errors import FhirError, bad_request, unprocessable
+from app.fhir import store
+from app.fhir.indexing import STORED_TYPES, WRITABLE_TYPES, IndexRows, identifiers_of, index_resource, parse_reference
+from app.fhir.models import (
+    ResourceVersion, SearchDate, SearchReference, SearchString, SearchToken, SourceKey, StoredResource,
+)
+from app.fhir.validation import validate_resource
+from app.ingest.hooks import IngestHook, Written
+from app.settings import Settings
+
+
+@dataclass
+class EntryRequest:
+    """One write or read, from a Bundle entry or a plain REST call."""
+
+    index: int
+    method: str
+    url: str
+    resource: dict[str, Any] | None = None
+    full_url: str | None = None
+    if_none_exist: str | None = None
+    if_match: str | None = None
+    in_bundle: bool = True
+
+    @property
+    def expr_prefix(self) -> str:
+        return f"Bundle.entry[{self.index}].resource." if self.in_bundle else ""
+
+
+@dataclass
+class EntryResult:
+    status: int
+    res_type: str | None = None
+    res_id: str | None = None
+    version_id: int | None = None
+    last_updated: datetime | None = None
+    resource: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+
+    @property
+    def status_line(self) -> str:
+        return {200: "200 OK", 201: "201 Created"}.get(self.status, str(self.status))
+
+    @property
+    def location(self) -> str | None:
+        if self.res_type and self.res_id and self.version_id:
+            return f"{self.res_type}/{self.res_id}/_history/{self.version_id}"
+        return None
+
+
+@dataclass
+class _Plan:
+    req: EntryRequest
+    res_type: str
+    res_id: str | None = None
+    existing: StoredResource | None = None
+    create: bool = True
+    noop_result: EntryResult | None = None
+    resource: dict[str, Any] | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _criteria(query: str, expr: str) -> list[tuple[str, str]]:
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not pairs:
+        raise bad_request("Conditional criteria are empty", expression=expr)
+    return pairs
+
+
+def _iter_references(node: Any) -> Iterator[tuple[dict, str]]:
+    """Every Reference-like dict in a resource with its path (excluding contained resources)."""
+
+    def _walk(n: Any, path: str):
+        if isinstance(n, dict):
+            if isinstance(n.get("reference"), str) or (isinstance(n.get("identifier"), dict) and "type" in n):
+                yield n, path
+            for k, v in n.items():
+                if k != "contained" and isinstance(v, (dict, list)):
+                    yield from _walk(v, f"{path}.{k}")
+        elif isinstance(n, list):
+            for i, v in enumerate(n):
+                yield from _walk(v, f"{path}[{i}]")
+
+    yield from _walk(node, "")
+
+
+def _content(resource: dict[str, Any]) -> dict[str, Any]:
+    """The resource without server-assigned metadata, to tell a real change from a re-send."""
+    body = dict(resource)
+    meta = dict(body.get("meta") or {})
+    meta.pop("versionId", None)
+    meta.pop("lastUpdated", None)
+    if meta:
+        body["meta"] = meta
+    else:
+        body.pop("meta", None)
+    return body
+
+
+class IngestService:
+    def __init__(self, session: Session, principal: Principal, settings: Settings, hooks: list[IngestHook] | None = None):
+        self.session = session
+        self.principal = principal
+        self.settings = settings
+        self.hooks = hooks or []
+
+    # ------------------------------------------------------------ public entry points
+
+    def transaction(self, entries: list[EntryRequest]) -> list[EntryResult]:
+        """All or nothing: any error raises, and the caller's transaction rolls back."""
+        self._check_no_duplicate_targets(entries)
+        writes = [e for e in entries if e.method in ("POST", "PUT")]
+        reads = [e for e in entries if e.method == "GET"]
+        results: dict[int, EntryResult] = {}
+        for e, r in zip(writes, self._apply_writes(writes, allow_urn=True)):
+            results[e.index] = r
+        for e in reads:
+            results[e.index] = self._read_entry(e)
+        return [results[e.index] for e in entries]
+
+    def batch(self, entries: list[EntryRequest]) -> list[EntryResult]:
+        """Entry by entry: each in its own savepoint, a failure recorded in its response."""
+        results = []
+        for e in entries:
+            savepoint = self.session.begin_nested()
+            try:
+                if e.method == "GET":
+                    result = self._read_entry(e)
+                else:
+                    result = self._apply_writes([e], allow_urn=False)[0]
+                savepoint.commit()
+            except FhirError as err:
+                savepoint.rollback()
+                result = EntryResult(status=err.status, outcome=err.outcome())
+            results.append(result)
+        return results
+
+    def write_one(self, req: EntryRequest) -> EntryResult:
+        return self._apply_writes([req], allow_urn=False)[0]
+
+    # ------------------------------------------------------------ pipeline
+
+    def _check_no_duplicate_targets(self, entries: list[EntryRequest]) -> None:
+        seen: dict[str, int] = {}
+        for e in entries:
+            if e.full_url:
+                if e.full_url in seen:
+                    raise bad_request(
+                        f"Bundle.entry[{e.index}].fullUrl repeats the fullUrl of entry {seen[e.full_url]}",
+                        expression=f"Bundle.entry[{e.index}].fullUrl",
+                    )
+                seen[e.full_url] = e.index
+            if e.method == "PUT" and "?" not in e.url:
+                key = e.url.strip("/")
+                if key in seen:
+                    raise bad_request(f"Bundle.entry[{e.index}] updates the same resource as entry {seen[key]}", expression=f"Bundle.entry[{e.index}].request.url")
+                seen[key] = e.index
+
+    def _apply_writes(self, reqs: list[EntryRequest], *, allow_urn: bool) -> list[EntryResult]:
+        plans = [self._plan(r) for r in reqs]
+        self._dedupe_by_source_key(plans)
+        # Map fullUrl -> literal reference for the entries that will exist after this bundle.
+        urn_map: dict[str, str] = {}
+        bundle_idents: dict[tuple[str, str, str], str] = {}
+        for p in plans:
+            if p.res_id is None:
+                p.res_id = str(uuid.uuid4())
+            if p.req.full_url:
+                urn_map[p.req.full_url] = f"{p.res_type}/{p.res_id}"
+            for system, value in identifiers_of(p.req.resource or {}):
+                bundle_idents[(p.res_type, system, value)] = p.res_id
+        known_literals = {f"{p.res_type}/{p.res_id}" for p in plans}
+        for p in plans:
+            if p.noop_result is not None:
+                continue
+            resource = copy.deepcopy(p.req.resource)
+            resource["id"] = p.res_id
+            self._rewrite_references(p, resource, urn_map if allow_urn else {}, bundle_idents, known_literals)
+            for hook in self.hooks:
+                hook.prepare(resource)
+            p.resource = resource
+        return self._store(plans)
+
+    def _plan(self, req: EntryRequest) -> _Plan:
+        prefix = req.expr_prefix
+        url = req.url.strip("/")
+        if req.method not in ("POST", "PUT"):
+            raise bad_request(f"Method {req.method} is not supported here", expression=f"Bundle.entry[{req.index}].request.method")
+        path, _, query = url.partition("?")
+        parts = path.split("/")
+        res_type = parts[0]
+        if res_type not in WRITABLE_TYPES:
+            raise FhirError(
+                400, "not-supported", f"Writing {res_type or 'this URL'} is not supported by this server",
+                expression=f"Bundle.entry[{req.index}].request.url" if req.in_bundle else None,
+            )
+        require(self.principal, res_type, "c" if req.method == "POST" else "u")
+        try:
+            validate_resource(req.resource, expected_type=res_type)
+        except FhirError as err:
+            raise err.prefixed(prefix, f"entry {req.index}") if req.in_bundle else err
+        plan = _Plan(req=req, res_type=res_type)
+        if req.method == "POST":
+            if len(parts) != 1 or query:
+                raise bad_request("POST goes to the type's URL, e.g. Patient", expression=f"Bundle.entry[{req.index}].request.url")
+            if req.if_none_exist:
+                matches = self._match(res_type, req.if_none_exist, req)
+                if len(matches) > 1:
+                    raise FhirError(412, "duplicate", f"ifNoneExist criteria match {len(matches)} {res_type} resources", spine_code="DUPLICATE_REJECTED")
+                if matches:
+                    row = matches[0]
+                    plan.res_id, plan.existing, plan.create = row.res_id, row, False
+                    plan.noop_result = EntryResult(200, res_type, row.res_id, row.version_id, row.last_updated, json.loads(row.body))
+            return plan
+        # PUT
+        if query:
+            matches = self._match(res_type, query, req)
+            if len(matches) > 1:
+                raise FhirError(412, "duplicate", f"Conditional update criteria match {len(matches)} {res_type} resources", spine_code="DUPLICATE_REJECTED")
+            if matches:
+                plan.res_id, plan.existing, plan.create = matches[0].res_id, matches[0], False
+            body_id = req.resource.get("id")
+            if body_id and plan.res_id and body_id != plan.res_id:
+                raise bad_request("The resource id does not match the resource the criteria found", expression=f"{prefix or res_type + '.'}id")
+            return plan
+        if len(parts) != 2:
+            raise bad_request("PUT goes to Type/id or Type?identifier=system|value", expression=f"Bundle.entry[{req.index}].request.url")
+        res_id = parts[1]
+        if req.resource.get("id") != res_id:
+            raise bad_request(f"The resource id must equal the id in the URL ({res_id})", expression=f"{res_type}.id")
+        existing = store.get_current(self.session, res_type, res_id)
+        plan.res_id = res_id
+        if existing is not None:
+            plan.existing, plan.create = existing, False
+        return plan
+
+    def _match(self, res_type: str, query: str, req: EntryRequest) -> list[StoredResource]:
+        criteria = _criteria(query, f"Bundle.entry[{req.index}].request")
+        result = store.search(self.session, self.principal, res_type, criteria, default_count=2, max_count=2)
+        return result.rows
+
+    def _dedupe_by_source_key(self, plans: list[_Plan]) -> None:
+        """A POST of a record this source already sent (same type and identifier) updates it."""
+        wanted = {
+            (p.res_type, s, v): p for p in plans if p.create and p.req.method in ("POST", "PUT") and p.noop_result is None
+            for s, v in identifiers_of(p.req.resource or {})
+        }
+        if not wanted:
+            return
+        rows = self.session.execute(
+            select(SourceKey.res_type, SourceKey.system, SourceKey.value, SourceKey.res_id).where(
+                SourceKey.source_org == self.principal.org,
+                tuple_(SourceKey.res_type, SourceKey.system, SourceKey.value).in_(list(wanted)),
+            )
+        ).all()
+        found: dict[int, set[str]] = {}
+        for r in rows:
+            plan = wanted[(r.res_type, r.system, r.value)]
+            found.setdefault(id(plan), set()).add(r.res_id)
+        for plan in {id(p): p for p in wanted.values()}.values():
+            ids = found.get(id(plan))
+            if not ids:
+                continue
+            if len(ids) > 1:
+                raise FhirError(409, "conflict", f"{plan.res_type} identifiers belong to {len(ids)} different records already sent by this source", expression=f"{plan.req.expr_prefix or plan.res_type + '.'}identifier")
+            res_id = ids.pop()
+            if plan.res_id and plan.res_id != res_id and plan.req.method == "PUT" and "?" not in plan.req.url:
+                raise FhirError(409, "conflict", f"This source already sent that {plan.res_type} identifier as {plan.res_type}/{res_id}", expression=f"{plan.req.expr_prefix or plan.res_type + '.'}identifier")
+            plan.res_id = res_id
+            plan.existing = store.get_current(self.session, plan.res_type, res_id)
+            plan.create = plan.existing is None
+
+    def _rewrite_references(
+        self, plan: _Plan, resource: dict[str, Any], urn_map: dict[str, str],
+        bundle_idents: dict[tuple[str, str, str], str], known_literals: set[str],
+    ) -> None:
+        prefix = plan.req.expr_prefix or f"{plan.res_type}."
+        to_check: dict[tuple[str, str], str] = {}
+        for ref, path in _iter_references(resource):
+            expr = f"{prefix}{path.lstrip('.')}.reference"
+            literal = ref.get("reference")
+            if not isinstance(literal, str):
+                continue
+            if literal.startswith("urn:uuid:") or literal.startswith("urn:oid:"):
+                target = urn_map.get(literal)
+                if target is None:
+                    raise unprocessable(f"{expr}: {literal} is not the fullUrl of any entry in this Bundle", expression=expr, code="not-found", spine_code="INVALID_REFERENCE")
+                ref["reference"] = target
+                continue
+            if "?" in literal:
+                self._resolve_conditional(ref, literal, expr, bundle_idents)
+                continue
+            base = self.settings.fhir_base + "/"
+            if literal.startswith(base):
+                literal = literal[len(base):]
+                ref["reference"] = literal
+            parsed = parse_reference(literal)
+            if parsed and parsed[0] in STORED_TYPES and "://" not in literal:
+                if f"{parsed[0]}/{parsed[1]}" not in known_literals:
+                    to_check[parsed] = expr
+        if to_check:
+            existing = set(
+                self.session.execute(
+                    select(StoredResource.res_type, StoredResource.res_id).where(
+                        tuple_(StoredResource.res_type, StoredResource.res_id).in_(list(to_check)),
+                        StoredResource.deleted.is_(False),
+                    )
+                ).tuples()
+            )
+            for key, expr in to_check.items():
+                if key not in existing:
+                    raise unprocessable(f"{expr}: {key[0]}/{key[1]} does not exist on this server", expression=expr, code="not-found", spine_code="INVALID_REFERENCE")
+
+    def _resolve_conditional(self, ref: dict, literal: str, expr: str, bundle_idents: dict) -> None:
+        """'Patient?identifier=system|value': resolved to one record if exactly one fits, else kept
+        as a logical reference by identifier, resolved as records arrive."""
+        target_type, _, query = literal.partition("?")
+        target_type = target_type.rsplit("/", 1)[-1]
+        pairs = parse_qsl(query)
+        if target_type not in STORED_TYPES or len(pairs) != 1 or pairs[0][0] != "identifier" or "|" not in pairs[0][1]:
+            raise bad_request(f"{expr}: conditional references must be Type?identifier=system|value", expression=expr)
+        system, value = pairs[0][1].split("|", 1)
+        in_bundle = bundle_idents.get((target_type, system, value))
+        if in_bundle:
+            ref["reference"] = f"{target_type}/{in_bundle}"
+            return
+        rows = self.session.execute(
+            select(SearchToken.res_id, StoredResource.source_org)
+            .join(StoredResource, (StoredResource.res_type == SearchToken.res_type) & (StoredResource.res_id == SearchToken.res_id))
+            .where(SearchToken.res_type == target_type, SearchToken.param == "identifier",
+                   SearchToken.system == system, SearchToken.code == value, StoredResource.deleted.is_(False))
+        ).all()
+        own = [r.res_id for r in rows if r.source_org == self.principal.org]
+        candidates = own or [r.res_id for r in rows]
+        if len(set(candidates)) == 1:
+            ref["reference"] = f"{target_type}/{candidates[0]}"
+        else:
+            del ref["reference"]
+            ref["type"] = target_type
+            ref["identifier"] = {"system": system, "value": value}
+
+    def _store(self, plans: list[_Plan]) -> list[EntryResult]:
+        now = _now()
+        results: list[EntryResult] = []
+        creates, updates, versions, written = [], [], [], []
+        rows = IndexRows()
+        new_keys: list[dict] = []
+        for p in plans:
+            if p.noop_result is not None:
+                results.append(p.noop_result)
+                continue
+            resource = p.resource
+            existing = p.existing
+            if existing is not None:
+                if self.principal.role != "admin" and existing.source_org != self.principal.org:
+                    raise FhirError(403, "forbidden", f"{p.res_type}/{p.res_id} was sent by another organisation; a source may only update its own records", spine_code="ACCESS_DENIED")
+                if p.req.if_match and p.req.if_match.strip() not in (store.etag(existing.version_id), f'"{existing.version_id}"', str(existing.version_id)):
+                    raise FhirError(412, "conflict", f"Version conflict: {p.res_type}/{p.res_id} is at version {existing.version_id}", spine_code="PRECONDITION_FAILED")
+                old = json.loads(existing.body)
+                if not existing.deleted and _content(old) == _content(resource):  # a re-send: no new version
+                    results.append(EntryResult(200, p.res_type, p.res_id, existing.version_id, existing.last_updated, old))
+                    continue
+                version = existing.version_id + 1
+            else:
+                if p.req.if_match:
+                    raise FhirError(412, "conflict", f"If-Match given but {p.res_type}/{p.res_id} does not exist", spine_code="PRECONDITION_FAILED")
+                version = 1
+            meta = dict(resource.get("meta") or {})
+            meta["versionId"] = str(version)
+            meta["lastUpdated"] = store.format_instant(now)
+            resource["meta"] = meta
+            body = json.dumps(resource, separators=(",", ":"), ensure_ascii=False)
+            row = {
+                "res_type": p.res_type, "res_id": p.res_id, "version_id": version, "last_updated": now,
+                "deleted": False, "body": body, "source_system": self.principal.source_system,
+                # an admin's correction keeps the record with the organisation that sent it
+                "source_org": existing.source_org if existing is not None else self.principal.org,
+            }
+            if existing is None:
+                creates.append(row)
+            else:
+                updates.append({**row, "b_type": p.res_type, "b_id": p.res_id})
+            versions.append({k: row[k] for k in ("res_type", "res_id", "version_id", "last_updated", "body", "source_org", "source_system")} | {"method": "POST" if existing is None else "PUT"})
+            index_resource(resource, rows)
+            for system, value in identifiers_of(resource):
+                new_keys.append({"source_org": row["source_org"], "res_type": p.res_type, "system": system, "value": value[:255], "res_id": p.res_id})
+            written.append(Written(p.res_type, p.res_id, version, resource, existing is None, row["source_org"], self.principal.source_system))
+            results.append(EntryResult(201 if existing is None else 200, p.res_type, p.res_id, version, now, resource))
+        self._flush(creates, updates, versions, rows, new_keys)
+        for hook in self.hooks:
+            hook.after_write(self.session, written)
+        return results
+
+    def _flush(self, creates, updates, versions, rows: IndexRows, new_keys) -> None:
+        s = self.session
+        if creates:
+            s.execute(insert(StoredResource), creates)
+        if updates:
+            stmt = (
+                update(StoredResource)
+                .where(StoredResource.res_type == bindparam("b_type"), StoredResource.res_id == bindparam("b_id"))
+                .values(version_id=bindparam("version_id"), last_updated=bindparam("last_updated"), deleted=False, body=bindparam("body"), source_system=bindparam("source_system"))
+            )
+            s.connection().execute(stmt, [{k: u[k] for k in ("b_type", "b_id", "version_id", "last_updated", "body", "source_system")} for u in updates])
+            by_type: dict[str, list[str]] = {}
+            for u in updates:
+                by_type.setdefault(u["res_type"], []).append(u["res_id"])
+            for table in (SearchToken, SearchString, SearchDate, SearchReference):
+                for t, ids in by_type.items():
+                    s.execute(delete(table).where(table.res_type == t, table.res_id.in_(ids)))
+        if versions:
+            s.execute(insert(ResourceVersion), versions)
+        for table, data in ((SearchToken, rows.tokens), (SearchString, rows.strings), (SearchDate, rows.dates), (SearchReference, rows.references)):
+            if data:
+                s.execute(insert(table), data)
+        if new_keys:
+            self._add_source_keys(new_keys)
+
+    def _add_source_keys(self, keys: list[dict]) -> None:
+        unique = {(k["source_org"], k["res_type"], k["system"], k["value"]): k for k in keys}
+        present = set(
+            self.session.execute(
+                select(SourceKey.source_org, SourceKey.res_type, SourceKey.system, SourceKey.value).where(
+                    tuple_(SourceKey.source_org, SourceKey.res_type, SourceKey.system, SourceKey.value).in_(list(unique))
+                )
+            ).tuples()
+        )
+        missing = [k for key, k in unique.items() if key not in present]
+        if missing:
+            self.session.execute(insert(SourceKey), missing)
+
+    def _read_entry(self, e: EntryRequest) -> EntryResult:
+        path, _, query = e.url.strip("/").partition("?")
+        parts = path.split("/")
+        if len(parts) == 2 and not query:
+            require(self.principal, parts[0], "r")
+            row = store.read(self.session, self.principal, parts[0], parts[1])
+            return EntryResult(200, row.res_type, row.res_id, row.version_id, row.last_updated, json.loads(row.body))
+        if len(parts) == 1:
+            require(self.principal, parts[0], "s")
+            params = parse_qsl(query, keep_blank_values=True)
+            result = store.search(self.session, self.principal, parts[0], params, default_count=self.settings.default_page_size, max_count=self.settings.max_page_size)
+            bundle = store.searchset_bundle(result, base=self.settings.fhir_base, res_type=parts[0], params=params)
+            return EntryResult(200, resource=bundle)
+        raise bad_request(f"GET {e.url} is not supported in a Bundle", expression=f"Bundle.entry[{e.index}].request.url")

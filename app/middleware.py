@@ -1,0 +1,87 @@
+"""ASGI middleware: request and correlation ids on every response, the body size limit, and a
+last-resort 500 OperationOutcome that names only the request id."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+
+from app.errors import FhirError, operation_outcome, Issue
+
+log = logging.getLogger("familyview")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_NHS_LIKE = re.compile(r"\b\d{3}\s?\d{3}\s?\d{4}\b")
+
+
+def scrub(text: str) -> str:
+    """Logs never carry an NHS number in clear."""
+    return _NHS_LIKE.sub("**********", text)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestContextMiddleware:
+    def __init__(self, app, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        request_id = headers.get("x-request-id", "")
+        if not _SAFE_ID.match(request_id):
+            request_id = str(uuid.uuid4())
+        correlation_id = headers.get("x-correlation-id", "")
+        if not _SAFE_ID.match(correlation_id):
+            correlation_id = request_id
+        scope.setdefault("state", {})["request_id"] = request_id
+        scope["state"]["correlation_id"] = correlation_id
+        extra = [(b"x-request-id", request_id.encode()), (b"x-correlation-id", correlation_id.encode())]
+        started = False
+
+        async def send_wrapper(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+            await send(message)
+
+        async def send_error(status: int, outcome: dict, more_headers=()):
+            body = json.dumps(outcome).encode()
+            await send_wrapper({
+                "type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/fhir+json; charset=utf-8"), (b"content-length", str(len(body)).encode()), *more_headers],
+            })
+            await send_wrapper({"type": "http.response.body", "body": body})
+
+        declared = headers.get("content-length")
+        too_large = FhirError(413, "too-costly", f"The request body is larger than this server accepts ({self.max_body_bytes} bytes)", spine_code="REQUEST_TOO_LARGE")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await send_error(413, too_large.outcome())
+            return
+        received = 0
+
+        async def receive_limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, receive_limited, send_wrapper)
+        except _BodyTooLarge:
+            if not started:
+                await send_error(413, too_large.outcome())
+        except Exception:  # noqa: BLE001 - the last resort: log the detail, answer with the id only
+            log.error("unhandled error request_id=%s path=%s", request_id, scrub(scope.get("path", "")), exc_info=True)
+            if not started:
+                outcome = operation_outcome([Issue("exception", f"An unexpected error occurred. Quote request id {request_id} to the service desk.", spine_code="SERVER_ERROR")])
+                await send_error(500, outcome)

@@ -1,0 +1,5 @@
+"""Imports every module that declares tables, so Alembic and tests see the whole schema."""
+
+
+def import_all_models() -> None:
+    import app.fhir.models  # noqa: F401

@@ -1,0 +1,57 @@
+"""One settings class for the whole service, read from the environment (prefix FAMILYVIEW_)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VAR_DIR = PROJECT_ROOT / "var"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FAMILYVIEW_", env_file=None, extra="ignore")
+
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_VAR_DIR / 'familyview.db'}",
+        validation_alias=AliasChoices("FAMILYVIEW_DATABASE_URL", "DATABASE_URL"),
+    )
+    # Public base URL used in Location headers, fullUrls and Bundle links.
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    # Auth: production trusts an issuer's JWKS; the embedded default signs with a local key.
+    auth_issuer: str = "urn:familyview:local"
+    auth_audience: str = "urn:familyview"
+    auth_jwks_url: str | None = None
+    auth_local_key_path: Path = DEFAULT_VAR_DIR / "local-signing-key.pem"
+    auth_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    auth_leeway_seconds: int = 30
+
+    # Limits
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_bundle_entries: int = 1000
+    default_page_size: int = 50
+    max_page_size: int = 500
+
+    # Record linkage thresholds (match probability)
+    linkage_auto_link_probability: float = 0.95
+    linkage_review_probability: float = 0.5
+
+    # Name of this deployment in audit records
+    deployment_name: str = "familyview"
+    log_level: str = "INFO"
+
+    @property
+    def fhir_base(self) -> str:
+        return self.public_base_url.rstrip("/") + "/fhir"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
