@@ -223,7 +223,10 @@ class PersonRecord:
             nhs = None
         put("nhs_number", nhs)
         put("nhs_verified", bool(self.nhs_verified and nhs))
-        put("address_lines", tuple(x for x in (normalise_text(l) for l in _as_tuple(self.address_lines)) if x))
+        lines = [normalise_text(line) or "" for line in _as_tuple(self.address_lines)]
+        while lines and not lines[-1]:
+            lines.pop()
+        put("address_lines", tuple(lines))
         put("locality", normalise_text(self.locality))
         put("region", normalise_text(self.region))
         put(
@@ -373,6 +376,10 @@ def blocking_keys(rec: PersonRecord) -> set[str]:
                              token) + birth year — survives day/month typos and moves
     ``np:<sdx>+<sdx>:<district>`` same name pair + postcode district — survives any
                              date-of-birth error
+    ``fp:<sdx>:<postcode>``  family-name Soundex + full postcode (a household) —
+                             survives a missing or wrong date of birth and given name
+    ``gp:<sdx>:<postcode>``  given-name Soundex (nickname canonical) + full postcode —
+                             survives a surname change or misspelling and a bad date
     """
     keys: set[str] = set()
     if rec.nhs_number:
@@ -399,6 +406,11 @@ def blocking_keys(rec: PersonRecord) -> set[str]:
                 keys.add(f"ny:{pair}:{rec.birth_date.year}")
             if district:
                 keys.add(f"np:{pair}:{district}")
+    if rec.postcode:
+        if first_family:
+            keys.add(f"fp:{first_family}:{rec.postcode}")
+        for g in given_codes:
+            keys.add(f"gp:{g}:{rec.postcode}")
     return keys
 
 
