@@ -59,8 +59,7 @@ def get_hooks(request: Request) -> list:
 
 
 def resource_headers(res_type: str, res_id: str, version_id: int, last_updated: datetime, base: str) -> dict[str, str]:
-    if last_updated.tzinfo is None:
-        last_updated = last_updated.replace(tzinfo=timezone.utc)
+    last_updated = last_updated.replace(tzinfo=timezone.utc) if last_updated.tzinfo is None else last_updated.astimezone(timezone.utc)
     return {
         "ETag": f'W/"{version_id}"',
         "Last-Modified": format_datetime(last_updated, usegmt=True),

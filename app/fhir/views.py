@@ -37,6 +37,7 @@ def metadata(request: Request) -> FhirResponse:
 
 
 @router.post("", summary="Process a transaction or batch Bundle")
+@router.post("/", include_in_schema=False)
 def post_bundle(
     principal: Principal = Depends(get_principal),
     body: Any = Depends(fhir_body),

@@ -324,7 +324,7 @@ class IngestService:
                         tuple_(StoredResource.res_type, StoredResource.res_id).in_(list(to_check)),
                         StoredResource.deleted.is_(False),
                     )
-                ).tuples()
+                ).all()
             )
             for key, expr in to_check.items():
                 if key not in existing:
@@ -442,7 +442,7 @@ class IngestService:
                 select(SourceKey.source_org, SourceKey.res_type, SourceKey.system, SourceKey.value).where(
                     tuple_(SourceKey.source_org, SourceKey.res_type, SourceKey.system, SourceKey.value).in_(list(unique))
                 )
-            ).tuples()
+            ).all()
         )
         missing = [k for key, k in unique.items() if key not in present]
         if missing:

@@ -1,0 +1,38 @@
+# familyview: `make run` serves the demo; `make test` runs the whole suite on SQLite and PostgreSQL.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+DB_URL ?= sqlite:///$(CURDIR)/var/familyview.db
+
+.PHONY: run test serve migrate openapi bench clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(DEV_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+run: $(STAMP)
+	FAMILYVIEW_DATABASE_URL=$(DB_URL) $(BIN)/familyview migrate
+	FAMILYVIEW_DATABASE_URL=$(DB_URL) $(BIN)/familyview serve --with-demo --host 127.0.0.1 --port 8000
+
+test: $(DEV_STAMP)
+	FAMILYVIEW_REQUIRE_POSTGRES=1 scripts/with-postgres.sh scripts/run-tests.sh $(BIN)/python
+
+openapi: $(STAMP)
+	$(BIN)/familyview openapi
+
+bench: $(DEV_STAMP)
+	scripts/with-postgres.sh $(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) var *.egg-info

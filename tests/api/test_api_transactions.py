@@ -1,0 +1,204 @@
+"""Transactions and batches over real HTTP: atomicity, urn:uuid resolution, idempotent re-sends,
+conditional create/update, and bad entries that write nothing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import GP_ORG, HV_ORG, MATERNITY_ORG
+from tests.fhirdata import bundle, entry, family_bundle, next_nhs, patient
+
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+
+
+def _count(client, res_type: str, **params) -> int:
+    r = client.get(f"/{res_type}", params={**params, "_count": 0})
+    assert r.status_code == 200, r.text
+    return r.json()["total"]
+
+
+def _all_counts(client) -> dict[str, int]:
+    return {t: _count(client, t) for t in ("Patient", "RelatedPerson", "Consent", "Flag")}
+
+
+def test_transaction_resolves_urn_uuid_and_resend_is_idempotent(live):
+    src = live.source(MATERNITY_ORG, "maternity")
+    b = family_bundle()
+    r = src.post("", content=json.dumps(b), headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in out["entry"]] == ["201 Created"] * 3
+    patient_loc = out["entry"][0]["response"]["location"]
+    assert patient_loc.startswith("Patient/") and patient_loc.endswith("/_history/1")
+    assert out["entry"][0]["response"]["etag"] == 'W/"1"'
+    patient_ref = "/".join(patient_loc.split("/")[:2])
+
+    rp_loc = out["entry"][1]["response"]["location"].rsplit("/_history", 1)[0]
+    rp = src.get(f"/{rp_loc}").json()
+    assert rp["patient"]["reference"] == patient_ref
+    consent = src.get("/Consent", params={"patient": patient_ref}).json()
+    assert consent["total"] == 1
+    assert consent["entry"][0]["resource"]["patient"]["reference"] == patient_ref
+
+    before = _all_counts(src)
+    r2 = src.post("", content=json.dumps(family_bundle_same(b)), headers={"Content-Type": "application/fhir+json"})
+    assert r2.status_code == 200, r2.text
+    assert [e["response"]["status"] for e in r2.json()["entry"]] == ["200 OK"] * 3
+    assert [e["response"]["location"] for e in r2.json()["entry"]] == [e["response"]["location"] for e in out["entry"]]
+    assert _all_counts(src) == before
+
+
+def family_bundle_same(b):
+    """The same records re-sent with fresh urn:uuids, as a source system does."""
+    text = json.dumps(b)
+    for e in b["entry"]:
+        text = text.replace(e["fullUrl"], e["fullUrl"].replace("urn:uuid:", "urn:uuid:0"))
+    return json.loads(text)
+
+
+def test_changed_record_makes_a_new_version_and_history(live):
+    src = live.source(MATERNITY_ORG, "maternity")
+    p = patient("Evans", "Cara", nhs=next_nhs())
+    r = src.post("/Patient", json=p, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 201
+    pid = r.json()["id"]
+    p2 = {**p, "birthDate": "1996-02-03"}
+    r = src.post("/Patient", json=p2, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200 and r.json()["id"] == pid and r.json()["meta"]["versionId"] == "2"
+    h = src.get(f"/Patient/{pid}/_history").json()
+    assert h["type"] == "history" and h["total"] == 2
+    v1 = src.get(f"/Patient/{pid}/_history/1")
+    assert v1.status_code == 200 and v1.json()["birthDate"] == "1995-02-03" and v1.headers["etag"] == 'W/"1"'
+    assert src.get(f"/Patient/{pid}/_history/9").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "breakage, status, expression_part",
+    [
+        ("invalid-nhs", 422, "identifier[0].value"),
+        ("unknown-type", 400, "resourceType"),
+        ("invalid-code", 400, "gender"),
+        ("broken-reference", 422, "patient.reference"),
+        ("dangling-urn", 422, "patient.reference"),
+    ],
+)
+def test_transaction_with_one_bad_entry_writes_nothing(live, breakage, status, expression_part):
+    src = live.source(MATERNITY_ORG, "maternity")
+    b = family_bundle()
+    bad_index = 1
+    rp = b["entry"][1]["resource"]
+    if breakage == "invalid-nhs":
+        bad_index = 0
+        b["entry"][0]["resource"]["identifier"][0]["value"] = "9990000011"
+    elif breakage == "unknown-type":
+        b["entry"][1]["resource"] = {"resourceType": "Spaceship", "id": "x"}
+        b["entry"][1]["request"]["url"] = "Patient"
+    elif breakage == "invalid-code":
+        rp["gender"] = "xx"
+    elif breakage == "broken-reference":
+        rp["patient"] = {"reference": "Patient/does-not-exist"}
+    elif breakage == "dangling-urn":
+        rp["patient"] = {"reference": "urn:uuid:00000000-0000-0000-0000-000000000000"}
+    before = _all_counts(src)
+    r = src.post("", content=json.dumps(b), headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == status, r.text
+    oo = r.json()
+    assert oo["resourceType"] == "OperationOutcome"
+    issue = oo["issue"][0]
+    assert issue["severity"] == "error"
+    assert issue["details"]["coding"][0]["system"] == "https://fhir.nhs.uk/R4/CodeSystem/Spine-ErrorOrWarningCode"
+    expr = issue["expression"][0]
+    assert expr.startswith(f"Bundle.entry[{bad_index}]"), expr
+    assert expression_part in expr
+    assert "9990000011" not in r.text  # never echo an NHS number in an error
+    assert _all_counts(src) == before
+
+
+def test_batch_processes_entries_independently(live):
+    src = live.source(MATERNITY_ORG, "maternity")
+    good = patient("Green", "Dee", nhs=next_nhs())
+    bad = patient("Brown", "Eve", nhs="9990000011")
+    r = src.post("", content=json.dumps(bundle([entry(good), entry(bad)], kind="batch")), headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200
+    out = r.json()
+    assert out["type"] == "batch-response"
+    assert out["entry"][0]["response"]["status"] == "201 Created"
+    assert out["entry"][1]["response"]["status"] == "422"
+    assert out["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert _count(src, "Patient", family="green") == 1
+    assert _count(src, "Patient", family="brown") == 0
+
+
+def test_conditional_create_and_update(live):
+    src = live.source(GP_ORG, "general-practice")
+    nhs = next_nhs()
+    p = patient("Khan", "Faisal", nhs=nhs, gender="male", birth="1990-01-01")
+    ident = f"{NHS}|{nhs}"
+    b = bundle([entry(p, ifNoneExist=f"identifier={ident}")])
+    r1 = src.post("", json=b, headers={"Content-Type": "application/fhir+json"})
+    assert r1.json()["entry"][0]["response"]["status"] == "201 Created"
+    r2 = src.post("", json=b, headers={"Content-Type": "application/fhir+json"})
+    assert r2.json()["entry"][0]["response"]["status"] == "200 OK"
+    assert _count(src, "Patient", identifier=ident) == 1
+    # conditional update by identifier
+    upd = {**p, "birthDate": "1990-01-02"}
+    r3 = src.put(f"/Patient?identifier={ident}", json=upd, headers={"Content-Type": "application/fhir+json"})
+    assert r3.status_code == 200, r3.text
+    assert r3.json()["birthDate"] == "1990-01-02" and r3.json()["meta"]["versionId"] == "2"
+    # conditional update of an unknown identifier creates
+    nhs2 = next_nhs()
+    r4 = src.put(f"/Patient?identifier={NHS}|{nhs2}", json=patient("Khan", "Zara", nhs=nhs2), headers={"Content-Type": "application/fhir+json"})
+    assert r4.status_code == 201
+    # conditional update in a transaction
+    b2 = bundle([entry({**upd, "gender": "male", "birthDate": "1990-01-03"}, method="PUT", url=f"Patient?identifier={ident}")])
+    r5 = src.post("", json=b2, headers={"Content-Type": "application/fhir+json"})
+    assert r5.json()["entry"][0]["response"]["status"] == "200 OK"
+    assert r5.json()["entry"][0]["response"]["etag"] == 'W/"3"'
+
+
+def test_conditional_and_logical_references_resolve_across_sources(live):
+    """A health visitor's RelatedPerson refers to the mother by NHS number before the GP's
+    record of her arrives; it resolves when she does."""
+    hv = live.source(HV_ORG, "health-visiting")
+    gp = live.source(GP_ORG, "general-practice")
+    nhs = next_nhs()
+    rp = {
+        "resourceType": "RelatedPerson",
+        "identifier": [{"system": "https://hv.example.nhs.uk/Id/rp", "value": "rp-" + nhs}],
+        "patient": {"reference": f"Patient?identifier={NHS}|{nhs}"},
+        "name": [{"family": "Okafor", "given": ["Ben"]}],
+        "gender": "male",
+    }
+    r = hv.post("", json=bundle([entry(rp)]), headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+    stored = hv.get("/RelatedPerson", params={"family": "okafor"}).json()["entry"][0]["resource"]
+    assert stored["patient"] == {"type": "Patient", "identifier": {"system": NHS, "value": nhs}}
+    r = gp.post("/Patient", json=patient("Okafor", "Ngozi", nhs=nhs), headers={"Content-Type": "application/fhir+json"})
+    pid = r.json()["id"]
+    admin = live.client("admin", "X26")
+    found = admin.get("/RelatedPerson", params={"patient": f"Patient/{pid}"}).json()
+    assert found["total"] == 1
+    # now that the patient is known, a new conditional reference resolves to the literal id
+    rp2 = {**rp, "identifier": [{"system": "https://hv.example.nhs.uk/Id/rp", "value": "rp2-" + nhs}]}
+    hv.post("", json=bundle([entry(rp2)]), headers={"Content-Type": "application/fhir+json"})
+    refs = [e["resource"]["patient"] for e in hv.get("/RelatedPerson", params={"family": "okafor"}).json()["entry"]]
+    assert {"reference": f"Patient/{pid}"} in refs
+
+
+def test_transaction_entry_limit_is_413(live, settings):
+    src = live.source(MATERNITY_ORG, "maternity")
+    entries = [entry(patient("Bulk", f"N{i}")) for i in range(settings.max_bundle_entries + 1)]
+    r = src.post("", json=bundle(entries), headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 413
+    assert r.json()["issue"][0]["code"] == "too-costly"
+    assert _count(src, "Patient", family="bulk") == 0
+
+
+def test_not_a_transaction_or_batch(live):
+    src = live.source(MATERNITY_ORG, "maternity")
+    r = src.post("", json={"resourceType": "Bundle", "type": "collection"}, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.type"]
+    r = src.post("", json=bundle([{"resource": patient("A", "B")}]), headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 400 and "request" in r.json()["issue"][0]["diagnostics"]
