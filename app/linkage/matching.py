@@ -773,7 +773,9 @@ def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
       person must resolve);
     - the twin guard (see :class:`Thresholds`);
     - a valid NHS-number match is at least "possible", even when the demographics
-      disagree (e.g. the baby's NHS number recorded on the mother's record).
+      disagree, and is not auto-linked when they contradict it (date of birth different
+      and sex or given name different: e.g. the baby's NHS number recorded on the
+      mother's record) — a person checks it.
     """
     p = s.probability
     label = LINK if p >= thresholds.link else POSSIBLE if p >= thresholds.possible else NON_MATCH
@@ -782,8 +784,12 @@ def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
         label = POSSIBLE
     if label == LINK and thresholds.twin_guard and nhs != "match" and s.level("given_name") == "different":
         label = POSSIBLE
-    if nhs == "match" and label == NON_MATCH:
-        label = POSSIBLE
+    if nhs == "match":
+        contradicted = s.level("birth_date") == "different" and (
+            s.level("sex") == "different" or s.level("given_name") == "different"
+        )
+        if label == NON_MATCH or (label == LINK and contradicted):
+            label = POSSIBLE
     return label
 
 

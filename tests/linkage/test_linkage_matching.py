@@ -1,0 +1,397 @@
+"""Unit tests of the pure matching core (synthetic data only; NHS numbers 999…, Modulus 11)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from app.linkage.matching import (
+    LINK,
+    NHS_NUMBER_SYSTEM,
+    NHS_VERIFICATION_EXTENSION,
+    NON_MATCH,
+    POSSIBLE,
+    PersonRecord,
+    Thresholds,
+    assurance_level,
+    blocking_keys,
+    classify,
+    compare_birth_date,
+    compare_family,
+    compare_given,
+    compare_names,
+    compare_nhs,
+    compare_other_ids,
+    compare_postcode,
+    compare_sex,
+    comparison_vector,
+    load_params,
+    nhs_number_is_valid,
+    normalise_postcode,
+    score,
+)
+from app.linkage.nicknames import are_nicknames, canonical_forms
+from app.linkage.training import estimate_u, fit_em
+
+NHS_A = "9990000018"
+NHS_B = "9990000026"
+NHS_C = "9990000034"
+INVALID_NHS = "9990000019"  # fails Modulus 11
+
+
+def P(ref="Patient/x", given=("John",), family=("Smith",), dob="1990-01-01", sex="male", postcode=None, **kw):
+    return PersonRecord(ref, given, family, dob, sex, postcode, **kw)
+
+
+def verified_identifier(value):
+    return {
+        "system": NHS_NUMBER_SYSTEM,
+        "value": value,
+        "extension": [
+            {
+                "url": NHS_VERIFICATION_EXTENSION,
+                "valueCodeableConcept": {
+                    "coding": [
+                        {
+                            "system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland",
+                            "code": "number-present-and-verified",
+                        }
+                    ]
+                },
+            }
+        ],
+    }
+
+
+# ------------------------------------------------------------------ normal form
+def test_nhs_modulus_11():
+    assert nhs_number_is_valid(NHS_A)
+    assert nhs_number_is_valid("999 000 0026")
+    assert not nhs_number_is_valid(INVALID_NHS)
+    assert not nhs_number_is_valid("12345")
+    assert not nhs_number_is_valid(None)
+
+
+def test_invalid_nhs_number_is_dropped():
+    r = P(nhs_number=INVALID_NHS, nhs_verified=True)
+    assert r.nhs_number is None and r.nhs_verified is False
+    assert P(nhs_number="999 000 0018").nhs_number == NHS_A
+
+
+def test_normalisation():
+    r = P(given=("Mary-Ann", "Jo"), family=("O'Brien-Smith",), postcode="ls14ap", dob="2001-02-03")
+    assert r.given_names == ("mary", "ann", "jo")
+    assert r.family_names == ("obrien", "smith")
+    assert r.postcode == "LS1 4AP"
+    assert r.birth_date == date(2001, 2, 3)
+    assert normalise_postcode(" sw1a 1aa ") == "SW1A 1AA"
+    assert P(given=("Baby",)).given_names == ()
+    assert P(sex="unknown").sex is None
+
+
+def test_from_fhir_patient_with_verified_nhs_number():
+    patient = {
+        "resourceType": "Patient",
+        "id": "gp-1",
+        "identifier": [verified_identifier(NHS_A), {"system": "https://example.org/mrn", "value": "M1"}],
+        "name": [
+            {"use": "old", "family": "Jones", "given": ["Jon"]},
+            {"use": "official", "family": "Smith", "given": ["Jonathan", "Paul"]},
+        ],
+        "gender": "male",
+        "birthDate": "1998-04-03",
+        "address": [
+            {"use": "old", "postalCode": "M1 1AA"},
+            {"use": "home", "line": ["1 High Street"], "city": "Leeds", "postalCode": "LS1 4AP"},
+        ],
+    }
+    r = PersonRecord.from_fhir(patient)
+    assert r.record_ref == "Patient/gp-1"
+    assert r.given_names == ("jonathan", "paul")
+    assert r.family_names == ("smith",)
+    assert r.birth_date == date(1998, 4, 3)
+    assert r.sex == "male"
+    assert r.postcode == "LS1 4AP"
+    assert r.nhs_number == NHS_A and r.nhs_verified
+    assert r.address_lines == ("1 high street",) and r.locality == "leeds"
+    assert r.other_ids == (("https://example.org/mrn", "M1"),)
+
+
+def test_from_fhir_related_person_invalid_or_unverified_nhs():
+    rp = {
+        "resourceType": "RelatedPerson",
+        "id": "rp-1",
+        "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": INVALID_NHS}],
+        "name": [{"text": "Jon Smyth"}],
+        "birthDate": "1998",
+    }
+    r = PersonRecord.from_fhir(rp)
+    assert r.record_ref == "RelatedPerson/rp-1"
+    assert r.nhs_number is None and not r.nhs_verified
+    assert r.given_names == ("jon",) and r.family_names == ("smyth",)
+    assert r.birth_date is None  # partial date: no full date to compare
+    unverified = PersonRecord.from_fhir({"resourceType": "Patient", "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": NHS_A}]})
+    assert unverified.nhs_number == NHS_A and not unverified.nhs_verified
+    with pytest.raises(ValueError):
+        PersonRecord.from_fhir({"resourceType": "Observation"})
+
+
+# ------------------------------------------------------------------ comparisons
+def test_nickname_table():
+    assert are_nicknames("jon", "jonathan")
+    assert are_nicknames("jon", "john")
+    assert are_nicknames("bill", "william")
+    assert are_nicknames("peggy", "margaret")
+    assert not are_nicknames("john", "mary")
+    assert "jonathan" in canonical_forms("jon")
+
+
+@pytest.mark.parametrize(
+    "a,b,level",
+    [
+        ("john", "john", 0),
+        ("jon", "jonathan", 1),
+        ("bill", "william", 1),
+        ("jonathan", "jonathon", 2),  # typo
+        ("jhon", "john", 2),  # transposition
+        ("j", "john", 3),  # initial
+        ("chris", "christabel", 3),  # prefix
+        ("john", "mary", 4),
+        (None, "john", None),
+    ],
+)
+def test_compare_given(a, b, level):
+    assert compare_given(a, b) == level
+
+
+def test_given_middle_name_used():
+    assert compare_given("paul", "john", ("paul",), ("john", "paul")) == 3
+
+
+@pytest.mark.parametrize(
+    "a,b,level",
+    [
+        (("smith",), ("smith",), 0),
+        (("smith", "jones"), ("smith",), 1),  # double-barrelled / hyphenated
+        (("smithjones",), ("smith", "jones"), 0),  # hyphen written or not
+        (("smyth",), ("smith",), 2),
+        (("smtih",), ("smith",), 2),  # transposition
+        (("thompson",), ("thomson",), 2),
+        (("mcdonald",), ("macdonald",), 2),
+        (("ashcroft",), ("ashford",), 3),
+        (("smith",), ("patel",), 4),
+        ((), ("smith",), None),
+    ],
+)
+def test_compare_family(a, b, level):
+    assert compare_family(a, b) == level
+
+
+def test_given_family_swap():
+    a = P(given=("Smith",), family=("John",))
+    b = P(given=("John",), family=("Smith",))
+    g, f, swapped = compare_names(a, b)
+    assert (g, f, swapped) == (2, 2, True)
+    assert score(a, b).names_swapped
+
+
+@pytest.mark.parametrize(
+    "a,b,level",
+    [
+        ("19980403", "19980403", 0),
+        ("19980403", "19980304", 1),  # day/month swap
+        ("19980403", "19980408", 2),  # one digit
+        ("19980403", "19984003", 2),  # adjacent transposition
+        ("19890403", "19900403", 3),  # year off by one (two digits differ)
+        ("19980403", "19750101", 4),
+        (None, "19980403", None),
+    ],
+)
+def test_compare_birth_date(a, b, level):
+    assert compare_birth_date(a, b) == level
+
+
+def test_unparseable_birth_date_keeps_digits_for_typo_level():
+    r = P(dob="1998-13-04")
+    assert r.birth_date is None and r.dob_digits == "19981304"
+    assert comparison_vector(r, P(dob="1998-03-04"))[3] == 2
+
+
+def test_compare_sex():
+    assert compare_sex("male", "male") == 0
+    assert compare_sex("male", "female") == 1
+    assert compare_sex(None, "male") is None
+
+
+@pytest.mark.parametrize(
+    "a,b,level",
+    [
+        ("LS1 4AP", "LS1 4AP", 0),
+        ("LS1 4AP", "LS1 4XY", 1),  # same sector
+        ("LS1 4AP", "LS1 5AP", 2),  # one-character typo across sectors
+        ("LS1 4AP", "LS1 6XY", 3),  # same district
+        ("LS1 4AP", "M1 1AA", 4),
+        ("4223", "4224", 2),  # non-UK: typo
+    ],
+)
+def test_compare_postcode(a, b, level):
+    assert compare_postcode(normalise_postcode(a), normalise_postcode(b)) == level
+
+
+def test_compare_nhs_and_other_ids():
+    assert compare_nhs(NHS_A, NHS_A) == 0
+    assert compare_nhs(NHS_A, NHS_B) == 1
+    assert compare_nhs(None, NHS_A) is None
+    assert compare_other_ids((("s", "1234567"),), (("s", "1234568"),)) == 1
+    assert compare_other_ids((("s", "1234567"),), (("t", "1234567"),)) is None
+
+
+# ------------------------------------------------------------------ scoring
+def test_score_is_sum_of_weights_with_explanation():
+    a = P(postcode="LS1 4AP")
+    b = P(postcode="LS1 4AP", given=("Jon",))
+    s = score(a, b)
+    params = load_params()
+    total = params.prior_weight + sum(c.weight for c in s.comparisons)
+    assert s.match_weight == pytest.approx(total)
+    assert 0.0 <= s.probability <= 1.0
+    assert s.level("given_name") == "nickname"
+    assert s.level("nhs_number") is None
+    assert "given_name=nickname" in s.explain()
+
+
+def test_missing_values_are_neutral():
+    s = score(P(sex=None), P(sex="male"))
+    assert s.level("sex") is None
+    assert next(c.weight for c in s.comparisons if c.name == "sex") == 0.0
+
+
+def test_scenario_2_father_jon_smyth_links_to_gp_patient():
+    midwife = PersonRecord.from_fhir(
+        {
+            "resourceType": "RelatedPerson",
+            "id": "mat-father",
+            "name": [{"family": "Smyth", "given": ["Jon"]}],
+            "gender": "male",
+            "birthDate": "1998-04-03",  # "born 3/4/1998", no NHS number
+        }
+    )
+    gp = PersonRecord.from_fhir(
+        {
+            "resourceType": "Patient",
+            "id": "gp-father",
+            "identifier": [verified_identifier(NHS_A)],
+            "name": [{"use": "official", "family": "Smith", "given": ["Jonathan"]}],
+            "gender": "male",
+            "birthDate": "1998-04-03",
+            "address": [{"use": "home", "postalCode": "LS6 2AB"}],
+        }
+    )
+    assert blocking_keys(midwife) & blocking_keys(gp)
+    s = score(midwife, gp)
+    assert classify(s) == LINK, s.explain()
+    assert assurance_level(midwife, gp, s) == "level2"
+
+
+def test_scenario_4_mothers_partner_links_to_gp_patient():
+    hv = P("RelatedPerson/hv-partner", ("Dan",), ("Carter",), "1990-11-23", "male", "LS6 2AB")
+    gp = P("Patient/gp-partner", ("Daniel",), ("Carter",), "1990-11-23", "male", "LS6 2AB", nhs_number=NHS_C)
+    assert blocking_keys(hv) & blocking_keys(gp)
+    s = score(hv, gp)
+    assert classify(s) == LINK and assurance_level(hv, gp, s) == "level2"
+
+
+def test_nhs_number_match_levels():
+    a = P(nhs_number=NHS_A, nhs_verified=True)
+    b = P(nhs_number=NHS_A, nhs_verified=True, given=("Johnny",))
+    c = P(nhs_number=NHS_A, nhs_verified=False)
+    assert assurance_level(a, b, score(a, b)) == "level4"
+    assert assurance_level(a, c, score(a, c)) == "level3"
+
+
+def test_nhs_match_with_contradicting_demographics_goes_to_review():
+    mother = P(given=("Sarah",), family=("Smith",), dob="1995-06-01", sex="female", nhs_number=NHS_A)
+    baby = P(given=("Baby",), family=("Smith",), dob="2024-03-02", sex="male", nhs_number=NHS_A)
+    s = score(mother, baby)
+    assert classify(s) == POSSIBLE
+    assert assurance_level(mother, baby, s) == "level1"
+
+
+def test_same_name_different_dob_stays_apart():
+    father = P(given=("John",), family=("Smith",), dob="1970-05-05", postcode="LS6 2AB")
+    son = P(given=("John",), family=("Smith",), dob="1998-08-17", postcode="LS6 2AB")
+    assert classify(score(father, son)) != LINK
+    elsewhere = P(given=("John",), family=("Smith",), dob="1998-08-17", postcode="M1 1AA")
+    assert classify(score(father, elsewhere)) == NON_MATCH
+
+
+def test_twins_with_different_nhs_numbers_stay_apart():
+    a = P("Patient/t1", ("Oliver",), ("Brown",), "2024-02-10", "male", "LS6 2AB", nhs_number=NHS_A)
+    b = P("Patient/t2", ("Harry",), ("Brown",), "2024-02-10", "male", "LS6 2AB", nhs_number=NHS_B)
+    s = score(a, b)
+    assert classify(s) == NON_MATCH, s.explain()
+    assert assurance_level(a, b, s) is None
+
+
+def test_twins_without_nhs_numbers_are_never_auto_linked():
+    a = P("RelatedPerson/t1", ("Oliver",), ("Brown",), "2024-02-10", "male", "LS6 2AB")
+    b = P("RelatedPerson/t2", ("Harry",), ("Brown",), "2024-02-10", "male", "LS6 2AB")
+    s = score(a, b)
+    assert classify(s) == POSSIBLE  # a person decides
+    assert classify(s, Thresholds(twin_guard=False)) == LINK  # pure Fellegi–Sunter would link
+
+
+def test_conflicting_valid_nhs_numbers_block_a_match():
+    a = P(postcode="LS6 2AB", nhs_number=NHS_A)
+    b = P(postcode="LS6 2AB", nhs_number=NHS_B)
+    s = score(a, b)
+    assert s.level("nhs_number") == "conflict"
+    assert classify(s) != LINK
+    assert assurance_level(a, b, s) != "level2"
+
+
+def test_thresholds_are_parameters():
+    s = score(P(), P(given=("Jon",), dob="1990-01-10"))
+    assert classify(s, Thresholds(link=0.0, possible=0.0)) == LINK
+    assert classify(s, Thresholds(link=1.01, possible=1.01)) == NON_MATCH
+
+
+# ------------------------------------------------------------------ blocking
+def test_blocking_keys_are_few_and_survive_single_errors():
+    base = P(postcode="LS6 2AB", nhs_number=NHS_A)
+    keys = blocking_keys(base)
+    assert 0 < len(keys) <= 12
+    assert f"n:{NHS_A}" in keys
+    variants = [
+        P(given=("Jon",), postcode="LS6 2AB"),  # nickname, no NHS
+        P(family=("Smyth",), postcode="LS6 2AB"),  # typo
+        P(family=("Patel",), postcode="LS6 2AB"),  # surname changed
+        P(given=("Smith",), family=("John",), postcode="LS6 2AB"),  # swapped
+        P(dob="1990-01-10", postcode="LS6 2AB"),  # date typo
+        P(dob="1991-01-01", postcode="LS6 2AB"),  # year off
+        P(dob=None, postcode="LS6 2AB"),  # no date
+        P(postcode="M1 1AA"),  # moved
+        P(family=("Smith", "Jones"), postcode="M1 1AA"),  # double-barrelled after a move
+    ]
+    for v in variants:
+        assert keys & blocking_keys(v), v
+
+
+def test_blocking_keys_empty_record():
+    assert blocking_keys(PersonRecord("Patient/empty")) == set()
+
+
+# ------------------------------------------------------------------ training
+def test_fit_em_and_estimate_u_run_and_separate():
+    people = [P(f"A/{i}", (n,), (f,), d, postcode=pc) for i, (n, f, d, pc) in enumerate([
+        ("john", "smith", "1990-01-01", "LS1 1AA"), ("mary", "jones", "1985-02-03", "LS2 2BB"),
+        ("ali", "khan", "1979-12-30", "LS3 3CC"), ("sara", "patel", "2001-07-07", "LS4 4DD"),
+    ])]
+    params = estimate_u(people, None, load_params(), max_pairs=200, seed=1)
+    assert params.u["given_name"][4] > 0.5
+    same = [comparison_vector(p, p) for p in people] * 5
+    diff = [comparison_vector(a, b) for a in people for b in people if a is not b]
+    fitted, share = fit_em(same + diff, params, fix_u=True)
+    assert 0.3 < share < 0.8
+    assert fitted.m["birth_date"][0] > 0.9
