@@ -113,6 +113,9 @@ class Policy:
 # ---------------------------------------------------------------------------
 
 
+_SINGULAR = {"subjects": "family role", "categories": "category", "requesters": "requester role"}
+
+
 def _is_str_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
@@ -262,7 +265,7 @@ def check_policy_data(data: Any) -> list[str]:
                 continue
             for value in rule[key]:
                 if value not in known:
-                    errors.append(f"{where}.{key}: unknown {key[:-1]} {value!r}")
+                    errors.append(f"{where}.{key}: unknown {_SINGULAR[key]} {value!r}")
         if rule["purpose"] not in purposes:
             errors.append(f"{where}.purpose: unknown purpose {rule['purpose']!r}")
         if rule["consent"] not in CONSENT_MODES:
