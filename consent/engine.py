@@ -98,7 +98,7 @@ def consent_finding(
         return None, ()
     item = item or request.item
     moment = as_instant(request.as_of)
-    purpose = policy.purposes[Purpose(request.purpose).value]
+    purpose = policy.purposes[_purpose(request.purpose).value]
     ctx = MatchContext(request.requester, item, purpose.consent_purposes, policy.consent_actions, moment)
     findings: list[ConsentFinding] = []
     considered: list[str] = []
@@ -118,6 +118,22 @@ def consent_finding(
     return combine(findings, policy.combine), tuple(considered)
 
 
+def _purpose(value: object) -> Purpose:
+    return value if value.__class__ is Purpose else Purpose(value)
+
+
+_REASON_CACHE: dict[tuple[str, str, LawfulBasis], str] = {}
+
+
+def _permit_reason(kind: str, purpose: Purpose, basis: LawfulBasis) -> str:
+    key = (kind, purpose.value, basis)
+    reason = _REASON_CACHE.get(key)
+    if reason is None:
+        reason = REASONS[kind].format(purpose=purpose.value.replace("-", " "), basis=basis)
+        _REASON_CACHE[key] = reason
+    return reason
+
+
 def _ref(finding: ConsentFinding) -> ConsentRef:
     return ConsentRef(finding.consent.reference, finding.provision, finding.decision)
 
@@ -127,7 +143,7 @@ def decide(request: DisclosureRequest, policy: Policy | None = None) -> Disclosu
     policy = policy or default_policy()
     requester, item = request.requester, request.item
     try:
-        purpose = Purpose(request.purpose)
+        purpose = _purpose(request.purpose)
     except ValueError:
         return _deny(policy, "unknown-purpose", "")
     purpose_def = policy.purposes[purpose.value]
@@ -212,11 +228,11 @@ def decide(request: DisclosureRequest, policy: Policy | None = None) -> Disclosu
         basis = dataclasses.replace(basis, article9=None, dpa2018_schedule1=None)
 
     if relied_on is not None:
-        reason = REASONS["permitted-consent"].format(basis=basis)
+        reason = _permit_reason("permitted-consent", purpose, basis)
     elif purpose is Purpose.SAFEGUARDING and category.sensitive:
-        reason = REASONS["permitted-safeguarding"].format(basis=basis)
+        reason = _permit_reason("permitted-safeguarding", purpose, basis)
     else:
-        reason = REASONS["permitted"].format(purpose=purpose.value.replace("-", " "), basis=basis)
+        reason = _permit_reason("permitted", purpose, basis)
     if redact:
         reason += " Some details are not shown: " + ", ".join(sorted(redact)) + "."
 
@@ -253,14 +269,20 @@ def _contact_fields_withheld(request: DisclosureRequest, policy: Policy) -> set[
     if contact is None or not contact.fields:
         return set()
     rule = policy.rule_for(
-        request.subject.family_role, "contact", Purpose(request.purpose).value, request.requester.role
+        request.subject.family_role, "contact", _purpose(request.purpose).value, request.requester.role
     )
     if rule is None:
         return set()
-    contact_request = dataclasses.replace(request, item=dataclasses.replace(request.item, category="contact"))
-    decision = decide(contact_request, policy)
-    if decision.outcome is Outcome.DENY and decision.reason_code in ("consent-refused", "restricted"):
+    item = request.item
+    if "R" in item.security_labels and "contact" in policy.restricted_withhold_categories:
         return set(contact.fields)
+    if rule.consent in ("refusal-withholds", "required") and request.consents:
+        contact_item = DataItem(
+            "contact", item.resource_type, item.security_labels, item.source_org, item.date, item.reference, item.codes
+        )
+        finding, _ = consent_finding(request, policy, contact_item)
+        if finding is not None and finding.explicit and finding.decision == DENY:
+            return set(contact.fields)
     return set()
 
 

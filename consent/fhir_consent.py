@@ -23,7 +23,7 @@ import datetime as _dt
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from .model import (
     DATA_CATEGORY_SYSTEM,
@@ -38,6 +38,8 @@ from .model import (
 UTC = _dt.timezone.utc
 _MIN = _dt.datetime.min.replace(tzinfo=UTC)
 _MAX = _dt.datetime.max.replace(tzinfo=UTC)
+
+_ONE_DAY_LESS = _dt.timedelta(days=1, microseconds=-1)
 
 PERMIT = "permit"
 DENY = "deny"
@@ -280,29 +282,88 @@ class Provision:
         """
         if self.period is not None and not self.period.contains(ctx.moment):
             return False
-        if self.recipients and not any(a.names_requester(ctx) for a in self.recipients):
+        if self.recipients:
+            for actor in self.recipients:
+                if actor.names_requester(ctx):
+                    break
+            else:
+                return False
+        if self.sources:
+            for actor in self.sources:
+                if actor.names_source(ctx):
+                    break
+            else:
+                return False
+        if self.actions is not None and self.actions.isdisjoint(ctx.actions):
             return False
-        if self.sources and not any(a.names_source(ctx) for a in self.sources):
+        if self.purposes is not None and self.purposes.isdisjoint(ctx.purposes):
             return False
-        if self.actions is not None and not (self.actions & ctx.actions):
-            return False
-        if self.purposes is not None and not (self.purposes & ctx.purposes):
-            return False
-        if self.classes is not None and not any(ctx.has_class(c) for c in self.classes):
-            return False
-        if self.codes is not None and not any(ctx.has_code(c) for c in self.codes):
-            return False
-        if self.security_labels is not None and not any(ctx.has_label(c) for c in self.security_labels):
-            return False
+        if self.classes is not None:
+            for coding in self.classes:
+                if ctx.has_class(coding):
+                    break
+            else:
+                return False
+        if self.codes is not None:
+            for coding in self.codes:
+                if ctx.has_code(coding):
+                    break
+            else:
+                return False
+        if self.security_labels is not None:
+            for coding in self.security_labels:
+                if ctx.has_label(coding):
+                    break
+            else:
+                return False
         if self.data_period is not None:
-            if ctx.item.date is None:
+            if ctx.item_first is None:
                 if deciding != DENY:
                     return False
-            elif not self.data_period.overlaps_day(ctx.item.date):
+            elif not (ctx.item_first <= self.data_period.end and ctx.item_last >= self.data_period.start):
                 return False
-        if self.data is not None and not any(ctx.is_data(d) for d in self.data):
-            return False
+        if self.data is not None:
+            for data in self.data:
+                if ctx.is_data(data):
+                    break
+            else:
+                return False
         return True
+
+
+_REQUESTER_KEYS: dict[Requester, tuple[frozenset[str], frozenset[tuple[str, str]]]] = {}
+_LABEL_FACTS: dict[frozenset[str], tuple[frozenset[str], int]] = {}
+
+
+def _requester_keys(requester: Requester) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+    """The references and identifiers that name a requester (memoised: requesters repeat)."""
+    keys = _REQUESTER_KEYS.get(requester)
+    if keys is None:
+        if len(_REQUESTER_KEYS) > 4096:
+            _REQUESTER_KEYS.clear()
+        keys = (
+            frozenset(_tail(r) for r in requester.references),
+            frozenset({(ODS_SYSTEM, requester.org), *requester.identifiers}),
+        )
+        _REQUESTER_KEYS[requester] = keys
+    return keys
+
+
+def _label_facts(security_labels: frozenset[str]) -> tuple[frozenset[str], int]:
+    """An item's labels with their broader labels added, and its confidentiality level."""
+    facts = _LABEL_FACTS.get(security_labels)
+    if facts is None:
+        labels = set(security_labels)
+        for label in security_labels:
+            parent = SENSITIVITY_PARENTS.get(label)
+            if parent:
+                labels.add(parent)
+        levels = [CONFIDENTIALITY_LEVELS[x] for x in security_labels if x in CONFIDENTIALITY_LEVELS]
+        facts = (frozenset(labels), max(levels) if levels else CONFIDENTIALITY_LEVELS["N"])
+        if len(_LABEL_FACTS) > 4096:
+            _LABEL_FACTS.clear()
+        _LABEL_FACTS[security_labels] = facts
+    return facts
 
 
 class MatchContext:
@@ -310,7 +371,7 @@ class MatchContext:
 
     __slots__ = (
         "moment", "requester_role", "requester_refs", "requester_idents", "source_idents",
-        "source_refs", "actions", "purposes", "item", "labels", "confidentiality",
+        "source_refs", "actions", "purposes", "item", "labels", "confidentiality", "item_first", "item_last",
     )
 
     def __init__(
@@ -323,21 +384,20 @@ class MatchContext:
     ) -> None:
         self.moment = moment
         self.requester_role = requester.role
-        self.requester_refs = frozenset(_tail(r) for r in requester.references)
-        self.requester_idents = frozenset({(ODS_SYSTEM, requester.org), *requester.identifiers})
+        self.requester_refs, self.requester_idents = _requester_keys(requester)
         self.source_idents = frozenset({(ODS_SYSTEM, item.source_org)}) if item.source_org else frozenset()
         self.source_refs = frozenset()
         self.actions = actions
         self.purposes = purposes
         self.item = item
-        labels = set(item.security_labels)
-        for label in item.security_labels:
-            parent = SENSITIVITY_PARENTS.get(label)
-            if parent:
-                labels.add(parent)
-        self.labels = labels
-        levels = [CONFIDENTIALITY_LEVELS[x] for x in item.security_labels if x in CONFIDENTIALITY_LEVELS]
-        self.confidentiality = max(levels) if levels else CONFIDENTIALITY_LEVELS["N"]
+        labels = item.security_labels
+        self.labels, self.confidentiality = _label_facts(labels if type(labels) is frozenset else frozenset(labels))
+        day = item.date
+        if day is None:
+            self.item_first = self.item_last = None
+        else:
+            self.item_first = _dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
+            self.item_last = self.item_first + _ONE_DAY_LESS
 
     def has_class(self, coding: tuple[str, str]) -> bool:
         system, code = coding
@@ -463,16 +523,16 @@ def _descend(
     return ConsentFinding(consent, decision, explicit, node.path, names)
 
 
-@dataclass(frozen=True, slots=True)
-class ConsentFinding:
+class ConsentFinding(NamedTuple):
     """What one Consent says about one request.
 
     ``explicit`` is False when no provision with a type decided and the answer is just
     the base policy, i.e. the Consent does not address this request.
     ``names`` holds what the deciding provisions named (actor, purpose, category).
+    (A NamedTuple rather than a dataclass: one is made per Consent per decision.)
     """
 
-    consent: ConsentRecord
+    consent: "ConsentRecord"
     decision: str
     explicit: bool
     provision: str
