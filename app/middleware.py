@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import traceback
 import uuid
 
 from app.errors import FhirError, operation_outcome, Issue
@@ -81,7 +82,7 @@ class RequestContextMiddleware:
             if not started:
                 await send_error(413, too_large.outcome())
         except Exception:  # noqa: BLE001 - the last resort: log the detail, answer with the id only
-            log.error("unhandled error request_id=%s path=%s", request_id, scrub(scope.get("path", "")), exc_info=True)
+            log.error("unhandled error request_id=%s path=%s\n%s", request_id, scrub(scope.get("path", "")), scrub(traceback.format_exc()))
             if not started:
                 outcome = operation_outcome([Issue("exception", f"An unexpected error occurred. Quote request id {request_id} to the service desk.", spine_code="SERVER_ERROR")])
                 await send_error(500, outcome)

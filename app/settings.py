@@ -18,8 +18,9 @@ class Settings(BaseSettings):
         default=f"sqlite:///{DEFAULT_VAR_DIR / 'familyview.db'}",
         validation_alias=AliasChoices("FAMILYVIEW_DATABASE_URL", "DATABASE_URL"),
     )
-    # Public base URL used in Location headers, fullUrls and Bundle links.
-    public_base_url: str = "http://127.0.0.1:8000"
+    # Public base URL for Location headers, fullUrls and Bundle links; when unset, the
+    # base URL each request arrived on (set it behind a load balancer or proxy).
+    public_base_url: str | None = None
 
     # Auth: production trusts an issuer's JWKS; the embedded default signs with a local key.
     auth_issuer: str = "urn:familyview:local"
@@ -43,9 +44,8 @@ class Settings(BaseSettings):
     deployment_name: str = "familyview"
     log_level: str = "INFO"
 
-    @property
-    def fhir_base(self) -> str:
-        return self.public_base_url.rstrip("/") + "/fhir"
+    def fhir_base(self, request_base_url: str) -> str:
+        return (self.public_base_url or request_base_url).rstrip("/") + "/fhir"
 
     @property
     def is_sqlite(self) -> bool:

@@ -44,7 +44,7 @@ def capability_statement(settings: Settings, *, operations: list[dict[str, Any]]
         "publisher": "familyview",
         "kind": "instance",
         "software": {"name": "familyview", "version": "0.1.0"},
-        "implementation": {"description": "familyview FHIR R4 gateway", "url": settings.fhir_base},
+        "implementation": {"description": "familyview FHIR R4 gateway", **({"url": settings.fhir_base("")} if settings.public_base_url else {})},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "rest": [

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from typing import Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 
+from app.auth.deps import get_principal
+from app.auth.tokens import Principal
 from app.db import Database
 from app.errors import FhirError, bad_request
 from app.settings import Settings
@@ -46,16 +49,12 @@ async def fhir_body(request: Request) -> Any:
         raise FhirError(400, "structure", f"The body is not valid JSON{where}", spine_code="INVALID_RESOURCE") from None
 
 
-def get_db(request: Request) -> Database:
-    return request.app.state.db
 
 
-def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
 
 
-def get_hooks(request: Request) -> list:
-    return request.app.state.ingest_hooks
+
+
 
 
 def resource_headers(res_type: str, res_id: str, version_id: int, last_updated: datetime, base: str) -> dict[str, str]:
@@ -65,3 +64,24 @@ def resource_headers(res_type: str, res_id: str, version_id: int, last_updated: 
         "Last-Modified": format_datetime(last_updated, usegmt=True),
         "Location": f"{base}/{res_type}/{res_id}/_history/{version_id}",
     }
+
+
+@dataclass
+class FhirContext:
+    """What every authenticated FHIR route needs, injected once."""
+
+    principal: Principal
+    db: Database
+    settings: Settings
+    base: str
+    hooks: list
+
+    def ingest(self, session) -> "IngestService":
+        from app.ingest.service import IngestService
+
+        return IngestService(session, self.principal, self.settings, self.hooks, base=self.base)
+
+
+def fhir_context(request: Request, principal: Principal = Depends(get_principal)) -> FhirContext:
+    state = request.app.state
+    return FhirContext(principal, state.db, state.settings, state.settings.fhir_base(str(request.base_url)), state.ingest_hooks)

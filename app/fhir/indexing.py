@@ -152,9 +152,12 @@ def walk(node: Any, path: str) -> Iterator[Any]:
     yield from _walk(node, 0)
 
 
+_FOLD = str.maketrans({"Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o", "ß": "ss", "Œ": "OE", "œ": "oe", "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "Þ": "TH", "þ": "th", "’": "'"})
+
+
 def normalise_string(value: str) -> str:
     """Case- and accent-insensitive form used for string search."""
-    decomposed = unicodedata.normalize("NFKD", value)
+    decomposed = unicodedata.normalize("NFKD", value.translate(_FOLD))
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return re.sub(r"\s+", " ", stripped).strip().lower()[:255]
 

@@ -19,7 +19,7 @@ from app.fhir.indexing import SEARCH_PARAMS, STORED_TYPES, date_range, normalise
 from app.fhir.models import ResourceVersion, SearchDate, SearchReference, SearchString, SearchToken, StoredResource
 
 # Parameters that shape the result rather than filter it.
-CONTROL_PARAMS = {"_count", "_offset", "_sort", "_format", "_pretty", "_total", "_summary", "_elements"}
+CONTROL_PARAMS = {"_count", "_offset", "_sort", "_format", "_pretty", "_total", "_totalMethod", "_summary", "_elements"}
 _INDEX_TABLES = {"token": SearchToken, "string": SearchString, "date": SearchDate, "reference": SearchReference}
 _DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 
@@ -297,13 +297,10 @@ def searchset_bundle(
         links.append(link("next", result.offset + result.count))
     if result.offset > 0:
         links.append(link("previous", max(0, result.offset - result.count)))
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": result.total,
-        "link": links,
-        "entry": [
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": result.total, "link": links}
+    if result.rows:  # FHIR JSON has no empty arrays
+        bundle["entry"] = [
             {"fullUrl": f"{base}/{r.res_type}/{r.res_id}", "resource": json.loads(r.body), "search": {"mode": "match"}}
             for r in result.rows
-        ],
-    }
+        ]
+    return bundle

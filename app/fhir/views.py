@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
-from app.auth.deps import get_principal
-from app.auth.tokens import Principal, require
+from app.auth.tokens import require
 from app.db import Database
 from app.errors import FhirError, bad_request
 from app.fhir import store
-from app.fhir.http import FhirResponse, fhir_body, get_db, get_hooks, get_settings_dep, resource_headers
+from app.fhir.http import FhirContext, FhirResponse, fhir_body, fhir_context, resource_headers
 from app.ingest.bundles import process_bundle
-from app.ingest.service import EntryRequest, IngestService
-from app.settings import Settings
+from app.ingest.service import EntryRequest, EntryResult
 
 router = APIRouter(prefix="/fhir", tags=["FHIR REST"])
 
@@ -31,6 +31,12 @@ def run_write(db: Database, work, *, attempts: int = 2):
                 raise FhirError(409, "conflict", "A concurrent write changed the same records; retry the request", spine_code="CONFLICT") from None
 
 
+def _written(ctx: FhirContext, req: EntryRequest) -> FhirResponse:
+    result: EntryResult = run_write(ctx.db, lambda s: ctx.ingest(s).write_one(req))
+    headers = resource_headers(result.res_type, result.res_id, result.version_id, result.last_updated, ctx.base)
+    return FhirResponse(result.resource, status_code=result.status, headers=headers)
+
+
 @router.get("/metadata", summary="CapabilityStatement (public)")
 def metadata(request: Request) -> FhirResponse:
     return FhirResponse(request.app.state.capability_statement)
@@ -38,136 +44,68 @@ def metadata(request: Request) -> FhirResponse:
 
 @router.post("", summary="Process a transaction or batch Bundle")
 @router.post("/", include_in_schema=False)
-def post_bundle(
-    principal: Principal = Depends(get_principal),
-    body: Any = Depends(fhir_body),
-    db: Database = Depends(get_db),
-    settings: Settings = Depends(get_settings_dep),
-    hooks: list = Depends(get_hooks),
-) -> FhirResponse:
-    bundle = run_write(db, lambda s: process_bundle(IngestService(s, principal, settings, hooks), body, settings))
-    return FhirResponse(bundle)
-
-
-def _entry_response(result, settings: Settings, status_override: int | None = None) -> FhirResponse:
-    headers = resource_headers(result.res_type, result.res_id, result.version_id, result.last_updated, settings.fhir_base)
-    return FhirResponse(result.resource, status_code=status_override or result.status, headers=headers)
+def post_bundle(ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
+    return FhirResponse(run_write(ctx.db, lambda s: process_bundle(ctx.ingest(s), body, ctx.settings)))
 
 
 @router.post("/{res_type}", summary="Create a resource (conditional with If-None-Exist)")
-def create(
-    res_type: str,
-    request: Request,
-    principal: Principal = Depends(get_principal),
-    body: Any = Depends(fhir_body),
-    db: Database = Depends(get_db),
-    settings: Settings = Depends(get_settings_dep),
-    hooks: list = Depends(get_hooks),
-) -> FhirResponse:
-    req = EntryRequest(0, "POST", res_type, body, if_none_exist=request.headers.get("if-none-exist"), in_bundle=False)
-    result = run_write(db, lambda s: IngestService(s, principal, settings, hooks).write_one(req))
-    return _entry_response(result, settings)
+def create(res_type: str, request: Request, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
+    return _written(ctx, EntryRequest(0, "POST", res_type, body, if_none_exist=request.headers.get("if-none-exist"), in_bundle=False))
 
 
 @router.put("/{res_type}/{res_id}", summary="Update (or create with this id); If-Match for version checks")
-def update(
-    res_type: str,
-    res_id: str,
-    request: Request,
-    principal: Principal = Depends(get_principal),
-    body: Any = Depends(fhir_body),
-    db: Database = Depends(get_db),
-    settings: Settings = Depends(get_settings_dep),
-    hooks: list = Depends(get_hooks),
-) -> FhirResponse:
-    req = EntryRequest(0, "PUT", f"{res_type}/{res_id}", body, if_match=request.headers.get("if-match"), in_bundle=False)
-    result = run_write(db, lambda s: IngestService(s, principal, settings, hooks).write_one(req))
-    return _entry_response(result, settings)
+def update(res_type: str, res_id: str, request: Request, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
+    return _written(ctx, EntryRequest(0, "PUT", f"{res_type}/{res_id}", body, if_match=request.headers.get("if-match"), in_bundle=False))
 
 
 @router.put("/{res_type}", summary="Conditional update, e.g. Patient?identifier=system|value")
-def conditional_update(
-    res_type: str,
-    request: Request,
-    principal: Principal = Depends(get_principal),
-    body: Any = Depends(fhir_body),
-    db: Database = Depends(get_db),
-    settings: Settings = Depends(get_settings_dep),
-    hooks: list = Depends(get_hooks),
-) -> FhirResponse:
-    query = request.url.query
-    if not query:
+def conditional_update(res_type: str, request: Request, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
+    if not request.url.query:
         raise bad_request("PUT to a type needs search criteria, e.g. ?identifier=system|value", expression=res_type)
-    req = EntryRequest(0, "PUT", f"{res_type}?{query}", body, if_match=request.headers.get("if-match"), in_bundle=False)
-    result = run_write(db, lambda s: IngestService(s, principal, settings, hooks).write_one(req))
-    return _entry_response(result, settings)
+    return _written(ctx, EntryRequest(0, "PUT", f"{res_type}?{request.url.query}", body, if_match=request.headers.get("if-match"), in_bundle=False))
 
 
 @router.get("/{res_type}", summary="Search")
-def search_get(
-    res_type: str,
-    request: Request,
-    principal: Principal = Depends(get_principal),
-    db: Database = Depends(get_db),
-    settings: Settings = Depends(get_settings_dep),
-) -> FhirResponse:
-    return _search(res_type, list(request.query_params.multi_items()), principal, db, settings)
+def search_get(res_type: str, request: Request, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+    return _search(ctx, res_type, list(request.query_params.multi_items()))
 
 
 @router.post("/{res_type}/_search", summary="Search with form parameters")
-async def search_post(
-    res_type: str,
-    request: Request,
-    principal: Principal = Depends(get_principal),
-    db: Database = Depends(get_db),
-    settings: Settings = Depends(get_settings_dep),
-) -> FhirResponse:
-    form = await request.form()
-    params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(_search, res_type, params, principal, db, settings)
+async def search_post(res_type: str, request: Request, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded", spine_code="UNSUPPORTED_MEDIA_TYPE")
+    form = parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    return await run_in_threadpool(_search, ctx, res_type, list(request.query_params.multi_items()) + form)
 
 
-def _search(res_type: str, params: list[tuple[str, str]], principal: Principal, db: Database, settings: Settings) -> FhirResponse:
+def _search(ctx: FhirContext, res_type: str, params: list[tuple[str, str]]) -> FhirResponse:
     store.check_type(res_type)
-    require(principal, res_type, "s")
-    with db.session(readonly=True) as session:
-        result = store.search(session, principal, res_type, params, default_count=settings.default_page_size, max_count=settings.max_page_size)
-        bundle = store.searchset_bundle(result, base=settings.fhir_base, res_type=res_type, params=params)
+    require(ctx.principal, res_type, "s")
+    with ctx.db.session(readonly=True) as session:
+        result = store.search(session, ctx.principal, res_type, params, default_count=ctx.settings.default_page_size, max_count=ctx.settings.max_page_size)
+        bundle = store.searchset_bundle(result, base=ctx.base, res_type=res_type, params=params)
     return FhirResponse(bundle)
 
 
 @router.get("/{res_type}/{res_id}", summary="Read")
-def read(
-    res_type: str,
-    res_id: str,
-    principal: Principal = Depends(get_principal),
-    db: Database = Depends(get_db),
-    settings: Settings = Depends(get_settings_dep),
-) -> FhirResponse:
+def read(res_type: str, res_id: str, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
-    require(principal, res_type, "r")
-    with db.session(readonly=True) as session:
-        row = store.read(session, principal, res_type, res_id)
-    return FhirResponse(row.body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, settings.fhir_base))
+    require(ctx.principal, res_type, "r")
+    with ctx.db.session(readonly=True) as session:
+        row = store.read(session, ctx.principal, res_type, res_id)
+    return FhirResponse(row.body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, ctx.base))
 
 
 @router.get("/{res_type}/{res_id}/_history", summary="History of one resource")
-def instance_history(
-    res_type: str,
-    res_id: str,
-    principal: Principal = Depends(get_principal),
-    db: Database = Depends(get_db),
-    settings: Settings = Depends(get_settings_dep),
-) -> FhirResponse:
+def instance_history(res_type: str, res_id: str, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
-    require(principal, res_type, "r")
-    with db.session(readonly=True) as session:
-        rows = store.history(session, principal, res_type, res_id)
+    require(ctx.principal, res_type, "r")
+    with ctx.db.session(readonly=True) as session:
+        rows = store.history(session, ctx.principal, res_type, res_id)
     entries = [
         {
-            "fullUrl": f"{settings.fhir_base}/{r.res_type}/{r.res_id}",
+            "fullUrl": f"{ctx.base}/{r.res_type}/{r.res_id}",
             "resource": json.loads(r.body),
             "request": {"method": r.method, "url": f"{r.res_type}/{r.res_id}" if r.method == "PUT" else r.res_type},
             "response": {"status": "201 Created" if r.version_id == 1 else "200 OK", "etag": store.etag(r.version_id), "lastModified": store.format_instant(r.last_updated)},
@@ -178,16 +116,9 @@ def instance_history(
 
 
 @router.get("/{res_type}/{res_id}/_history/{vid}", summary="Read one version")
-def version_read(
-    res_type: str,
-    res_id: str,
-    vid: str,
-    principal: Principal = Depends(get_principal),
-    db: Database = Depends(get_db),
-    settings: Settings = Depends(get_settings_dep),
-) -> FhirResponse:
+def version_read(res_type: str, res_id: str, vid: str, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
-    require(principal, res_type, "r")
-    with db.session(readonly=True) as session:
-        row = store.vread(session, principal, res_type, res_id, vid)
-    return FhirResponse(row.body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, settings.fhir_base))
+    require(ctx.principal, res_type, "r")
+    with ctx.db.session(readonly=True) as session:
+        row = store.vread(session, ctx.principal, res_type, res_id, vid)
+    return FhirResponse(row.body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, ctx.base))

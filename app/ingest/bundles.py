@@ -13,7 +13,7 @@ from app.settings import Settings
 _METHODS = ("POST", "PUT", "GET")
 
 
-def parse_entries(bundle: Any, settings: Settings) -> tuple[str, list[EntryRequest]]:
+def parse_entries(bundle: Any, settings: Settings, base: str) -> tuple[str, list[EntryRequest]]:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise bad_request("POST to the base URL takes a Bundle of type transaction or batch", expression="Bundle", code="structure")
     btype = bundle.get("type")
@@ -42,9 +42,8 @@ def parse_entries(bundle: Any, settings: Settings) -> tuple[str, list[EntryReque
         if method in ("POST", "PUT") and not isinstance(resource, dict):
             raise bad_request(f"{expr}.resource is required for {method}", expression=f"{expr}.resource", code="required")
         url = request["url"]
-        base = settings.fhir_base + "/"
-        if url.startswith(base):
-            url = url[len(base):]
+        if url.startswith(base + "/"):
+            url = url[len(base) + 1:]
         out.append(
             EntryRequest(
                 index=i, method=method, url=url, resource=resource, full_url=entry.get("fullUrl"),
@@ -71,10 +70,10 @@ def _response_entry(result: EntryResult, base: str) -> dict[str, Any]:
 
 
 def process_bundle(service: IngestService, bundle: Any, settings: Settings) -> dict[str, Any]:
-    btype, entries = parse_entries(bundle, settings)
+    btype, entries = parse_entries(bundle, settings, service.base)
     results = service.transaction(entries) if btype == "transaction" else service.batch(entries)
     return {
         "resourceType": "Bundle",
         "type": f"{btype}-response",
-        "entry": [_response_entry(r, settings.fhir_base) for r in results],
+        "entry": [_response_entry(r, service.base) for r in results],
     }

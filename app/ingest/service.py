@@ -76,7 +76,9 @@ class _Plan:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    """Millisecond precision, the precision of meta.lastUpdated, so _lastUpdated searches agree with it."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def _criteria(query: str, expr: str) -> list[tuple[str, str]]:
@@ -117,7 +119,8 @@ def _content(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 class IngestService:
-    def __init__(self, session: Session, principal: Principal, settings: Settings, hooks: list[IngestHook] | None = None):
+    def __init__(self, session: Session, principal: Principal, settings: Settings, hooks: list[IngestHook] | None = None, *, base: str):
+        self.base = base  # this server's FHIR base URL: absolute references to it become relative
         self.session = session
         self.principal = principal
         self.settings = settings
@@ -309,7 +312,7 @@ class IngestService:
             if "?" in literal:
                 self._resolve_conditional(ref, literal, expr, bundle_idents)
                 continue
-            base = self.settings.fhir_base + "/"
+            base = self.base + "/"
             if literal.startswith(base):
                 literal = literal[len(base):]
                 ref["reference"] = literal
@@ -459,6 +462,6 @@ class IngestService:
             require(self.principal, parts[0], "s")
             params = parse_qsl(query, keep_blank_values=True)
             result = store.search(self.session, self.principal, parts[0], params, default_count=self.settings.default_page_size, max_count=self.settings.max_page_size)
-            bundle = store.searchset_bundle(result, base=self.settings.fhir_base, res_type=parts[0], params=params)
+            bundle = store.searchset_bundle(result, base=self.base, res_type=parts[0], params=params)
             return EntryResult(200, resource=bundle)
         raise bad_request(f"GET {e.url} is not supported in a Bundle", expression=f"Bundle.entry[{e.index}].request.url")

@@ -1,0 +1,182 @@
+"""Secure by default: every route but the CapabilityStatement needs a valid bearer JWT, only
+source systems and admins write, and a source updates only its own organisation's records."""
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.conftest import GP_ORG, HV_ORG, MATERNITY_ORG
+from tests.fhirdata import next_nhs, patient
+
+CT = {"Content-Type": "application/fhir+json"}
+
+
+def _claims(settings, **over):
+    now = int(time.time())
+    base = {"iss": settings.auth_issuer, "aud": settings.auth_audience, "sub": "s1", "org": MATERNITY_ORG,
+            "role": "source-system", "service": "maternity", "scope": "system/*.cruds", "iat": now, "exp": now + 600}
+    return {**base, **over}
+
+
+def _signed(settings, claims):
+    from app.auth.tokens import LocalKey
+
+    return jwt.encode(claims, LocalKey(settings.auth_local_key_path).private_key, algorithm="RS256")
+
+
+def test_metadata_is_public_and_truthful(live):
+    import httpx
+
+    r = httpx.get(live.fhir + "/metadata")
+    assert r.status_code == 200
+    cs = r.json()
+    assert cs["resourceType"] == "CapabilityStatement" and cs["fhirVersion"] == "4.0.1"
+    types = {res["type"]: res for res in cs["rest"][0]["resource"]}
+    assert {"Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam", "Flag", "Condition", "Observation", "Organization", "Practitioner", "PractitionerRole"} <= set(types)
+    pat_params = {p["name"] for p in types["Patient"]["searchParam"]}
+    assert {"identifier", "name", "family", "given", "birthdate", "gender", "_id", "_lastUpdated"} <= pat_params
+    assert {"code": "delete"} not in types["Patient"]["interaction"]  # not supported, so not claimed
+    assert r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("case", ["none", "garbage", "expired", "wrong-signature", "wrong-audience", "wrong-issuer", "bad-role", "source-without-service"])
+def test_bad_tokens_are_401(live, case):
+    import httpx
+
+    s = live.settings
+    headers = {}
+    if case == "garbage":
+        headers["Authorization"] = "Bearer not.a.jwt"
+    elif case == "expired":
+        headers["Authorization"] = "Bearer " + _signed(s, _claims(s, exp=int(time.time()) - 3600))
+    elif case == "wrong-signature":
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        headers["Authorization"] = "Bearer " + jwt.encode(_claims(s), other, algorithm="RS256")
+    elif case == "wrong-audience":
+        headers["Authorization"] = "Bearer " + _signed(s, _claims(s, aud="urn:someone-else"))
+    elif case == "wrong-issuer":
+        headers["Authorization"] = "Bearer " + _signed(s, _claims(s, iss="https://evil.example"))
+    elif case == "bad-role":
+        headers["Authorization"] = "Bearer " + _signed(s, _claims(s, role="superuser"))
+    elif case == "source-without-service":
+        c = _claims(s)
+        c.pop("service")
+        headers["Authorization"] = "Bearer " + _signed(s, c)
+    r = httpx.get(live.fhir + "/Patient", headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.json()["issue"][0]["code"] == "login"
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert "Bearer" not in r.text or case == "none"
+
+
+def test_hs256_token_with_public_key_is_refused(live):
+    """The classic algorithm-confusion attack: HMAC-signed with the public key."""
+    import httpx
+
+    token = jwt.encode(_claims(live.settings), "secret", algorithm="HS256")
+    r = httpx.get(live.fhir + "/Patient", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize("role", ["midwife", "health-visitor", "gp", "mash", "ig-officer"])
+def test_reading_roles_cannot_write(live, role):
+    c = live.client(role, HV_ORG)
+    r = c.post("/Patient", json=patient("Reader", "Rita", nhs=next_nhs()), headers=CT)
+    assert r.status_code == 403
+    assert r.json()["issue"][0]["details"]["coding"][0]["code"] == "ACCESS_DENIED"
+
+
+def test_scope_is_enforced(live):
+    c = live.client("source-system", MATERNITY_ORG, "maternity", scope="system/Patient.rs")
+    r = c.post("/Patient", json=patient("Scope", "Sam", nhs=next_nhs()), headers=CT)
+    assert r.status_code == 403 and "scope" in r.json()["issue"][0]["diagnostics"]
+    assert c.get("/Patient").status_code == 200
+    assert c.get("/Flag").status_code == 403
+
+
+def test_a_source_cannot_overwrite_another_sources_record(live):
+    maternity = live.source(MATERNITY_ORG, "maternity")
+    gp = live.source(GP_ORG, "general-practice")
+    r = maternity.post("/Patient", json=patient("Owner", "Olive", nhs=next_nhs()), headers=CT)
+    pid = r.json()["id"]
+    body = {**r.json(), "birthDate": "1980-01-01"}
+    r2 = gp.put(f"/Patient/{pid}", json=body, headers=CT)
+    assert r2.status_code == 403
+    # nor read it through the plain REST API
+    assert gp.get(f"/Patient/{pid}").status_code == 403
+    assert maternity.get(f"/Patient/{pid}").json()["birthDate"] == "1995-02-03"
+    # an admin can correct it, and it stays the maternity unit's record
+    admin = live.client("admin", "X26")
+    r3 = admin.put(f"/Patient/{pid}", json=body, headers=CT)
+    assert r3.status_code == 200
+    assert maternity.get(f"/Patient/{pid}").json()["birthDate"] == "1980-01-01"
+
+
+def test_ig_officer_cannot_read_clinical_records(live):
+    c = live.client("ig-officer", "X26")
+    assert c.get("/Patient").status_code == 403
+    assert c.get("/Condition").status_code == 403
+
+
+def test_token_cli_mints_a_token_the_server_accepts(live, monkeypatch, capsys):
+    from app import cli
+    from app.settings import get_settings
+
+    monkeypatch.setenv("FAMILYVIEW_AUTH_LOCAL_KEY_PATH", str(live.settings.auth_local_key_path))
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["token", "--role", "health-visitor", "--org", HV_ORG, "--minutes", "5"]) == 0
+    finally:
+        get_settings.cache_clear()
+    token = capsys.readouterr().out.strip()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["role"] == "health-visitor" and claims["org"] == HV_ORG and claims["exp"] - claims["iat"] == 300
+    import httpx
+
+    r = httpx.get(live.fhir + "/Patient", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200
+    assert cli.main(["token", "--role", "nobody", "--org", HV_ORG]) == 2
+
+
+def test_jwks_issuer_is_trusted_in_production_mode(live, tmp_path):
+    """Production trusts an issuer's JWKS: serve one locally and point the settings at it."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from app.auth.tokens import TokenVerifier
+    from app.errors import FhirError
+    from tests.conftest import make_settings
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update({"kid": "idp-1", "use": "sig", "alg": "RS256"})
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"keys": [jwk]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        s = make_settings("sqlite://", tmp_path / "unused.pem", auth_jwks_url=f"http://127.0.0.1:{httpd.server_port}/jwks", auth_issuer="https://idp.example.nhs.uk")
+        verifier = TokenVerifier(s)
+        good = jwt.encode(_claims(s), key, algorithm="RS256", headers={"kid": "idp-1"})
+        assert verifier.verify(good).org == MATERNITY_ORG
+        local = _signed(live.settings, _claims(s))  # signed by the local key: not trusted here
+        with pytest.raises(FhirError) as err:
+            verifier.verify(local)
+        assert err.value.status == 401
+    finally:
+        httpd.shutdown()
