@@ -65,21 +65,30 @@ REASONS = {
 }
 
 
+_DENY_CACHE: dict[tuple, DisclosureDecision] = {}
+
+
 def _deny(
     policy: Policy, code: str, purpose_of_use: str, rule: Rule | None = None, reason: str | None = None,
-    considered: tuple[str, ...] = (), overridden: ConsentRef | None = None,
+    considered: tuple[str, ...] = (),
 ) -> DisclosureDecision:
-    return DisclosureDecision(
-        outcome=Outcome.DENY,
-        reason=reason or REASONS[code],
-        reason_code=code,
-        policy_version=policy.version,
-        purpose_of_use=purpose_of_use,
-        rule=rule.id if rule else None,
-        consents_considered=considered,
-        consent_relied_on=None,
-        consent_overridden=overridden,
-    )
+    reason = reason or REASONS[code]
+    key = (code, reason, policy.version, purpose_of_use, rule.id if rule else None, considered)
+    decision = _DENY_CACHE.get(key)
+    if decision is None:  # decisions are immutable, so identical refusals can be shared
+        decision = DisclosureDecision(
+            outcome=Outcome.DENY,
+            reason=reason,
+            reason_code=code,
+            policy_version=policy.version,
+            purpose_of_use=purpose_of_use,
+            rule=rule.id if rule else None,
+            consents_considered=considered,
+        )
+        if len(_DENY_CACHE) > 8192:
+            _DENY_CACHE.clear()
+        _DENY_CACHE[key] = decision
+    return decision
 
 
 def _records(consents: Iterable[object]) -> list[ConsentRecord]:
@@ -146,7 +155,8 @@ def decide(request: DisclosureRequest, policy: Policy | None = None) -> Disclosu
         purpose = _purpose(request.purpose)
     except ValueError:
         return _deny(policy, "unknown-purpose", "")
-    purpose_def = policy.purposes[purpose.value]
+    purpose_value = purpose.value
+    purpose_def = policy.purposes[purpose_value]
     purpose_of_use = purpose_def.purpose_of_use
 
     # 1. Roles that never see clinical data.
@@ -169,7 +179,7 @@ def decide(request: DisclosureRequest, policy: Policy | None = None) -> Disclosu
         purpose_of_use = purpose_def.break_glass_purpose_of_use or purpose_of_use
 
     # 4. The policy rule for this cell of the table, or deny.
-    rule = policy.rule_for(request.subject.family_role, item.category, purpose.value, requester.role)
+    rule = policy.rule_for(request.subject.family_role, item.category, purpose_value, requester.role)
     if rule is None:
         return _deny(policy, "no-rule", purpose_of_use)
 
@@ -178,7 +188,7 @@ def decide(request: DisclosureRequest, policy: Policy | None = None) -> Disclosu
     obligations: set[Obligation] = set()
     redact: set[str] = set()
     if "V" in labels:
-        if purpose.value not in policy.very_restricted_purposes:
+        if purpose_value not in policy.very_restricted_purposes:
             return _deny(policy, "very-restricted", purpose_of_use, rule)
         obligations.update(_obligation(kind, item) for kind in policy.very_restricted_obligations)
     if "R" in labels:
