@@ -28,7 +28,7 @@ ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 RESOURCE_TYPES_SYSTEM = "http://hl7.org/fhir/resource-types"
 # Local code systems of the gateway (declared in fhir_profiles/ by the profiles work).
-FAMILYVIEW_BASE = "https://familyview.nhs.uk/fhir"
+FAMILYVIEW_BASE = "https://familyview.example.nhs.uk/fhir"
 DATA_CATEGORY_SYSTEM = f"{FAMILYVIEW_BASE}/CodeSystem/data-category"
 REQUESTER_ROLE_SYSTEM = f"{FAMILYVIEW_BASE}/CodeSystem/requester-role"
 

@@ -38,7 +38,7 @@ NHS_PARTNER = "9990000042"
 NHS_YOUNG_FATHER = "9990000050"
 
 SNOMED = "http://snomed.info/sct"
-LOCAL = "https://familyview.nhs.uk/fhir/CodeSystem/local-safeguarding"
+LOCAL = "https://familyview.example.nhs.uk/fhir/CodeSystem/local-safeguarding"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"

@@ -47,7 +47,7 @@ def notify(ods: str = GP_FATHER) -> Obligation:
 def mother_refuses_contact():
     return consent(
         "mother-no-contact",
-        {"type": "permit", "provision": [{"type": "deny", "class": [{"system": "https://familyview.nhs.uk/fhir/CodeSystem/data-category", "code": "contact"}]}]},
+        {"type": "permit", "provision": [{"type": "deny", "class": [{"system": "https://familyview.example.nhs.uk/fhir/CodeSystem/data-category", "code": "contact"}]}]},
         patient_nhs="9990000026",
     )
 
