@@ -57,7 +57,7 @@ Try next, in another terminal:
   TOKEN=$(.venv/bin/familyview token --role health-visitor --org RHV01)
   curl -s {base}/fhir/metadata | head -c 300; echo
   curl -s -H "Authorization: Bearer $TOKEN" \\
-    "{base}/fhir/Patient/\\$family-view?identifier=https://fhir.nhs.uk/Id/nhs-number|9990000018&purpose=direct-care"
+    "{base}/fhir/Patient/\\$family-view?identifier=https://fhir.nhs.uk/Id/nhs-number|9990001103&purpose=direct-care"
   (a source system's token: .venv/bin/familyview token --role source-system --org RMT01 --service maternity)
 """
 
