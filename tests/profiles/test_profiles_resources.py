@@ -324,3 +324,30 @@ def test_each_invalid_example_differs_from_a_valid_one_in_one_value(path):
         key=len,
     )
     assert best - {".id"} and len(best - {".id"}) == 1, best
+
+
+@pytest.mark.parametrize(
+    "category, labels, recorded, expected",
+    [
+        ("mental-health", {"PSY"}, "2026-01-05", "permit"),  # the nested permit
+        ("mental-health", {"PSY"}, "2018-01-05", "deny"),  # the deny nested inside it
+        ("substance-misuse", {"ETH", "SUD"}, "2026-01-05", "deny"),  # not covered (scenario 3)
+    ],
+)
+def test_example_consent_means_what_the_readme_says(category, labels, recorded, expected):
+    import datetime as dt
+
+    engine = pytest.importorskip("consent.engine")
+    m = pytest.importorskip("consent.model")
+    consent = load(EXAMPLES / "Consent-example-father-mental-health.json")
+    request = m.DisclosureRequest(
+        requester=m.Requester(role="health-visitor", org="RHV01", service="health-visiting"),
+        purpose=m.Purpose.DIRECT_CARE,
+        subject=m.DataSubject(reference="Patient/example-father", family_role="father", identifiers=((NHS, "9990000026"),)),
+        item=m.DataItem(category=category, resource_type="Condition", security_labels=frozenset(labels),
+                        source_org="A99001", date=dt.date.fromisoformat(recorded)),
+        relationship=m.LegitimateRelationship(True, "episode-of-care"),
+        consents=(consent,),
+        as_of=dt.datetime(2026, 11, 26, 12, tzinfo=dt.timezone.utc),
+    )
+    assert engine.decide(request).outcome.value == expected
