@@ -59,11 +59,12 @@ DATATYPE_CODES: dict[tuple[str, str], set[str]] = {
     ("telecom", "use"): {"home", "work", "temp", "old", "mobile"},
     ("address", "use"): {"home", "work", "temp", "old", "billing"},
     ("address", "type"): {"postal", "physical", "both"},
+    ("text", "status"): {"generated", "extensions", "additional", "empty"},
 }
 _CONSENT_PROVISION = {"type": {"deny", "permit"}, "data.meaning": {"instance", "related", "dependents", "authoredby"}}
 _CONFIDENTIALITY_CODES = {"U", "L", "M", "N", "R", "V"}
 ODS_CODE_RE = re.compile(r"^[A-Z0-9]{3,10}$")
-_NHS_RE = re.compile(r"^\d{10}$")
+_NHS_RE = re.compile(r"^[0-9]{10}$")  # ASCII digits only: \d would admit other scripts
 
 
 def is_valid_nhs_number(value: str) -> bool:

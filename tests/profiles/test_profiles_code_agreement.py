@@ -147,7 +147,6 @@ def test_datatype_and_consent_tables_match_the_spec():
         assert same_codes(allowed, spec[f"Consent.provision.{rel}"])
 
 
-@pytest.mark.xfail(strict=True, reason="validation.py does not check Narrative.status (text.status), a required binding in R4: see fhir_profiles/README.md")
 @pytest.mark.parametrize("rt", PROFILED)
 def test_every_required_code_of_a_profiled_type_is_enforced(rt):
     missing = [p for p in spec_code_elements(rt) if enforced_codes(rt, p) is None]
@@ -253,10 +252,9 @@ def test_invariants_hold_on_valid_examples_and_fail_as_the_invalid_ones_say():
         assert {k for k, r in results.items() if r != [True]} == broken, (path.name, results)
 
 
-# ---------------------------------------------------------------- known defects in validation.py
+# ---------------------------------------------------------------- defects found and fixed in validation.py
 
 
-@pytest.mark.xfail(strict=True, reason="validation.py's _NHS_RE uses \\d, which matches non-ASCII digits (e.g. Arabic-Indic): see fhir_profiles/README.md")
 def test_nhs_numbers_are_ascii_digits_only():
     arabic_indic = "".join(chr(0x0660 + int(d)) for d in "9990000018")
     assert not v.is_valid_nhs_number(arabic_indic)
