@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # Record linkage thresholds (match probability)
     linkage_auto_link_probability: float = 0.95
     linkage_review_probability: float = 0.5
+    linkage_twin_guard: bool = True  # never auto-link plainly different given names without a shared identifier
+    linkage_max_candidates: int = 500  # cap on candidate records compared with one new record
 
     # Name of this deployment in audit records
     deployment_name: str = "familyview"

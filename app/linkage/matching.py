@@ -749,7 +749,8 @@ class Thresholds:
     go to a human (level1), where a missed link is recoverable.
     possible (0.2): below this the expected yield of review is too low to queue.
     twin_guard: a pair whose first given names are both present and plainly different
-    is never auto-linked without an NHS-number match (twins share surname, date of
+    is never auto-linked without a shared identifier (same valid NHS number, or the same
+    value of another identifier in one system: see :func:`shares_identifier`) (twins share surname, date of
     birth, sex and address — the independence assumption of Fellegi–Sunter fails for
     them); it can still be a possible match for review.
     """
@@ -762,6 +763,13 @@ class Thresholds:
 DEFAULT_THRESHOLDS = Thresholds()
 
 LINK, POSSIBLE, NON_MATCH = "link", "possible", "non-match"
+
+
+def shares_identifier(s: MatchScore) -> bool:
+    """The pair carries the same identifier: the same valid NHS number, or exactly the same
+    value of another identifier in the same system. Twins never share one, so such pairs
+    bypass the twin guard."""
+    return s.level("nhs_number") == "match" or s.level("other_id") == "exact"
 
 
 def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
@@ -782,7 +790,12 @@ def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
     nhs = s.level("nhs_number")
     if label == LINK and nhs == "conflict":
         label = POSSIBLE
-    if label == LINK and thresholds.twin_guard and nhs != "match" and s.level("given_name") == "different":
+    if (
+        label == LINK
+        and thresholds.twin_guard
+        and s.level("given_name") == "different"
+        and not shares_identifier(s)
+    ):
         label = POSSIBLE
     if nhs == "match":
         contradicted = s.level("birth_date") == "different" and (

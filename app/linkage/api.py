@@ -1,0 +1,321 @@
+"""HTTP surface of record linkage, installed by ``app.main``:
+
+FHIR ``Person`` (read-only view of the linked-person index)
+    GET /fhir/Person/{id}
+    GET /fhir/Person?_id=…  |  ?link=Patient/123  |  ?identifier=system|value   (AND-ed)
+    Person.link lists every member record with ``target`` and ``assurance`` (level2..level4;
+    a record alone in its person is level4). level1 (possible matches) are NOT listed in
+    Person: they are in the review queue below until an admin confirms them. A merged
+    person is returned inactive, with one link to the Person it was merged into.
+    Readable by admin and ig-officer (all links) and by source systems for persons that
+    hold one of their own records (only their own records' links are shown).
+
+Review queue and admin operations (admin role only; JSON in, JSON out; errors are
+OperationOutcomes). Every POST needs ``{"reason": "..."}``; who is the token's ``sub``.
+    GET  /linkage/candidates?status=open|confirmed|rejected|superseded|all&_count=&_offset=
+    GET  /linkage/candidates/{id}
+    POST /linkage/candidates/{id}/confirm   {"reason"}
+    POST /linkage/candidates/{id}/reject    {"reason"}
+    POST /linkage/unlink                    {"record": "RelatedPerson/x", "reason"}
+    POST /linkage/merge                     {"from": "Person/a", "into": "Person/b", "reason"}
+    GET  /linkage/events?record=Type/id&person=Person/id&_count=
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import func, or_, select
+from starlette.concurrency import run_in_threadpool
+
+from app.auth.deps import get_principal
+from app.auth.tokens import Principal
+from app.errors import FhirError, bad_request, not_found
+from app.fhir import store
+from app.fhir.http import FhirContext, FhirResponse, fhir_context
+from app.fhir.indexing import NHS_NUMBER_SYSTEM, parse_reference
+from app.fhir.models import SearchToken
+from app.linkage.admin import LinkageAdmin, candidate_json, persons_of
+from app.linkage.models import Link, LinkageEvent, LinkedPerson, ReviewCandidate
+from app.linkage.service import LINKED_TYPES, LinkageHook
+
+PERSON_READERS = ("admin", "ig-officer", "source-system")
+CANDIDATE_STATUSES = ("open", "confirmed", "rejected", "superseded")
+
+fhir_router = APIRouter(prefix="/fhir", tags=["FHIR Person (record linkage)"])
+admin_router = APIRouter(prefix="/linkage", tags=["Record linkage administration"])
+
+
+# ------------------------------------------------------------------ FHIR Person
+def _check_person_access(principal: Principal, op: str) -> None:
+    if principal.role not in PERSON_READERS:
+        raise FhirError(403, "forbidden", f"The {principal.role} role may not read linked persons", spine_code="ACCESS_DENIED")
+    if not principal.may("Person", op):
+        raise FhirError(403, "forbidden", f"No granted scope allows '{op}' on Person", spine_code="ACCESS_DENIED")
+
+
+def person_resource(session, person: LinkedPerson, principal: Principal) -> dict[str, Any] | None:
+    """The FHIR Person, with the links this requester may see; None when it may see none."""
+    links = list(session.scalars(select(Link).where(Link.person_id == person.id).order_by(Link.res_type, Link.res_id)))
+    sees_all = principal.role in ("admin", "ig-officer")
+    visible = links if sees_all else [l for l in links if l.source_org == principal.org]
+    if not person.active and not sees_all:
+        return None
+    if not visible and not sees_all:
+        return None
+    body: dict[str, Any] = {
+        "resourceType": "Person",
+        "id": person.id,
+        "meta": {"versionId": str(person.version_id), "lastUpdated": store.format_instant(person.updated_at)},
+    }
+    nhs = sorted({l.nhs_number for l in visible if l.nhs_number})
+    if nhs:
+        body["identifier"] = [{"system": NHS_NUMBER_SYSTEM, "value": n} for n in nhs]
+    body["active"] = person.active
+    if visible:
+        body["link"] = [{"target": {"reference": l.ref}, "assurance": l.assurance} for l in visible]
+    elif person.merged_into:
+        body["link"] = [{"target": {"reference": f"Person/{person.merged_into}"}, "assurance": "level4"}]
+    return body
+
+
+@fhir_router.get("/Person/{person_id}", summary="Read a linked person")
+def read_person(person_id: str, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+    _check_person_access(ctx.principal, "r")
+    with ctx.db.session(readonly=True) as session:
+        person = session.get(LinkedPerson, person_id)
+        if person is None:
+            raise not_found(f"Person/{person_id} is not known")
+        body = person_resource(session, person, ctx.principal)
+    if body is None:
+        raise FhirError(403, "forbidden", f"Person/{person_id} holds no record sent by your organisation", spine_code="ACCESS_DENIED")
+    return FhirResponse(body, headers={"ETag": f'W/"{person.version_id}"'})
+
+
+def _person_ids_for(session, name: str, value: str) -> set[str]:
+    expr = f"Person.{name}"
+    if name == "_id":
+        return {v for v in value.split(",") if v}
+    if name == "link":
+        refs = []
+        for v in value.split(","):
+            parsed = parse_reference(v.strip()) if v.strip() else None
+            if parsed is None or parsed[0] not in LINKED_TYPES:
+                raise bad_request(f"link must reference a Patient or RelatedPerson, e.g. Patient/123 (got {v!r})", expression=expr)
+            refs.append(parsed)
+        return set(session.scalars(select(Link.person_id).where(or_(*[(Link.res_type == t) & (Link.res_id == i) for t, i in refs]))))
+    if name == "identifier":
+        conds = []
+        for v in value.split(","):
+            system, sep, code = v.partition("|")
+            if not sep:
+                system, code = None, v
+            if not code:
+                raise bad_request("identifier must be system|value or value", expression=expr)
+            c = (SearchToken.code == code)
+            if system:
+                c = c & (SearchToken.system == system)
+            conds.append(c)
+        sub = select(SearchToken.res_type, SearchToken.res_id).where(
+            SearchToken.res_type.in_(LINKED_TYPES), SearchToken.param == "identifier", or_(*conds))
+        sq = sub.subquery()
+        return set(session.scalars(select(Link.person_id).join(sq, (Link.res_type == sq.c.res_type) & (Link.res_id == sq.c.res_id))))
+    raise bad_request(f"Unknown search parameter '{name}' for Person (supported: _id, link, identifier, _count)", expression=expr)
+
+
+@fhir_router.get("/Person", summary="Search linked persons by _id, link or identifier")
+def search_person(request: Request, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+    _check_person_access(ctx.principal, "s")
+    params = list(request.query_params.multi_items())
+    count = ctx.settings.default_page_size
+    filters = []
+    for name, value in params:
+        if name == "_count":
+            try:
+                count = max(0, min(int(value), ctx.settings.max_page_size))
+            except ValueError:
+                raise bad_request("_count must be a whole number", expression="_count") from None
+        elif name in ("_format", "_pretty"):
+            continue
+        else:
+            filters.append((name.split(":", 1)[0], value))
+    with ctx.db.session(readonly=True) as session:
+        ids: set[str] | None = None
+        for name, value in filters:
+            found = _person_ids_for(session, name, value)
+            ids = found if ids is None else ids & found
+        if ids is None:
+            query = select(LinkedPerson).where(LinkedPerson.active.is_(True)).order_by(LinkedPerson.id).limit(count * 4 + 50)
+        else:
+            query = select(LinkedPerson).where(LinkedPerson.id.in_(sorted(ids))).order_by(LinkedPerson.id) if ids else None
+        persons = list(session.scalars(query)) if query is not None else []
+        bodies = [b for b in (person_resource(session, p, ctx.principal) for p in persons) if b is not None]
+    entries = [{"fullUrl": f"{ctx.base}/Person/{b['id']}", "resource": b, "search": {"mode": "match"}} for b in bodies[:count]]
+    self_url = f"{ctx.base}/Person" + (f"?{request.url.query}" if request.url.query else "")
+    return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": len(bodies),
+                         "link": [{"relation": "self", "url": self_url}], "entry": entries})
+
+
+# ------------------------------------------------------------------ admin operations
+def admin_principal(principal: Principal = Depends(get_principal)) -> Principal:
+    if principal.role != "admin":
+        raise FhirError(403, "forbidden", "Linkage administration is for the admin role only", spine_code="ACCESS_DENIED")
+    return principal
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype not in ("application/json", "application/fhir+json"):
+        raise FhirError(415, "not-supported", f"Content-Type must be application/json (got {ctype or 'none'})", spine_code="UNSUPPORTED_MEDIA_TYPE")
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FhirError(400, "structure", "The body is not valid JSON", spine_code="INVALID_RESOURCE") from None
+    if not isinstance(body, dict):
+        raise bad_request("The body must be a JSON object with a 'reason'", code="structure")
+    return body
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise FhirError(400, "required", f"'{name}' is required", expression=name, spine_code="MISSING_VALUE")
+    if not isinstance(value, str):
+        raise bad_request(f"'{name}' must be a string", expression=name)
+    return value.strip()
+
+
+def _record_ref(value: str, name: str) -> str:
+    parsed = parse_reference(value)
+    if parsed is None or parsed[0] not in LINKED_TYPES or "/" in value.replace(f"{parsed[0]}/{parsed[1]}", "", 1):
+        raise bad_request(f"'{name}' must be a Patient or RelatedPerson reference such as Patient/123", expression=name)
+    return f"{parsed[0]}/{parsed[1]}"
+
+
+def _person_id(value: str, name: str) -> str:
+    t, _, i = value.partition("/")
+    if t != "Person" or not i or "/" in i:
+        raise bad_request(f"'{name}' must be a Person reference such as Person/abc", expression=name)
+    return i
+
+
+def _int_param(request: Request, name: str, default: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be a whole number", expression=name) from None
+    if value < 0:
+        raise bad_request(f"{name} must not be negative", expression=name)
+    return min(value, high)
+
+
+@admin_router.get("/candidates", summary="The review queue (possible matches, level1)")
+def list_candidates(request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+    status = request.query_params.get("status", "open")
+    if status not in CANDIDATE_STATUSES + ("all",):
+        raise bad_request(f"status must be one of {', '.join(CANDIDATE_STATUSES)}, all", expression="status")
+    count = _int_param(request, "_count", 50, 500)
+    offset = _int_param(request, "_offset", 0, 10**9)
+    db = request.app.state.db
+    with db.session(readonly=True) as session:
+        where = [] if status == "all" else [ReviewCandidate.status == status]
+        total = session.scalar(select(func.count()).select_from(ReviewCandidate).where(*where))
+        rows = list(session.scalars(select(ReviewCandidate).where(*where)
+                                    .order_by(ReviewCandidate.probability.desc(), ReviewCandidate.id).offset(offset).limit(count)))
+        persons = persons_of(session, {r.a_ref for r in rows} | {r.b_ref for r in rows})
+        out = [candidate_json(r, persons) for r in rows]
+    return FhirResponse({"total": total, "offset": offset, "count": len(out), "candidates": out})
+
+
+@admin_router.get("/candidates/{cid}", summary="One review candidate")
+def get_candidate(cid: int, request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+    with request.app.state.db.session(readonly=True) as session:
+        c = LinkageAdmin(session, principal.sub).candidate(cid)
+        return FhirResponse(candidate_json(c, persons_of(session, {c.a_ref, c.b_ref})))
+
+
+def _run(request: Request, principal: Principal, work) -> FhirResponse:
+    with request.app.state.db.session() as session:
+        result = work(LinkageAdmin(session, principal.sub))
+    return FhirResponse(result)
+
+
+@admin_router.post("/candidates/{cid}/confirm", summary="Confirm a possible match (the two records are one person)")
+async def confirm_candidate(cid: int, request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+    reason = _text(await _json_body(request), "reason")
+    return await run_in_threadpool(_run, request, principal, lambda a: a.confirm(cid, reason))
+
+
+@admin_router.post("/candidates/{cid}/reject", summary="Reject a possible match (two different people)")
+async def reject_candidate(cid: int, request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+    reason = _text(await _json_body(request), "reason")
+    return await run_in_threadpool(_run, request, principal, lambda a: a.reject(cid, reason))
+
+
+@admin_router.post("/unlink", summary="Take a record out of its linked person")
+async def unlink(request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+    body = await _json_body(request)
+    ref = _record_ref(_text(body, "record"), "record")
+    reason = _text(body, "reason")
+    return await run_in_threadpool(_run, request, principal, lambda a: a.unlink(ref, reason))
+
+
+@admin_router.post("/merge", summary="Merge one linked person into another")
+async def merge(request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+    body = await _json_body(request)
+    src = _person_id(_text(body, "from"), "from")
+    dst = _person_id(_text(body, "into"), "into")
+    reason = _text(body, "reason")
+    return await run_in_threadpool(_run, request, principal, lambda a: a.merge(src, dst, reason))
+
+
+@admin_router.get("/events", summary="The linkage event log")
+def events(request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+    count = _int_param(request, "_count", 100, 1000)
+    where = []
+    if (rec := request.query_params.get("record")) is not None:
+        where.append(LinkageEvent.record_ref == _record_ref(rec, "record"))
+    if (per := request.query_params.get("person")) is not None:
+        pid = _person_id(per, "person")
+        where.append(or_(LinkageEvent.from_person == pid, LinkageEvent.to_person == pid))
+    with request.app.state.db.session(readonly=True) as session:
+        rows = list(session.scalars(select(LinkageEvent).where(*where).order_by(LinkageEvent.id.desc()).limit(count)))
+    return FhirResponse({"events": [
+        {"id": e.id, "at": e.at.isoformat(), "action": e.action, "record": e.record_ref,
+         "from": f"Person/{e.from_person}" if e.from_person else None, "to": f"Person/{e.to_person}" if e.to_person else None,
+         "candidate": e.candidate_id, "actor": e.actor, "reason": e.reason,
+         "detail": json.loads(e.detail) if e.detail else None}
+        for e in rows
+    ]})
+
+
+PERSON_CAPABILITY = {
+    "type": "Person",
+    "documentation": "Linked persons from record linkage (read-only). link.target lists each Patient/RelatedPerson "
+                     "of the person, link.assurance level2..level4; possible matches (level1) are in the review queue "
+                     "(/linkage/candidates, admin), not in Person.",
+    "interaction": [{"code": "read"}, {"code": "search-type"}],
+    "versioning": "versioned",
+    "readHistory": False,
+    "updateCreate": False,
+    "conditionalCreate": False,
+    "conditionalUpdate": False,
+    "conditionalDelete": "not-supported",
+    "searchParam": [
+        {"name": "_id", "type": "token"},
+        {"name": "link", "type": "reference", "documentation": "A Patient or RelatedPerson the person links to"},
+        {"name": "identifier", "type": "token", "documentation": "An identifier of any linked record (system|value)"},
+    ],
+}
+
+
+def install(app, *, operations: list[dict[str, Any]], extra_resources: list[dict[str, Any]]) -> None:
+    app.include_router(fhir_router)
+    app.include_router(admin_router)
+    app.state.ingest_hooks.append(LinkageHook(app.state.settings))
+    extra_resources.append(PERSON_CAPABILITY)

@@ -1,0 +1,136 @@
+"""Tables of the linked-person index (migration 0002).
+
+* ``linkage_person``    a linked person (exposed as FHIR ``Person``); merged persons stay,
+                        inactive, pointing at the person they were merged into.
+* ``linkage_link``      one row per Patient/RelatedPerson: which person it belongs to, with
+                        what assurance (level1..level4), match probability and how (auto |
+                        manual); also the record's normal form for matching (``features``),
+                        so one new record is compared without reading FHIR bodies.
+* ``linkage_key``       blocking keys: (64-bit hash of the key, record), primary key leads
+                        with the hash, so candidate look-up is one indexed range scan.
+* ``linkage_candidate`` the review queue: possible pairs with score and explanation,
+                        status open | confirmed | rejected | superseded.
+* ``linkage_decision``  manual decisions on a pair (match | no-match), who/why/when;
+                        automatic re-matching never overrides an active one.
+* ``linkage_event``     the event log: every create/join/move/split/merge/unlink/confirm/
+                        reject with who and why.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+REF_LEN = 110  # "RelatedPerson/<64-char id>"
+
+
+class LinkedPerson(Base):
+    __tablename__ = "linkage_person"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_id: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    merged_into: Mapped[str | None] = mapped_column(String(64))
+
+
+class Link(Base):
+    __tablename__ = "linkage_link"
+
+    res_type: Mapped[str] = mapped_column(String(40), primary_key=True)
+    res_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    person_id: Mapped[str] = mapped_column(String(64), ForeignKey("linkage_person.id"), nullable=False)
+    assurance: Mapped[str] = mapped_column(String(8), nullable=False)
+    probability: Mapped[float] = mapped_column(Float, nullable=False)
+    how: Mapped[str] = mapped_column(String(8), nullable=False)  # auto | manual
+    matched_ref: Mapped[str | None] = mapped_column(String(REF_LEN))  # the member it was matched with
+    nhs_number: Mapped[str | None] = mapped_column(String(10))
+    source_org: Mapped[str] = mapped_column(String(16), nullable=False)
+    features: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (Index("ix_linkage_link_person", "person_id"),)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.res_type}/{self.res_id}"
+
+
+class BlockingKey(Base):
+    __tablename__ = "linkage_key"
+
+    key_hash: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    res_type: Mapped[str] = mapped_column(String(40), primary_key=True)
+    res_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+    __table_args__ = (Index("ix_linkage_key_record", "res_type", "res_id"),)
+
+
+class ReviewCandidate(Base):
+    __tablename__ = "linkage_candidate"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    a_ref: Mapped[str] = mapped_column(String(REF_LEN), nullable=False)  # a_ref < b_ref
+    b_ref: Mapped[str] = mapped_column(String(REF_LEN), nullable=False)
+    probability: Mapped[float] = mapped_column(Float, nullable=False)
+    match_weight: Mapped[float] = mapped_column(Float, nullable=False)
+    explanation: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(String(12), nullable=False)  # open | confirmed | rejected | superseded
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    decided_by: Mapped[str | None] = mapped_column(String(255))
+    decided_reason: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("a_ref", "b_ref", name="uq_linkage_candidate_pair"),
+        Index("ix_linkage_candidate_b", "b_ref"),
+        Index("ix_linkage_candidate_status", "status", "probability"),
+    )
+
+
+class ManualDecision(Base):
+    __tablename__ = "linkage_decision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    a_ref: Mapped[str] = mapped_column(String(REF_LEN), nullable=False)  # a_ref < b_ref
+    b_ref: Mapped[str] = mapped_column(String(REF_LEN), nullable=False)
+    decision: Mapped[str] = mapped_column(String(10), nullable=False)  # match | no-match
+    actor: Mapped[str] = mapped_column(String(255), nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    candidate_id: Mapped[int | None] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(255))
+    revoked_reason: Mapped[str | None] = mapped_column(Text)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_linkage_decision_a", "a_ref", "active"),
+        Index("ix_linkage_decision_b", "b_ref", "active"),
+    )
+
+
+class LinkageEvent(Base):
+    __tablename__ = "linkage_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    action: Mapped[str] = mapped_column(String(16), nullable=False)
+    record_ref: Mapped[str | None] = mapped_column(String(REF_LEN))
+    from_person: Mapped[str | None] = mapped_column(String(64))
+    to_person: Mapped[str | None] = mapped_column(String(64))
+    candidate_id: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(255), nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_linkage_event_record", "record_ref"),
+        Index("ix_linkage_event_from", "from_person"),
+        Index("ix_linkage_event_to", "to_person"),
+    )
