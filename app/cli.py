@@ -116,6 +116,12 @@ def _cmd_policy(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from app.sync.command import run_command
+
+    return run_command(args, get_settings())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="familyview", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="post the ten demo scenarios through the HTTP ingest path")
     p.add_argument("--base-url", default="http://127.0.0.1:8000")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("sync", help="pull records from an upstream FHIR server through the ingest path, as a named source")
+    p.add_argument("--from", dest="base_url", required=True, metavar="BASE_URL", help="the upstream's FHIR base URL")
+    p.add_argument("--source-org", required=True, help="ODS code of the organisation the records come from")
+    p.add_argument("--service", required=True, help="maternity | health-visiting | general-practice | social-care")
+    p.add_argument("--since", metavar="DATETIME", help="only records updated since (default: the persisted cursor)")
+    p.add_argument("--identifier", action="append", metavar="SYSTEM|VALUE", help="only these patients and their records (repeatable)")
+    p.add_argument("--types", help="comma-separated resource types (default: Patient first, then what refers to patients)")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="extra search parameter for every search, e.g. _tag=system|code")
+    p.add_argument("--page-size", type=int)
+    p.set_defaults(func=_cmd_sync)
 
     p = sub.add_parser("openapi", help="write the OpenAPI document generated from the app")
     p.add_argument("--output", default=str(PROJECT_ROOT / "openapi" / "openapi.json"))

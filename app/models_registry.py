@@ -4,3 +4,4 @@
 def import_all_models() -> None:
     import app.fhir.models  # noqa: F401
     import app.linkage.models  # noqa: F401
+    import app.sync.models  # noqa: F401

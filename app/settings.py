@@ -42,6 +42,24 @@ class Settings(BaseSettings):
     linkage_twin_guard: bool = True  # never auto-link plainly different given names without a shared identifier
     linkage_max_candidates: int = 500  # cap on candidate records compared with one new record
 
+    # Sync from an upstream FHIR server (`familyview sync`, the rest-hook receiver).
+    # Auth to the upstream: a bearer token, or OAuth2 client credentials from sync_token_url.
+    sync_bearer_token: str | None = None
+    sync_token_url: str | None = None
+    sync_client_id: str | None = None
+    sync_client_secret: str | None = None
+    sync_scope: str | None = None
+    sync_timeout_seconds: float = 30.0
+    sync_max_retries: int = 5
+    sync_backoff_seconds: float = 0.5
+    sync_max_backoff_seconds: float = 60.0
+    sync_page_size: int = 100
+    # Rest-hook receiver: upstream name -> {"base_url", "source_org", "service"} (JSON in the
+    # environment), and the header each Subscription is given with its shared secret.
+    sync_upstreams: dict[str, dict[str, str]] = Field(default_factory=dict)
+    sync_rest_hook_header: str = "X-Familyview-Hook-Secret"
+    sync_rest_hook_secret: str | None = None
+
     # Name of this deployment in audit records
     deployment_name: str = "familyview"
     log_level: str = "INFO"

@@ -1,0 +1,51 @@
+"""`familyview sync`: build the same ingest pipeline the API uses (database, hooks) and run a sync."""
+from __future__ import annotations
+
+import sys
+from typing import Iterable
+
+from app.auth.tokens import SERVICES
+from app.fhir.validation import is_valid_ods_code
+from app.settings import Settings
+from app.sync.client import UpstreamClient
+from app.sync.engine import DEFAULT_TYPES, SyncSummary, Syncer
+from app.sync.progress import Progress
+
+
+def build_syncer(settings: Settings, base_url: str, source_org: str, service: str, *, progress=None, page_size: int | None = None,
+                 extra_params: Iterable[tuple[str, str]] = (), client: UpstreamClient | None = None, app=None, **kw) -> Syncer:
+    if not is_valid_ods_code(source_org):
+        raise ValueError("--source-org must be an ODS code (upper-case letters and digits)")
+    if service not in SERVICES:
+        raise ValueError(f"--service must be one of {', '.join(SERVICES)}")
+    if app is None:
+        from app.main import create_app
+
+        app = create_app(settings)  # the same database and ingest hooks (labelling, linkage) the API runs
+    client = client or UpstreamClient(base_url, settings)
+    return Syncer(app.state.db, settings, client, source_org=source_org, service=service, hooks=app.state.ingest_hooks,
+                  progress=progress, page_size=page_size, extra_params=extra_params, **kw)
+
+
+def run_command(args, settings: Settings) -> int:
+    types = tuple(t.strip() for t in args.types.split(",")) if args.types else DEFAULT_TYPES
+    params = []
+    for p in args.param or []:
+        name, sep, value = p.partition("=")
+        if not sep:
+            print(f"familyview sync: --param takes name=value (got {p!r})", file=sys.stderr)
+            return 2
+        params.append((name, value))
+    try:
+        syncer = build_syncer(settings, args.base_url, args.source_org, args.service, progress=Progress(sys.stderr),
+                              page_size=args.page_size, extra_params=params)
+    except ValueError as exc:
+        print(f"familyview sync: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary: SyncSummary = syncer.run(since=args.since, identifiers=args.identifier or [], types=types)
+    finally:
+        syncer.client.close()
+        syncer.db.dispose()
+    print(summary.render(), flush=True)
+    return 0 if summary.ok else 1
