@@ -122,6 +122,20 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return run_command(args, get_settings())
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from app.audit.service import verify
+    from app.db import Database
+
+    db = Database(args.database_url or get_settings().database_url)
+    try:
+        with db.session(readonly=True) as session:
+            result = verify(session)
+    finally:
+        db.dispose()
+    print(result)
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="familyview", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("openapi", help="write the OpenAPI document generated from the app")
     p.add_argument("--output", default=str(PROJECT_ROOT / "openapi" / "openapi.json"))
     p.set_defaults(func=_cmd_openapi)
+
+    p = sub.add_parser("audit", help="audit store tools: verify proves the hash chain untouched")
+    p.add_argument("action", choices=["verify"])
+    p.add_argument("--database-url")
+    p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("policy", help="explain the disclosure policy, or check an edited policy file")
     p.add_argument("action", choices=["explain", "check"])

@@ -13,6 +13,7 @@ from app.db import Database
 from app.errors import FhirError, Issue, operation_outcome
 from app.fhir.capability import capability_statement
 from app.fhir.http import FhirResponse
+from app.ingest.labelling import SecurityLabelHook
 from app.middleware import RequestContextMiddleware
 from app.settings import Settings, get_settings
 
@@ -23,10 +24,10 @@ _STATUS_CODES = {404: ("not-found", "RESOURCE_NOT_FOUND"), 405: ("not-supported"
 
 def _domain_modules() -> list[Any]:
     """Domain packages that add routes, operations and ingest hooks (in route order)."""
-    from app import sync
+    from app import audit, family, sync
     from app.linkage import api as linkage_api
 
-    return [linkage_api, sync]
+    return [family, audit, linkage_api, sync]
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
@@ -42,7 +43,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.settings = settings
     app.state.db = database or Database(settings.database_url)
     app.state.verifier = TokenVerifier(settings)
-    app.state.ingest_hooks = []
+    app.state.ingest_hooks = [SecurityLabelHook()]  # labels first: later hooks and every decision read them
     operations: list[dict[str, Any]] = []
     extra_resources: list[dict[str, Any]] = []
     for module in _domain_modules():

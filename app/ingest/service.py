@@ -20,6 +20,8 @@ from app.fhir.indexing import STORED_TYPES, WRITABLE_TYPES, IndexRows, identifie
 from app.fhir.models import (
     ResourceVersion, SearchDate, SearchReference, SearchString, SearchToken, SourceKey, StoredResource,
 )
+from fhir.resources.R4B import get_fhir_model_class
+
 from app.fhir.validation import validate_resource
 from app.ingest.hooks import IngestHook, Written
 from app.settings import Settings
@@ -159,6 +161,16 @@ class IngestService:
 
     def write_one(self, req: EntryRequest) -> EntryResult:
         return self._apply_writes([req], allow_urn=False)[0]
+
+    def store_generated(self, resource: dict[str, Any]) -> EntryResult:
+        """Store a resource the gateway itself made (e.g. a notification to a data
+        controller), owned by this service's principal's organisation; no source sent it."""
+        res_type = resource["resourceType"]
+        get_fhir_model_class(res_type).model_validate(resource)  # the gateway's own output is valid FHIR too
+        plan = _Plan(req=EntryRequest(0, "POST", res_type, resource, in_bundle=False), res_type=res_type, res_id=str(uuid.uuid4()))
+        plan.resource = copy.deepcopy(resource)
+        plan.resource["id"] = plan.res_id
+        return self._store([plan])[0]
 
     # ------------------------------------------------------------ pipeline
 

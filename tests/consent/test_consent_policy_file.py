@@ -26,7 +26,7 @@ def write(tmp_path: Path, data) -> Path:
 
 def test_baseline_loads_and_is_versioned():
     policy = load_policy()
-    assert policy.version == "1.0.0" and policy.id == "familyview-baseline"
+    assert policy.version == "1.1.0" and policy.id == "familyview-baseline"
     assert policy.combine == "most-recent"
     assert load_policy(BASELINE_POLICY_PATH).rules == policy.rules
     assert policy_check(BASELINE_POLICY_PATH) == []
@@ -97,7 +97,7 @@ def test_check_reports_unreadable_and_bad_yaml(tmp_path):
 
 def test_explain_is_a_readable_table():
     text = policy_explain()
-    assert "version 1.0.0" in text
+    assert "version 1.1.0" in text
     for rule in load_policy().rules:
         assert rule.id in text
     assert "Sch 1 para 18" in text and "no rule" in text and "BTG" in text

@@ -61,6 +61,8 @@ ROWS = [
         for cat in ("identity", "care-team", "record")
         for who in (HEALTH_VISITOR, MIDWIFE, GP)
     ],
+    # Extension rule infant-contact-direct-care: the baby's address is where care is given
+    ("ext-infant-contact", request(about=INFANT, what=item("contact", source_org="Y90003")), Outcome.PERMIT, DIRECT, set(), "permitted"),
     # Row 2: mother | identity, contact | direct care | relationship, no Consent of hers denies it
     ("row2-mother-identity", request(about=MOTHER, what=item("identity")), Outcome.PERMIT, DIRECT, set(), "permitted"),
     ("row2-mother-contact", request(about=MOTHER, what=item("contact")), Outcome.PERMIT, DIRECT, set(), "permitted"),
@@ -154,7 +156,7 @@ def test_policy_table_row(req, outcome, basis, obligations, reason_code):
     assert decision.lawful_basis == basis
     assert set(decision.obligations) == obligations
     assert decision.reason_code == reason_code
-    assert decision.policy_version == "1.0.0"
+    assert decision.policy_version == "1.1.0"
     assert decision.reason
 
 

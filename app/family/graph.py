@@ -1,0 +1,362 @@
+"""Where the family is assembled: from the infant (or, pre-birth, the pregnant mother) to her
+mother, father(s) and the men in a caring role, across every source, through recorded
+relationships and record linkage. Reads the store directly: this is the one place that
+looks across organisations, and what it finds is disclosed only item by item."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Iterable
+
+from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy.orm import Session
+
+from app.errors import FhirError, not_found
+from app.family import roles
+from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM, identifiers_of, parse_reference
+from app.fhir.models import SearchReference, SearchToken, StoredResource
+from app.fhir.validation import is_valid_nhs_number
+from app.linkage.service import level_rank, linked_records
+
+PERSON_TYPES = ("Patient", "RelatedPerson")
+RECORD_TYPES = ("Flag", "Condition", "Observation")
+PREGNANCY_SCT = "77386006"
+EDD_LOINC = "11778-8"
+SCT = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+
+
+@dataclass
+class Rec:
+    """A stored record as the family view sees it."""
+
+    res_type: str
+    res_id: str
+    body: dict[str, Any]
+    source_org: str
+    assurance: str = "level4"  # how surely it belongs to the person it was found for
+
+    @property
+    def ref(self) -> str:
+        return f"{self.res_type}/{self.res_id}"
+
+    @property
+    def identifiers(self) -> list[tuple[str, str]]:
+        return identifiers_of(self.body)
+
+    @property
+    def nhs_number(self) -> str | None:
+        for system, value in self.identifiers:
+            if system == NHS_NUMBER_SYSTEM and is_valid_nhs_number(value):
+                return value
+        return None
+
+    @property
+    def gender(self) -> str | None:
+        return self.body.get("gender")
+
+    @property
+    def birth_date(self) -> date | None:
+        value = self.body.get("birthDate")
+        try:
+            return date.fromisoformat(value) if isinstance(value, str) and len(value) == 10 else None
+        except ValueError:
+            return None
+
+
+@dataclass
+class Relationship:
+    """How a member is related to the infant, as some source recorded it."""
+
+    code: str
+    recorded_on: str  # "infant" | "mother"
+    record: Rec  # the RelatedPerson that records it
+
+
+@dataclass
+class FamilyMember:
+    role: str
+    records: list[Rec] = field(default_factory=list)  # Patient / RelatedPerson records of this person
+    relationships: list[Relationship] = field(default_factory=list)
+    unborn: bool = False
+    expected_delivery: str | None = None
+    clinical: list[Rec] = field(default_factory=list)  # Flag / Condition / Observation
+    consents: list[Rec] = field(default_factory=list)
+
+    @property
+    def patient_records(self) -> list[Rec]:
+        return [r for r in self.records if r.res_type == "Patient"]
+
+    @property
+    def key(self) -> str:
+        return self.primary.ref if self.records else "unborn"
+
+    @property
+    def primary(self) -> Rec:
+        """The record the view is built on: a Patient if the person has one (the surest)."""
+        patients = sorted(self.patient_records, key=lambda r: (-level_rank(r.assurance), r.source_org, r.res_id))
+        if patients:
+            return patients[0]
+        return sorted(self.records, key=lambda r: (-level_rank(r.assurance), r.source_org, r.res_id))[0]
+
+    @property
+    def weakest_assurance(self) -> str:
+        return min((r.assurance for r in self.records), key=level_rank, default="level4")
+
+    @property
+    def nhs_number(self) -> str | None:
+        return next((r.nhs_number for r in self.records if r.nhs_number), None)
+
+    @property
+    def gender(self) -> str | None:
+        return next((r.gender for r in self.records if r.gender), None)
+
+    @property
+    def birth_date(self) -> date | None:
+        return next((r.birth_date for r in sorted(self.records, key=lambda r: -level_rank(r.assurance)) if r.birth_date), None)
+
+
+@dataclass
+class FamilyGraph:
+    subject: Rec  # the record the request named
+    mode: str  # "infant" | "pre-birth"
+    members: list[FamilyMember]
+    care: list[Rec]  # EpisodeOfCare / CareTeam of the infant (pre-birth: the mother)
+    birth_or_due: date | None
+
+    @property
+    def infant(self) -> FamilyMember:
+        return self.members[0]
+
+
+# ---------------------------------------------------------------- store access
+
+def _rows_to_recs(rows: Iterable[StoredResource]) -> list[Rec]:
+    return [Rec(r.res_type, r.res_id, json.loads(r.body), r.source_org) for r in rows]
+
+
+def load_records(session: Session, refs: Iterable[tuple[str, str]]) -> list[Rec]:
+    refs = list(dict.fromkeys(refs))
+    if not refs:
+        return []
+    rows = session.execute(
+        select(StoredResource).where(tuple_(StoredResource.res_type, StoredResource.res_id).in_(refs), StoredResource.deleted.is_(False))
+    ).scalars()
+    return _rows_to_recs(rows)
+
+
+def find_subject(session: Session, *, res_id: str | None = None, identifier: str | None = None) -> Rec:
+    if res_id is not None:
+        found = load_records(session, [("Patient", res_id)])
+        if not found:
+            raise not_found(f"Patient/{res_id} is not known")
+        return found[0]
+    system, _, value = (identifier or "").rpartition("|")
+    if not value:
+        raise FhirError(400, "required", "identifier must be system|value, e.g. https://fhir.nhs.uk/Id/nhs-number|9990001103", expression="identifier", spine_code="MISSING_VALUE")
+    cond = [SearchToken.res_type == "Patient", SearchToken.param == "identifier", SearchToken.code == value]
+    if system:
+        cond.append(SearchToken.system == system)
+    rows = session.execute(
+        select(StoredResource)
+        .join(SearchToken, and_(SearchToken.res_type == StoredResource.res_type, SearchToken.res_id == StoredResource.res_id))
+        .where(*cond, StoredResource.deleted.is_(False))
+        .order_by(StoredResource.last_updated, StoredResource.res_id)
+    ).scalars().all()
+    if not rows:
+        raise not_found("No patient with that identifier is known")
+    return _rows_to_recs(rows[:1])[0]
+
+
+def referencing(session: Session, types: tuple[str, ...], params: tuple[str, ...], targets: list[Rec]) -> list[Rec]:
+    """Records of these types whose reference parameter points at any target, literally or
+    logically (Reference.identifier naming any identifier the target carries)."""
+    if not targets:
+        return []
+    literal = [(t.res_type, t.res_id) for t in targets]
+    idents = list({ident for t in targets for ident in t.identifiers})
+    conds = [tuple_(SearchReference.target_type, SearchReference.target_id).in_(literal)]
+    if idents:
+        conds.append(and_(SearchReference.target_id.is_(None), tuple_(SearchReference.ident_system, SearchReference.ident_value).in_(idents)))
+    rows = session.execute(
+        select(StoredResource)
+        .where(
+            tuple_(StoredResource.res_type, StoredResource.res_id).in_(
+                select(SearchReference.res_type, SearchReference.res_id).where(
+                    SearchReference.res_type.in_(types), SearchReference.param.in_(params), or_(*conds)
+                )
+            ),
+            StoredResource.deleted.is_(False),
+        )
+        .order_by(StoredResource.res_type, StoredResource.res_id)
+    ).scalars()
+    return _rows_to_recs(rows)
+
+
+def same_person(session: Session, rec: Rec) -> list[Rec]:
+    """Every Patient/RelatedPerson record of the same person, each with how surely it is
+    (linkage: level2 demographic and up; an exact valid NHS number match is level3)."""
+    found: dict[str, str] = {rec.ref: "level4"}
+    for linked in linked_records(session, rec.res_type, rec.res_id, min_assurance="level2"):
+        found.setdefault(linked.reference, linked.assurance)
+    nhs = rec.nhs_number
+    if nhs:
+        rows = session.execute(
+            select(SearchToken.res_type, SearchToken.res_id).where(
+                SearchToken.res_type.in_(PERSON_TYPES), SearchToken.param == "identifier",
+                SearchToken.system == NHS_NUMBER_SYSTEM, SearchToken.code == nhs,
+            )
+        ).all()
+        for r in rows:
+            found.setdefault(f"{r.res_type}/{r.res_id}", "level3")
+    others = load_records(session, [tuple(ref.split("/", 1)) for ref in found if ref != rec.ref])
+    out = [Rec(rec.res_type, rec.res_id, rec.body, rec.source_org, "level4")]
+    for o in others:
+        o.assurance = found[o.ref]
+        out.append(o)
+    return out
+
+
+# ---------------------------------------------------------------- assembly
+
+def _age_on(born: date | None, on: date) -> int | None:
+    if born is None:
+        return None
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def _is_infant(rec: Rec, today: date) -> bool:
+    born = rec.birth_date
+    return born is not None and born <= today and (today - born).days <= 366 and _age_on(born, today) == 0
+
+
+def current_pregnancy(session: Session, mother_records: list[Rec], today: date) -> tuple[bool, str | None]:
+    """(is there a current pregnancy, its expected delivery date): from an EDD Observation
+    still in the future, or an active pregnancy Condition."""
+    recs = referencing(session, ("Observation", "Condition"), ("subject", "patient"), [r for r in mother_records if r.res_type == "Patient"])
+    edd = None
+    pregnant = False
+    for r in recs:
+        codes = {(c.get("system"), c.get("code")) for c in (r.body.get("code") or {}).get("coding") or []}
+        if r.res_type == "Observation" and (LOINC, EDD_LOINC) in codes and r.body.get("status") not in ("cancelled", "entered-in-error"):
+            value = r.body.get("valueDateTime") or ""
+            if value[:10] >= today.isoformat():
+                edd = max(edd or "", value[:10])
+        if r.res_type == "Condition" and (SCT, PREGNANCY_SCT) in codes:
+            status = {c.get("code") for c in (r.body.get("clinicalStatus") or {}).get("coding") or []}
+            if status & {"active", "recurrence", "relapse"}:
+                pregnant = True
+    return (pregnant or edd is not None), edd
+
+
+class _Members:
+    """Collects people, merging records that turn out to be the same person."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.members: list[FamilyMember] = []
+        self.by_ref: dict[str, FamilyMember] = {}
+
+    def add(self, rec: Rec, role: str, relationship: Relationship | None = None) -> FamilyMember:
+        records = same_person(self.session, rec)
+        existing = next((self.by_ref[r.ref] for r in records if r.ref in self.by_ref), None)
+        if existing is None:
+            existing = FamilyMember(role=role)
+            self.members.append(existing)
+        else:
+            existing.role = roles.stronger_role(existing.role, role)
+        known = {r.ref for r in existing.records}
+        for r in records:
+            if r.ref not in known:
+                existing.records.append(r)
+                self.by_ref[r.ref] = existing
+        if relationship:
+            existing.relationships.append(relationship)
+        return existing
+
+
+def assemble(session: Session, subject: Rec, today: date) -> FamilyGraph:
+    if subject.res_type != "Patient":
+        raise not_found("The family view starts from a Patient")
+    people = _Members(session)
+    if _is_infant(subject, today):
+        infant = people.add(subject, "infant")
+        mode, key_date = "infant", subject.birth_date
+        care = referencing(session, ("EpisodeOfCare", "CareTeam"), ("patient", "subject"), infant.patient_records)
+        on_infant = referencing(session, ("RelatedPerson",), ("patient",), infant.patient_records)
+        for rp in on_infant:
+            found = roles.role_towards_infant(roles.relationship_codes(rp.body), rp.gender)
+            if found:
+                people.add(rp, found[0], Relationship(found[1], "infant", rp))
+        for team in [c for c in care if c.res_type == "CareTeam"]:
+            for ref in _participant_refs(team.body):
+                for rp in load_records(session, [ref]):
+                    found = roles.role_towards_infant(roles.relationship_codes(rp.body), rp.gender)
+                    if found:
+                        people.add(rp, found[0], Relationship(found[1], "infant", rp))
+        mothers = [m for m in people.members if m.role == "mother"]
+    else:
+        pregnant, edd = current_pregnancy(session, [subject], today)
+        if subject.gender != "female" or not pregnant:
+            raise FhirError(
+                422, "business-rule",
+                "The family view is for an infant under one year, or a mother with a current pregnancy (pre-birth); this patient is neither",
+                expression="Patient", spine_code="INVALID_VALUE",
+            )
+        unborn = FamilyMember(role="infant", unborn=True, expected_delivery=edd)
+        people.members.append(unborn)
+        mother = people.add(subject, "mother")
+        mothers = [mother]
+        mode, key_date = "pre-birth", date.fromisoformat(edd) if edd else None
+        care = referencing(session, ("EpisodeOfCare", "CareTeam"), ("patient", "subject"), mother.patient_records)
+    # the mother's partner and household: men in a caring role (pre-birth: the baby's father too)
+    for mother in mothers:
+        for rp in referencing(session, ("RelatedPerson",), ("patient",), mother.patient_records):
+            if rp.ref in people.by_ref:
+                continue
+            found = roles.role_towards_mother(roles.relationship_codes(rp.body), rp.gender)
+            if found:
+                people.add(rp, found[0], Relationship(found[1], "mother", rp))
+    members = sorted(people.members, key=lambda m: roles.ROLE_ORDER[m.role])
+    everyone = [r for m in members for r in m.patient_records]
+    records = referencing(session, RECORD_TYPES + ("Consent",), ("patient", "subject"), everyone)
+    owner = {r.ref: m for m in members for r in m.patient_records}
+    by_ident = {ident: m for m in members for r in m.patient_records for ident in r.identifiers}
+    for rec in records:
+        member = _owner_of(rec, owner, by_ident)
+        if member is None:
+            continue
+        (member.consents if rec.res_type == "Consent" else member.clinical).append(rec)
+    return FamilyGraph(subject=subject, mode=mode, members=members, care=care, birth_or_due=key_date)
+
+
+def _participant_refs(care_team: dict) -> list[tuple[str, str]]:
+    out = []
+    for p in care_team.get("participant") or []:
+        parsed = parse_reference((p.get("member") or {}).get("reference") or "")
+        if parsed and parsed[0] == "RelatedPerson":
+            out.append(parsed)
+    return out
+
+
+def _owner_of(rec: Rec, owner: dict[str, FamilyMember], by_ident: dict) -> FamilyMember | None:
+    ref = rec.body.get("patient") if rec.res_type == "Consent" else rec.body.get("subject")
+    if not isinstance(ref, dict):
+        return None
+    parsed = parse_reference(ref.get("reference") or "")
+    if parsed and f"{parsed[0]}/{parsed[1]}" in owner:
+        return owner[f"{parsed[0]}/{parsed[1]}"]
+    ident = ref.get("identifier") or {}
+    return by_ident.get((ident.get("system"), ident.get("value")))
+
+
+def organisations_of(rec: Rec, field_name: str) -> set[str]:
+    """ODS codes named by a reference field (logical by identifier)."""
+    out = set()
+    value = rec.body.get(field_name)
+    for ref in value if isinstance(value, list) else [value] if value else []:
+        ident = (ref or {}).get("identifier") or {}
+        if ident.get("system") == ODS_SYSTEM and ident.get("value"):
+            out.add(ident["value"])
+    return out

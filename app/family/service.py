@@ -1,0 +1,344 @@
+"""The infant-family view: assemble the family, decide every item with the consent engine,
+apply what it obliges (redact, notify, queue for review), and audit — in one transaction.
+
+No audit, no disclosure: the AuditEvent is written in the same transaction that read the
+family, and the view is returned only after that transaction commits."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any
+
+from consent import (
+    ConsentRecord, DataItem, DataSubject, DisclosureDecision, DisclosureRequest, LegitimateRelationship,
+    ObligationKind, Outcome, Purpose, Requester, decide, load_policy,
+)
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit_store
+from app.audit.events import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditItem, FamilyViewAudit, basis_text
+from app.auth.tokens import Principal
+from app.errors import SPINE_ERROR_SYSTEM, FhirError
+from app.family.graph import FamilyGraph, FamilyMember, Rec, assemble, find_subject
+from app.family.relationship import legitimate_relationship
+from app.fhir.indexing import NHS_NUMBER_SYSTEM
+
+FV = "https://familyview.example.nhs.uk/fhir"
+EXT_FAMILY_ROLE = f"{FV}/StructureDefinition/family-role"
+EXT_ASSURANCE = f"{FV}/StructureDefinition/linkage-assurance"
+EXT_INFERRED = f"{FV}/StructureDefinition/inferred-relationship"
+EXT_EDD = f"{FV}/StructureDefinition/expected-delivery-date"
+DATA_CATEGORY = f"{FV}/CodeSystem/data-category"
+DERIVED_TAG = {"system": f"{FV}/CodeSystem/provenance", "code": "derived", "display": "Derived by familyview, not recorded by a source"}
+LOCAL_SAFEGUARDING = f"{FV}/CodeSystem/local-safeguarding"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+NEVER_ROLES = ("ig-officer", "admin", "source-system")
+PURPOSES = {"direct-care": Purpose.DIRECT_CARE, "safeguarding": Purpose.SAFEGUARDING}
+YOUNG_PARENT_AGE = 20
+_POLICY = None
+
+
+def policy():
+    global _POLICY
+    if _POLICY is None:
+        _POLICY = load_policy()
+    return _POLICY
+
+
+@dataclass
+class FamilyViewRequest:
+    purpose: str | None
+    justification: str | None
+    res_id: str | None = None
+    identifier: str | None = None
+    request_id: str = ""
+
+    @property
+    def query(self) -> str:
+        target = f"Patient/{self.res_id}" if self.res_id else f"Patient?identifier={self.identifier}"
+        return f"{target}/$family-view?purpose={self.purpose}"
+
+
+@dataclass
+class FamilyViewResult:
+    status: int
+    body: dict[str, Any]
+    audit_event_id: str | None
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Suppressions:
+    """The OperationOutcome's suppressed issues: what is withheld and why, never what it says."""
+
+    def __init__(self) -> None:
+        self.issues: list[dict[str, Any]] = []
+
+    def add(self, member_entry: int, who: str, category: str, what: str, decision: DisclosureDecision) -> None:
+        self.issues.append({
+            "severity": "information",
+            "code": "suppressed",
+            "details": {
+                "coding": [
+                    {"system": DATA_CATEGORY, "code": category},
+                    {"system": SPINE_ERROR_SYSTEM, "code": "ACCESS_DENIED", "display": "Access Denied"},
+                ],
+                "text": f"{what} about the {who} withheld",
+            },
+            "diagnostics": decision.reason,
+            "expression": [f"Bundle.entry[{member_entry}].resource"],
+        })
+
+    def outcome(self) -> dict[str, Any]:
+        issues = self.issues or [{"severity": "information", "code": "informational", "diagnostics": "Nothing known to this gateway about this family was withheld from you."}]
+        return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def _labels(rec: Rec) -> tuple[set[str], set[str]]:
+    """(data categories, security labels) read from the labels stamped at ingest."""
+    categories, labels = set(), set()
+    for c in (rec.body.get("meta") or {}).get("security") or []:
+        system, code = c.get("system"), c.get("code")
+        if system == DATA_CATEGORY:
+            categories.add(code)
+        elif system in (ACT_CODE, CONFIDENTIALITY) and code:
+            labels.add(code)
+    return categories, labels
+
+
+def _record_date(rec: Rec) -> date | None:
+    b = rec.body
+    for value in (b.get("recordedDate"), b.get("effectiveDateTime"), (b.get("period") or {}).get("start"), b.get("dateTime")):
+        if isinstance(value, str) and len(value) >= 10:
+            try:
+                return date.fromisoformat(value[:10])
+            except ValueError:
+                continue
+    return None
+
+
+class FamilyViewService:
+    def __init__(self, session: Session, principal: Principal, *, notify):
+        self.session = session
+        self.principal = principal
+        self.notify = notify  # callable(session, target_ods, communication) storing a notification
+        self.requester = Requester(role=principal.role, org=principal.org, user=principal.sub, service=principal.service)
+
+    # ------------------------------------------------------------ entry point
+
+    def run(self, req: FamilyViewRequest, today: date | None = None) -> FamilyViewResult:
+        today = today or date.today()
+        audit = FamilyViewAudit(
+            principal=self.principal, purpose=req.purpose, purpose_of_use=None, justification=req.justification,
+            query=req.query, outcome=OUTCOME_SUCCESS, outcome_desc="", request_id=req.request_id,
+            policy_version=policy().version,
+        )
+        try:
+            bundle = self._view(req, today, audit)
+            status = 200
+        except FhirError as err:
+            status, bundle = err.status, err.outcome()
+            audit.outcome = OUTCOME_MINOR_FAILURE
+            audit.outcome_desc = f"{err.status}: {err.diagnostics}"
+            audit.items = [i for i in audit.items if not i.disclosed]
+        audit_store.append(self.session, audit.to_fhir(), audit.columns(), audit.index())
+        return FamilyViewResult(status, bundle, audit.event_id)
+
+    # ------------------------------------------------------------ the view
+
+    def _view(self, req: FamilyViewRequest, today: date, audit: FamilyViewAudit) -> dict[str, Any]:
+        if req.res_id is None and not req.identifier:
+            raise FhirError(400, "required", "Give the infant as Patient/{id}/$family-view or ?identifier=system|value", expression="identifier", spine_code="MISSING_VALUE")
+        subject = find_subject(self.session, res_id=req.res_id, identifier=req.identifier)
+        audit.subjects.append((subject.ref, "requested", [subject.nhs_number] if subject.nhs_number else []))
+        purpose = PURPOSES.get(req.purpose or "")
+        if purpose is None:
+            raise FhirError(400, "required" if not req.purpose else "value", "purpose must be direct-care or safeguarding", expression="purpose", spine_code="MISSING_VALUE" if not req.purpose else "INVALID_VALUE")
+        if purpose is Purpose.SAFEGUARDING and not (req.justification or "").strip():
+            raise FhirError(400, "required", "A safeguarding request needs a justification (why the child may be at risk)", expression="justification", spine_code="MISSING_VALUE")
+        if self.principal.role in NEVER_ROLES:
+            raise FhirError(403, "forbidden", f"The {self.principal.role} role does not receive clinical data; IG officers use the audit search", spine_code="ACCESS_DENIED")
+        graph = assemble(self.session, subject, today)
+        relationship = legitimate_relationship(self.principal, graph)
+        audit.subjects = [(m.key, m.role, [n for n in {r.nhs_number for r in m.records} if n]) for m in graph.members]
+        return self._disclose(graph, purpose, (req.justification or "").strip() or None, relationship, today, audit)
+
+    def _decide(self, member: FamilyMember, consents: tuple, purpose: Purpose, justification, relationship, item: DataItem) -> DisclosureDecision:
+        return decide(
+            DisclosureRequest(
+                requester=self.requester, purpose=purpose, justification=justification, relationship=relationship,
+                subject=DataSubject(member.key, member.role, tuple((NHS_NUMBER_SYSTEM, n) for n in {r.nhs_number for r in member.records} if n)),
+                item=item, consents=consents,
+            ),
+            policy(),
+        )
+
+    def _disclose(self, graph: FamilyGraph, purpose: Purpose, justification: str | None, relationship: LegitimateRelationship,
+                  today: date, audit: FamilyViewAudit) -> dict[str, Any]:
+        entries: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []
+        suppressed = _Suppressions()
+        notifications: dict[str, list[str]] = {}
+        review = False
+
+        def note(decision: DisclosureDecision, reference: str, subject: str, category: str, disclosed: bool) -> None:
+            nonlocal review
+            audit.items.append(AuditItem(reference, subject, category, decision.to_dict(), disclosed))
+            if disclosed and decision.obligation(ObligationKind.QUEUE_IG_REVIEW):
+                review = True
+            if disclosed:
+                for ob in decision.obligations:
+                    if ob.kind is ObligationKind.NOTIFY_DATA_CONTROLLER and ob.target:
+                        notifications.setdefault(ob.target, []).append(reference)
+
+        infant = graph.infant
+        for index, member in enumerate(graph.members):
+            consents = tuple(ConsentRecord.from_fhir(c.body) for c in member.consents)
+            decide_item = lambda item, m=member, c=consents: self._decide(m, c, purpose, justification, relationship, item)  # noqa: E731
+            who = member.role.replace("-", " ") if not member.unborn else "unborn baby"
+            primary = member.primary if member.records else None
+            _, primary_labels = _labels(primary) if primary else (set(), set())
+            identity = decide_item(DataItem("identity", "Patient", frozenset(primary_labels), primary.source_org if primary else None, reference=member.key))
+            if index == 0:
+                audit.purpose_of_use = identity.purpose_of_use
+                if not identity.permitted:
+                    note(identity, member.key, member.key, "identity", False)
+                    raise FhirError(403, "forbidden", f"No lawful route to this family: {identity.reason}", spine_code="ACCESS_DENIED")
+            note(identity, member.key, member.key, "identity", identity.permitted)
+            if not identity.permitted:
+                suppressed.add(0, who, "identity", "The identity of a family member", identity)
+                continue
+            entry_index = len(entries)
+            resource = self._person_resource(member, graph, today)
+            redact = set(identity.redacted_fields)
+            if not member.unborn:
+                contact = decide_item(DataItem("contact", "Patient", frozenset(primary_labels), primary.source_org, reference=member.key + "#contact"))
+                note(contact, member.key + "#contact", member.key, "contact", contact.permitted)
+                redact |= set(contact.redacted_fields)
+                if not contact.permitted:
+                    redact |= {"address", "telecom"}
+                if redact & {"address", "telecom"} and (resource.get("address") or resource.get("telecom")):
+                    suppressed.add(entry_index, who, "contact", "Address and contact details", contact if not contact.permitted else identity)
+                for fname in redact:
+                    resource.pop(fname, None)
+            entries.append({"fullUrl": f"urn:familyview:{member.key}", "resource": resource})
+            for rec in member.clinical:
+                categories, labels = _labels(rec)
+                items = [DataItem(c, rec.res_type, frozenset(labels), rec.source_org, _record_date(rec), rec.ref) for c in sorted(categories or {"record"})]
+                decisions = [(item.category, decide_item(item)) for item in items]
+                allowed = all(d.permitted for _, d in decisions)
+                for category, d in decisions:
+                    note(d, rec.ref, member.key, category, allowed)
+                if allowed:
+                    copy_ = copy.deepcopy(rec.body)
+                    for _, d in decisions:
+                        for fname in d.redacted_fields:
+                            copy_.pop(fname, None)
+                    if rec.assurance not in ("level3", "level4"):
+                        copy_.setdefault("extension", []).append({"url": EXT_ASSURANCE, "valueCode": rec.assurance})
+                    records.append({"fullUrl": f"urn:familyview:{rec.ref}", "resource": copy_})
+                else:
+                    category, d = next((c, d) for c, d in decisions if not d.permitted)
+                    kind = {"Flag": "A flag", "Condition": "A condition", "Observation": "An observation"}.get(rec.res_type, "A record")
+                    suppressed.add(entry_index, who, category, f"{kind} ({category}, held by {rec.source_org})", d)
+            for indicator, source_org in self._indicators(member, graph, today):
+                d = decide_item(DataItem("young-parent", "Flag", frozenset(), source_org, today, indicator["id"]))
+                note(d, f"Flag/{indicator['id']}", member.key, "young-parent", d.permitted)
+                if d.permitted:
+                    indicator["subject"] = {"reference": member.key}
+                    records.append({"fullUrl": f"urn:familyview:Flag/{indicator['id']}", "resource": indicator})
+                else:
+                    suppressed.add(entry_index, who, "young-parent", "A young-parent indicator", d)
+        audit.review_required = review
+        bases = sorted({basis_text(i.decision["lawful_basis"]) for i in audit.items if i.disclosed and i.decision.get("lawful_basis")})
+        audit.outcome_desc = f"{len([i for i in audit.items if i.disclosed])} items disclosed, {len([i for i in audit.items if not i.disclosed])} withheld; basis: {'; '.join(bases) or 'none'}"
+        for target, refs in sorted(notifications.items()):
+            self.notify(self.session, target, self._notification(target, refs, audit, graph))
+        bundle_entries = entries + records + [{"fullUrl": "urn:familyview:outcome", "resource": suppressed.outcome()}]
+        return {
+            "resourceType": "Bundle",
+            "id": audit.event_id,
+            "meta": {"lastUpdated": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                     "tag": [{"system": f"{FV}/CodeSystem/family-view-mode", "code": graph.mode}]},
+            "type": "collection",
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "entry": bundle_entries,
+        }
+
+    # ------------------------------------------------------------ building blocks
+
+    def _person_resource(self, member: FamilyMember, graph: FamilyGraph, today: date) -> dict[str, Any]:
+        ext = [{"url": EXT_FAMILY_ROLE, "valueCode": member.role}]
+        if member.unborn:
+            mother = graph.members[1] if len(graph.members) > 1 else None
+            family = ((mother.primary.body.get("name") or [{}])[0].get("family") if mother and mother.records else None) or ""
+            resource: dict[str, Any] = {
+                "resourceType": "Patient",
+                "id": f"unborn-{graph.subject.res_id}",
+                "meta": {"tag": [DERIVED_TAG]},
+                "extension": ext + ([{"url": EXT_EDD, "valueDate": member.expected_delivery}] if member.expected_delivery else []),
+                "name": [{"use": "temp", "text": f"Unborn baby {family}".strip()}],
+                "link": [{"other": {"reference": graph.subject.ref}, "type": "seealso"}],
+            }
+            return resource
+        primary = member.primary
+        resource = copy.deepcopy(primary.body)
+        identifiers, seen = [], set()
+        for rec in sorted(member.records, key=lambda r: r.ref != primary.ref):
+            for ident in rec.body.get("identifier") or []:
+                key = (ident.get("system"), ident.get("value"))
+                if key not in seen:
+                    seen.add(key)
+                    identifiers.append(ident)
+        if identifiers:
+            resource["identifier"] = identifiers
+        weakest = member.weakest_assurance
+        if weakest not in ("level3", "level4"):
+            ext.append({"url": EXT_ASSURANCE, "valueCode": weakest})
+            ext.append({"url": EXT_INFERRED, "extension": [
+                {"url": "inferred", "valueBoolean": True},
+                {"url": "assurance", "valueCode": weakest},
+                {"url": "basis", "valueString": "records joined by a demographic match (name, date of birth, sex, postcode), not by NHS number"},
+            ]})
+        resource["extension"] = [e for e in resource.get("extension") or [] if e.get("url") not in (EXT_FAMILY_ROLE, EXT_ASSURANCE, EXT_INFERRED)] + ext
+        return resource
+
+    def _indicators(self, member: FamilyMember, graph: FamilyGraph, today: date) -> list[tuple[dict[str, Any], str]]:
+        """Derived indicators: a parent under 20 at the birth (pre-birth: today)."""
+        if member.role not in ("mother", "father") or member.unborn:
+            return []
+        born = member.birth_date
+        on = graph.birth_or_due if graph.mode == "infant" and graph.birth_or_due else today
+        if born is None:
+            return []
+        age = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+        if age >= YOUNG_PARENT_AGE:
+            return []
+        flag = {
+            "resourceType": "Flag",
+            "id": f"young-parent-{member.primary.res_id}",
+            "meta": {"tag": [DERIVED_TAG], "security": [{"system": DATA_CATEGORY, "code": "young-parent"}]},
+            "status": "active",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category", "code": "clinical"}]}],
+            "code": {"coding": [{"system": LOCAL_SAFEGUARDING, "code": "YOUNG-PARENT", "display": "Young parent (under 20)"}],
+                     "text": f"Young {member.role}: {age} at the {'birth' if graph.mode == 'infant' else 'time of this view'}"},
+        }
+        return [(flag, member.primary.source_org)]
+
+    def _notification(self, target: str, refs: list[str], audit: FamilyViewAudit, graph: FamilyGraph) -> dict[str, Any]:
+        return {
+            "resourceType": "Communication",
+            "status": "preparation",
+            "category": [{"coding": [{"system": f"{FV}/CodeSystem/notification", "code": "safeguarding-disclosure"}]}],
+            "priority": "urgent",
+            "recipient": [{"type": "Organization", "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": target}}],
+            "sender": {"type": "Organization", "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": self.principal.org}},
+            "sent": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "about": [{"reference": f"AuditEvent/{audit.event_id}"}] + [{"reference": r} for r in sorted(set(refs))],
+            "payload": [{"contentString": (
+                f"Records you hold were disclosed for safeguarding a child by {self.principal.role} of {self.principal.org} "
+                f"(purposeOfUse {audit.purpose_of_use}), without the person's consent as the basis. "
+                f"Justification given: {audit.justification}. See AuditEvent/{audit.event_id}; an IG review has been queued."
+            )}],
+        }
