@@ -93,8 +93,10 @@ def read_person(person_id: str, ctx: FhirContext = Depends(fhir_context)) -> Fhi
     return FhirResponse(body, headers={"ETag": f'W/"{person.version_id}"'})
 
 
-def _person_ids_for(session, name: str, value: str) -> set[str]:
+def _person_ids_for(session, principal: Principal, name: str, value: str) -> set[str]:
+    """Person ids matching one parameter; a source system matches only through its own records."""
     expr = f"Person.{name}"
+    own = [] if principal.role in ("admin", "ig-officer") else [Link.source_org == principal.org]
     if name == "_id":
         return {v for v in value.split(",") if v}
     if name == "link":
@@ -104,7 +106,7 @@ def _person_ids_for(session, name: str, value: str) -> set[str]:
             if parsed is None or parsed[0] not in LINKED_TYPES:
                 raise bad_request(f"link must reference a Patient or RelatedPerson, e.g. Patient/123 (got {v!r})", expression=expr)
             refs.append(parsed)
-        return set(session.scalars(select(Link.person_id).where(or_(*[(Link.res_type == t) & (Link.res_id == i) for t, i in refs]))))
+        return set(session.scalars(select(Link.person_id).where(or_(*[(Link.res_type == t) & (Link.res_id == i) for t, i in refs]), *own)))
     if name == "identifier":
         conds = []
         for v in value.split(","):
@@ -120,7 +122,7 @@ def _person_ids_for(session, name: str, value: str) -> set[str]:
         sub = select(SearchToken.res_type, SearchToken.res_id).where(
             SearchToken.res_type.in_(LINKED_TYPES), SearchToken.param == "identifier", or_(*conds))
         sq = sub.subquery()
-        return set(session.scalars(select(Link.person_id).join(sq, (Link.res_type == sq.c.res_type) & (Link.res_id == sq.c.res_id))))
+        return set(session.scalars(select(Link.person_id).join(sq, (Link.res_type == sq.c.res_type) & (Link.res_id == sq.c.res_id)).where(*own)))
     raise bad_request(f"Unknown search parameter '{name}' for Person (supported: _id, link, identifier, _count)", expression=expr)
 
 
@@ -143,7 +145,7 @@ def search_person(request: Request, ctx: FhirContext = Depends(fhir_context)) ->
     with ctx.db.session(readonly=True) as session:
         ids: set[str] | None = None
         for name, value in filters:
-            found = _person_ids_for(session, name, value)
+            found = _person_ids_for(session, ctx.principal, name, value)
             ids = found if ids is None else ids & found
         if ids is None:
             query = select(LinkedPerson).where(LinkedPerson.active.is_(True)).order_by(LinkedPerson.id).limit(count * 4 + 50)

@@ -13,7 +13,8 @@ Python API for the family view (and anyone else reading linkage)::
         LinkedRecord(res_type, res_id, assurance, probability, how):
         - the queried record itself: assurance "level4", probability 1.0, how "self";
         - every other member: ``assurance`` is the confidence that it is the same person
-          as the queried record = the weaker of the two records' own link levels
+          as the queried record: level3/level4 when the two share a valid NHS number,
+          otherwise the weaker of the two records' own link levels
           (level4 verified NHS number both sides, level3 valid NHS number match, level2
           confident demographic match or a manual confirmation); ``probability`` is the
           other record's match probability; ``how`` is "auto" or "manual".
@@ -182,14 +183,19 @@ def linked_records(session: Session, res_type: str, res_id: str, min_assurance: 
         return []
     out = [LinkedRecord(res_type, res_id, "level4", 1.0, "self")]
     rows = session.execute(
-        select(Link.res_type, Link.res_id, Link.assurance, Link.probability, Link.how)
+        select(Link.res_type, Link.res_id, Link.assurance, Link.probability, Link.how, Link.nhs_number, Link.features)
         .where(Link.person_id == me.person_id)
         .order_by(Link.res_type, Link.res_id)
     ).all()
+    me_verified = None
     for r in rows:
         if (r.res_type, r.res_id) == (res_type, res_id):
             continue
         level = _weaker(me.assurance, r.assurance)
+        if me.nhs_number and r.nhs_number == me.nhs_number:  # the pair itself shares a valid NHS number
+            if me_verified is None:
+                me_verified = bool(json.loads(me.features).get("v"))
+            level = "level4" if me_verified and json.loads(r.features).get("v") else "level3"
         if level_rank(level) >= level_rank(min_assurance):
             out.append(LinkedRecord(r.res_type, r.res_id, level, r.probability, r.how))
     return out
@@ -262,6 +268,7 @@ class LinkageService:
         now = _now()
         person = LinkedPerson(id=str(uuid.uuid4()), version_id=1, created_at=now, updated_at=now, active=True)
         self.session.add(person)
+        self.session.flush()
         return person
 
     def _touch(self, *person_ids: str | None) -> None:

@@ -1,0 +1,144 @@
+"""The linkage service against the database fixtures (SQLite and PostgreSQL): the Python API
+for the family view, incremental candidate look-up, concurrent ingest and the migration."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import create_engine, func, inspect, select, text
+
+from app.auth.tokens import Principal, Scope
+from app.ingest.hooks import Written
+from app.ingest.service import EntryRequest, IngestService
+from app.linkage.matching import PersonRecord
+from app.linkage.models import BlockingKey, Link, LinkedPerson
+from app.linkage.service import LinkageHook, LinkageService, linked_person_id, linked_records
+from tests.conftest import GP_ORG, MATERNITY_ORG, PG_URL
+from tests.fhirdata import next_nhs
+from tests.linkage.linkage_testkit import person
+
+
+def _with_patient(resource):
+    if resource["resourceType"] == "RelatedPerson" and "patient" not in resource:
+        # a logical reference to the mother, kept until she arrives
+        resource = dict(resource, patient={"type": "Patient", "identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": next_nhs()}})
+    return resource
+
+
+def _source(org, service):
+    return Principal(f"{service}@{org}", "source-system", org, service, (Scope.parse("system/*.cruds"),))
+
+
+def _write(database, settings, org, service, resource):
+    resource = _with_patient(resource)
+    with database.session() as s:
+        svc = IngestService(s, _source(org, service), settings, [LinkageHook(settings)], base="http://test/fhir")
+        res = svc.write_one(EntryRequest(0, "POST", resource["resourceType"], resource, in_bundle=False))
+        return f"{res.res_type}/{res.res_id}"
+
+
+def test_python_api_for_the_family_view(database, settings):
+    nhs = next_nhs()
+    rp = _write(database, settings, MATERNITY_ORG, "maternity", person("RelatedPerson", "Jon", "Smyth", "1998-04-03"))
+    gp = _write(database, settings, GP_ORG, "general-practice", person("Patient", "Jonathan", "Smith", "1998-04-03", nhs=nhs, postcode="LS6 2AB"))
+    gp2 = _write(database, settings, "A99002", "general-practice", person("Patient", "Jonathan", "Smith", "1998-04-03", nhs=nhs))
+    with database.session(readonly=True) as s:
+        pid = linked_person_id(s, *rp.split("/"))
+        assert pid and pid == linked_person_id(s, *gp.split("/")) == linked_person_id(s, *gp2.split("/"))
+        recs = linked_records(s, *rp.split("/"))
+        assert {r.reference: r.assurance for r in recs} == {rp: "level4", gp: "level2", gp2: "level2"}
+        assert recs[0].how == "self" and all(r.how == "auto" for r in recs[1:])
+        # pairwise assurance: the two GP records share a valid NHS number (level3)
+        assert {r.reference: r.assurance for r in linked_records(s, *gp2.split("/"))}[gp] == "level3"
+        assert [r.reference for r in linked_records(s, *rp.split("/"), min_assurance="level3")] == [rp]
+        assert linked_records(s, "Patient", "unknown") == [] and linked_person_id(s, "Flag", "x") is None
+        with pytest.raises(ValueError):
+            linked_records(s, *rp.split("/"), min_assurance="high")
+
+
+GIVEN = ("Adam", "Bilal", "Callum", "Dylan", "Ethan", "Farhan", "George", "Harvey", "Isaac", "Jacob",
+         "Kieran", "Lewis", "Mason", "Nathan", "Owen", "Reuben", "Samuel", "Tariq", "Umar", "Victor")
+FAMILY = ("Ahmed", "Baker", "Clarke", "Davies", "Evans", "Fletcher", "Green", "Hughes", "Iqbal", "Jenkins",
+          "Kowalski", "Lloyd", "Morgan", "Nguyen", "Okoro")
+
+
+def test_one_record_is_compared_only_with_its_blocking_candidates(database, settings):
+    # 300 different people already linked; a new record reads only its own buckets
+    with database.session() as s:
+        svc = LinkageService.from_settings(s, settings)
+        for i in range(300):
+            g, f = GIVEN[i % 20], FAMILY[i // 20]
+            rec = PersonRecord(f"Patient/p{i}", (g,), (f,), f"{1950 + i % 50}-{1 + i % 12:02d}-{1 + i % 28:02d}", "male", f"LS{i % 20} {i % 9}AB")
+            svc.link_record("Patient", f"p{i}", rec, source_org=GP_ORG)
+    with database.session() as s:
+        assert s.scalar(select(func.count()).select_from(LinkedPerson)) == 300
+        svc = LinkageService.from_settings(s, settings)
+        new = PersonRecord("Patient/new", ("Jakob",), ("Ahmed",), "1959-10-10", "male", "LS9 0AB")  # p9 with a typo
+        out = svc.link_record("Patient", "new", new, source_org=GP_ORG)
+        assert out.action == "join" and out.candidates_compared <= 10, out
+        assert linked_person_id(s, "Patient", "new") == linked_person_id(s, "Patient", "p9")
+        assert s.scalar(select(func.count()).select_from(BlockingKey).where(BlockingKey.res_id == "new")) > 0
+
+
+PEOPLE = [(("Jon", "Jonathan"), ("Smyth", "Smith")), (("Dan", "Daniel"), ("Carter", "Carter")),
+          (("Mike", "Michael"), ("Hughs", "Hughes")), (("Tom", "Thomas"), ("Evens", "Evans")),
+          (("Chris", "Christopher"), ("Okafor", "Okafor")), (("Rob", "Robert"), ("Nowak", "Nowak"))]
+
+
+@pytest.mark.parametrize("rounds", [6])
+def test_concurrent_ingest_of_one_person_from_two_sources_ends_as_one_person(database, settings, backend, rounds):
+    """Two transactions at once (two threads, two connections) write the same man from two
+    sources; both must end in one linked person. On PostgreSQL this needs the advisory locks."""
+    for i in range(rounds):
+        nhs = next_nhs()
+        (nick, formal), (fam_mat, fam_gp) = PEOPLE[i % len(PEOPLE)]
+        dob = f"{1980 + i}-0{1 + i % 9}-1{i % 9}"
+        bodies = [
+            (MATERNITY_ORG, "maternity", person("RelatedPerson", nick, fam_mat, dob, postcode="LS6 2AB")),
+            (GP_ORG, "general-practice", person("Patient", formal, fam_gp, dob, nhs=nhs, postcode="LS6 2AB")),
+        ]
+        barrier = threading.Barrier(2)
+        refs, errors = [None, None], []
+
+        def run(k):
+            org, service, body = bodies[k]
+            body = _with_patient(body)
+            try:
+                with database.session() as s:
+                    svc = IngestService(s, _source(org, service), settings, [LinkageHook(settings)], base="http://test/fhir")
+                    barrier.wait(timeout=10)
+                    res = svc.write_one(EntryRequest(0, "POST", body["resourceType"], body, in_bundle=False))
+                    refs[k] = f"{res.res_type}/{res.res_id}"
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        with database.session(readonly=True) as s:
+            a, b = (linked_person_id(s, *r.split("/")) for r in refs)
+            assert a == b, f"round {i}: {refs} ended in two persons"
+
+
+def test_migration_0001_to_0002_on_this_backend(database_url, backend):
+    """Downgrade to 0001 and upgrade again (the 0001 -> 0002 path), on SQLite and PostgreSQL."""
+    from app.migrate import downgrade, upgrade
+
+    engine = create_engine(database_url)
+    try:
+        downgrade(database_url, "0001")
+        assert "linkage_link" not in inspect(engine).get_table_names()
+        upgrade(database_url, "0002")
+        insp = inspect(engine)
+        assert {"linkage_person", "linkage_link", "linkage_key", "linkage_candidate", "linkage_decision", "linkage_event"} <= set(insp.get_table_names())
+        assert {c["name"] for c in insp.get_pk_constraint("linkage_key").items() if False} == set()
+        assert insp.get_pk_constraint("linkage_key")["constrained_columns"] == ["key_hash", "res_type", "res_id"]
+        assert "ix_linkage_link_person" in {i["name"] for i in insp.get_indexes("linkage_link")}
+        with engine.connect() as c:
+            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        upgrade(database_url, "head")
+    finally:
+        engine.dispose()
