@@ -86,12 +86,12 @@ class LinkageAdmin:
         old = link.person_id
         new = self.svc._new_person()
         link.person_id, link.how, link.assurance, link.probability, link.matched_ref, link.updated_at = (
-            new.id, "manual", "level4", 1.0, None, _now())
+            new, "manual", "level4", 1.0, None, _now())
         self.session.flush()
-        self.svc._event(action, self.actor, reason, record=link.ref, from_person=old, to_person=new.id, candidate_id=candidate_id)
+        self.svc._event(action, self.actor, reason, record=link.ref, from_person=old, to_person=new, candidate_id=candidate_id)
         self.svc._touch(old)
         self.svc._retire_if_empty(old, self.actor, reason)
-        return new.id
+        return new
 
     def _merge(self, from_id: str, into_id: str, reason: str, candidate_id: int | None = None,
                pair_refs: tuple[str, str] | None = None) -> dict[str, Any]:

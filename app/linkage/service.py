@@ -258,23 +258,24 @@ class LinkageService:
     # -------------------------------------------------------------- helpers
     def _event(self, action: str, actor: str, reason: str, *, record: str | None = None, from_person: str | None = None,
                to_person: str | None = None, candidate_id: int | None = None, detail: dict | None = None) -> None:
-        self.session.add(LinkageEvent(
+        self.session.connection().execute(insert(LinkageEvent.__table__), dict(
             at=_now(), action=action, record_ref=record, from_person=from_person, to_person=to_person,
             candidate_id=candidate_id, actor=actor, reason=reason,
             detail=json.dumps(detail, separators=(",", ":")) if detail else None,
         ))
 
-    def _new_person(self) -> LinkedPerson:
+    def _new_person(self) -> str:
+        """Insert a new linked person (Core, no ORM flush) and return its id."""
         now = _now()
-        person = LinkedPerson(id=str(uuid.uuid4()), version_id=1, created_at=now, updated_at=now, active=True)
-        self.session.add(person)
-        self.session.flush()
-        return person
+        pid = str(uuid.uuid4())
+        self.session.connection().execute(insert(LinkedPerson.__table__), dict(
+            id=pid, version_id=1, created_at=now, updated_at=now, active=True))
+        return pid
 
     def _touch(self, *person_ids: str | None) -> None:
         for pid in {p for p in person_ids if p}:
-            self.session.execute(
-                update(LinkedPerson).where(LinkedPerson.id == pid)
+            self.session.connection().execute(
+                update(LinkedPerson.__table__).where(LinkedPerson.id == pid)
                 .values(version_id=LinkedPerson.version_id + 1, updated_at=_now())
             )
 
@@ -332,7 +333,7 @@ class LinkageService:
         if existing is not None:
             s.execute(delete(BlockingKey).where(BlockingKey.res_type == res_type, BlockingKey.res_id == res_id))
         if hashes:
-            s.execute(insert(BlockingKey), [{"key_hash": h, "res_type": res_type, "res_id": res_id} for h in hashes])
+            s.connection().execute(insert(BlockingKey.__table__), [{"key_hash": h, "res_type": res_type, "res_id": res_id} for h in hashes])
 
         scored: dict[str, _Scored] = {}
 
@@ -392,9 +393,9 @@ class LinkageService:
         elif current_id is not None and not co_members:
             action, target = "stay", current_id
         elif current_id is not None:
-            action, target = "split", self._new_person().id
+            action, target = "split", self._new_person()
         else:
-            target = self._new_person().id
+            target = self._new_person()
 
         if via is not None:
             level, prob, matched = via.level, via.score.probability, via.ref
@@ -408,18 +409,21 @@ class LinkageService:
 
         if via is not None and action in ("join", "move"):
             # the founder of a one-record person takes the level of the first pair that joins it
-            tmembers = [m for m in self.members(target) if m.ref != ref]
+            conn = s.connection()
+            tmembers = conn.execute(select(Link.res_type, Link.res_id, Link.matched_ref).where(Link.person_id == target).limit(3)).all()
+            tmembers = [m for m in tmembers if (m.res_type, m.res_id) != (res_type, res_id)]
             if len(tmembers) == 1 and tmembers[0].matched_ref is None:
-                tmembers[0].assurance, tmembers[0].probability, tmembers[0].matched_ref = level, prob, ref
+                conn.execute(update(Link.__table__).where(Link.res_type == tmembers[0].res_type, Link.res_id == tmembers[0].res_id)
+                             .values(assurance=level, probability=prob, matched_ref=ref))
 
         values = dict(person_id=target, assurance=level, probability=prob, how=how, matched_ref=matched,
                       nhs_number=rec.nhs_number, features=features, updated_at=now)
         if existing is None:
-            s.add(Link(res_type=res_type, res_id=res_id, source_org=source_org, **values))
+            s.connection().execute(insert(Link.__table__), dict(res_type=res_type, res_id=res_id, source_org=source_org, **values))
         else:
             for k, v in values.items():
                 setattr(existing, k, v)
-        s.flush()
+            s.flush()
 
         why = via.score.explain() if via is not None else ""
         if action == "create":
