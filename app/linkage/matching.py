@@ -749,10 +749,10 @@ class Thresholds:
     go to a human (level1), where a missed link is recoverable.
     possible (0.2): below this the expected yield of review is too low to queue.
     twin_guard: a pair whose first given names are both present and plainly different
-    is never auto-linked without a shared identifier (same valid NHS number, or the same
-    value of another identifier in one system: see :func:`shares_identifier`) (twins share surname, date of
-    birth, sex and address — the independence assumption of Fellegi–Sunter fails for
-    them); it can still be a possible match for review.
+    is never auto-linked without a shared identifier — the same valid NHS number, or the
+    same value of another identifier in one system (:func:`shares_identifier`). Twins
+    share surname, date of birth, sex and address, so the independence assumption of
+    Fellegi–Sunter fails for them; such a pair can still be a possible match for review.
     """
 
     link: float = 0.95

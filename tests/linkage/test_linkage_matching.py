@@ -395,3 +395,15 @@ def test_fit_em_and_estimate_u_run_and_separate():
     fitted, share = fit_em(same + diff, params, fix_u=True)
     assert 0.3 < share < 0.8
     assert fitted.m["birth_date"][0] > 0.9
+
+
+def test_shared_identifier_bypasses_the_twin_guard():
+    """Twins never share an identifier: the same valid NHS number or the same value of another
+    identifier in one system lets a pair with different given names auto-link."""
+    a = P("Patient/a", ("Oliver",), ("Brown",), "2024-02-10", "male", "LS6 2AB", other_ids=(("https://x/mrn", "MRN1"),))
+    b = P("Patient/b", ("Harry",), ("Brown",), "2024-02-10", "male", "LS6 2AB", other_ids=(("https://x/mrn", "MRN1"),))
+    s = score(a, b)
+    assert s.level("other_id") == "exact" and s.level("given_name") == "different"
+    assert classify(s, Thresholds(link=0.0, possible=0.0)) == LINK
+    c = P("Patient/c", ("Harry",), ("Brown",), "2024-02-10", "male", "LS6 2AB", other_ids=(("https://x/mrn", "MRN2"),))
+    assert classify(score(a, c), Thresholds(link=0.0, possible=0.0)) == POSSIBLE
