@@ -39,6 +39,7 @@ async def fhir_body(request: Request) -> Any:
             spine_code="UNSUPPORTED_MEDIA_TYPE",
         )
     raw = await request.body()
+    request.state.raw_body = raw  # a retried write re-parses it: the pipeline completes the parsed body in place
     if not raw.strip():
         raise bad_request("The request body is empty", code="required")
     try:

@@ -20,19 +20,20 @@ from app.ingest.service import EntryRequest, EntryResult
 router = APIRouter(prefix="/fhir", tags=["FHIR REST"])
 
 
-def run_write(db: Database, work, *, attempts: int = 2):
-    """Run a write in one transaction; retry once when a concurrent writer took the same key."""
+def run_write(db: Database, work, body: Any, raw: bytes, *, attempts: int = 2):
+    """Run a write in one transaction; when a concurrent writer took the same key, retry once
+    with the body parsed afresh (the first attempt completed it in place)."""
     for attempt in range(attempts):
         try:
             with db.session() as session:
-                return work(session)
+                return work(session, body if attempt == 0 else json.loads(raw))
         except IntegrityError:
             if attempt == attempts - 1:
                 raise FhirError(409, "conflict", "A concurrent write changed the same records; retry the request", spine_code="CONFLICT") from None
 
 
-def _written(ctx: FhirContext, req: EntryRequest) -> FhirResponse:
-    result: EntryResult = run_write(ctx.db, lambda s: ctx.ingest(s).write_one(req))
+def _written(ctx: FhirContext, request: Request, body: Any, make_req) -> FhirResponse:
+    result: EntryResult = run_write(ctx.db, lambda s, b: ctx.ingest(s).write_one(make_req(b)), body, request.state.raw_body)
     headers = resource_headers(result.res_type, result.res_id, result.version_id, result.last_updated, ctx.base)
     return FhirResponse(result.resource, status_code=result.status, headers=headers)
 
@@ -44,25 +45,25 @@ def metadata(request: Request) -> FhirResponse:
 
 @router.post("", summary="Process a transaction or batch Bundle")
 @router.post("/", include_in_schema=False)
-def post_bundle(ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
-    return FhirResponse(run_write(ctx.db, lambda s: process_bundle(ctx.ingest(s), body, ctx.settings)))
+def post_bundle(request: Request, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
+    return FhirResponse(run_write(ctx.db, lambda s, b: process_bundle(ctx.ingest(s), b, ctx.settings), body, request.state.raw_body))
 
 
 @router.post("/{res_type}", summary="Create a resource (conditional with If-None-Exist)")
 def create(res_type: str, request: Request, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
-    return _written(ctx, EntryRequest(0, "POST", res_type, body, if_none_exist=request.headers.get("if-none-exist"), in_bundle=False))
+    return _written(ctx, request, body, lambda b: EntryRequest(0, "POST", res_type, b, if_none_exist=request.headers.get("if-none-exist"), in_bundle=False))
 
 
 @router.put("/{res_type}/{res_id}", summary="Update (or create with this id); If-Match for version checks")
 def update(res_type: str, res_id: str, request: Request, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
-    return _written(ctx, EntryRequest(0, "PUT", f"{res_type}/{res_id}", body, if_match=request.headers.get("if-match"), in_bundle=False))
+    return _written(ctx, request, body, lambda b: EntryRequest(0, "PUT", f"{res_type}/{res_id}", b, if_match=request.headers.get("if-match"), in_bundle=False))
 
 
 @router.put("/{res_type}", summary="Conditional update, e.g. Patient?identifier=system|value")
 def conditional_update(res_type: str, request: Request, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
     if not request.url.query:
         raise bad_request("PUT to a type needs search criteria, e.g. ?identifier=system|value", expression=res_type)
-    return _written(ctx, EntryRequest(0, "PUT", f"{res_type}?{request.url.query}", body, if_match=request.headers.get("if-match"), in_bundle=False))
+    return _written(ctx, request, body, lambda b: EntryRequest(0, "PUT", f"{res_type}?{request.url.query}", b, if_match=request.headers.get("if-match"), in_bundle=False))
 
 
 @router.get("/{res_type}", summary="Search")

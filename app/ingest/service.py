@@ -207,7 +207,7 @@ class IngestService:
         for p in plans:
             if p.noop_result is not None:
                 continue
-            resource = copy.deepcopy(p.req.resource)
+            resource = p.req.resource  # parsed for this request alone: ours to complete in place
             resource["id"] = p.res_id
             self._rewrite_references(p, resource, urn_map if allow_urn else {}, bundle_idents, known_literals)
             for hook in self.hooks:
@@ -291,6 +291,7 @@ class IngestService:
         for r in rows:
             plan = wanted[(r.res_type, r.system, r.value)]
             found.setdefault(id(plan), set()).add(r.res_id)
+        matched: list[tuple[_Plan, str]] = []
         for plan in {id(p): p for p in wanted.values()}.values():
             ids = found.get(id(plan))
             if not ids:
@@ -300,8 +301,18 @@ class IngestService:
             res_id = ids.pop()
             if plan.res_id and plan.res_id != res_id and plan.req.method == "PUT" and "?" not in plan.req.url:
                 raise FhirError(409, "conflict", f"This source already sent that {plan.res_type} identifier as {plan.res_type}/{res_id}", expression=f"{plan.req.expr_prefix or plan.res_type + '.'}identifier")
+            matched.append((plan, res_id))
+        if not matched:
+            return
+        current = {
+            (r.res_type, r.res_id): r
+            for r in self.session.execute(
+                select(StoredResource).where(tuple_(StoredResource.res_type, StoredResource.res_id).in_([(p.res_type, rid) for p, rid in matched]))
+            ).scalars()
+        }
+        for plan, res_id in matched:
             plan.res_id = res_id
-            plan.existing = store.get_current(self.session, plan.res_type, res_id)
+            plan.existing = current.get((plan.res_type, res_id))
             plan.create = plan.existing is None
 
     def _rewrite_references(

@@ -202,3 +202,33 @@ def test_not_a_transaction_or_batch(live):
     assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.type"]
     r = src.post("", json=bundle([{"resource": patient("A", "B")}]), headers={"Content-Type": "application/fhir+json"})
     assert r.status_code == 400 and "request" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_concurrent_sends_of_the_same_record_make_one_record(live):
+    """Two transactions racing to create the same record (same source and identifier): the
+    loser's unique-key conflict is retried against the winner's row, and no duplicate is left."""
+    import threading
+
+    src_token = live.token("source-system", MATERNITY_ORG, "maternity")
+    import httpx
+
+    results = []
+    for round_ in range(5):
+        nhs = next_nhs()
+        body = json.dumps(family_bundle(nhs, suffix=str(round_)))
+        barrier = threading.Barrier(2)
+
+        def send():
+            with httpx.Client(timeout=30) as c:
+                barrier.wait()
+                results.append(c.post(live.fhir, content=body, headers={"Authorization": f"Bearer {src_token}", "Content-Type": "application/fhir+json"}))
+
+        threads = [threading.Thread(target=send) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        src = live.source(MATERNITY_ORG, "maternity")
+        assert _count(src, "Patient", identifier=f"https://fhir.nhs.uk/Id/nhs-number|{nhs}") == 1
+        assert _count(src, "Consent", identifier=f"https://test.example.nhs.uk/Id/consent|c-{nhs}") == 1
+    assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]

@@ -1,0 +1,134 @@
+"""Shared parts of the benchmarks: throwaway migrated databases (SQLite files, or PostgreSQL
+databases when FAMILYVIEW_TEST_POSTGRES_URL is set, as under scripts/with-postgres.sh), a real
+single-worker `familyview serve` subprocess, synthetic NHS numbers and percentiles."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run from a checkout
+
+import httpx  # noqa: E402
+
+from app.fhir.validation import is_valid_nhs_number  # noqa: E402
+from app.migrate import upgrade  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("FAMILYVIEW_TEST_POSTGRES_URL")
+
+
+def nhs_numbers(start: int = 0):
+    """Valid synthetic NHS numbers (999 prefix, Modulus 11), in order."""
+    n = start
+    while True:
+        stem = f"999{n:06d}"
+        n += 1
+        for d in range(10):
+            if is_valid_nhs_number(stem + str(d)):
+                yield stem + str(d)
+                break
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def backends(requested: list[str] | None) -> list[str]:
+    available = ["sqlite"] + (["postgres"] if PG_ADMIN_URL else [])
+    if not requested:
+        return available
+    missing = [b for b in requested if b not in available]
+    if missing:
+        sys.exit(f"{', '.join(missing)} is not available: run under scripts/with-postgres.sh for PostgreSQL")
+    return requested
+
+
+class Databases:
+    """Empty, migrated databases, dropped at the end."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.tmp = Path(tempfile.mkdtemp(prefix="fv-bench-"))
+        self.created: list[str] = []
+
+    def new(self, name: str) -> str:
+        if self.kind == "sqlite":
+            url = f"sqlite:///{self.tmp / name}.db"
+        else:
+            from sqlalchemy import create_engine, text
+            from sqlalchemy.engine import make_url
+
+            db = f"fv_bench_{name}_{uuid.uuid4().hex[:6]}"
+            eng = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            with eng.connect() as c:
+                c.execute(text(f'CREATE DATABASE "{db}"'))
+            eng.dispose()
+            self.created.append(db)
+            url = make_url(PG_ADMIN_URL).set(database=db).render_as_string(hide_password=False)
+        upgrade(url)
+        return url
+
+    def drop(self) -> None:
+        if self.created:
+            from sqlalchemy import create_engine, text
+
+            eng = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            with eng.connect() as c:
+                for db in self.created:
+                    c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+            eng.dispose()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Server:
+    """`familyview serve` in a subprocess: one uvicorn worker, as the targets say."""
+
+    def __init__(self, url: str, key: Path):
+        self.port = free_port()
+        env = {**os.environ, "FAMILYVIEW_DATABASE_URL": url, "FAMILYVIEW_AUTH_LOCAL_KEY_PATH": str(key), "FAMILYVIEW_LOG_LEVEL": "WARNING"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.base}/fhir/metadata", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                sys.exit(f"the server did not start: {self.proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        self.stop()
+        sys.exit("the server did not start within 60s")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

@@ -1,0 +1,155 @@
+"""Ingest throughput: transaction Bundles of 100 mixed resources posted over HTTP to a running
+single-worker server, next to the rate at which fhir.resources alone validates the same
+Bundles (the baseline, measured in the same run). Target: ingest >= 40% of validate-only.
+
+    scripts/with-postgres.sh .venv/bin/python benchmarks/ingest.py            # SQLite and PostgreSQL
+    .venv/bin/python benchmarks/ingest.py --bundles 50 --database sqlite
+
+A bundle holds 10 families of 10 resources: infant and mother (Patient), the mother's and
+the father's RelatedPerson, a Consent, an EpisodeOfCare, a CareTeam, a Condition, a Flag and
+an Observation, cross-referenced by urn:uuid."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from datetime import date, timedelta
+
+from harness import Databases, Server, backends, nhs_numbers, percentile
+
+import httpx  # noqa: E402
+
+from app.auth.tokens import mint_token  # noqa: E402
+from app.settings import Settings  # noqa: E402
+
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
+LOCAL = "https://bench.example.nhs.uk/Id/record"
+SCT = "http://snomed.info/sct"
+
+
+_FAKE = None
+
+
+def _faker():
+    global _FAKE
+    if _FAKE is None:
+        from faker import Faker
+
+        _FAKE = Faker("en_GB")
+        _FAKE.seed_instance(20261126)
+    return _FAKE
+
+
+def family(i: int, numbers) -> list[dict]:
+    fake = _faker()
+    surname, mum_given, dad_given, baby_given = fake.last_name(), fake.first_name_female(), fake.first_name_male(), fake.first_name()
+    def e(resource, full_url=None):
+        return {"fullUrl": full_url or f"urn:uuid:{uuid.uuid4()}", "resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}}
+
+    inf, mum = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    n_inf, n_mum, n_dad = next(numbers), next(numbers), next(numbers)
+    ident = lambda kind: [{"system": LOCAL, "value": f"{kind}-{i}"}]  # noqa: E731
+    # varied as a real population is: birth dates over years, postcodes over districts
+    postcode = fake.postcode()
+    addr = [{"use": "home", "line": [f"{i} Bench Street"], "city": "Leeds", "postalCode": postcode}]
+    infant_dob = date(2026, 1, 1) + timedelta(days=i % 300)
+    mother_dob = date(1980, 1, 1) + timedelta(days=(i * 7) % 7000)
+    father_dob = date(1975, 1, 1) + timedelta(days=(i * 11) % 9000)
+    return [
+        e({"resourceType": "Patient", "identifier": [{"system": NHS, "value": n_inf}] + ident("inf"), "name": [{"family": surname, "given": [baby_given]}],
+           "gender": "female", "birthDate": str(infant_dob), "address": addr, "generalPractitioner": [{"identifier": {"system": ODS, "value": "A99001"}}]}, inf),
+        e({"resourceType": "Patient", "identifier": [{"system": NHS, "value": n_mum}] + ident("mum"), "name": [{"family": surname, "given": [mum_given]}],
+           "gender": "female", "birthDate": str(mother_dob), "address": addr, "telecom": [{"system": "phone", "value": "07700 900000", "use": "mobile"}]}, mum),
+        e({"resourceType": "RelatedPerson", "identifier": ident("rp-mum"), "patient": {"reference": inf}, "gender": "female",
+           "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "MTH"}]}], "name": [{"family": surname, "given": [mum_given]}], "birthDate": str(mother_dob)}),
+        e({"resourceType": "RelatedPerson", "identifier": [{"system": NHS, "value": n_dad}] + ident("rp-dad"), "patient": {"reference": inf}, "gender": "male",
+           "birthDate": str(father_dob), "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "FTH"}]}],
+           "name": [{"family": surname, "given": [dad_given]}], "address": addr}),
+        e({"resourceType": "Consent", "identifier": ident("consent"), "status": "active", "patient": {"reference": mum},
+           "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+           "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+           "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+           "provision": {"type": "permit", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]}}),
+        e({"resourceType": "EpisodeOfCare", "identifier": ident("eoc"), "status": "active", "patient": {"reference": inf},
+           "managingOrganization": {"identifier": {"system": ODS, "value": "RHV01"}}, "period": {"start": "2026-06-02"}}),
+        e({"resourceType": "CareTeam", "identifier": ident("ct"), "status": "active", "subject": {"reference": inf},
+           "participant": [{"member": {"identifier": {"system": ODS, "value": "RHV01"}}}]}),
+        e({"resourceType": "Condition", "identifier": ident("cond"), "subject": {"reference": mum},
+           "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+           "code": {"coding": [{"system": SCT, "code": "35489007", "display": "Depressive disorder"}]}, "recordedDate": "2026-05-01"}),
+        e({"resourceType": "Flag", "identifier": ident("flag"), "status": "active", "subject": {"reference": inf}, "code": {"text": "Hearing screen follow-up"}}),
+        e({"resourceType": "Observation", "identifier": ident("obs"), "status": "final", "subject": {"reference": inf},
+           "code": {"coding": [{"system": SCT, "code": "27113001", "display": "Body weight"}]}, "effectiveDateTime": "2026-06-10",
+           "valueQuantity": {"value": 3.4, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}),
+    ]
+
+
+def make_bundles(count: int, start: int = 0) -> list[dict]:
+    """`count` Bundles of 10 families each, numbered from family `start` (distinct records)."""
+    numbers = nhs_numbers(200_000 + start * 3)
+    return [{"resourceType": "Bundle", "type": "transaction", "entry": [e for f in range(10) for e in family(start + b * 10 + f, numbers)]}
+            for b in range(count)]
+
+
+def validate_only(bundles: list[dict]) -> float:
+    """Resources/s at which fhir.resources validates the same Bundles (R4B models), nothing else."""
+    from fhir.resources.R4B.bundle import Bundle
+
+    texts = [json.dumps(b) for b in bundles]
+    t0 = time.perf_counter()
+    for t in texts:
+        Bundle.model_validate(json.loads(t))
+    return sum(len(b["entry"]) for b in bundles) / (time.perf_counter() - t0)
+
+
+def run(kind: str, bundles: list[dict]) -> dict:
+    dbs = Databases(kind)
+    key = dbs.tmp / "key.pem"
+    url = dbs.new("ingest")
+    server = Server(url, key)
+    token = mint_token(Settings(database_url=url, auth_local_key_path=key), role="source-system", org="RMT01", service="maternity", minutes=240)
+    try:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+        bodies = [json.dumps(b).encode() for b in bundles]
+        times = []
+        with httpx.Client(timeout=120, headers=headers) as client:
+            client.post(server.base + "/fhir", content=json.dumps(make_bundles(1, start=10**6)[0]).encode())  # warm-up, not counted
+            t_all = time.perf_counter()
+            for body in bodies:
+                t0 = time.perf_counter()
+                r = client.post(server.base + "/fhir", content=body)
+                times.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    sys.exit(f"a bundle was refused: {r.status_code} {r.text[:400]}")
+            elapsed = time.perf_counter() - t_all
+        n = sum(len(b["entry"]) for b in bundles)
+        return {"rate": n / elapsed, "p50": percentile(times, 50) * 1000, "p95": percentile(times, 95) * 1000}
+    finally:
+        server.stop()
+        dbs.drop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundles", type=int, default=100)
+    ap.add_argument("--database", action="append", choices=["sqlite", "postgres"])
+    args = ap.parse_args()
+    bundles = make_bundles(args.bundles)
+    baseline = validate_only(bundles)
+    print(f"ingest benchmark: {args.bundles} transaction Bundles of 100 mixed resources, single-worker server over HTTP")
+    print(f"baseline  fhir.resources validate-only: {baseline:,.0f} resources/s")
+    ok = True
+    for kind in backends(args.database):
+        fig = run(kind, bundles)
+        ratio = fig["rate"] / baseline
+        ok &= ratio >= 0.4
+        print(f"{kind:9} ingest: {fig['rate']:,.0f} resources/s, per bundle p50 {fig['p50']:.0f} ms, p95 {fig['p95']:.0f} ms; "
+              f"{ratio:.0%} of validate-only (target >= 40%: {'met' if ratio >= 0.4 else 'NOT met'})", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
