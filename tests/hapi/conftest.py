@@ -1,0 +1,106 @@
+"""The HAPI suite's world: the DESIGN.md scenarios seeded into an upstream FHIR server as the
+sources' transaction Bundles, then synced into a familyview by `familyview sync`, source by source.
+
+The upstream is the HAPI FHIR JPA server at HAPI_FHIR_BASE_URL when that is set (e.g. the
+docker-compose one; see docs/hapi.md), else a SECOND familyview started on another port with its
+own database: a real FHIR server over real HTTP, so `make test` exercises the suite every time."""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from app.demo.scenarios import SOURCES, build_scenarios
+from app.sync.client import UpstreamClient
+from app.sync.engine import SyncSummary
+from tests.conftest import BACKENDS, LiveServer, make_settings, new_database_url, start_server
+from tests.sync.sync_support import syncer_for, upstream_server
+
+HAPI_BASE = os.environ.get("HAPI_FHIR_BASE_URL", "").rstrip("/")
+HAPI_TOKEN = os.environ.get("HAPI_FHIR_BEARER_TOKEN")
+TAG_SYSTEM = "https://familyview.example.nhs.uk/fhir/CodeSystem/hapi-suite-run"
+
+
+@dataclass
+class World:
+    mode: str  # "hapi" | "familyview"
+    upstream_fhir: str
+    upstream: LiveServer | None  # the second familyview, when that is the upstream
+    local: LiveServer
+    seeded: dict[str, dict[str, int]] = field(default_factory=dict)  # source key -> type -> count
+    runs: list[dict[str, SyncSummary]] = field(default_factory=list)
+    run_id: str = ""
+
+    def sync_all(self) -> dict[str, SyncSummary]:
+        out = {}
+        for src in SOURCES:  # maternity first: later sources refer to its records
+            if src.key not in self.seeded:
+                continue
+            token, params = self._access(src)
+            syncer = syncer_for(self.local, self.upstream_fhir, token, src.org, src.service, page_size=5, extra_params=params)
+            try:
+                out[src.key] = syncer.run()
+            finally:
+                syncer.client.close()
+        self.runs.append(out)
+        return out
+
+    def _access(self, src) -> tuple[str | None, list[tuple[str, str]]]:
+        if self.mode == "hapi":  # one HAPI holds every source: this run's records of this source, by tag
+            return HAPI_TOKEN, [("_tag", f"{TAG_SYSTEM}|{self.run_id}-{src.key}")]
+        return self.upstream.token("source-system", src.org, src.service), []  # familyview scopes reads to the org
+
+    def admin(self) -> httpx.Client:
+        return self.local.client("admin", "X26")
+
+
+def _tagged(bundle: dict[str, Any], tag: str) -> dict[str, Any]:
+    for e in bundle["entry"]:
+        meta = e["resource"].setdefault("meta", {})
+        meta.setdefault("tag", []).append({"system": TAG_SYSTEM, "code": tag})
+    return bundle
+
+
+def _seed(world: World) -> None:
+    for scenario in build_scenarios():
+        for src, bundle in scenario.bundles:
+            counts = world.seeded.setdefault(src.key, {})
+            for e in bundle["entry"]:
+                t = e["resource"]["resourceType"]
+                counts[t] = counts.get(t, 0) + 1
+            if world.mode == "hapi":
+                headers = {"Content-Type": "application/fhir+json", **({"Authorization": f"Bearer {HAPI_TOKEN}"} if HAPI_TOKEN else {})}
+                r = httpx.post(world.upstream_fhir, json=_tagged(bundle, f"{world.run_id}-{src.key}"), headers=headers, timeout=60)
+            else:
+                with world.upstream.source(src.org, src.service) as c:
+                    r = c.post("", json=bundle, headers={"Content-Type": "application/fhir+json"})
+            assert r.status_code == 200, f"scenario {scenario.number} ({src.name}): {r.status_code} {r.text[:1000]}"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request, tmp_path_factory, key_path, sqlite_template, pg_template):
+    backend = request.param
+    tmp = tmp_path_factory.mktemp("hapi")
+    url, drop = new_database_url(backend, tmp, sqlite_template, pg_template)
+    settings = make_settings(url, key_path)
+    base, app, server, stop = start_server(settings)
+    local = LiveServer(base, settings, app, server)
+    try:
+        if HAPI_BASE:
+            w = World("hapi", HAPI_BASE, None, local, run_id=uuid.uuid4().hex[:12])
+            _seed(w)
+            w.sync_all()
+            yield w
+        else:
+            with upstream_server(backend, tmp, sqlite_template, pg_template, key_path) as up:
+                w = World("familyview", up.fhir, up, local)
+                _seed(w)
+                w.sync_all()
+                yield w
+    finally:
+        stop()
+        drop()
