@@ -1,0 +1,241 @@
+"""Sync throughput next to ingest throughput, measured in the same run.
+
+1. Ingest: a single-worker `familyview serve` (the upstream, its own database) is sent the
+   resources as transaction Bundles of 100 by a maternity source, over HTTP: resources/s.
+2. Sync: `familyview sync`'s engine pulls the same resources from that server, page by page over
+   HTTP, into a second database through the same ingest pipeline: resources/s.
+The target is sync >= 70% of ingest.
+
+    scripts/with-postgres.sh .venv/bin/python benchmarks/sync.py            # 50,000 resources
+    scripts/with-postgres.sh .venv/bin/python benchmarks/sync.py --quick    # 5,000
+    .venv/bin/python benchmarks/sync.py --quick --database sqlite
+
+A family is 5 resources: infant and mother (Patient), the mother's RelatedPerson, a Condition
+and an Observation, linked by urn:uuid references inside each transaction.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+import httpx  # noqa: E402
+
+from app.auth.tokens import mint_token  # noqa: E402
+from app.fhir.validation import is_valid_nhs_number  # noqa: E402
+from app.migrate import upgrade  # noqa: E402
+from app.settings import Settings  # noqa: E402
+
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+LOCAL = "https://bench.example.nhs.uk/Id/record"
+ORG, SERVICE = "RMT01", "maternity"
+PER_FAMILY = 5
+
+
+def nhs_numbers():
+    n = 0
+    while True:
+        stem = f"999{n:06d}"
+        n += 1
+        for d in range(10):
+            if is_valid_nhs_number(stem + str(d)):
+                yield stem + str(d)
+                break
+
+
+_SYL = ["ash", "bel", "cor", "dan", "el", "far", "gil", "har", "ing", "jor", "kel", "lan", "mor", "nor", "ol", "pen", "quin",
+        "ros", "sal", "tor", "ul", "ven", "wes", "yar", "zel"]
+_GIVEN_F = ["Amy", "Beth", "Cara", "Dina", "Ella", "Faye", "Gina", "Hana", "Isla", "Jade", "Kate", "Lucy", "Mia", "Nina", "Orla",
+            "Pia", "Rosa", "Sara", "Tia", "Uma", "Vera", "Zoe"]
+_GIVEN_I = ["Alfie", "Ben", "Cole", "Dev", "Eli", "Finn", "Gus", "Hal", "Ivy", "Jay", "Kai", "Leo", "Max", "Ned", "Oli", "Pip"]
+
+
+def family(i: int, numbers) -> list[dict]:
+    """Distinct, plausible people (varied names, dates of birth and postcodes), as record linkage sees in life."""
+    rnd = random.Random(i)
+    surname = "".join(rnd.choice(_SYL) for _ in range(3)).capitalize()
+    mum_given, baby_given = rnd.choice(_GIVEN_F), rnd.choice(_GIVEN_I)
+    mum_dob = f"{rnd.randint(1980, 2004)}-{rnd.randint(1, 12):02d}-{rnd.randint(1, 28):02d}"
+    baby_dob = f"2026-{rnd.randint(1, 10):02d}-{rnd.randint(1, 28):02d}"
+    postcode = f"LS{rnd.randint(1, 29)} {rnd.randint(1, 9)}{rnd.choice('ABDEFGHJLNPQRSTUWXYZ')}{rnd.choice('ABDEFGHJLNPQRSTUWXYZ')}"
+    address = [{"use": "home", "line": [f"{rnd.randint(1, 200)} {rnd.choice(_SYL).capitalize()} Street"], "postalCode": postcode}]
+    inf, mum = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    n_inf, n_mum = next(numbers), next(numbers)
+
+    def e(full_url, resource):
+        return {"fullUrl": full_url or f"urn:uuid:{uuid.uuid4()}", "resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}}
+
+    return [
+        e(inf, {"resourceType": "Patient", "identifier": [{"system": NHS, "value": n_inf}, {"system": LOCAL, "value": f"inf-{i}"}],
+                "name": [{"family": surname, "given": [baby_given]}], "gender": "male", "birthDate": baby_dob, "address": address}),
+        e(mum, {"resourceType": "Patient", "identifier": [{"system": NHS, "value": n_mum}, {"system": LOCAL, "value": f"mum-{i}"}],
+                "name": [{"family": surname, "given": [mum_given]}], "gender": "female", "birthDate": mum_dob, "address": address}),
+        e(None, {"resourceType": "RelatedPerson", "identifier": [{"system": LOCAL, "value": f"rp-{i}"}], "patient": {"reference": inf},
+                 "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "MTH"}]}],
+                 "name": [{"family": surname, "given": [mum_given]}], "gender": "female", "birthDate": mum_dob, "address": address}),
+        e(None, {"resourceType": "Condition", "identifier": [{"system": LOCAL, "value": f"cond-{i}"}], "subject": {"reference": mum},
+                 "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": "77386006", "display": "Pregnancy"}]}}),
+        e(None, {"resourceType": "Observation", "identifier": [{"system": LOCAL, "value": f"obs-{i}"}], "status": "final", "subject": {"reference": inf},
+                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": "27113001", "display": "Body weight"}]},
+                 "valueQuantity": {"value": 3.4, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Databases:
+    """Two empty, migrated databases: PostgreSQL when FAMILYVIEW_TEST_POSTGRES_URL is set, else SQLite files."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.tmp = Path(tempfile.mkdtemp(prefix="fv-bench-sync-"))
+        self.created: list[str] = []
+        self.admin_url = os.environ.get("FAMILYVIEW_TEST_POSTGRES_URL")
+        if kind == "postgres" and not self.admin_url:
+            sys.exit("benchmarks/sync.py: --database postgres needs FAMILYVIEW_TEST_POSTGRES_URL (run it under scripts/with-postgres.sh)")
+
+    def new(self, name: str) -> str:
+        if self.kind == "sqlite":
+            url = f"sqlite:///{self.tmp / name}.db"
+        else:
+            from sqlalchemy import create_engine, text
+            from sqlalchemy.engine import make_url
+
+            db = f"fv_bench_{name}_{uuid.uuid4().hex[:6]}"
+            eng = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+            with eng.connect() as c:
+                c.execute(text(f'CREATE DATABASE "{db}"'))
+            eng.dispose()
+            self.created.append(db)
+            url = make_url(self.admin_url).set(database=db).render_as_string(hide_password=False)
+        upgrade(url)
+        return url
+
+    def drop(self) -> None:
+        if self.created:
+            from sqlalchemy import create_engine, text
+
+            eng = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+            with eng.connect() as c:
+                for db in self.created:
+                    c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+            eng.dispose()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def serve(url: str, key: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "FAMILYVIEW_DATABASE_URL": url, "FAMILYVIEW_AUTH_LOCAL_KEY_PATH": str(key), "FAMILYVIEW_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            sys.exit(f"the upstream server did not start: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    proc.kill()
+    sys.exit("the upstream server did not start within 60s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--resources", type=int, default=50_000)
+    ap.add_argument("--quick", action="store_true", help="5,000 resources")
+    ap.add_argument("--database", choices=["postgres", "sqlite"], default="postgres" if os.environ.get("FAMILYVIEW_TEST_POSTGRES_URL") else "sqlite")
+    ap.add_argument("--page-size", type=int, default=500, help="sync page size (the upstream's _count)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = ap.parse_args()
+    total = 5_000 if args.quick else args.resources
+    families = max(1, total // PER_FAMILY)
+    total = families * PER_FAMILY
+
+    dbs = Databases(args.database)
+    key = dbs.tmp / "key.pem"
+    upstream_url, local_url = dbs.new("upstream"), dbs.new("local")
+    port = free_port()
+    server = serve(upstream_url, key, port)
+    base = f"http://127.0.0.1:{port}/fhir"
+    settings = Settings(database_url=local_url, auth_local_key_path=key, sync_page_size=args.page_size)
+    token = mint_token(settings, role="source-system", org=ORG, service=SERVICE, minutes=240)
+    try:
+        numbers = nhs_numbers()
+        bundles, entries = [], []
+        for i in range(families):
+            entries += family(i, numbers)
+            if len(entries) >= 100:
+                bundles.append({"resourceType": "Bundle", "type": "transaction", "entry": entries[:100]})
+                entries = entries[100:]
+        if entries:
+            bundles.append({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        payloads = [json.dumps(b).encode() for b in bundles]
+
+        print(f"sync benchmark: {total:,} resources, {args.database}, upstream = single-worker familyview on :{port}", flush=True)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+        with httpx.Client(timeout=120, headers=headers) as client:
+            t0 = time.perf_counter()
+            for body in payloads:
+                r = client.post(base, content=body)
+                if r.status_code != 200:
+                    sys.exit(f"ingest refused a bundle: {r.status_code} {r.text[:500]}")
+            ingest_s = time.perf_counter() - t0
+        ingest_rate = total / ingest_s
+        print(f"ingest: {total:,} resources as {len(payloads)} transaction Bundles of 100 in {ingest_s:.1f}s = {ingest_rate:,.0f} resources/s", flush=True)
+
+        from app.main import create_app
+        from app.sync.client import UpstreamClient
+        from app.sync.engine import Syncer
+        from app.sync.progress import Progress
+
+        app = create_app(settings)
+        client = UpstreamClient(base, settings, bearer_token=token)
+        syncer = Syncer(app.state.db, settings, client, source_org=ORG, service=SERVICE, hooks=app.state.ingest_hooks,
+                        progress=Progress(sys.stderr), page_size=args.page_size)
+        t0 = time.perf_counter()
+        summary = syncer.run()
+        sync_s = time.perf_counter() - t0
+        client.close()
+        app.state.db.dispose()
+        fetched = summary.total("fetched")
+        if not summary.ok or summary.total("created") != total:
+            print(summary.render())
+            sys.exit(f"the sync did not bring every record across ({summary.total('created')} of {total})")
+        sync_rate = fetched / sync_s
+        ratio = sync_rate / ingest_rate
+        print(f"sync:   {fetched:,} resources in {summary.total('pages')} pages of {args.page_size} in {sync_s:.1f}s = {sync_rate:,.0f} resources/s", flush=True)
+        print(f"sync / ingest = {ratio:.0%} (target >= 70%: {'met' if ratio >= 0.7 else 'NOT met'})", flush=True)
+        if args.json:
+            print(json.dumps({"resources": total, "database": args.database, "ingest_per_s": round(ingest_rate, 1),
+                              "sync_per_s": round(sync_rate, 1), "ratio": round(ratio, 3)}))
+        return 0 if ratio >= 0.7 else 1
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        dbs.drop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
