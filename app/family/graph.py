@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Iterable
 
-from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from app.errors import FhirError, not_found
@@ -140,10 +140,15 @@ def load_records(session: Session, refs: Iterable[tuple[str, str]]) -> list[Rec]
     refs = list(dict.fromkeys(refs))
     if not refs:
         return []
+    wanted = set(refs)
+    # plain IN lists on the primary key's columns: both databases use the index for these
     rows = session.execute(
-        select(StoredResource).where(tuple_(StoredResource.res_type, StoredResource.res_id).in_(refs), StoredResource.deleted.is_(False))
+        select(StoredResource).where(
+            StoredResource.res_type.in_({t for t, _ in refs}), StoredResource.res_id.in_({i for _, i in refs}),
+            StoredResource.deleted.is_(False),
+        )
     ).scalars()
-    return _rows_to_recs(rows)
+    return _rows_to_recs(r for r in rows if (r.res_type, r.res_id) in wanted)
 
 
 def find_subject(session: Session, *, res_id: str | None = None, identifier: str | None = None) -> Rec:
@@ -171,27 +176,31 @@ def find_subject(session: Session, *, res_id: str | None = None, identifier: str
 
 def referencing(session: Session, types: tuple[str, ...], params: tuple[str, ...], targets: list[Rec]) -> list[Rec]:
     """Records of these types whose reference parameter points at any target, literally or
-    logically (Reference.identifier naming any identifier the target carries)."""
+    logically (Reference.identifier naming any identifier the target carries). Each lookup is
+    an equality/IN probe of an index, so its cost follows the family, not the table."""
     if not targets:
         return []
-    literal = [(t.res_type, t.res_id) for t in targets]
-    idents = list({ident for t in targets for ident in t.identifiers})
-    conds = [tuple_(SearchReference.target_type, SearchReference.target_id).in_(literal)]
+    found: set[tuple[str, str]] = set()
+    by_type: dict[str, set[str]] = {}
+    for t in targets:
+        by_type.setdefault(t.res_type, set()).add(t.res_id)
+    for target_type, ids in by_type.items():
+        found.update(session.execute(
+            select(SearchReference.res_type, SearchReference.res_id).where(
+                SearchReference.param.in_(params), SearchReference.target_type == target_type,
+                SearchReference.target_id.in_(ids), SearchReference.res_type.in_(types),
+            )
+        ).all())
+    idents = {ident for t in targets for ident in t.identifiers}
     if idents:
-        conds.append(and_(SearchReference.target_id.is_(None), tuple_(SearchReference.ident_system, SearchReference.ident_value).in_(idents)))
-    rows = session.execute(
-        select(StoredResource)
-        .where(
-            tuple_(StoredResource.res_type, StoredResource.res_id).in_(
-                select(SearchReference.res_type, SearchReference.res_id).where(
-                    SearchReference.res_type.in_(types), SearchReference.param.in_(params), or_(*conds)
-                )
-            ),
-            StoredResource.deleted.is_(False),
-        )
-        .order_by(StoredResource.res_type, StoredResource.res_id)
-    ).scalars()
-    return _rows_to_recs(rows)
+        rows = session.execute(
+            select(SearchReference.res_type, SearchReference.res_id, SearchReference.ident_system, SearchReference.ident_value).where(
+                SearchReference.param.in_(params), SearchReference.ident_value.in_({v for _, v in idents}),
+                SearchReference.res_type.in_(types), SearchReference.target_id.is_(None),
+            )
+        ).all()
+        found.update((r.res_type, r.res_id) for r in rows if (r.ident_system, r.ident_value) in idents)
+    return sorted(load_records(session, found), key=lambda r: (r.res_type, r.res_id))
 
 
 def same_person(session: Session, rec: Rec) -> list[Rec]:

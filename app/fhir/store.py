@@ -193,7 +193,8 @@ def _param_condition(session: Session, res_type: str, name: str, modifier: str |
             elif modifier == "contains":
                 ors.append(and_(table.param == name, table.value.contains(norm, autoescape=True)))
             elif modifier in (None, ""):
-                ors.append(and_(table.param == name, table.value.startswith(norm, autoescape=True)))
+                # starts-with as a range, which an index serves on both databases (LIKE may not)
+                ors.append(and_(table.param == name, table.value >= norm, table.value < norm + "\uffff"))
             else:
                 raise bad_request(f"Modifier :{modifier} is not supported on {name}", expression=expr, code="not-supported")
         elif param.kind == "date":
@@ -225,9 +226,9 @@ def _param_condition(session: Session, res_type: str, name: str, modifier: str |
                      table.ident_system == system if system else table.ident_system.is_(None))
                 for system, code in idents
             ]
-            ors.append(or_(literal, *logical))
-    sub = select(table.res_id).where(table.res_type == res_type, or_(*ors))
-    return StoredResource.res_id.in_(sub)
+            ors += [literal, *logical]
+    # one indexed subquery per alternative: an OR inside one subquery defeats the indexes
+    return or_(*[StoredResource.res_id.in_(select(table.res_id).where(table.res_type == res_type, cond)) for cond in ors])
 
 
 def search(

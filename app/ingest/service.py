@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 from urllib.parse import parse_qsl
 
-from sqlalchemy import bindparam, delete, insert, select, tuple_, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.tokens import Principal, require
@@ -281,12 +281,7 @@ class IngestService:
         }
         if not wanted:
             return
-        rows = self.session.execute(
-            select(SourceKey.res_type, SourceKey.system, SourceKey.value, SourceKey.res_id).where(
-                SourceKey.source_org == self.principal.org,
-                tuple_(SourceKey.res_type, SourceKey.system, SourceKey.value).in_(list(wanted)),
-            )
-        ).all()
+        rows = self._source_keys(self.principal.org, wanted)
         found: dict[int, set[str]] = {}
         for r in rows:
             plan = wanted[(r.res_type, r.system, r.value)]
@@ -304,16 +299,34 @@ class IngestService:
             matched.append((plan, res_id))
         if not matched:
             return
-        current = {
-            (r.res_type, r.res_id): r
-            for r in self.session.execute(
-                select(StoredResource).where(tuple_(StoredResource.res_type, StoredResource.res_id).in_([(p.res_type, rid) for p, rid in matched]))
-            ).scalars()
-        }
+        current = {(r.res_type, r.res_id): r for r in self._current_rows({(p.res_type, rid) for p, rid in matched})}
         for plan, res_id in matched:
             plan.res_id = res_id
             plan.existing = current.get((plan.res_type, res_id))
             plan.create = plan.existing is None
+
+    def _source_keys(self, org: str, keys) -> list:
+        """Source-key rows for (type, system, value) triples: one indexed probe per type and system."""
+        groups: dict[tuple[str, str], set[str]] = {}
+        for res_type, system, value in keys:
+            groups.setdefault((res_type, system), set()).add(value)
+        rows = []
+        for (res_type, system), values in groups.items():
+            rows += self.session.execute(
+                select(SourceKey.res_type, SourceKey.system, SourceKey.value, SourceKey.res_id).where(
+                    SourceKey.source_org == org, SourceKey.res_type == res_type, SourceKey.system == system, SourceKey.value.in_(values)
+                )
+            ).all()
+        return rows
+
+    def _current_rows(self, refs: set[tuple[str, str]]) -> list[StoredResource]:
+        """Current rows for (type, id) pairs, by IN lists on the primary key's columns."""
+        if not refs:
+            return []
+        rows = self.session.execute(
+            select(StoredResource).where(StoredResource.res_type.in_({t for t, _ in refs}), StoredResource.res_id.in_({i for _, i in refs}))
+        ).scalars()
+        return [r for r in rows if (r.res_type, r.res_id) in refs]
 
     def _rewrite_references(
         self, plan: _Plan, resource: dict[str, Any], urn_map: dict[str, str],
@@ -344,14 +357,7 @@ class IngestService:
                 if f"{parsed[0]}/{parsed[1]}" not in known_literals:
                     to_check[parsed] = expr
         if to_check:
-            existing = set(
-                self.session.execute(
-                    select(StoredResource.res_type, StoredResource.res_id).where(
-                        tuple_(StoredResource.res_type, StoredResource.res_id).in_(list(to_check)),
-                        StoredResource.deleted.is_(False),
-                    )
-                ).all()
-            )
+            existing = {(r.res_type, r.res_id) for r in self._current_rows(set(to_check)) if not r.deleted}
             for key, expr in to_check.items():
                 if key not in existing:
                     raise unprocessable(f"{expr}: {key[0]}/{key[1]} does not exist on this server", expression=expr, code="not-found", spine_code="INVALID_REFERENCE")
@@ -463,13 +469,9 @@ class IngestService:
 
     def _add_source_keys(self, keys: list[dict]) -> None:
         unique = {(k["source_org"], k["res_type"], k["system"], k["value"]): k for k in keys}
-        present = set(
-            self.session.execute(
-                select(SourceKey.source_org, SourceKey.res_type, SourceKey.system, SourceKey.value).where(
-                    tuple_(SourceKey.source_org, SourceKey.res_type, SourceKey.system, SourceKey.value).in_(list(unique))
-                )
-            ).all()
-        )
+        present = set()
+        for org in {k[0] for k in unique}:
+            present |= {(org, r.res_type, r.system, r.value) for r in self._source_keys(org, [k[1:] for k in unique if k[0] == org])}
         missing = [k for key, k in unique.items() if key not in present]
         if missing:
             self.session.execute(insert(SourceKey), missing)
