@@ -43,26 +43,28 @@ class AuditColumns:
     policy_version: str | None
 
 
-def append(session: Session, event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> AuditRecord:
-    """Append one AuditEvent to the chain (in the caller's transaction)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_KEY})
-    prev = session.execute(select(AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)).scalar()
-    prev_hash = prev or GENESIS
+_LAST_HASH = select(AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
+_INSERT_EVENT = insert(AuditRecord).returning(AuditRecord.seq)
+_INSERT_INDEX = insert(AuditIndex)
+
+
+def append(session: Session, event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> int:
+    """Append one AuditEvent to the chain (in the caller's transaction); returns its sequence number."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_KEY})
+    prev_hash = conn.execute(_LAST_HASH).scalar() or GENESIS
     recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
     body = json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     digest = chain_hash(prev_hash, event["id"], _recorded_text(recorded), body)
-    seq = session.execute(
-        insert(AuditRecord).returning(AuditRecord.seq),
-        [{
-            "event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev_hash, "hash": digest,
-            **columns.__dict__,
-        }],
+    seq = conn.execute(
+        _INSERT_EVENT,
+        {"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev_hash, "hash": digest, **columns.__dict__},
     ).scalar_one()
-    rows = [{"event_seq": seq, "param": p, "value": v[:255]} for p, v in {(p, v) for p, v in index if v}]
+    rows = [{"event_seq": seq, "param": p, "value": v[:255]} for p, v in sorted({(p, v) for p, v in index if v})]
     if rows:
-        session.execute(insert(AuditIndex), rows)
-    return session.get(AuditRecord, seq)
+        conn.execute(_INSERT_INDEX, rows)
+    return seq
 
 
 @dataclass

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date
 from typing import Any, Iterable
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from app.errors import FhirError, not_found
@@ -17,7 +18,7 @@ from app.family import roles
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM, identifiers_of, parse_reference
 from app.fhir.models import SearchReference, SearchToken, StoredResource
 from app.fhir.validation import is_valid_nhs_number
-from app.linkage.service import level_rank, linked_records
+from app.linkage.service import level_rank, linked_records_many
 
 PERSON_TYPES = ("Patient", "RelatedPerson")
 RECORD_TYPES = ("Flag", "Condition", "Observation")
@@ -41,11 +42,11 @@ class Rec:
     def ref(self) -> str:
         return f"{self.res_type}/{self.res_id}"
 
-    @property
+    @cached_property
     def identifiers(self) -> list[tuple[str, str]]:
         return identifiers_of(self.body)
 
-    @property
+    @cached_property
     def nhs_number(self) -> str | None:
         for system, value in self.identifiers:
             if system == NHS_NUMBER_SYSTEM and is_valid_nhs_number(value):
@@ -131,24 +132,52 @@ class FamilyGraph:
 
 
 # ---------------------------------------------------------------- store access
+# Core column selects, not ORM entities: the view reads a few dozen rows and must stay cheap.
 
-def _rows_to_recs(rows: Iterable[StoredResource]) -> list[Rec]:
+_COLUMNS = (StoredResource.res_type, StoredResource.res_id, StoredResource.body, StoredResource.source_org)
+_JOIN = and_(SearchReference.res_type == StoredResource.res_type, SearchReference.res_id == StoredResource.res_id)
+
+
+def _many(name: str):
+    return bindparam(name, expanding=True)
+
+
+# Statements built once: a view runs a dozen of them, and building SQL costs more than running it.
+_LOAD = select(*_COLUMNS).where(
+    StoredResource.res_type.in_(_many("types")), StoredResource.res_id.in_(_many("ids")), StoredResource.deleted.is_(False)
+)
+_BY_IDENTIFIER = (
+    select(*_COLUMNS)
+    .join(SearchToken, and_(SearchToken.res_type == StoredResource.res_type, SearchToken.res_id == StoredResource.res_id))
+    .where(SearchToken.res_type == "Patient", SearchToken.param == "identifier", SearchToken.code == bindparam("value"),
+           StoredResource.deleted.is_(False))
+    .order_by(StoredResource.last_updated, StoredResource.res_id)
+)
+_REFERENCING_LITERAL = select(*_COLUMNS).join(SearchReference, _JOIN).where(
+    SearchReference.param.in_(_many("params")), SearchReference.target_type == bindparam("target_type"),
+    SearchReference.target_id.in_(_many("ids")), SearchReference.res_type.in_(_many("types")), StoredResource.deleted.is_(False),
+)
+_REFERENCING_LOGICAL = select(*_COLUMNS, SearchReference.ident_system, SearchReference.ident_value).join(SearchReference, _JOIN).where(
+    SearchReference.param.in_(_many("params")), SearchReference.ident_value.in_(_many("values")),
+    SearchReference.res_type.in_(_many("types")), SearchReference.target_id.is_(None), StoredResource.deleted.is_(False),
+)
+_BY_NHS_NUMBER = select(SearchToken.res_type, SearchToken.res_id, SearchToken.code).where(
+    SearchToken.res_type.in_(PERSON_TYPES), SearchToken.param == "identifier",
+    SearchToken.system == NHS_NUMBER_SYSTEM, SearchToken.code.in_(_many("codes")),
+)
+
+
+def _rows_to_recs(rows: Iterable[Any]) -> list[Rec]:
     return [Rec(r.res_type, r.res_id, json.loads(r.body), r.source_org) for r in rows]
 
 
 def load_records(session: Session, refs: Iterable[tuple[str, str]]) -> list[Rec]:
-    refs = list(dict.fromkeys(refs))
+    refs = set(refs)
     if not refs:
         return []
-    wanted = set(refs)
     # plain IN lists on the primary key's columns: both databases use the index for these
-    rows = session.execute(
-        select(StoredResource).where(
-            StoredResource.res_type.in_({t for t, _ in refs}), StoredResource.res_id.in_({i for _, i in refs}),
-            StoredResource.deleted.is_(False),
-        )
-    ).scalars()
-    return _rows_to_recs(r for r in rows if (r.res_type, r.res_id) in wanted)
+    rows = session.connection().execute(_LOAD, {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})}).all()
+    return _rows_to_recs(r for r in rows if (r.res_type, r.res_id) in refs)
 
 
 def find_subject(session: Session, *, res_id: str | None = None, identifier: str | None = None) -> Rec:
@@ -160,18 +189,11 @@ def find_subject(session: Session, *, res_id: str | None = None, identifier: str
     system, _, value = (identifier or "").rpartition("|")
     if not value:
         raise FhirError(400, "required", "identifier must be system|value, e.g. https://fhir.nhs.uk/Id/nhs-number|9990001103", expression="identifier", spine_code="MISSING_VALUE")
-    cond = [SearchToken.res_type == "Patient", SearchToken.param == "identifier", SearchToken.code == value]
-    if system:
-        cond.append(SearchToken.system == system)
-    rows = session.execute(
-        select(StoredResource)
-        .join(SearchToken, and_(SearchToken.res_type == StoredResource.res_type, SearchToken.res_id == StoredResource.res_id))
-        .where(*cond, StoredResource.deleted.is_(False))
-        .order_by(StoredResource.last_updated, StoredResource.res_id)
-    ).scalars().all()
+    stmt = _BY_IDENTIFIER.where(SearchToken.system == system) if system else _BY_IDENTIFIER
+    rows = session.connection().execute(stmt.limit(1), {"value": value}).all()
     if not rows:
         raise not_found("No patient with that identifier is known")
-    return _rows_to_recs(rows[:1])[0]
+    return _rows_to_recs(rows)[0]
 
 
 def referencing(session: Session, types: tuple[str, ...], params: tuple[str, ...], targets: list[Rec]) -> list[Rec]:
@@ -180,50 +202,50 @@ def referencing(session: Session, types: tuple[str, ...], params: tuple[str, ...
     an equality/IN probe of an index, so its cost follows the family, not the table."""
     if not targets:
         return []
-    found: set[tuple[str, str]] = set()
+    found: dict[tuple[str, str], Any] = {}
     by_type: dict[str, set[str]] = {}
     for t in targets:
         by_type.setdefault(t.res_type, set()).add(t.res_id)
-    for target_type, ids in by_type.items():
-        found.update(session.execute(
-            select(SearchReference.res_type, SearchReference.res_id).where(
-                SearchReference.param.in_(params), SearchReference.target_type == target_type,
-                SearchReference.target_id.in_(ids), SearchReference.res_type.in_(types),
-            )
-        ).all())
+    for target_type, ids in sorted(by_type.items()):
+        for r in session.connection().execute(_REFERENCING_LITERAL, {"params": list(params), "target_type": target_type, "ids": sorted(ids), "types": list(types)}).all():
+            found[(r.res_type, r.res_id)] = r
     idents = {ident for t in targets for ident in t.identifiers}
     if idents:
-        rows = session.execute(
-            select(SearchReference.res_type, SearchReference.res_id, SearchReference.ident_system, SearchReference.ident_value).where(
-                SearchReference.param.in_(params), SearchReference.ident_value.in_({v for _, v in idents}),
-                SearchReference.res_type.in_(types), SearchReference.target_id.is_(None),
-            )
-        ).all()
-        found.update((r.res_type, r.res_id) for r in rows if (r.ident_system, r.ident_value) in idents)
-    return sorted(load_records(session, found), key=lambda r: (r.res_type, r.res_id))
+        for r in session.connection().execute(_REFERENCING_LOGICAL, {"params": list(params), "values": sorted({v for _, v in idents}), "types": list(types)}).all():
+            if (r.ident_system, r.ident_value) in idents:
+                found[(r.res_type, r.res_id)] = r
+    return sorted(_rows_to_recs(found.values()), key=lambda r: (r.res_type, r.res_id))
 
 
-def same_person(session: Session, rec: Rec) -> list[Rec]:
-    """Every Patient/RelatedPerson record of the same person, each with how surely it is
-    (linkage: level2 demographic and up; an exact valid NHS number match is level3)."""
-    found: dict[str, str] = {rec.ref: "level4"}
-    for linked in linked_records(session, rec.res_type, rec.res_id, min_assurance="level2"):
-        found.setdefault(linked.reference, linked.assurance)
-    nhs = rec.nhs_number
-    if nhs:
-        rows = session.execute(
-            select(SearchToken.res_type, SearchToken.res_id).where(
-                SearchToken.res_type.in_(PERSON_TYPES), SearchToken.param == "identifier",
-                SearchToken.system == NHS_NUMBER_SYSTEM, SearchToken.code == nhs,
-            )
-        ).all()
-        for r in rows:
-            found.setdefault(f"{r.res_type}/{r.res_id}", "level3")
-    others = load_records(session, [tuple(ref.split("/", 1)) for ref in found if ref != rec.ref])
-    out = [Rec(rec.res_type, rec.res_id, rec.body, rec.source_org, "level4")]
-    for o in others:
-        o.assurance = found[o.ref]
-        out.append(o)
+def same_person_many(session: Session, recs: list[Rec]) -> dict[str, list[Rec]]:
+    """For each record, every Patient/RelatedPerson record of the same person with how surely
+    it is (linkage: level2 demographic and up; an exact valid NHS number match is level3)."""
+    if not recs:
+        return {}
+    linked = linked_records_many(session, [(r.res_type, r.res_id) for r in recs], min_assurance="level2")
+    nhs_numbers = {r.nhs_number for r in recs if r.nhs_number}
+    by_nhs: dict[str, set[str]] = {}
+    if nhs_numbers:
+        for t in session.connection().execute(_BY_NHS_NUMBER, {"codes": sorted(nhs_numbers)}).all():
+            by_nhs.setdefault(t.code, set()).add(f"{t.res_type}/{t.res_id}")
+    wanted: dict[str, dict[str, str]] = {}
+    for rec in recs:
+        found = {rec.ref: "level4"}
+        for link in linked.get((rec.res_type, rec.res_id), []):
+            found.setdefault(link.reference, link.assurance)
+        for ref in by_nhs.get(rec.nhs_number or "", ()):
+            found.setdefault(ref, "level3")
+        wanted[rec.ref] = found
+    known = {r.ref: r for r in recs}
+    missing = {ref for found in wanted.values() for ref in found if ref not in known}
+    for other in load_records(session, [tuple(ref.split("/", 1)) for ref in missing]):
+        known[other.ref] = other
+    out = {}
+    for rec in recs:
+        out[rec.ref] = [
+            Rec(k.res_type, k.res_id, k.body, k.source_org, level)
+            for ref, level in wanted[rec.ref].items() if (k := known.get(ref)) is not None
+        ]
     return out
 
 
@@ -267,22 +289,33 @@ class _Members:
         self.members: list[FamilyMember] = []
         self.by_ref: dict[str, FamilyMember] = {}
 
-    def add(self, rec: Rec, role: str, relationship: Relationship | None = None) -> FamilyMember:
-        records = same_person(self.session, rec)
-        existing = next((self.by_ref[r.ref] for r in records if r.ref in self.by_ref), None)
-        if existing is None:
-            existing = FamilyMember(role=role)
-            self.members.append(existing)
-        else:
-            existing.role = roles.stronger_role(existing.role, role)
-        known = {r.ref for r in existing.records}
-        for r in records:
-            if r.ref not in known:
-                existing.records.append(r)
-                self.by_ref[r.ref] = existing
-        if relationship:
-            existing.relationships.append(relationship)
-        return existing
+    def add(self, found: list[tuple[Rec, str, Relationship | None]]) -> None:
+        """Add people found with the role their relationship gives them, in one batch."""
+        records_of = same_person_many(self.session, [rec for rec, _, _ in found])
+        for rec, role, relationship in found:
+            records = records_of[rec.ref]
+            existing = next((self.by_ref[r.ref] for r in records if r.ref in self.by_ref), None)
+            if existing is None:
+                existing = FamilyMember(role=role)
+                self.members.append(existing)
+            else:
+                existing.role = roles.stronger_role(existing.role, role)
+            known = {r.ref for r in existing.records}
+            for r in records:
+                if r.ref not in known:
+                    existing.records.append(r)
+                    self.by_ref[r.ref] = existing
+            if relationship:
+                existing.relationships.append(relationship)
+
+
+def _related(rps: list[Rec], towards) -> list[tuple[Rec, str, Relationship]]:
+    out = []
+    for rp in rps:
+        found = towards(roles.relationship_codes(rp.body), rp.gender)
+        if found:
+            out.append((rp, found[0], Relationship(found[1], "infant" if towards is roles.role_towards_infant else "mother", rp)))
+    return out
 
 
 def assemble(session: Session, subject: Rec, today: date) -> FamilyGraph:
@@ -290,20 +323,14 @@ def assemble(session: Session, subject: Rec, today: date) -> FamilyGraph:
         raise not_found("The family view starts from a Patient")
     people = _Members(session)
     if _is_infant(subject, today):
-        infant = people.add(subject, "infant")
+        people.add([(subject, "infant", None)])
+        infant = people.members[0]
         mode, key_date = "infant", subject.birth_date
-        care = referencing(session, ("EpisodeOfCare", "CareTeam"), ("patient", "subject"), infant.patient_records)
-        on_infant = referencing(session, ("RelatedPerson",), ("patient",), infant.patient_records)
-        for rp in on_infant:
-            found = roles.role_towards_infant(roles.relationship_codes(rp.body), rp.gender)
-            if found:
-                people.add(rp, found[0], Relationship(found[1], "infant", rp))
-        for team in [c for c in care if c.res_type == "CareTeam"]:
-            for ref in _participant_refs(team.body):
-                for rp in load_records(session, [ref]):
-                    found = roles.role_towards_infant(roles.relationship_codes(rp.body), rp.gender)
-                    if found:
-                        people.add(rp, found[0], Relationship(found[1], "infant", rp))
+        around = referencing(session, ("RelatedPerson", "EpisodeOfCare", "CareTeam"), ("patient", "subject"), infant.patient_records)
+        care = [r for r in around if r.res_type in ("EpisodeOfCare", "CareTeam")]
+        on_infant = [r for r in around if r.res_type == "RelatedPerson"]
+        team_members = load_records(session, [ref for team in care if team.res_type == "CareTeam" for ref in _participant_refs(team.body)])
+        people.add(_related(on_infant + [r for r in team_members if r.ref not in {x.ref for x in on_infant}], roles.role_towards_infant))
         mothers = [m for m in people.members if m.role == "mother"]
     else:
         pregnant, edd = current_pregnancy(session, [subject], today)
@@ -313,20 +340,14 @@ def assemble(session: Session, subject: Rec, today: date) -> FamilyGraph:
                 "The family view is for an infant under one year, or a mother with a current pregnancy (pre-birth); this patient is neither",
                 expression="Patient", spine_code="INVALID_VALUE",
             )
-        unborn = FamilyMember(role="infant", unborn=True, expected_delivery=edd)
-        people.members.append(unborn)
-        mother = people.add(subject, "mother")
-        mothers = [mother]
+        people.members.append(FamilyMember(role="infant", unborn=True, expected_delivery=edd))
+        people.add([(subject, "mother", None)])
+        mothers = [people.members[1]]
         mode, key_date = "pre-birth", date.fromisoformat(edd) if edd else None
-        care = referencing(session, ("EpisodeOfCare", "CareTeam"), ("patient", "subject"), mother.patient_records)
+        care = referencing(session, ("EpisodeOfCare", "CareTeam"), ("patient", "subject"), mothers[0].patient_records)
     # the mother's partner and household: men in a caring role (pre-birth: the baby's father too)
-    for mother in mothers:
-        for rp in referencing(session, ("RelatedPerson",), ("patient",), mother.patient_records):
-            if rp.ref in people.by_ref:
-                continue
-            found = roles.role_towards_mother(roles.relationship_codes(rp.body), rp.gender)
-            if found:
-                people.add(rp, found[0], Relationship(found[1], "mother", rp))
+    on_mothers = referencing(session, ("RelatedPerson",), ("patient",), [r for m in mothers for r in m.patient_records])
+    people.add(_related([rp for rp in on_mothers if rp.ref not in people.by_ref], roles.role_towards_mother))
     members = sorted(people.members, key=lambda m: roles.ROLE_ORDER[m.role])
     everyone = [r for m in members for r in m.patient_records]
     records = referencing(session, RECORD_TYPES + ("Consent",), ("patient", "subject"), everyone)

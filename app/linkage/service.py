@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import delete, insert, or_, select, text, update
+from sqlalchemy import bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.ingest.hooks import Written
@@ -198,6 +198,44 @@ def linked_records(session: Session, res_type: str, res_id: str, min_assurance: 
             level = "level4" if me_verified and json.loads(r.features).get("v") else "level3"
         if level_rank(level) >= level_rank(min_assurance):
             out.append(LinkedRecord(r.res_type, r.res_id, level, r.probability, r.how))
+    return out
+
+
+_ME, _OTHER = Link.__table__.alias("me"), Link.__table__.alias("other")
+# built once: the family view asks this for every family it assembles
+_LINKED_MANY = (
+    select(_ME.c.res_type.label("me_type"), _ME.c.res_id.label("me_id"), _ME.c.assurance.label("me_assurance"),
+           _ME.c.nhs_number.label("me_nhs"), _ME.c.features.label("me_features"),
+           _OTHER.c.res_type, _OTHER.c.res_id, _OTHER.c.assurance, _OTHER.c.probability, _OTHER.c.how, _OTHER.c.nhs_number, _OTHER.c.features)
+    .join(_OTHER, _OTHER.c.person_id == _ME.c.person_id)
+    .where(_ME.c.res_type.in_(bindparam("types", expanding=True)), _ME.c.res_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_OTHER.c.res_type, _OTHER.c.res_id)
+)
+
+
+def linked_records_many(session: Session, refs: Iterable[tuple[str, str]], min_assurance: str = "level2") -> dict[tuple[str, str], list[LinkedRecord]]:
+    """`linked_records` for many records in one query (the family view asks for a whole family)."""
+    if min_assurance not in LEVELS:
+        raise ValueError(f"min_assurance must be one of {', '.join(LEVELS)}")
+    refs = set(refs)
+    if not refs:
+        return {}
+    rows = session.connection().execute(
+        _LINKED_MANY, {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})}
+    ).all()
+    out: dict[tuple[str, str], list[LinkedRecord]] = {}
+    for r in rows:
+        me = (r.me_type, r.me_id)
+        if me not in refs:
+            continue
+        found = out.setdefault(me, [LinkedRecord(r.me_type, r.me_id, "level4", 1.0, "self")])
+        if (r.res_type, r.res_id) == me:
+            continue
+        level = _weaker(r.me_assurance, r.assurance)
+        if r.me_nhs and r.nhs_number == r.me_nhs:  # the pair itself shares a valid NHS number
+            level = "level4" if json.loads(r.me_features).get("v") and json.loads(r.features).get("v") else "level3"
+        if level_rank(level) >= level_rank(min_assurance):
+            found.append(LinkedRecord(r.res_type, r.res_id, level, r.probability, r.how))
     return out
 
 
