@@ -19,23 +19,15 @@ import argparse
 import json
 import os
 import random
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from harness import Databases as _Databases, Server, nhs_numbers
 
 import httpx  # noqa: E402
 
 from app.auth.tokens import mint_token  # noqa: E402
-from app.fhir.validation import is_valid_nhs_number  # noqa: E402
-from app.migrate import upgrade  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -44,15 +36,6 @@ ORG, SERVICE = "RMT01", "maternity"
 PER_FAMILY = 5
 
 
-def nhs_numbers():
-    n = 0
-    while True:
-        stem = f"999{n:06d}"
-        n += 1
-        for d in range(10):
-            if is_valid_nhs_number(stem + str(d)):
-                yield stem + str(d)
-                break
 
 
 _SYL = ["ash", "bel", "cor", "dan", "el", "far", "gil", "har", "ing", "jor", "kel", "lan", "mor", "nor", "ol", "pen", "quin",
@@ -94,68 +77,12 @@ def family(i: int, numbers) -> list[dict]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-class Databases:
-    """Two empty, migrated databases: PostgreSQL when FAMILYVIEW_TEST_POSTGRES_URL is set, else SQLite files."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self.tmp = Path(tempfile.mkdtemp(prefix="fv-bench-sync-"))
-        self.created: list[str] = []
-        self.admin_url = os.environ.get("FAMILYVIEW_TEST_POSTGRES_URL")
-        if kind == "postgres" and not self.admin_url:
-            sys.exit("benchmarks/sync.py: --database postgres needs FAMILYVIEW_TEST_POSTGRES_URL (run it under scripts/with-postgres.sh)")
-
-    def new(self, name: str) -> str:
-        if self.kind == "sqlite":
-            url = f"sqlite:///{self.tmp / name}.db"
-        else:
-            from sqlalchemy import create_engine, text
-            from sqlalchemy.engine import make_url
-
-            db = f"fv_bench_{name}_{uuid.uuid4().hex[:6]}"
-            eng = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-            with eng.connect() as c:
-                c.execute(text(f'CREATE DATABASE "{db}"'))
-            eng.dispose()
-            self.created.append(db)
-            url = make_url(self.admin_url).set(database=db).render_as_string(hide_password=False)
-        upgrade(url)
-        return url
-
-    def drop(self) -> None:
-        if self.created:
-            from sqlalchemy import create_engine, text
-
-            eng = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-            with eng.connect() as c:
-                for db in self.created:
-                    c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-            eng.dispose()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def serve(url: str, key: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "FAMILYVIEW_DATABASE_URL": url, "FAMILYVIEW_AUTH_LOCAL_KEY_PATH": str(key), "FAMILYVIEW_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            sys.exit(f"the upstream server did not start: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.2)
-    proc.kill()
-    sys.exit("the upstream server did not start within 60s")
+def Databases(kind: str) -> _Databases:
+    if kind == "postgres" and not os.environ.get("FAMILYVIEW_TEST_POSTGRES_URL"):
+        sys.exit("benchmarks/sync.py: --database postgres needs FAMILYVIEW_TEST_POSTGRES_URL (run it under scripts/with-postgres.sh)")
+    return _Databases(kind)
 
 
 def main() -> int:
@@ -173,9 +100,9 @@ def main() -> int:
     dbs = Databases(args.database)
     key = dbs.tmp / "key.pem"
     upstream_url, local_url = dbs.new("upstream"), dbs.new("local")
-    port = free_port()
-    server = serve(upstream_url, key, port)
-    base = f"http://127.0.0.1:{port}/fhir"
+    server = Server(upstream_url, key)
+    port = server.port
+    base = f"{server.base}/fhir"
     settings = Settings(database_url=local_url, auth_local_key_path=key, sync_page_size=args.page_size)
     token = mint_token(settings, role="source-system", org=ORG, service=SERVICE, minutes=240)
     try:
@@ -229,11 +156,7 @@ def main() -> int:
                               "sync_per_s": round(sync_rate, 1), "ratio": round(ratio, 3)}))
         return 0 if ratio >= 0.7 else 1
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
         dbs.drop()
 
 
