@@ -61,6 +61,10 @@ DATATYPE_CODES: dict[tuple[str, str], set[str]] = {
     ("address", "type"): {"postal", "physical", "both"},
     ("text", "status"): {"generated", "extensions", "additional", "empty"},
 }
+_DATATYPE_BY_ELEMENT: dict[str, list[tuple[str, set[str]]]] = {}
+for (_element, _attr), _allowed in DATATYPE_CODES.items():
+    _DATATYPE_BY_ELEMENT.setdefault(_element, []).append((_attr, _allowed))
+_DATATYPE_ELEMENTS = frozenset(_DATATYPE_BY_ELEMENT)
 _CONSENT_PROVISION = {"type": {"deny", "permit"}, "data.meaning": {"instance", "related", "dependents", "authoredby"}}
 _CONFIDENTIALITY_CODES = {"U", "L", "M", "N", "R", "V"}
 ODS_CODE_RE = re.compile(r"^[A-Z0-9]{3,10}$")
@@ -199,10 +203,11 @@ def check_business_rules(resource: dict[str, Any]) -> None:
                     if value not in allowed:
                         raise _code_error(e, value, allowed)
     for expr, node in _walk_dicts(resource, res_type):
-        for (element, attr), allowed in DATATYPE_CODES.items():
-            for e, value in _iter_paths(node, f"{element}.{attr}", expr):
-                if value not in allowed:
-                    raise _code_error(e, value, allowed)
+        for element in _DATATYPE_ELEMENTS.intersection(node):
+            for attr, allowed in _DATATYPE_BY_ELEMENT[element]:
+                for e, value in _iter_paths(node, f"{element}.{attr}", expr):
+                    if value not in allowed:
+                        raise _code_error(e, value, allowed)
         system = node.get("system")
         if system == NHS_NUMBER_SYSTEM and "value" in node:
             if not is_valid_nhs_number(node.get("value")):

@@ -77,6 +77,16 @@ class _Plan:
     resource: dict[str, Any] | None = None
 
 
+# Statements built once; IN lists expand at execution.
+_SOURCE_KEYS = select(SourceKey.res_type, SourceKey.system, SourceKey.value, SourceKey.res_id).where(
+    SourceKey.source_org == bindparam("org"), SourceKey.res_type == bindparam("res_type"),
+    SourceKey.system == bindparam("system"), SourceKey.value.in_(bindparam("values", expanding=True)),
+)
+_CURRENT_ROWS = select(StoredResource.__table__).where(
+    StoredResource.res_type.in_(bindparam("types", expanding=True)), StoredResource.res_id.in_(bindparam("ids", expanding=True))
+)
+
+
 def _now() -> datetime:
     """Millisecond precision, the precision of meta.lastUpdated, so _lastUpdated searches agree with it."""
     now = datetime.now(timezone.utc)
@@ -311,21 +321,16 @@ class IngestService:
         for res_type, system, value in keys:
             groups.setdefault((res_type, system), set()).add(value)
         rows = []
+        conn = self.session.connection()
         for (res_type, system), values in groups.items():
-            rows += self.session.execute(
-                select(SourceKey.res_type, SourceKey.system, SourceKey.value, SourceKey.res_id).where(
-                    SourceKey.source_org == org, SourceKey.res_type == res_type, SourceKey.system == system, SourceKey.value.in_(values)
-                )
-            ).all()
+            rows += conn.execute(_SOURCE_KEYS, {"org": org, "res_type": res_type, "system": system, "values": sorted(values)}).all()
         return rows
 
-    def _current_rows(self, refs: set[tuple[str, str]]) -> list[StoredResource]:
+    def _current_rows(self, refs: set[tuple[str, str]]) -> list:
         """Current rows for (type, id) pairs, by IN lists on the primary key's columns."""
         if not refs:
             return []
-        rows = self.session.execute(
-            select(StoredResource).where(StoredResource.res_type.in_({t for t, _ in refs}), StoredResource.res_id.in_({i for _, i in refs}))
-        ).scalars()
+        rows = self.session.connection().execute(_CURRENT_ROWS, {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})})
         return [r for r in rows if (r.res_type, r.res_id) in refs]
 
     def _rewrite_references(
@@ -443,7 +448,7 @@ class IngestService:
         return results
 
     def _flush(self, creates, updates, versions, rows: IndexRows, new_keys) -> None:
-        s = self.session
+        s = self.session.connection()  # Core executemany: no ORM unit of work on the write path
         if creates:
             s.execute(insert(StoredResource), creates)
         if updates:
@@ -452,7 +457,7 @@ class IngestService:
                 .where(StoredResource.res_type == bindparam("b_type"), StoredResource.res_id == bindparam("b_id"))
                 .values(version_id=bindparam("version_id"), last_updated=bindparam("last_updated"), deleted=False, body=bindparam("body"), source_system=bindparam("source_system"))
             )
-            s.connection().execute(stmt, [{k: u[k] for k in ("b_type", "b_id", "version_id", "last_updated", "body", "source_system")} for u in updates])
+            s.execute(stmt, [{k: u[k] for k in ("b_type", "b_id", "version_id", "last_updated", "body", "source_system")} for u in updates])
             by_type: dict[str, list[str]] = {}
             for u in updates:
                 by_type.setdefault(u["res_type"], []).append(u["res_id"])
@@ -474,7 +479,7 @@ class IngestService:
             present |= {(org, r.res_type, r.system, r.value) for r in self._source_keys(org, [k[1:] for k in unique if k[0] == org])}
         missing = [k for key, k in unique.items() if key not in present]
         if missing:
-            self.session.execute(insert(SourceKey), missing)
+            self.session.connection().execute(insert(SourceKey), missing)
 
     def _read_entry(self, e: EntryRequest) -> EntryResult:
         path, _, query = e.url.strip("/").partition("?")
