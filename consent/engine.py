@@ -11,12 +11,29 @@ decides, so every refusal has exactly one plain reason:
 6. the person's own Consents, as the rule says to use them.
 
 Reasons are shown to practitioners, so they never say what a withheld record contains.
+
+Speed without a second rule book: :func:`decide` runs these steps as three pure functions,
+each of which can be remembered because its answer depends only on a small key:
+
+* :func:`_plan` does checks 1 to 4 for a cell of the policy table (purpose, requester role,
+  justification given, relationship held, subject role, category) and returns the refusal
+  or the rule with everything the later steps need from the policy;
+* :func:`consent_finding` reads the person's Consents; it is remembered per set of parsed
+  Consents (:class:`_ConsentSet`), requester, purpose, item and stretch of time between
+  two Consent period boundaries, so identity and contact share one reading;
+* :func:`_finish` turns the rule, labels and Consent finding into the decision.
+
+:func:`decide_uncached` runs the same steps with nothing remembered; the tests hold the
+two to identical decisions. Every memory is bounded and lives on the Policy it was
+computed from.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+import datetime as _dt
+from bisect import bisect_right
+from typing import Any, Iterable
 
 from .fhir_consent import DENY, PERMIT, ConsentFinding, ConsentRecord, MatchContext, as_instant, combine
 from .model import (
@@ -139,6 +156,8 @@ def _permit_reason(kind: str, purpose: Purpose, basis: LawfulBasis) -> str:
     reason = _REASON_CACHE.get(key)
     if reason is None:
         reason = REASONS[kind].format(purpose=purpose.value.replace("-", " "), basis=basis)
+        if len(_REASON_CACHE) > 4096:
+            _REASON_CACHE.clear()
         _REASON_CACHE[key] = reason
     return reason
 
@@ -147,93 +166,331 @@ def _ref(finding: ConsentFinding) -> ConsentRef:
     return ConsentRef(finding.consent.reference, finding.provision, finding.decision)
 
 
-def decide(request: DisclosureRequest, policy: Policy | None = None) -> DisclosureDecision:
-    """Decide one disclosure. Pure: the same request and policy always give the same answer."""
-    policy = policy or default_policy()
-    requester, item = request.requester, request.item
+# ---------------------------------------------------------------------------
+# Checks 1 to 5: the policy table, for one cell
+# ---------------------------------------------------------------------------
+
+
+class _Plan:
+    """What the policy says for one cell of the table, once checks 1 to 4 have passed.
+
+    Everything here comes from the policy alone; the request's labels, Consents and
+    source organisation are applied by :func:`decide` and :func:`_finish`.
+    """
+
+    __slots__ = (
+        "rule", "purpose", "purpose_of_use", "break_glass", "category", "consent",
+        "very_restricted_refusal", "restricted_refusal", "contact_fields", "contact_restricted",
+        "contact_consents", "uses_source_org", "finished",
+    )
+
+    def __init__(self, policy: Policy, rule: Rule, purpose: Purpose, purpose_of_use: str, break_glass: bool,
+                 family_role: str, category: str, role: str) -> None:
+        self.rule = rule
+        self.purpose = purpose
+        self.purpose_of_use = purpose_of_use
+        self.break_glass = break_glass
+        self.category = policy.categories[category]
+        self.consent = rule.consent
+        # 5. Confidentiality labels: the refusal to give when the item carries V or R.
+        self.very_restricted_refusal = (
+            None if purpose.value in policy.very_restricted_purposes
+            else _deny(policy, "very-restricted", purpose_of_use, rule)
+        )
+        self.restricted_refusal = (
+            _deny(policy, "restricted", purpose_of_use, rule)
+            if self.category.name in policy.restricted_withhold_categories else None
+        )
+        # An identity record carries contact details: how the contact rule would withhold them.
+        self.contact_fields: tuple[str, ...] = ()
+        self.contact_restricted = self.contact_consents = False
+        contact = policy.categories.get("contact")
+        if self.category.name == "identity" and contact is not None and contact.fields:
+            contact_rule = policy.rule_for(family_role, "contact", purpose.value, role)
+            if contact_rule is not None:
+                self.contact_fields = contact.fields
+                self.contact_restricted = "contact" in policy.restricted_withhold_categories
+                self.contact_consents = contact_rule.consent in ("refusal-withholds", "required")
+        self.uses_source_org = ObligationKind.NOTIFY_DATA_CONTROLLER in (
+            *rule.obligations, *policy.very_restricted_obligations
+        )
+        self.finished: dict[tuple, DisclosureDecision] = {}
+
+
+def _plan(
+    policy: Policy, purpose_value: object, role: str, justified: bool, holds: bool, family_role: str, category: str
+) -> _Plan | DisclosureDecision:
+    """Checks 1 to 4 for one cell: the refusal, or the plan for the rest of the decision."""
     try:
-        purpose = _purpose(request.purpose)
+        purpose = _purpose(purpose_value)
     except ValueError:
         return _deny(policy, "unknown-purpose", "")
-    purpose_value = purpose.value
-    purpose_def = policy.purposes[purpose_value]
+    purpose_def = policy.purposes[purpose.value]
     purpose_of_use = purpose_def.purpose_of_use
 
     # 1. Roles that never see clinical data.
-    never = policy.never.get(requester.role)
+    never = policy.never.get(role)
     if never is not None:
         return _deny(policy, "role-never-sees-clinical-data", purpose_of_use, reason=f"Refused: {never}")
-    if requester.role not in REQUESTER_ROLES:
+    if role not in REQUESTER_ROLES:
         return _deny(policy, "unknown-role", purpose_of_use)
 
     # 2. Safeguarding must say why.
-    if purpose_def.justification_required and not (request.justification or "").strip():
+    if purpose_def.justification_required and not justified:
         return _deny(policy, "justification-required", purpose_of_use)
 
     # 3. A legitimate relationship, or the break-glass route for safeguarding.
     break_glass = False
-    if not request.relationship.holds:
-        if requester.role not in purpose_def.break_glass_roles:
+    if not holds:
+        if role not in purpose_def.break_glass_roles:
             return _deny(policy, "no-relationship", purpose_of_use)
         break_glass = True
         purpose_of_use = purpose_def.break_glass_purpose_of_use or purpose_of_use
 
     # 4. The policy rule for this cell of the table, or deny.
-    rule = policy.rule_for(request.subject.family_role, item.category, purpose_value, requester.role)
+    rule = policy.rule_for(family_role, category, purpose.value, role)
     if rule is None:
         return _deny(policy, "no-rule", purpose_of_use)
+    return _Plan(policy, rule, purpose, purpose_of_use, break_glass, family_role, category, role)
+
+
+# ---------------------------------------------------------------------------
+# Check 6: the person's Consents, remembered per parsed set
+# ---------------------------------------------------------------------------
+
+
+_ONE_MICROSECOND = _dt.timedelta(microseconds=1)
+
+
+class _ConsentSet:
+    """A tuple of parsed Consents and what they have been found to say.
+
+    Evaluation depends on the moment of decision only through the Consents' own periods,
+    so the moment is reduced to which stretch between two period boundaries it falls in.
+    The tuple itself is held, so its id cannot be reused while the entry exists.
+    """
+
+    __slots__ = ("consents", "boundaries", "findings")
+
+    def __init__(self, consents: tuple[ConsentRecord, ...]) -> None:
+        self.consents = consents
+        points: set[_dt.datetime] = set()
+        for record in consents:
+            for period in _periods(record):
+                if period.start > _MIN_INSTANT:
+                    points.add(period.start)  # in force from its start, inclusive
+                if period.end < _MAX_INSTANT:
+                    points.add(period.end + _ONE_MICROSECOND)  # and out of force just after its end
+        self.boundaries = tuple(sorted(points))
+        self.findings: dict[tuple, tuple[ConsentFinding | None, tuple[str, ...]]] = {}
+
+
+def _periods(record: ConsentRecord) -> Iterable[Any]:
+    if record.period is not None:
+        yield record.period
+    stack = [record.provision] if record.provision is not None else []
+    while stack:
+        node = stack.pop()
+        if node.period is not None:
+            yield node.period
+        stack.extend(node.children)
+
+
+_MIN_INSTANT = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
+_MAX_INSTANT = _dt.datetime.max.replace(tzinfo=_dt.timezone.utc)
+_CONSENT_SETS_KEPT = 512
+_FINDINGS_KEPT = 1024
+_PLANS_KEPT = 8192
+_FINISHED_KEPT = 512
+
+
+def _consent_set(policy: Policy, consents: tuple) -> _ConsentSet | None:
+    """The remembered set for this tuple of parsed Consents (None when it holds raw JSON)."""
+    sets = policy._memo.get("consent-sets")
+    if sets is None:
+        sets = policy._memo["consent-sets"] = {}
+    entry = sets.get(id(consents))
+    if entry is not None and entry.consents is consents:
+        return entry
+    for record in consents:
+        if record.__class__ is not ConsentRecord:
+            return None  # dicts and models can change under us: read them afresh each time
+    try:
+        entry = _ConsentSet(consents)
+    except OverflowError:  # a period ending at the end of time without saying so
+        return None
+    if len(sets) >= _CONSENT_SETS_KEPT:
+        sets.clear()
+    sets[id(consents)] = entry
+    return entry
+
+
+def _finding(
+    request: DisclosureRequest, policy: Policy, category: str | None, cached: bool
+) -> tuple[ConsentFinding | None, tuple[str, ...]]:
+    """:func:`consent_finding` for the request's item, or for its ``category`` part."""
+    consents = request.consents
+    if not consents:
+        return None, ()
+    item = request.item
+    entry = _consent_set(policy, consents) if cached and consents.__class__ is tuple else None
+    if entry is None:
+        if category is not None:
+            item = DataItem(
+                category, item.resource_type, item.security_labels, item.source_org, item.date, item.reference, item.codes
+            )
+        return consent_finding(request, policy, item)
+    moment = as_instant(request.as_of)
+    key = (request.requester, request.purpose, item, category, bisect_right(entry.boundaries, moment))
+    try:
+        found = entry.findings.get(key)
+    except TypeError:  # an unhashable part (labels given as a set): nothing to remember it by
+        return _finding(request, policy, category, False)
+    if found is None:
+        if category is not None:
+            item = DataItem(
+                category, item.resource_type, item.security_labels, item.source_org, item.date, item.reference, item.codes
+            )
+        found = consent_finding(request, policy, item)
+        if len(entry.findings) >= _FINDINGS_KEPT:
+            entry.findings.clear()
+        entry.findings[key] = found
+    return found
+
+
+def _refused(finding: ConsentFinding | None) -> bool:
+    return finding is not None and finding.explicit and finding.decision == DENY
+
+
+# ---------------------------------------------------------------------------
+# The decision
+# ---------------------------------------------------------------------------
+
+
+def decide(request: DisclosureRequest, policy: Policy | None = None) -> DisclosureDecision:
+    """Decide one disclosure. Pure: the same request and policy always give the same answer."""
+    return _decide(request, policy or default_policy(), True)
+
+
+def decide_uncached(request: DisclosureRequest, policy: Policy | None = None) -> DisclosureDecision:
+    """The same decision with nothing remembered between calls: the reference for the tests
+    and the benchmark. :func:`decide` must always agree with it."""
+    return _decide(request, policy or default_policy(), False)
+
+
+def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> DisclosureDecision:
+    requester, item = request.requester, request.item
+    justification = request.justification
+
+    # Checks 1 to 4, for this cell of the policy table.
+    cell = (
+        request.purpose, requester.role, bool((justification or "").strip()), bool(request.relationship.holds),
+        request.subject.family_role, item.category,
+    )
+    plan: _Plan | DisclosureDecision | None = None
+    if cached:
+        plans = policy._memo.get("plans")
+        if plans is None:
+            plans = policy._memo["plans"] = {}
+        try:
+            plan = plans.get(cell)
+        except TypeError:  # an unhashable value where a code belongs: decide it the long way
+            cached = False
+        if plan is None:
+            plan = _plan(policy, *cell)
+            if cached:
+                if len(plans) >= _PLANS_KEPT:
+                    plans.clear()
+                plans[cell] = plan
+    else:
+        plan = _plan(policy, *cell)
+    if plan.__class__ is not _Plan:
+        return plan  # a refusal
 
     # 5. Confidentiality labels on the record.
     labels = item.security_labels
-    obligations: set[Obligation] = set()
-    redact: set[str] = set()
-    if "V" in labels:
-        if purpose_value not in policy.very_restricted_purposes:
-            return _deny(policy, "very-restricted", purpose_of_use, rule)
-        obligations.update(_obligation(kind, item) for kind in policy.very_restricted_obligations)
-    if "R" in labels:
-        if item.category in policy.restricted_withhold_categories:
-            return _deny(policy, "restricted", purpose_of_use, rule)
-        if not policy.categories[item.category].sensitive:
-            redact.update(policy.restricted_redact_fields)
+    very_restricted = "V" in labels
+    if very_restricted and plan.very_restricted_refusal is not None:
+        return plan.very_restricted_refusal
+    restricted = "R" in labels
+    if restricted and plan.restricted_refusal is not None:
+        return plan.restricted_refusal
 
     # 6. The person's own Consents, as the rule says to use them.
     relied_on: ConsentRef | None = None
     overridden: ConsentRef | None = None
     considered: tuple[str, ...] = ()
-    basis = rule.basis
-    if rule.consent != "not-consulted":
-        finding, considered = consent_finding(request, policy)
-        refused = finding is not None and finding.explicit and finding.decision == DENY
-        if rule.consent == "refusal-withholds" and refused:
-            return _deny(policy, "consent-refused", purpose_of_use, rule, considered=considered)
-        if rule.consent == "required":
+    mode = plan.consent
+    if mode != "not-consulted":
+        finding, considered = _finding(request, policy, None, cached)
+        refused = _refused(finding)
+        if mode == "refusal-withholds" and refused:
+            return _deny(policy, "consent-refused", plan.purpose_of_use, plan.rule, considered=considered)
+        if mode == "required":
             if refused:
-                return _deny(policy, "consent-refused", purpose_of_use, rule, considered=considered)
+                return _deny(policy, "consent-refused", plan.purpose_of_use, plan.rule, considered=considered)
             if not (
                 finding is not None
                 and finding.explicit
                 and finding.decision == PERMIT
-                and rule.consent_must_name <= finding.names
+                and plan.rule.consent_must_name <= finding.names
             ):
-                return _deny(policy, "consent-required", purpose_of_use, rule, considered=considered)
+                return _deny(policy, "consent-required", plan.purpose_of_use, plan.rule, considered=considered)
             relied_on = _ref(finding)
-            basis = dataclasses.replace(basis, confidentiality=f"{basis.confidentiality} ({relied_on.reference})")
-        if rule.consent == "overridden" and refused:
+        if mode == "overridden" and refused:
             overridden = _ref(finding)
 
     # An identity record carries contact details: withhold them where contact would be withheld.
-    if item.category == "identity":
-        redact.update(_contact_fields_withheld(request, policy))
+    # Only a refusal or a restriction strips them; where the policy simply has no contact rule
+    # for this person, identity is shown as the identity rule allows.
+    contact_withheld = False
+    if plan.contact_fields:
+        if restricted and plan.contact_restricted:
+            contact_withheld = True
+        elif plan.contact_consents and request.consents:
+            contact_withheld = _refused(_finding(request, policy, "contact", cached)[0])
+
+    source_org = item.source_org if plan.uses_source_org else None
+    if not cached:
+        return _finish(policy, plan, very_restricted, restricted, source_org, relied_on, overridden, considered,
+                       contact_withheld)
+    key = (very_restricted, restricted, source_org, relied_on, overridden, considered, contact_withheld)
+    decision = plan.finished.get(key)
+    if decision is None:
+        decision = _finish(policy, plan, very_restricted, restricted, source_org, relied_on, overridden, considered,
+                           contact_withheld)
+        if len(plan.finished) >= _FINISHED_KEPT:
+            plan.finished.clear()
+        plan.finished[key] = decision
+    return decision
+
+
+def _finish(
+    policy: Policy, plan: _Plan, very_restricted: bool, restricted: bool, source_org: str | None,
+    relied_on: ConsentRef | None, overridden: ConsentRef | None, considered: tuple[str, ...], contact_withheld: bool,
+) -> DisclosureDecision:
+    """The permit, with its basis, obligations, redactions and reason."""
+    rule, category, purpose = plan.rule, plan.category, plan.purpose
+    obligations: set[Obligation] = set()
+    redact: set[str] = set()
+    if very_restricted:
+        obligations.update(_obligation(kind, source_org) for kind in policy.very_restricted_obligations)
+    if restricted and not category.sensitive:
+        redact.update(policy.restricted_redact_fields)
+    if contact_withheld:
+        redact.update(plan.contact_fields)
+
+    basis = rule.basis
+    if relied_on is not None:
+        basis = dataclasses.replace(basis, confidentiality=f"{basis.confidentiality} ({relied_on.reference})")
 
     # Obligations: the rule's own, and IG review of every break-glass disclosure.
-    obligations.update(_obligation(kind, item) for kind in rule.obligations)
-    if break_glass:
-        obligations.add(_obligation(ObligationKind.QUEUE_IG_REVIEW, item))
+    obligations.update(_obligation(kind, source_org) for kind in rule.obligations)
+    if plan.break_glass:
+        obligations.add(_obligation(ObligationKind.QUEUE_IG_REVIEW, source_org))
     if redact:
         obligations.add(Obligation(ObligationKind.REDACT_FIELDS, tuple(sorted(redact))))
 
-    category = policy.categories[item.category]
     if not category.article9_applies:
         basis = dataclasses.replace(basis, article9=None, dpa2018_schedule1=None)
 
@@ -251,7 +508,7 @@ def decide(request: DisclosureRequest, policy: Policy | None = None) -> Disclosu
         reason=reason,
         reason_code="permitted-with-redaction" if redact else "permitted",
         policy_version=policy.version,
-        purpose_of_use=purpose_of_use,
+        purpose_of_use=plan.purpose_of_use,
         lawful_basis=basis,
         consent_relied_on=relied_on,
         consent_overridden=overridden,
@@ -261,39 +518,12 @@ def decide(request: DisclosureRequest, policy: Policy | None = None) -> Disclosu
     )
 
 
-def _obligation(kind: ObligationKind, item: DataItem) -> Obligation:
+def _obligation(kind: ObligationKind, source_org: str | None) -> Obligation:
     if kind is ObligationKind.NOTIFY_DATA_CONTROLLER:
-        return Obligation(kind, target=item.source_org)
+        return Obligation(kind, target=source_org)
     if kind is ObligationKind.QUEUE_IG_REVIEW:
         return Obligation(kind, target="ig-review-queue")
     return Obligation(kind)
-
-
-def _contact_fields_withheld(request: DisclosureRequest, policy: Policy) -> set[str]:
-    """The contact fields to strip from an identity record, when contact itself is withheld.
-
-    Only a refusal or a restriction strips them; where the policy simply has no contact rule
-    for this person, identity is shown as the identity rule allows.
-    """
-    contact = policy.categories.get("contact")
-    if contact is None or not contact.fields:
-        return set()
-    rule = policy.rule_for(
-        request.subject.family_role, "contact", _purpose(request.purpose).value, request.requester.role
-    )
-    if rule is None:
-        return set()
-    item = request.item
-    if "R" in item.security_labels and "contact" in policy.restricted_withhold_categories:
-        return set(contact.fields)
-    if rule.consent in ("refusal-withholds", "required") and request.consents:
-        contact_item = DataItem(
-            "contact", item.resource_type, item.security_labels, item.source_org, item.date, item.reference, item.codes
-        )
-        finding, _ = consent_finding(request, policy, contact_item)
-        if finding is not None and finding.explicit and finding.decision == DENY:
-            return set(contact.fields)
-    return set()
 
 
 def explain_basis(basis: LawfulBasis | None) -> str:

@@ -93,6 +93,10 @@ class Policy:
     very_restricted_obligations: tuple[ObligationKind, ...]
     rules: tuple[Rule, ...]
     _index: dict[tuple[str, str, str, str], Rule] = field(repr=False, compare=False, default_factory=dict)
+    # The engine's working memory for this policy (compiled table cells, Consent evaluations),
+    # bounded and filled on first use. Not an input: every entry can be recomputed from the
+    # fields above, and each Policy (including one from with_combine) starts with its own.
+    _memo: dict[str, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def rule_for(self, subject_role: str, category: str, purpose: str, requester_role: str) -> Rule | None:
         return self._index.get((subject_role, category, purpose, requester_role))
