@@ -298,10 +298,12 @@ def _periods(record: ConsentRecord) -> Iterable[Any]:
 
 _MIN_INSTANT = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
 _MAX_INSTANT = _dt.datetime.max.replace(tzinfo=_dt.timezone.utc)
-_CONSENT_SETS_KEPT = 512
-_FINDINGS_KEPT = 1024
-_PLANS_KEPT = 8192
-_FINISHED_KEPT = 512
+# Bounds on what is remembered (each memory is emptied when full, then refills with what is
+# in use): at most ~65,000 Consent findings and ~100,000 finished decisions per policy.
+_CONSENT_SETS_KEPT = 256  # parsed Consent tuples (about one per family member being viewed)
+_FINDINGS_KEPT = 256  # findings per tuple: requester x purpose x item x stretch of time
+_PLANS_KEPT = 4096  # table cells (the baseline policy has under 1,500 reachable ones)
+_FINISHED_KEPT = 64  # decisions per cell: labels x source x Consent outcome
 
 
 def _consent_set(policy: Policy, consents: tuple) -> _ConsentSet | None:
