@@ -76,7 +76,7 @@ def test_hs256_token_with_public_key_is_refused(live):
     """The classic algorithm-confusion attack: HMAC-signed with the public key."""
     import httpx
 
-    token = jwt.encode(_claims(live.settings), "secret", algorithm="HS256")
+    token = jwt.encode(_claims(live.settings), "an-hmac-secret-long-enough-for-sha256!", algorithm="HS256")
     r = httpx.get(live.fhir + "/Patient", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401
 
