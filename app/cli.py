@@ -20,6 +20,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo loader's requests: one line each is noise
     if args.migrate:
         upgrade(settings.database_url)
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, workers=1, log_level="info", access_log=args.access_log)
