@@ -307,24 +307,33 @@ _FINISHED_KEPT = 64  # decisions per cell: labels x source x Consent outcome
 
 
 def _consent_set(policy: Policy, consents: tuple) -> _ConsentSet | None:
-    """The remembered set for this tuple of parsed Consents (None when it holds raw JSON)."""
+    """The remembered set for this tuple of parsed Consents.
+
+    None when the tuple holds raw JSON (dicts and models can change under us, so they are
+    read afresh each time), and the first time a tuple is seen: a tuple used only once is
+    not worth remembering, and the second sighting builds the set.
+    """
     sets = policy._memo.get("consent-sets")
     if sets is None:
         sets = policy._memo["consent-sets"] = {}
-    entry = sets.get(id(consents))
-    if entry is not None and entry.consents is consents:
-        return entry
+    seen = sets.get(id(consents))
+    if seen is not None:
+        if seen.__class__ is _ConsentSet and seen.consents is consents:
+            return seen
+        if seen is consents:  # the second sighting
+            try:
+                entry = _ConsentSet(consents)
+            except OverflowError:  # a period ending at the end of time without saying so
+                return None
+            sets[id(consents)] = entry
+            return entry
     for record in consents:
         if record.__class__ is not ConsentRecord:
-            return None  # dicts and models can change under us: read them afresh each time
-    try:
-        entry = _ConsentSet(consents)
-    except OverflowError:  # a period ending at the end of time without saying so
-        return None
+            return None
     if len(sets) >= _CONSENT_SETS_KEPT:
         sets.clear()
-    sets[id(consents)] = entry
-    return entry
+    sets[id(consents)] = consents  # held, so that its id is not reused while noted
+    return None
 
 
 def _finding(
