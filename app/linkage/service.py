@@ -54,6 +54,15 @@ Design (why it is what it is)
   writers cannot deadlock). Two records that could match share a key, so their linking is
   serialised and the second sees the first committed. On SQLite, BEGIN IMMEDIATE already
   serialises writers.
+* Cost: one ``link_written`` call (the records of one ingest transaction) makes a fixed number
+  of statements whatever its size: the existing links of its records, the candidates of all
+  their blocking keys (one IN-list join), the persons those belong to, the decisions and the
+  review rows of the records are read once; then the records are linked one after another in
+  memory, each against the start-of-call state overlaid with what this call linked before it
+  (so records of one transaction that match each other end as one person, exactly as if each
+  had been linked in its own transaction); then each table gets one executemany. Statements
+  are built once at import and run on ``session.connection()`` (Core, no ORM unit of work);
+  candidates are taken in linkage_key index order (hash, record), as the per-record query did.
 """
 from __future__ import annotations
 
@@ -64,7 +73,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import bindparam, delete, insert, or_, select, text, update
+from sqlalchemy import Integer, bindparam, delete, insert, or_, select, text, union_all, update
 from sqlalchemy.orm import Session
 
 from app.ingest.hooks import Written
@@ -130,6 +139,21 @@ def features_json(rec: PersonRecord) -> str:
 
 
 def record_from_features(ref: str, features: str) -> PersonRecord:
+    """The record stored as ``features`` (already in normal form, so it is not normalised again:
+    ``_record_from_features_normalising`` gives the same record, more slowly)."""
+    d = json.loads(features)
+    rec = object.__new__(PersonRecord)
+    bd = d["d"]
+    rec.__dict__.update(
+        record_ref=ref, given_names=tuple(d["g"]), family_names=tuple(d["f"]),
+        birth_date=date.fromisoformat(bd) if bd else None, birth_date_text=d.get("dt"), sex=d["s"], postcode=d["p"],
+        nhs_number=d["n"], nhs_verified=bool(d["v"]), address_lines=tuple(d["a"]),
+        locality=d["l"], region=d["r"], other_ids=tuple(tuple(x) for x in d["o"]),
+    )
+    return rec
+
+
+def _record_from_features_normalising(ref: str, features: str) -> PersonRecord:
     d = json.loads(features)
     return PersonRecord(
         record_ref=ref, given_names=tuple(d["g"]), family_names=tuple(d["f"]),
@@ -260,6 +284,145 @@ class LinkResult:
     queued: list[str] = field(default_factory=list)
 
 
+# Statements of the hot path, built once (no per-record select()/alias construction, no ORM
+# unit of work): every call runs on ``session.connection()``; IN lists are expanding.
+_L, _K, _P = Link.__table__, BlockingKey.__table__, LinkedPerson.__table__
+_C, _D, _E = ReviewCandidate.__table__, ManualDecision.__table__, LinkageEvent.__table__
+_LINK_COLS = (_L.c.res_type, _L.c.res_id, _L.c.person_id, _L.c.assurance, _L.c.probability, _L.c.how,
+              _L.c.matched_ref, _L.c.nhs_number, _L.c.source_org, _L.c.features, _L.c.updated_at)
+_IN_CHUNK = 900  # values per expanding IN list (well under SQLite's and psycopg's parameter limits)
+
+_SEL_LINKS_BY_REF = select(*_LINK_COLS).where(
+    _L.c.res_type.in_(bindparam("types", expanding=True)), _L.c.res_id.in_(bindparam("ids", expanding=True)))
+_SEL_LINKS_BY_PERSON = select(*_LINK_COLS).where(_L.c.person_id.in_(bindparam("pids", expanding=True)))
+_SEL_CANDIDATES = (
+    select(_K.c.key_hash, *_LINK_COLS)
+    .select_from(_L.join(_K, (_K.c.res_type == _L.c.res_type) & (_K.c.res_id == _L.c.res_id)))
+    .where(_K.c.key_hash.in_(bindparam("hashes", expanding=True)))
+    .limit(bindparam("lim", type_=Integer()))
+)
+_DEC_REFS = bindparam("refs", expanding=True)
+_SEL_DECISIONS = union_all(
+    select(_D.c.id, _D.c.a_ref, _D.c.b_ref, _D.c.decision).where(_D.c.a_ref.in_(_DEC_REFS), _D.c.active.is_(True)),
+    select(_D.c.id, _D.c.a_ref, _D.c.b_ref, _D.c.decision).where(_D.c.b_ref.in_(_DEC_REFS), _D.c.active.is_(True)),
+)
+_REVIEW_COLS = (_C.c.id, _C.c.a_ref, _C.c.b_ref, _C.c.status, _C.c.probability, _C.c.match_weight, _C.c.explanation,
+                _C.c.created_at, _C.c.updated_at)
+_REV_REFS = bindparam("refs", expanding=True)
+_SEL_REVIEWS = union_all(
+    select(*_REVIEW_COLS).where(_C.c.a_ref.in_(_REV_REFS)),
+    select(*_REVIEW_COLS).where(_C.c.b_ref.in_(_REV_REFS)),
+)
+_INS_PERSON = insert(_P)
+_INS_LINK = insert(_L)
+_UPD_LINK = update(_L).where(_L.c.res_type == bindparam("b_type"), _L.c.res_id == bindparam("b_id"))  # SET from the parameters
+_DEL_KEYS = delete(_K).where(_K.c.res_type == bindparam("b_type"), _K.c.res_id == bindparam("b_id"))
+_INS_KEYS = insert(_K)
+_TOUCH = update(_P).where(_P.c.id == bindparam("b_id")).values(
+    version_id=_P.c.version_id + bindparam("n", type_=Integer()), updated_at=bindparam("at", type_=_P.c.updated_at.type))
+_RETIRE = update(_P).where(_P.c.id == bindparam("b_id")).values(active=False)
+_INS_EVENT = insert(_E)
+_INS_REVIEW = insert(_C)
+_UPD_REVIEW = update(_C).where(_C.c.id == bindparam("b_id"))  # SET from the parameters
+_ANY_MEMBER = select(Link.res_id).where(Link.person_id == bindparam("pid")).limit(1)
+_PG_LOCKS = text("SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT unnest(CAST(:hs AS bigint[])) AS h ORDER BY 1) s")
+
+
+def _chunks(values: list, n: int = _IN_CHUNK) -> Iterable[list]:
+    for i in range(0, len(values), n):
+        yield values[i:i + n]
+
+
+def _row_order(row: "_Row") -> tuple[str, str]:
+    return row.res_type, row.res_id
+
+
+def _ref_order(ref: str) -> tuple[str, str]:
+    return split_ref(ref)
+
+
+class _Row:
+    """A ``linkage_link`` row as this transaction sees it (start-of-batch state plus its own changes)."""
+
+    __slots__ = ("res_type", "res_id", "person_id", "assurance", "probability", "how", "matched_ref", "nhs_number",
+                 "source_org", "features", "updated_at", "ref")
+
+    def __init__(self, res_type, res_id, person_id, assurance, probability, how, matched_ref, nhs_number, source_org,
+                 features, updated_at):
+        self.res_type, self.res_id, self.person_id, self.assurance, self.probability = res_type, res_id, person_id, assurance, probability
+        self.how, self.matched_ref, self.nhs_number, self.source_org = how, matched_ref, nhs_number, source_org
+        self.features, self.updated_at = features, updated_at
+        self.ref = f"{res_type}/{res_id}"
+
+
+class _Batch:
+    """One ``link_written`` call: what the database held when it started (read in a few batched
+    queries) overlaid with what this call has linked so far, and the writes to make at the end.
+
+    The records are linked one after another against this view exactly as if each one's writes
+    had gone to the database before the next was linked; the writes go out at the end, each
+    table in one executemany."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, _Row] = {}                    # every link row known, current state
+        self.members: dict[str, dict[str, None]] = {}       # person -> its records (for persons fully known)
+        self.by_hash: dict[int, list[str]] = {}             # start-of-batch key rows (hash -> records)
+        self.truncated = False                              # the batched key query hit its limit
+        self.new_keys: dict[str, list[int]] = {}            # record linked here -> its key hashes now
+        self.done: dict[str, None] = {}                     # records linked here, in order (their old keys are gone)
+        self.done_by_hash: dict[int, list[str]] = {}        # their new keys
+        self.decisions: dict[str, dict[str, str]] = {}
+        self.reviews: dict[tuple[str, str], dict] = {}
+        self.reviews_by_ref: dict[str, dict[tuple[str, str], None]] = {}
+        self.parsed: dict[tuple[str, str], PersonRecord] = {}
+        # pending writes
+        self.new_persons: dict[str, datetime] = {}
+        self.link_insert: dict[str, None] = {}
+        self.link_update: dict[str, None] = {}
+        self.founders: dict[str, None] = {}
+        self.key_delete: dict[str, None] = {}
+        self.touched: dict[str, list] = {}                  # person -> [count, last time]
+        self.retired: dict[str, None] = {}
+        self.events: list[dict] = []
+        self.review_insert: list[dict] = []
+        self.review_update: dict[int, dict] = {}
+
+    def record(self, ref: str, features: str) -> PersonRecord:
+        key = (ref, features)
+        rec = self.parsed.get(key)
+        if rec is None:
+            rec = self.parsed[key] = record_from_features(ref, features)
+        return rec
+
+    def add_row(self, row) -> _Row:
+        """A row read from the database; this transaction's own view wins when it has one."""
+        ref = f"{row[0]}/{row[1]}"
+        known = self.links.get(ref)
+        if known is None:
+            known = self.links[ref] = _Row(*row)
+        return known
+
+    def event(self, action: str, actor: str, reason: str, *, record: str | None = None, from_person: str | None = None,
+              to_person: str | None = None, detail: dict | None = None) -> None:
+        self.events.append(dict(
+            at=_now(), action=action, record_ref=record, from_person=from_person, to_person=to_person,
+            candidate_id=None, actor=actor, reason=reason,
+            detail=json.dumps(detail, separators=(",", ":")) if detail else None,
+        ))
+
+    def new_person(self) -> str:
+        pid = str(uuid.uuid4())
+        self.new_persons[pid] = _now()
+        self.members[pid] = {}
+        return pid
+
+    def touch(self, *person_ids: str | None) -> None:
+        for pid in {p for p in person_ids if p}:
+            t = self.touched.setdefault(pid, [0, None])
+            t[0] += 1
+            t[1] = _now()
+
+
 class LinkageService:
     """Links records inside the caller's transaction. One instance per session."""
 
@@ -286,17 +449,17 @@ class LinkageService:
     def lock_keys(self, hashes: Iterable[int]) -> None:
         """PostgreSQL: transaction-level advisory locks on every key hash, in sorted order."""
         hs = sorted(set(hashes))
-        if not hs or self.session.get_bind().dialect.name != "postgresql":
+        if not hs:
             return
-        self.session.execute(
-            text("SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT unnest(CAST(:hs AS bigint[])) AS h ORDER BY 1) s"),
-            {"hs": hs},
-        )
+        conn = self.session.connection()
+        if conn.dialect.name != "postgresql":
+            return
+        conn.execute(_PG_LOCKS, {"hs": hs})
 
-    # -------------------------------------------------------------- helpers
+    # -------------------------------------------------------------- helpers (admin operations)
     def _event(self, action: str, actor: str, reason: str, *, record: str | None = None, from_person: str | None = None,
                to_person: str | None = None, candidate_id: int | None = None, detail: dict | None = None) -> None:
-        self.session.connection().execute(insert(LinkageEvent.__table__), dict(
+        self.session.connection().execute(_INS_EVENT, dict(
             at=_now(), action=action, record_ref=record, from_person=from_person, to_person=to_person,
             candidate_id=candidate_id, actor=actor, reason=reason,
             detail=json.dumps(detail, separators=(",", ":")) if detail else None,
@@ -306,19 +469,17 @@ class LinkageService:
         """Insert a new linked person (Core, no ORM flush) and return its id."""
         now = _now()
         pid = str(uuid.uuid4())
-        self.session.connection().execute(insert(LinkedPerson.__table__), dict(
-            id=pid, version_id=1, created_at=now, updated_at=now, active=True))
+        self.session.connection().execute(_INS_PERSON, dict(id=pid, version_id=1, created_at=now, updated_at=now, active=True))
         return pid
 
     def _touch(self, *person_ids: str | None) -> None:
-        for pid in {p for p in person_ids if p}:
-            self.session.connection().execute(
-                update(LinkedPerson.__table__).where(LinkedPerson.id == pid)
-                .values(version_id=LinkedPerson.version_id + 1, updated_at=_now())
-            )
+        pids = sorted({p for p in person_ids if p})
+        if pids:
+            now = _now()
+            self.session.connection().execute(_TOUCH, [{"b_id": p, "n": 1, "at": now} for p in pids])
 
     def _retire_if_empty(self, person_id: str, actor: str, reason: str) -> None:
-        left = self.session.scalar(select(Link.res_id).where(Link.person_id == person_id).limit(1))
+        left = self.session.scalar(_ANY_MEMBER, {"pid": person_id})
         if left is None:
             self.session.execute(update(LinkedPerson).where(LinkedPerson.id == person_id).values(active=False))
             self._event("retire", actor, reason, from_person=person_id)
@@ -343,76 +504,186 @@ class LinkageService:
             resource = dict(w.resource)
             resource["id"] = w.res_id
             rec = PersonRecord.from_fhir(resource)
-            items.append((w, rec, blocking_keys(rec)))
+            items.append((w.res_type, w.res_id, rec, sorted({key_hash(k) for k in blocking_keys(rec)}), w.source_org))
         if not items:
             return []
-        self.lock_keys(key_hash(k) for _, _, keys in items for k in keys)
-        return [self.link_record(w.res_type, w.res_id, rec, keys, source_org=w.source_org) for w, rec, keys in items]
+        self.lock_keys(h for item in items for h in item[3])
+        return self._link_batch(items, AUTO_ACTOR)
 
     def link_record(self, res_type: str, res_id: str, rec: PersonRecord, keys: set[str] | None = None, *,
                     source_org: str, actor: str = AUTO_ACTOR) -> LinkResult:
-        s = self.session
-        ref = f"{res_type}/{res_id}"
         keys = blocking_keys(rec) if keys is None else keys
-        hashes = sorted({key_hash(k) for k in keys})
-        now = _now()
-        existing = s.get(Link, (res_type, res_id))
+        return self._link_batch([(res_type, res_id, rec, sorted({key_hash(k) for k in keys}), source_org)], actor)[0]
 
-        # 1. candidates through the blocking keys (indexed), never the whole table
-        cand_rows = []
-        if hashes:
-            cand_rows = s.execute(
-                select(Link.res_type, Link.res_id, Link.person_id, Link.features)
-                .join(BlockingKey, (BlockingKey.res_type == Link.res_type) & (BlockingKey.res_id == Link.res_id))
-                .where(BlockingKey.key_hash.in_(hashes))
-                .limit(self.max_candidates * 4)
-            ).all()
+    def _link_batch(self, items: list[tuple[str, str, PersonRecord, list[int], str]], actor: str) -> list[LinkResult]:
+        s = self.session
+        if s.new or s.dirty or s.deleted:  # pending ORM changes (an admin operation) must be visible to Core reads
+            s.flush()
+        conn = s.connection()
+        b = _Batch()
+        self._prefetch(conn, b, items)
+        results = [self._link_one(conn, b, res_type, res_id, rec, hashes, source_org, actor)
+                   for res_type, res_id, rec, hashes, source_org in items]
+        self._write(conn, b)
+        if s.identity_map:  # ORM copies of rows changed here underneath the session are stale now
+            for obj in list(s.identity_map.values()):
+                if isinstance(obj, (Link, LinkedPerson, ReviewCandidate)):
+                    s.expire(obj)
+        return results
+
+    # -------------------------------------------------------------- batched reads
+    def _rows_by_ref(self, conn, b: _Batch, refs: Iterable[str]) -> None:
+        want = {r for r in refs if r not in b.links}
+        if not want:
+            return
+        pairs = [split_ref(r) for r in sorted(want)]
+        types = sorted({t for t, _ in pairs})
+        for ids in _chunks(sorted({i for _, i in pairs})):
+            for row in conn.execute(_SEL_LINKS_BY_REF, {"types": types, "ids": ids}):
+                if f"{row[0]}/{row[1]}" in want:
+                    b.add_row(row)
+
+    def _ensure_members(self, conn, b: _Batch, person_ids: Iterable[str]) -> None:
+        need = sorted({p for p in person_ids if p not in b.members})
+        if not need:
+            return
+        found: dict[str, dict[str, None]] = {p: {} for p in need}
+        for pids in _chunks(need):
+            for row in conn.execute(_SEL_LINKS_BY_PERSON, {"pids": pids}):
+                cur = b.add_row(row)
+                if cur.person_id in found:
+                    found[cur.person_id][cur.ref] = None
+        for ref in b.done:  # records this call moved into one of them
+            pid = b.links[ref].person_id
+            if pid in found:
+                found[pid][ref] = None
+        b.members.update(found)
+
+    def _candidate_rows(self, conn, b: _Batch, hashes: list[int], limit: int) -> tuple[dict[int, list[str]], bool]:
+        by_hash: dict[int, list[str]] = {}
+        truncated = False
+        for chunk in _chunks(hashes):
+            rows = conn.execute(_SEL_CANDIDATES, {"hashes": chunk, "lim": limit}).all()
+            truncated = truncated or len(rows) >= limit
+            for row in rows:
+                by_hash.setdefault(row[0], []).append(b.add_row(row[1:]))
+        return {h: [r.ref for r in sorted(rows, key=_row_order)] for h, rows in by_hash.items()}, truncated
+
+    def _prefetch(self, conn, b: _Batch, items) -> None:
+        refs = [f"{t}/{i}" for t, i, *_ in items]
+        self._rows_by_ref(conn, b, refs)
+        all_hashes = sorted({h for item in items for h in item[3]})
+        if all_hashes:
+            b.by_hash, b.truncated = self._candidate_rows(conn, b, all_hashes, self.max_candidates * 4 * len(items))
+        # decisions on any of the records, in the order they were made (a later one wins)
+        ref_list = sorted(set(refs))
+        rows = {}
+        for chunk in _chunks(ref_list, _IN_CHUNK // 2):
+            for r in conn.execute(_SEL_DECISIONS, {"refs": chunk}):
+                rows[r.id] = r
+        mine = set(ref_list)
+        barred: set[str] = set()
+        for _, r in sorted(rows.items()):
+            if r.a_ref in mine:
+                b.decisions.setdefault(r.a_ref, {})[r.b_ref] = r.decision
+            if r.b_ref in mine:
+                b.decisions.setdefault(r.b_ref, {})[r.a_ref] = r.decision
+            if r.decision == "no-match":
+                barred.update((r.a_ref, r.b_ref))
+        self._rows_by_ref(conn, b, barred)
+        # the review queue rows of any of the records
+        for chunk in _chunks(ref_list, _IN_CHUNK // 2):
+            for r in conn.execute(_SEL_REVIEWS, {"refs": chunk}):
+                key = (r.a_ref, r.b_ref)
+                if key not in b.reviews:
+                    b.reviews[key] = r._asdict()
+                    b.reviews_by_ref.setdefault(r.a_ref, {})[key] = None
+                    b.reviews_by_ref.setdefault(r.b_ref, {})[key] = None
+        # every person a record could join or leave, with all its records
+        self._ensure_members(conn, b, [row.person_id for row in b.links.values()])
+
+    # -------------------------------------------------------------- one record
+    def _link_one(self, conn, b: _Batch, res_type: str, res_id: str, rec: PersonRecord, hashes: list[int],
+                  source_org: str, actor: str) -> LinkResult:
+        ref = f"{res_type}/{res_id}"
+        now = _now()
+        existing = b.links.get(ref)
+
+        # 1. candidates through the blocking keys: start-of-call key rows (less the old keys of
+        #    records linked since) plus the new keys of records linked in this call
+        limit = self.max_candidates * 4
+        by_hash = b.by_hash
+        if b.truncated and hashes:
+            by_hash, _ = self._candidate_rows(conn, b, hashes, limit)
+            self._ensure_members(conn, b, [b.links[r].person_id for refs in by_hash.values() for r in refs])
+        # (in key order, as an index scan of linkage_key returns them: hash, then record)
+        cand: list[str] = []
+        done, done_by_hash = b.done, b.done_by_hash
+        for h in hashes:
+            rows = [r for r in by_hash.get(h, ()) if r not in done]
+            mine = done_by_hash.get(h)
+            if mine:
+                rows.extend(mine)
+                rows.sort(key=_ref_order)
+            cand.extend(rows)
+            if len(cand) >= limit:
+                del cand[limit:]
+                break
         # 2. replace this record's keys
-        if existing is not None:
-            s.execute(delete(BlockingKey).where(BlockingKey.res_type == res_type, BlockingKey.res_id == res_id))
-        if hashes:
-            s.connection().execute(insert(BlockingKey.__table__), [{"key_hash": h, "res_type": res_type, "res_id": res_id} for h in hashes])
+        if existing is not None and ref not in b.link_insert:
+            b.key_delete[ref] = None
+        for h in b.new_keys.get(ref, ()):
+            done_by_hash[h].remove(ref)
+        b.done.pop(ref, None)
+        b.done[ref] = None
+        b.new_keys[ref] = hashes
+        for h in hashes:
+            done_by_hash.setdefault(h, []).append(ref)
 
         scored: dict[str, _Scored] = {}
+        params, thresholds, max_candidates = self.params, self.thresholds, self.max_candidates
 
         def consider(other_ref: str, person_id: str, features: str) -> None:
-            if other_ref == ref or other_ref in scored or len(scored) >= self.max_candidates:
+            if other_ref == ref or other_ref in scored or len(scored) >= max_candidates:
                 return
-            other = record_from_features(other_ref, features)
-            sc = score(rec, other, self.params)
-            label = classify(sc, self.thresholds)
+            other = b.record(other_ref, features)
+            sc = score(rec, other, params)
+            label = classify(sc, thresholds)
             scored[other_ref] = _Scored(other_ref, person_id, other, sc, label, pair_level(rec, other, label))
 
-        for r in cand_rows:
-            consider(f"{r.res_type}/{r.res_id}", r.person_id, r.features)
+        links = b.links
+        for r in cand:
+            row = links[r]
+            consider(r, row.person_id, row.features)
         current_id = existing.person_id if existing is not None else None
-        co_members: list[Link] = []
+        co_members: list[_Row] = []
         if current_id is not None:
-            co_members = [m for m in self.members(current_id) if m.ref != ref]
+            self._ensure_members(conn, b, [current_id])
+            co_members = [links[r] for r in b.members[current_id] if r != ref]
             for m in co_members:
                 consider(m.ref, m.person_id, m.features)
 
-        decisions = self.decisions_for(ref)
+        decisions = b.decisions.get(ref, {})
         barred_refs = {o for o, d in decisions.items() if d == "no-match"}
         held_refs = {o for o, d in decisions.items() if d == "match"}
-        barred_persons: set[str] = set()
-        if barred_refs:
-            barred_persons = set(s.scalars(select(Link.person_id).where(
-                or_(*[(Link.res_type == t) & (Link.res_id == i) for t, i in map(split_ref, barred_refs)]))))
+        barred_persons = {links[r].person_id for r in barred_refs if r in links}
         # a person holding a conflicting valid NHS number is barred too
         linkable = {c.person_id for c in scored.values() if c.label == LINK and c.ref not in barred_refs}
         if rec.nhs_number and linkable:
-            for pid, nhs in s.execute(select(Link.person_id, Link.nhs_number).where(
-                    Link.person_id.in_(sorted(linkable)), Link.nhs_number.is_not(None))).all():
-                if nhs != rec.nhs_number:
-                    barred_persons.add(pid)
+            self._ensure_members(conn, b, linkable)
+            for pid in linkable:
+                for r in b.members[pid]:
+                    nhs = links[r].nhs_number
+                    if nhs is not None and nhs != rec.nhs_number:
+                        barred_persons.add(pid)
+                        break
 
         best_by_person: dict[str, _Scored] = {}
         for c in scored.values():
             if c.label != LINK or c.ref in barred_refs or c.person_id in barred_persons:
                 continue
-            b = best_by_person.get(c.person_id)
-            if b is None or (level_rank(c.level), c.score.match_weight) > (level_rank(b.level), b.score.match_weight):
+            bp = best_by_person.get(c.person_id)
+            if bp is None or (level_rank(c.level), c.score.match_weight) > (level_rank(bp.level), bp.score.match_weight):
                 best_by_person[c.person_id] = c
 
         # 3. decide where the record belongs
@@ -431,9 +702,9 @@ class LinkageService:
         elif current_id is not None and not co_members:
             action, target = "stay", current_id
         elif current_id is not None:
-            action, target = "split", self._new_person()
+            action, target = "split", b.new_person()
         else:
-            target = self._new_person()
+            target = b.new_person()
 
         if via is not None:
             level, prob, matched = via.level, via.score.probability, via.ref
@@ -445,72 +716,132 @@ class LinkageService:
             level, prob, matched = "level4", 1.0, None
         how = existing.how if (existing is not None and action == "stay") else "auto"
 
+        self._ensure_members(conn, b, [target])
         if via is not None and action in ("join", "move"):
             # the founder of a one-record person takes the level of the first pair that joins it
-            conn = s.connection()
-            tmembers = conn.execute(select(Link.res_type, Link.res_id, Link.matched_ref).where(Link.person_id == target).limit(3)).all()
-            tmembers = [m for m in tmembers if (m.res_type, m.res_id) != (res_type, res_id)]
-            if len(tmembers) == 1 and tmembers[0].matched_ref is None:
-                conn.execute(update(Link.__table__).where(Link.res_type == tmembers[0].res_type, Link.res_id == tmembers[0].res_id)
-                             .values(assurance=level, probability=prob, matched_ref=ref))
+            tmembers = [r for r in b.members[target] if r != ref]
+            if len(tmembers) == 1 and links[tmembers[0]].matched_ref is None:
+                f = links[tmembers[0]]
+                f.assurance, f.probability, f.matched_ref = level, prob, ref
+                b.founders[f.ref] = None
 
-        values = dict(person_id=target, assurance=level, probability=prob, how=how, matched_ref=matched,
-                      nhs_number=rec.nhs_number, features=features, updated_at=now)
         if existing is None:
-            s.connection().execute(insert(Link.__table__), dict(res_type=res_type, res_id=res_id, source_org=source_org, **values))
+            links[ref] = _Row(res_type, res_id, target, level, prob, how, matched, rec.nhs_number, source_org, features, now)
+            b.link_insert[ref] = None
         else:
-            for k, v in values.items():
-                setattr(existing, k, v)
-            s.flush()
+            existing.person_id, existing.assurance, existing.probability, existing.how = target, level, prob, how
+            existing.matched_ref, existing.nhs_number, existing.features, existing.updated_at = matched, rec.nhs_number, features, now
+            if ref not in b.link_insert:
+                b.link_update[ref] = None
+            if current_id != target:
+                b.members[current_id].pop(ref, None)
+        b.members[target][ref] = None
 
         why = via.score.explain() if via is not None else ""
         if action == "create":
-            self._event("create", actor, "no auto-link match among candidates", record=ref, to_person=target,
-                        detail={"candidates": len(scored)})
+            b.event("create", actor, "no auto-link match among candidates", record=ref, to_person=target,
+                    detail={"candidates": len(scored)})
         elif action == "join":
-            self._event("join", actor, f"auto-link with {via.ref} ({level}): {why}", record=ref, to_person=target)
-            self._touch(target)
+            b.event("join", actor, f"auto-link with {via.ref} ({level}): {why}", record=ref, to_person=target)
+            b.touch(target)
         elif action in ("move", "split"):
             reason = (f"record changed: now matches {via.ref} ({level}): {why}" if via is not None
                       else "record changed: no longer matches the other records of its person")
-            self._event(action, actor, reason, record=ref, from_person=current_id, to_person=target)
-            self._touch(current_id, target)
-            self._retire_if_empty(current_id, actor, f"its last record {ref} moved to Person/{target}")
+            b.event(action, actor, reason, record=ref, from_person=current_id, to_person=target)
+            b.touch(current_id, target)
+            if not b.members[current_id]:
+                b.retired[current_id] = None
+                b.event("retire", actor, f"its last record {ref} moved to Person/{target}", from_person=current_id)
         elif existing is not None:
-            self._touch(target)
+            b.touch(target)
 
         # 4. review queue: possible pairs (and auto-link pairs that were not taken) outside the person
-        queued = self._queue(ref, target, scored, decisions, now)
+        queued = self._queue(b, ref, target, scored, decisions, now)
         return LinkResult(ref, target, action, level, len(scored), queued)
 
-    def _queue(self, ref: str, target: str, scored: dict[str, _Scored], decisions: dict[str, str], now: datetime) -> list[str]:
-        s = self.session
+    def _queue(self, b: _Batch, ref: str, target: str, scored: dict[str, _Scored], decisions: dict[str, str],
+               now: datetime) -> list[str]:
         want: dict[tuple[str, str], _Scored] = {}
         for c in scored.values():
             if c.person_id == target or c.ref in decisions or c.label == NON_MATCH:
                 continue
             want[pair(ref, c.ref)] = c
-        existing = {
-            (r.a_ref, r.b_ref): r
-            for r in s.scalars(select(ReviewCandidate).where(or_(ReviewCandidate.a_ref == ref, ReviewCandidate.b_ref == ref)))
-        }
+        existing = {key: b.reviews[key] for key in b.reviews_by_ref.get(ref, ())}
+
+        def dirty(row: dict) -> None:
+            if row["id"] is not None:
+                b.review_update[row["id"]] = row
+
         for key, row in existing.items():
-            if row.status == "open" and key not in want:
-                row.status, row.updated_at = "superseded", now
+            if row["status"] == "open" and key not in want:
+                row["status"], row["updated_at"] = "superseded", now
+                dirty(row)
         queued = []
         for key, c in want.items():
             row = existing.get(key)
             expl = f"{c.label}: {c.score.explain()}"
             if row is None:
-                s.add(ReviewCandidate(a_ref=key[0], b_ref=key[1], probability=c.score.probability,
-                                      match_weight=c.score.match_weight, explanation=expl, status="open",
-                                      created_at=now, updated_at=now))
+                row = dict(id=None, a_ref=key[0], b_ref=key[1], probability=c.score.probability,
+                           match_weight=c.score.match_weight, explanation=expl, status="open", created_at=now, updated_at=now)
+                b.reviews[key] = row
+                b.reviews_by_ref.setdefault(key[0], {})[key] = None
+                b.reviews_by_ref.setdefault(key[1], {})[key] = None
+                b.review_insert.append(row)
                 queued.append(c.ref)
-            elif row.status in ("open", "superseded"):
-                row.status, row.probability, row.match_weight, row.explanation, row.updated_at = (
+            elif row["status"] in ("open", "superseded"):
+                row["status"], row["probability"], row["match_weight"], row["explanation"], row["updated_at"] = (
                     "open", c.score.probability, c.score.match_weight, expl, now)
+                dirty(row)
                 queued.append(c.ref)
         return queued
+
+    # -------------------------------------------------------------- batched writes
+    def _write(self, conn, b: _Batch) -> None:
+        if b.new_persons:
+            rows = []
+            for pid, created in b.new_persons.items():
+                n, at = b.touched.pop(pid, (0, None))
+                rows.append(dict(id=pid, version_id=1 + n, created_at=created, updated_at=at or created,
+                                 active=pid not in b.retired))
+            conn.execute(_INS_PERSON, rows)
+        links = b.links
+        if b.link_insert:
+            conn.execute(_INS_LINK, [
+                dict(res_type=r.res_type, res_id=r.res_id, person_id=r.person_id, assurance=r.assurance,
+                     probability=r.probability, how=r.how, matched_ref=r.matched_ref, nhs_number=r.nhs_number,
+                     source_org=r.source_org, features=r.features, updated_at=r.updated_at)
+                for r in map(links.get, b.link_insert)])
+        if b.link_update:
+            conn.execute(_UPD_LINK, [
+                dict(b_type=r.res_type, b_id=r.res_id, person_id=r.person_id, assurance=r.assurance,
+                     probability=r.probability, how=r.how, matched_ref=r.matched_ref, nhs_number=r.nhs_number,
+                     features=r.features, updated_at=r.updated_at)
+                for r in map(links.get, b.link_update)])
+        founders = [r for r in b.founders if r not in b.link_insert and r not in b.link_update]
+        if founders:
+            conn.execute(_UPD_LINK, [
+                dict(b_type=r.res_type, b_id=r.res_id, assurance=r.assurance, probability=r.probability, matched_ref=r.matched_ref)
+                for r in map(links.get, founders)])
+        if b.key_delete:
+            conn.execute(_DEL_KEYS, [dict(b_type=r.res_type, b_id=r.res_id) for r in map(links.get, b.key_delete)])
+        keys = [{"key_hash": h, "res_type": r.res_type, "res_id": r.res_id}
+                for r in map(links.get, b.done) for h in b.new_keys[r.ref]]
+        if keys:
+            conn.execute(_INS_KEYS, keys)
+        if b.touched:
+            conn.execute(_TOUCH, [{"b_id": pid, "n": n, "at": at} for pid, (n, at) in b.touched.items()])
+        retire = [pid for pid in b.retired if pid not in b.new_persons]
+        if retire:
+            conn.execute(_RETIRE, [{"b_id": pid} for pid in retire])
+        if b.events:
+            conn.execute(_INS_EVENT, b.events)
+        if b.review_insert:
+            conn.execute(_INS_REVIEW, [{k: v for k, v in row.items() if k != "id"} for row in b.review_insert])
+        if b.review_update:
+            conn.execute(_UPD_REVIEW, [
+                dict(b_id=row["id"], status=row["status"], probability=row["probability"], match_weight=row["match_weight"],
+                     explanation=row["explanation"], updated_at=row["updated_at"])
+                for row in b.review_update.values()])
 
 
 class LinkageHook:
