@@ -217,6 +217,15 @@ def referencing(session: Session, types: tuple[str, ...], params: tuple[str, ...
     return sorted(_rows_to_recs(found.values()), key=lambda r: (r.res_type, r.res_id))
 
 
+def _recorded_links(rec: Rec) -> list[str]:
+    out = []
+    for link in rec.body.get("link") or [] if rec.res_type == "Patient" else []:
+        parsed = parse_reference((link.get("other") or {}).get("reference") or "")
+        if parsed and parsed[0] in PERSON_TYPES and link.get("type") in ("seealso", "refer", "replaced-by", "replaces"):
+            out.append(f"{parsed[0]}/{parsed[1]}")
+    return out
+
+
 def same_person_many(session: Session, recs: list[Rec]) -> dict[str, list[Rec]]:
     """For each record, every Patient/RelatedPerson record of the same person with how surely
     it is (linkage: level2 demographic and up; an exact valid NHS number match is level3)."""
@@ -235,8 +244,19 @@ def same_person_many(session: Session, recs: list[Rec]) -> dict[str, list[Rec]]:
             found.setdefault(link.reference, link.assurance)
         for ref in by_nhs.get(rec.nhs_number or "", ()):
             found.setdefault(ref, "level3")
+        for ref in _recorded_links(rec):  # Patient.link: the source itself says these are this person
+            found.setdefault(ref, "level3")
         wanted[rec.ref] = found
     known = {r.ref: r for r in recs}
+    missing = {ref for found in wanted.values() for ref in found if ref not in known}
+    for other in load_records(session, [tuple(ref.split("/", 1)) for ref in missing]):
+        known[other.ref] = other
+    # a record found by NHS number or linkage may itself record Patient.link to another
+    for found in wanted.values():
+        for ref in list(found):
+            if ref in known:
+                for linked_ref in _recorded_links(known[ref]):
+                    found.setdefault(linked_ref, "level3")
     missing = {ref for found in wanted.values() for ref in found if ref not in known}
     for other in load_records(session, [tuple(ref.split("/", 1)) for ref in missing]):
         known[other.ref] = other

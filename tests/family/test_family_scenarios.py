@@ -275,3 +275,18 @@ def test_family_view_needs_a_token(world):
 
     r = httpx.get(world.fhir + "/Patient/$family-view", params={"identifier": f"{NHS}|{N['s1_infant']}", "purpose": "direct-care"})
     assert r.status_code == 401
+
+
+def test_patient_link_joins_a_persons_records_as_recorded(world):
+    """A GP system that records Patient.link (seealso) to its other record of the same man
+    joins them in the view, even with no NHS number to match on."""
+    gp = world.source(GP_FATHERS.org, GP_FATHERS.service)
+    old = gp.post("/Patient", json={"resourceType": "Patient", "identifier": [{"system": "https://hill-street.example.nhs.uk/Id/record", "value": "s1-father-old"}],
+                                    "name": [{"family": "Taylor", "given": ["Benjamin"]}], "gender": "male", "birthDate": "1992-05-15"},
+                  headers={"Content-Type": "application/fhir+json"}).json()
+    current = gp.get("/Patient", params={"identifier": f"{NHS}|{N['s1_father']}"}).json()["entry"][0]["resource"]
+    current["link"] = [{"other": {"reference": f"Patient/{old['id']}"}, "type": "seealso"}]
+    assert gp.put(f"/Patient/{current['id']}", json=current, headers={"Content-Type": "application/fhir+json"}).status_code == 200
+    v = view(world, "s1_infant")
+    father = v.people()["father"][0]
+    assert "s1-father-old" in {i["value"] for i in father["identifier"]}
