@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/linkage_scale.py                 # SQLite, 100,000 and 1,000,000
     .venv/bin/python benchmarks/linkage_scale.py --quick         # SQLite, 10,000 and 100,000
     scripts/with-postgres.sh .venv/bin/python benchmarks/linkage_scale.py --postgres   # + PostgreSQL
+    .venv/bin/python benchmarks/linkage_scale.py --reuse /tmp/fv-scale   # keep the loaded databases for the next run
 
 For each size: a fresh database migrated to head; N synthetic persons (faker en_GB names and
 postcodes, dates of birth 1940-2010, valid 999… Modulus-11 NHS numbers on 60%) bulk-loaded
@@ -140,22 +141,34 @@ def fhir(p: dict, res_type: str = "Patient") -> dict:
 
 
 # ------------------------------------------------------------------ databases
-def new_database(backend: str, workdir: Path, label: str) -> tuple[str, callable]:
+def new_database(backend: str, workdir: Path, label: str, keep: bool = False) -> tuple[str, callable]:
+    """A database for one size; with ``keep`` a named one that survives the run (``--reuse``)."""
     if backend == "sqlite":
         path = workdir / f"scale-{label}.db"
-        return f"sqlite:///{path}", lambda: path.unlink(missing_ok=True)
+        return f"sqlite:///{path}", (lambda: None) if keep else (lambda: path.unlink(missing_ok=True))
     base = os.environ["FAMILYVIEW_TEST_POSTGRES_URL"]
-    name = f"fv_scale_{label}_{uuid.uuid4().hex[:6]}"
+    name = f"fv_scale_keep_{label}" if keep else f"fv_scale_{label}_{uuid.uuid4().hex[:6]}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
+        if not (keep and c.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()):
+            c.execute(text(f'CREATE DATABASE "{name}"'))
 
     def drop():
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if not keep:
+            with admin.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
     return make_url(base).set(database=name).render_as_string(hide_password=False), drop
+
+
+def loaded_persons(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as c:
+            return c.execute(text("SELECT count(*) FROM linkage_person WHERE id LIKE 'P%'")).scalar()
+    finally:
+        engine.dispose()
 
 
 def bulk_load(url: str, world: World, n: int, log) -> list[dict]:
@@ -231,7 +244,7 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def time_links(url: str, world: World, people: list[dict], samples: int, log) -> dict:
+def time_links(url: str, world: World, people: list[dict], samples: int, log, tag: str = "") -> dict:
     settings = Settings(database_url=url)
     db = Database(url)
     hook = LinkageHook(settings)
@@ -261,7 +274,7 @@ def time_links(url: str, world: World, people: list[dict], samples: int, log) ->
                 p = world.person(10**7 + k)
                 p["nhs"] = None if rng.random() < 0.5 else world.next_nhs()
             res_type = "RelatedPerson" if rng.random() < 0.5 else "Patient"
-            rid = f"new{k}"
+            rid = f"new{tag}{k}"
             w = Written(res_type, rid, 1, dict(fhir(p, res_type), id=rid), True, "RMT01", "maternity")
             with db.session() as s:
                 t0 = time.perf_counter()
@@ -299,6 +312,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=None)
     ap.add_argument("--postgres", action="store_true", help="also PostgreSQL (FAMILYVIEW_TEST_POSTGRES_URL)")
     ap.add_argument("--no-sqlite", action="store_true")
+    ap.add_argument("--reuse", type=Path, default=None, metavar="DIR",
+                    help="keep the loaded databases (SQLite files in DIR; PostgreSQL databases fv_scale_keep_<n>) and reuse "
+                         "them in later runs, which then draw other sample records (saves the bulk load)")
     args = ap.parse_args(argv)
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [100_000, 1_000_000])
     samples = args.samples or (200 if args.quick else 500)
@@ -309,17 +325,29 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    workdir = Path(tempfile.mkdtemp(prefix="fv-scale-"))
+    keep = args.reuse is not None
+    workdir = args.reuse or Path(tempfile.mkdtemp(prefix="fv-scale-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for backend in backends:
         for n in sizes:
             log(f"== {backend}, {n:,} persons ==")
             world = World()
-            url, drop = new_database(backend, workdir, f"{n}")
+            url, drop = new_database(backend, workdir, f"{n}", keep)
             try:
                 upgrade(url)
-                people = bulk_load(url, world, n, log)
-                r = time_links(url, world, people, samples, log)
+                have = loaded_persons(url) if keep else 0
+                tag = ""
+                if have == n:  # reuse: the same people (same seed), other samples
+                    people = [world.person(i) for i in range(n)]
+                    tag = uuid.uuid4().hex[:6]
+                    world.rng = random.Random(tag)
+                    log(f"    reusing the {n:,} persons loaded in {url.rsplit('/', 1)[-1]}")
+                elif have:
+                    raise SystemExit(f"{url}: {have:,} persons loaded, expected {n:,}; remove it")
+                else:
+                    people = bulk_load(url, world, n, log)
+                r = time_links(url, world, people, samples, log, tag)
             finally:
                 drop()
             results.append((backend, n, r))
