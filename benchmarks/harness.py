@@ -29,6 +29,8 @@ def nhs_numbers(start: int = 0):
     """Valid synthetic NHS numbers (999 prefix, Modulus 11), in order."""
     n = start
     while True:
+        if n > 999_999:
+            raise ValueError("synthetic NHS numbers run out: 999 + six digits + check digit")
         stem = f"999{n:06d}"
         n += 1
         for d in range(10):
