@@ -131,6 +131,9 @@ def load(url: str, families: int, start: int, today: date) -> list[str]:
                 c.execute(insert(Link), links)
             print(f"  loaded {min(base + chunk, start + families) - start:,} / {families:,} families", end="\r", file=sys.stderr, flush=True)
         print(file=sys.stderr)
+        with eng.connect() as c:  # fresh planner statistics after a bulk load, as a DBA would take
+            c.exec_driver_sql("ANALYZE")
+            c.commit()
     finally:
         eng.dispose()
     return infants

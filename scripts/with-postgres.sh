@@ -36,7 +36,7 @@ trap cleanup EXIT INT TERM
 
 as_pg "$PG_BIN/initdb" -D "$PGDATA_ROOT/data" -U postgres --auth=trust --encoding=UTF8 --no-locale >/dev/null
 as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_ROOT/data" -l "$PGDATA_ROOT/server.log" -w -t 60 \
-  -o "-c listen_addresses=127.0.0.1 -p $PORT -k $PGDATA_ROOT -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" start >/dev/null
+  -o "-c listen_addresses=127.0.0.1 -p $PORT -k $PGDATA_ROOT -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=512MB -c effective_cache_size=4GB" start >/dev/null
 echo "with-postgres: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT" >&2
 
 export FAMILYVIEW_TEST_POSTGRES_URL="postgresql+psycopg://postgres@127.0.0.1:$PORT/postgres"
