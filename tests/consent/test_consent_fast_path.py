@@ -1,7 +1,8 @@
 """decide() remembers policy cells, Consent findings and finished decisions; it must decide
-exactly as it does with nothing remembered (decide_uncached) and exactly as the engine did
-before it remembered anything (engine_before_memo): same outcome, basis, obligations,
-reason, Consent references and audit lines, for every request.
+exactly as it does with nothing remembered (decide_uncached): same outcome, basis,
+obligations, reason, Consent references and audit lines, for every request. (The engine
+before memoisation was checked against these tests too, from a frozen copy, when the
+memories were introduced; the policy-table and scenario tests pin the decisions themselves.)
 
 The generated sessions reuse the same parsed Consent tuples across requesters, items,
 purposes and moments on both sides of Consent period boundaries, since those are what the
@@ -13,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import random
 
-import engine_before_memo as before
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -77,9 +77,8 @@ DENY_OVERRIDES = POLICY.with_combine("deny-overrides")
 def same_decisions(req: DisclosureRequest, policy=POLICY) -> None:
     fast = decide(req, policy)
     reference = decide_uncached(req, policy)
-    original = before.decide(req, policy)
-    assert fast == reference == original, (req, fast, reference, original)
-    assert fast.to_dict() == original.to_dict()
+    assert fast == reference, (req, fast, reference)
+    assert fast.to_dict() == reference.to_dict()
 
 
 # -- generated Consents with periods at every level -------------------------------------
