@@ -79,8 +79,8 @@ class _Plan:
 
 # Statements built once; IN lists expand at execution.
 _SOURCE_KEYS = select(SourceKey.res_type, SourceKey.system, SourceKey.value, SourceKey.res_id).where(
-    SourceKey.source_org == bindparam("org"), SourceKey.res_type == bindparam("res_type"),
-    SourceKey.system == bindparam("system"), SourceKey.value.in_(bindparam("values", expanding=True)),
+    SourceKey.source_org == bindparam("org"), SourceKey.res_type.in_(bindparam("types", expanding=True)),
+    SourceKey.system.in_(bindparam("systems", expanding=True)), SourceKey.value.in_(bindparam("values", expanding=True)),
 )
 _CURRENT_ROWS = select(StoredResource.__table__).where(
     StoredResource.res_type.in_(bindparam("types", expanding=True)), StoredResource.res_id.in_(bindparam("ids", expanding=True))
@@ -316,15 +316,15 @@ class IngestService:
             plan.create = plan.existing is None
 
     def _source_keys(self, org: str, keys) -> list:
-        """Source-key rows for (type, system, value) triples: one indexed probe per type and system."""
-        groups: dict[tuple[str, str], set[str]] = {}
-        for res_type, system, value in keys:
-            groups.setdefault((res_type, system), set()).add(value)
-        rows = []
-        conn = self.session.connection()
-        for (res_type, system), values in groups.items():
-            rows += conn.execute(_SOURCE_KEYS, {"org": org, "res_type": res_type, "system": system, "values": sorted(values)}).all()
-        return rows
+        """Source-key rows for (type, system, value) triples: one probe of the unique index with
+        IN lists on each column (both databases use it so), exact triples kept."""
+        keys = set(keys)
+        if not keys:
+            return []
+        rows = self.session.connection().execute(_SOURCE_KEYS, {
+            "org": org, "types": sorted({k[0] for k in keys}), "systems": sorted({k[1] for k in keys}), "values": sorted({k[2] for k in keys}),
+        })
+        return [r for r in rows if (r.res_type, r.system, r.value) in keys]
 
     def _current_rows(self, refs: set[tuple[str, str]]) -> list:
         """Current rows for (type, id) pairs, by IN lists on the primary key's columns."""
