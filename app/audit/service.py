@@ -45,7 +45,6 @@ class AuditColumns:
 
 _LAST_HASH = select(AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
 _INSERT_EVENT = insert(AuditRecord).returning(AuditRecord.seq)
-_INSERT_INDEX = insert(AuditIndex)
 
 
 def append(session: Session, event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> int:
@@ -63,7 +62,7 @@ def append(session: Session, event: dict[str, Any], columns: AuditColumns, index
     ).scalar_one()
     rows = [{"event_seq": seq, "param": p, "value": v[:255]} for p, v in sorted({(p, v) for p, v in index if v})]
     if rows:
-        conn.execute(_INSERT_INDEX, rows)
+        conn.execute(insert(AuditIndex).values(rows))  # one multi-row statement: one round trip
     return seq
 
 

@@ -10,7 +10,7 @@ from functools import cached_property
 from datetime import date
 from typing import Any, Iterable
 
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import and_, bindparam, null, select, union_all
 from sqlalchemy.orm import Session
 
 from app.errors import FhirError, not_found
@@ -153,13 +153,15 @@ _BY_IDENTIFIER = (
            StoredResource.deleted.is_(False))
     .order_by(StoredResource.last_updated, StoredResource.res_id)
 )
-_REFERENCING_LITERAL = select(*_COLUMNS).join(SearchReference, _JOIN).where(
-    SearchReference.param.in_(_many("params")), SearchReference.target_type == bindparam("target_type"),
-    SearchReference.target_id.in_(_many("ids")), SearchReference.res_type.in_(_many("types")), StoredResource.deleted.is_(False),
-)
-_REFERENCING_LOGICAL = select(*_COLUMNS, SearchReference.ident_system, SearchReference.ident_value).join(SearchReference, _JOIN).where(
-    SearchReference.param.in_(_many("params")), SearchReference.ident_value.in_(_many("values")),
-    SearchReference.res_type.in_(_many("types")), SearchReference.target_id.is_(None), StoredResource.deleted.is_(False),
+_REFERENCING = union_all(
+    select(*_COLUMNS, null().label("ident_system"), null().label("ident_value")).join(SearchReference, _JOIN).where(
+        SearchReference.param.in_(_many("params")), SearchReference.target_type == bindparam("target_type"),
+        SearchReference.target_id.in_(_many("ids")), SearchReference.res_type.in_(_many("types")), StoredResource.deleted.is_(False),
+    ),
+    select(*_COLUMNS, SearchReference.ident_system, SearchReference.ident_value).join(SearchReference, _JOIN).where(
+        SearchReference.param.in_(_many("params")), SearchReference.ident_value.in_(_many("values")),
+        SearchReference.res_type.in_(_many("types")), SearchReference.target_id.is_(None), StoredResource.deleted.is_(False),
+    ),
 )
 _BY_NHS_NUMBER = select(SearchToken.res_type, SearchToken.res_id, SearchToken.code).where(
     SearchToken.res_type.in_(PERSON_TYPES), SearchToken.param == "identifier",
@@ -206,13 +208,13 @@ def referencing(session: Session, types: tuple[str, ...], params: tuple[str, ...
     by_type: dict[str, set[str]] = {}
     for t in targets:
         by_type.setdefault(t.res_type, set()).add(t.res_id)
-    for target_type, ids in sorted(by_type.items()):
-        for r in session.connection().execute(_REFERENCING_LITERAL, {"params": list(params), "target_type": target_type, "ids": sorted(ids), "types": list(types)}).all():
-            found[(r.res_type, r.res_id)] = r
     idents = {ident for t in targets for ident in t.identifiers}
-    if idents:
-        for r in session.connection().execute(_REFERENCING_LOGICAL, {"params": list(params), "values": sorted({v for _, v in idents}), "types": list(types)}).all():
-            if (r.ident_system, r.ident_value) in idents:
+    conn = session.connection()
+    for n, (target_type, ids) in enumerate(sorted(by_type.items())):
+        # literal and logical references in one round trip (the logical half once)
+        values = sorted({v for _, v in idents}) if n == 0 else []
+        for r in conn.execute(_REFERENCING, {"params": list(params), "target_type": target_type, "ids": sorted(ids), "types": list(types), "values": values}):
+            if r.ident_value is None or (r.ident_system, r.ident_value) in idents:
                 found[(r.res_type, r.res_id)] = r
     return sorted(_rows_to_recs(found.values()), key=lambda r: (r.res_type, r.res_id))
 
