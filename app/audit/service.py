@@ -47,23 +47,49 @@ _LAST_HASH = select(AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
 _INSERT_EVENT = insert(AuditRecord).returning(AuditRecord.seq)
 
 
-def append(session: Session, event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> int:
-    """Append one AuditEvent to the chain (in the caller's transaction); returns its sequence number."""
+# PostgreSQL: read the chain head, hash and insert the event and its search rows in one
+# statement (after the advisory lock, so its snapshot sees the latest committed event).
+# sha256 over "prev|id|recorded|body" in UTF-8, exactly as chain_hash() computes it.
+_APPEND_PG = text(
+    """
+    WITH prev AS (SELECT coalesce((SELECT hash FROM audit_event ORDER BY seq DESC LIMIT 1), :genesis) AS h),
+    ev AS (
+        INSERT INTO audit_event (event_id, recorded, type_code, subtype_code, action, outcome, purpose_of_use,
+                                 agent_sub, agent_org, agent_role, review_required, policy_version, body, prev_hash, hash)
+        SELECT :event_id, :recorded, :type_code, :subtype_code, :action, :outcome, :purpose_of_use,
+               :agent_sub, :agent_org, :agent_role, :review_required, :policy_version, :body, prev.h,
+               encode(sha256(convert_to(prev.h || :suffix, 'UTF8')), 'hex')
+        FROM prev
+        RETURNING seq
+    )
+    INSERT INTO audit_index (event_seq, param, value)
+    SELECT ev.seq, v.param, v.value FROM ev, unnest(CAST(:params AS text[]), CAST(:vals AS text[])) AS v(param, value)
+    """
+)
+
+
+def append(session: Session, event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> None:
+    """Append one AuditEvent to the chain, in the caller's transaction."""
     conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_KEY})
-    prev_hash = conn.execute(_LAST_HASH).scalar() or GENESIS
     recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
     body = json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    entries = sorted({(p, v[:255]) for p, v in index if v})
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_KEY})
+        conn.execute(_APPEND_PG, {
+            "genesis": GENESIS, "event_id": event["id"], "recorded": recorded, "body": body,
+            "suffix": f"|{event['id']}|{_recorded_text(recorded)}|{body}",
+            "params": [p for p, _ in entries], "vals": [v for _, v in entries], **columns.__dict__,
+        })
+        return
+    prev_hash = conn.execute(_LAST_HASH).scalar() or GENESIS  # SQLite: BEGIN IMMEDIATE serialises writers
     digest = chain_hash(prev_hash, event["id"], _recorded_text(recorded), body)
     seq = conn.execute(
         _INSERT_EVENT,
         {"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev_hash, "hash": digest, **columns.__dict__},
     ).scalar_one()
-    rows = [{"event_seq": seq, "param": p, "value": v[:255]} for p, v in sorted({(p, v) for p, v in index if v})]
-    if rows:
-        conn.execute(insert(AuditIndex).values(rows))  # one multi-row statement: one round trip
-    return seq
+    if entries:
+        conn.execute(insert(AuditIndex).values([{"event_seq": seq, "param": p, "value": v} for p, v in entries]))
 
 
 @dataclass

@@ -163,11 +163,6 @@ _REFERENCING = union_all(
         SearchReference.res_type.in_(_many("types")), SearchReference.target_id.is_(None), StoredResource.deleted.is_(False),
     ),
 )
-_BY_NHS_NUMBER = select(SearchToken.res_type, SearchToken.res_id, SearchToken.code).where(
-    SearchToken.res_type.in_(PERSON_TYPES), SearchToken.param == "identifier",
-    SearchToken.system == NHS_NUMBER_SYSTEM, SearchToken.code.in_(_many("codes")),
-)
-
 
 def _rows_to_recs(rows: Iterable[Any]) -> list[Rec]:
     return [Rec(r.res_type, r.res_id, json.loads(r.body), r.source_org) for r in rows]
@@ -230,22 +225,18 @@ def _recorded_links(rec: Rec) -> list[str]:
 
 def same_person_many(session: Session, recs: list[Rec]) -> dict[str, list[Rec]]:
     """For each record, every Patient/RelatedPerson record of the same person with how surely
-    it is (linkage: level2 demographic and up; an exact valid NHS number match is level3)."""
+    it is: linkage at level2 (demographic) and up, and the links a source itself recorded."""
     if not recs:
         return {}
+    # record linkage is the one judge of "same person": a shared valid NHS number links at
+    # level3/level4 there, unless linkage saw evidence against it (then it is only a possible
+    # match, left to a reviewer, and not joined here either)
     linked = linked_records_many(session, [(r.res_type, r.res_id) for r in recs], min_assurance="level2")
-    nhs_numbers = {r.nhs_number for r in recs if r.nhs_number}
-    by_nhs: dict[str, set[str]] = {}
-    if nhs_numbers:
-        for t in session.connection().execute(_BY_NHS_NUMBER, {"codes": sorted(nhs_numbers)}).all():
-            by_nhs.setdefault(t.code, set()).add(f"{t.res_type}/{t.res_id}")
     wanted: dict[str, dict[str, str]] = {}
     for rec in recs:
         found = {rec.ref: "level4"}
         for link in linked.get((rec.res_type, rec.res_id), []):
             found.setdefault(link.reference, link.assurance)
-        for ref in by_nhs.get(rec.nhs_number or "", ()):
-            found.setdefault(ref, "level3")
         for ref in _recorded_links(rec):  # Patient.link: the source itself says these are this person
             found.setdefault(ref, "level3")
         wanted[rec.ref] = found
