@@ -26,7 +26,6 @@ ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 
 OUTCOME_SUCCESS = "0"
 OUTCOME_MINOR_FAILURE = "4"  # refused: no lawful route, or bad request
-OUTCOME_SERIOUS_FAILURE = "8"
 
 
 @dataclass

@@ -6,7 +6,7 @@ family, and the view is returned only after that transaction commits."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -66,7 +66,6 @@ class FamilyViewResult:
     status: int
     body: dict[str, Any]
     audit_event_id: str | None
-    notifications: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Suppressions:

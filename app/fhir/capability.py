@@ -7,7 +7,6 @@ from app.fhir.indexing import SEARCH_PARAMS, STORED_TYPES, WRITABLE_TYPES
 from app.settings import Settings
 
 _TYPE_FOR_KIND = {"token": "token", "string": "string", "date": "date", "reference": "reference"}
-CANONICAL_BASE = "https://familyview.example.nhs.uk/fhir"
 
 
 def capability_statement(settings: Settings, *, operations: list[dict[str, Any]], extra_resources: list[dict[str, Any]]) -> dict[str, Any]:

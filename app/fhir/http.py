@@ -16,7 +16,6 @@ from app.db import Database
 from app.errors import FhirError, bad_request
 from app.settings import Settings
 
-FHIR_JSON = "application/fhir+json"
 _ACCEPTED_BODY_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 
 

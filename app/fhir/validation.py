@@ -82,9 +82,6 @@ def is_valid_nhs_number(value: str) -> bool:
     return check != 10 and check == int(value[9])
 
 
-def mask_nhs_number(value: str) -> str:
-    """For logs and errors: never an NHS number in clear."""
-    return "*******" + value[-3:] if isinstance(value, str) and len(value) >= 3 else "***"
 
 
 def is_valid_ods_code(value: str) -> bool:
