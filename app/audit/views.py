@@ -1,7 +1,6 @@
 """AuditEvent read and search, for IG officers only."""
 from __future__ import annotations
 
-import base64
 import json
 from datetime import datetime, timezone
 from urllib.parse import urlencode

@@ -12,7 +12,7 @@ from typing import Any
 
 from consent import (
     ConsentRecord, DataItem, DataSubject, DisclosureDecision, DisclosureRequest, LegitimateRelationship,
-    ObligationKind, Outcome, Purpose, Requester, decide, load_policy,
+    ObligationKind, Purpose, Requester, decide, load_policy,
 )
 from sqlalchemy.orm import Session
 
@@ -191,7 +191,6 @@ class FamilyViewService:
                     if ob.kind is ObligationKind.NOTIFY_DATA_CONTROLLER and ob.target:
                         notifications.setdefault(ob.target, []).append(reference)
 
-        infant = graph.infant
         for index, member in enumerate(graph.members):
             consents = tuple(ConsentRecord.from_fhir(c.body) for c in member.consents)
             decide_item = lambda item, m=member, c=consents: self._decide(m, c, purpose, justification, relationship, item)  # noqa: E731

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import Response
@@ -15,6 +15,9 @@ from app.auth.tokens import Principal
 from app.db import Database
 from app.errors import FhirError, bad_request
 from app.settings import Settings
+
+if TYPE_CHECKING:  # the ingest pipeline imports this module
+    from app.ingest.service import IngestService
 
 _ACCEPTED_BODY_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 

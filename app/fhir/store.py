@@ -140,7 +140,7 @@ def _instant_condition(col, prefix: str, value: str, expr: str):
     try:
         p_low, p_high = date_range(value)
     except ValueError:
-        raise bad_request(f"Invalid _lastUpdated value", expression=expr) from None
+        raise bad_request("Invalid _lastUpdated value", expression=expr) from None
     lo = datetime.fromisoformat(p_low).replace(tzinfo=timezone.utc)
     hi = datetime.fromisoformat(p_high).replace(tzinfo=timezone.utc, microsecond=999999)
     if p_low == p_high:  # an exact instant: compare to the instant itself, fractions included

@@ -816,7 +816,11 @@ def assurance_level(
     NHS-number levels require the pair to be a "link" overall: a matching number with
     contradicting demographics is only level1.
     """
-    label = classify(s, thresholds)
+    return level_for_label(a, b, classify(s, thresholds))
+
+
+def level_for_label(a: "PersonRecord", b: "PersonRecord", label: str) -> str | None:
+    """The assurance a pair's decision gives it (the link service reuses it without re-scoring)."""
     if label == NON_MATCH:
         return None
     if label == POSSIBLE:

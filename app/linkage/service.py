@@ -78,9 +78,9 @@ from sqlalchemy.orm import Session
 
 from app.ingest.hooks import Written
 from app.linkage.matching import (
+    level_for_label,
     LINK,
     NON_MATCH,
-    POSSIBLE,
     MatchParams,
     MatchScore,
     PersonRecord,
@@ -163,15 +163,7 @@ def _record_from_features_normalising(ref: str, features: str) -> PersonRecord:
     )
 
 
-def pair_level(a: PersonRecord, b: PersonRecord, label: str) -> str | None:
-    """Assurance of a pair from its decision (``matching.assurance_level`` without re-scoring)."""
-    if label == NON_MATCH:
-        return None
-    if label == POSSIBLE:
-        return "level1"
-    if a.nhs_number and a.nhs_number == b.nhs_number:
-        return "level4" if a.nhs_verified and b.nhs_verified else "level3"
-    return "level2"
+pair_level = level_for_label  # assurance of a pair from its decision, without re-scoring
 
 
 def manual_level(a: PersonRecord | None, b: PersonRecord | None) -> str:
