@@ -24,8 +24,9 @@ Training, both unsupervised (the labels are used only to score the result):
   candidate pairs' comparison vectors with m, u and the match share all free
   (``training.fit_em``; Winkler-style EM on blocked pairs, started from the shipped
   defaults).  The EM match share becomes the prior, so probabilities are P(match |
-  candidate pair).  Decision: ``classify`` with the default thresholds
-  (auto-link p >= 0.95, twin guard on).
+  candidate pair).  Each pair is scored by ``matching.score`` and decided by ``classify``
+  with the production defaults (``DEFAULT_THRESHOLDS``: auto-link p >= 0.95, twin guard
+  on), exactly as the link service does; "pure FS" is the same with the twin guard off.
 * Splink — default comparison templates (NameComparison, DateOfBirthComparison,
   PostcodeComparison, ExactMatch, JaroWinklerAtThresholds, LevenshteinAtThresholds),
   λ from a deterministic rule, ``estimate_u_using_random_sampling(max_pairs=1e7)``, EM
@@ -58,14 +59,9 @@ from app.linkage.matching import (  # noqa: E402
     classify,
     comparison_vector,
     load_params,
-    probability_from_weight,
-    score_vector,
-    MatchScore,
+    score,
     MatchParams,
     Thresholds,
-    ComparisonResult,
-    COMPARISONS,
-    COMPARISON_LEVELS,
 )
 from app.linkage.training import estimate_u, fit_em  # noqa: E402
 
@@ -148,17 +144,11 @@ def run_ours(recs_a, recs_b, pairs, truth, log):
     t2 = time.perf_counter()
     guard_on, guard_off = [], []
     off = Thresholds(link=DEFAULT_THRESHOLDS.link, possible=DEFAULT_THRESHOLDS.possible, twin_guard=False)
-    for pair, vec in vectors.items():
-        w = score_vector(vec, params)
-        s = MatchScore(
-            probability=probability_from_weight(w),
-            match_weight=w,
-            prior_weight=params.prior_weight,
-            comparisons=tuple(
-                ComparisonResult(n, None if lv is None else COMPARISON_LEVELS[n][lv], 0.0)
-                for n, lv in zip(COMPARISONS, vec)
-            ),
-        )
+    for a, b in vectors:
+        # the production path: score() (with its identifier-slip and name-reversal evidence)
+        # and classify() with the default thresholds
+        s = score(recs_a[a], recs_b[b], params)
+        pair = (a, b)
         if classify(s, DEFAULT_THRESHOLDS) == LINK:
             guard_on.append((s.probability, pair[0], pair[1]))
         if classify(s, off) == LINK:

@@ -480,16 +480,43 @@ def compare_family(a: tuple[str, ...], b: tuple[str, ...]) -> int | None:
     return 4
 
 
+def _same_name_across(given: tuple[str, ...], family: tuple[str, ...]) -> bool:
+    """One record's given name(s) and the other's family name are the same name: the first
+    given name matches the whole family name (exact, nickname or typo, as
+    :func:`compare_given`), or the two token lists agree as family names do (exact, a shared
+    part or typo, as :func:`compare_family`) — so a double-barrelled surname keyed into the
+    given-name field (``Slack-Smith`` -> given tokens ``slack, smith``) still matches
+    ``Slack-Smith`` in the family field of the other record."""
+    if not given or not family:
+        return False
+    return compare_given(given[0], "".join(family)) <= 2 or compare_family(given, family) <= 2
+
+
 def compare_names(a: PersonRecord, b: PersonRecord) -> tuple[int | None, int | None, bool]:
-    """(given level, family level, swapped).  When the names only agree with given and
-    family swapped (Smith John ~ John Smith), both are scored at the 'typo' level."""
+    """(given level, family level, swapped).
+
+    Forename/surname reversal is a common data-entry error (the name keyed into the wrong
+    fields, or a form that asks for "surname, forename"); Splink's name comparisons have a
+    "columns reversed" level for it.  When the names disagree as entered (both levels
+    'weak' or worse) but agree crosswise in *both* directions — a's given name is b's
+    family name and a's family name is b's given name (Smith John ~ John Smith,
+    Katelyn Slack-Smith ~ Slack-Smith Katelyn) — both comparisons are scored at the 'typo'
+    level: the names agree, with the penalty of an error.  Both directions are required:
+    one given name that equals the other's surname alone (James Coleman ~ Howie James) is
+    not a reversal.  Twins share the family name, so their family level is 'exact' and
+    the reversal check never runs for them.
+    """
     g = compare_given(a.first_given, b.first_given, a.given_names, b.given_names)
     f = compare_family(a.family_names, b.family_names)
-    if g is not None and f is not None and g >= 3 and f >= 3:
-        sg = compare_given(a.first_given, b.family_full) if b.family_full else None
-        sf = compare_given(a.family_full, b.first_given) if a.family_full else None
-        if sg is not None and sf is not None and sg <= 2 and sf <= 2:
-            return 2, 2, True
+    if (
+        g is not None
+        and f is not None
+        and g >= 3
+        and f >= 3
+        and _same_name_across(a.given_names, b.family_names)
+        and _same_name_across(b.given_names, a.family_names)
+    ):
+        return 2, 2, True
     return g, f, False
 
 
@@ -577,6 +604,41 @@ def compare_other_ids(a: tuple[tuple[str, str], ...], b: tuple[tuple[str, str], 
             level = 0 if d == 0 else 1 if d == 1 else 2 if d == 2 else 3
             best = level if best is None else min(best, level)
     return best
+
+
+# Identifiers shorter than this carry too little information for a one-slip near-miss to
+# say "the same identifier": among 6-character values a given value has ~60 one-slip
+# neighbours in 10^6, so two different people's values are rarely that close by chance.
+_SLIP_MIN_LENGTH = 6
+
+
+def is_identifier_slip(a: str, b: str) -> bool:
+    """``a`` and ``b`` look like one identifier keyed twice with one slip: two adjacent
+    characters transposed (1234567 ~ 1243567), or one character substituted anywhere *but
+    the last* (1234567 ~ 1284567).
+
+    A difference in the last character alone is deliberately not a slip: sequentially
+    allocated identifiers (hospital MRNs, local numbers) give twins registered one after
+    the other values that differ exactly there (MRN1/MRN2, 1234567/1234568), so it is no
+    evidence of one person.  Sequential values never differ by a transposition (xy and yx
+    are 9·|x-y| apart), and a carry (1234569/1234570) changes two characters.  Insertions
+    and deletions (a different length) are not slips either: a dropped last digit is
+    again indistinguishable from a neighbour's number.
+    """
+    if len(a) != len(b) or len(a) < _SLIP_MIN_LENGTH or a == b:
+        return False
+    diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    if len(diff) == 1:
+        return diff[0] != len(a) - 1
+    i = diff[0]
+    return len(diff) == 2 and diff[1] == i + 1 and a[i] == b[i + 1] and a[i + 1] == b[i]
+
+
+def other_id_slip(a: tuple[tuple[str, str], ...], b: tuple[tuple[str, str], ...]) -> bool:
+    """Some identifier of ``a`` and of ``b`` in the same system differ by one slip
+    (:func:`is_identifier_slip`)."""
+    bset = set(b)
+    return any(is_identifier_slip(va, vb) for s, va in a for sb, vb in bset if sb == s)
 
 
 def compare_nhs(a: str | None, b: str | None) -> int | None:
@@ -682,6 +744,7 @@ class MatchScore:
     prior_weight: float
     comparisons: tuple[ComparisonResult, ...]
     names_swapped: bool = False
+    other_id_slip: bool = False  # an identifier differs by one keying slip (is_identifier_slip)
 
     def level(self, name: str) -> str | None:
         for c in self.comparisons:
@@ -719,6 +782,7 @@ def score(a: PersonRecord, b: PersonRecord, params: MatchParams | None = None) -
     params = params or load_params()
     vector = comparison_vector(a, b)
     _, _, swapped = compare_names(a, b) if vector[1] == 2 and vector[2] == 2 else (None, None, False)
+    slip = vector[COMPARISONS.index("other_id")] == 1 and other_id_slip(a.other_ids, b.other_ids)
     weights = params.weights
     results = []
     total = params.prior_weight
@@ -735,6 +799,7 @@ def score(a: PersonRecord, b: PersonRecord, params: MatchParams | None = None) -
         prior_weight=params.prior_weight,
         comparisons=tuple(results),
         names_swapped=swapped,
+        other_id_slip=slip,
     )
 
 
@@ -750,9 +815,11 @@ class Thresholds:
     possible (0.2): below this the expected yield of review is too low to queue.
     twin_guard: a pair whose first given names are both present and plainly different
     is never auto-linked without a shared identifier — the same valid NHS number, or the
-    same value of another identifier in one system (:func:`shares_identifier`). Twins
-    share surname, date of birth, sex and address, so the independence assumption of
-    Fellegi–Sunter fails for them; such a pair can still be a possible match for review.
+    same value of another identifier in one system, or that value with one keying slip
+    (:func:`shares_identifier`). Twins share surname, date of birth, sex and address, so
+    the independence assumption of Fellegi–Sunter fails for them; such a pair can still
+    be a possible match for review.  Names entered reversed (given in the family field
+    and vice versa) are not "different" (:func:`compare_names`).
     """
 
     link: float = 0.95
@@ -766,10 +833,13 @@ LINK, POSSIBLE, NON_MATCH = "link", "possible", "non-match"
 
 
 def shares_identifier(s: MatchScore) -> bool:
-    """The pair carries the same identifier: the same valid NHS number, or exactly the same
-    value of another identifier in the same system. Twins never share one, so such pairs
-    bypass the twin guard."""
-    return s.level("nhs_number") == "match" or s.level("other_id") == "exact"
+    """The pair carries the same identifier: the same valid NHS number, or the same value of
+    another identifier in the same system — exactly, or with one keying slip (an adjacent
+    transposition or a substitution before the last character, :func:`is_identifier_slip`).
+    Twins never share one, so such pairs bypass the twin guard.  Values that differ only
+    in the last character (MRN1/MRN2: sequential registration of twins) or otherwise
+    plainly differ do not."""
+    return s.level("nhs_number") == "match" or s.level("other_id") == "exact" or s.other_id_slip
 
 
 def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:

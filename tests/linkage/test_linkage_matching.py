@@ -26,6 +26,7 @@ from app.linkage.matching import (
     compare_postcode,
     compare_sex,
     comparison_vector,
+    is_identifier_slip,
     load_params,
     nhs_number_is_valid,
     normalise_postcode,
@@ -194,6 +195,30 @@ def test_given_family_swap():
     g, f, swapped = compare_names(a, b)
     assert (g, f, swapped) == (2, 2, True)
     assert score(a, b).names_swapped
+
+
+def test_reversed_compound_names_agree_and_pass_the_twin_guard():
+    """Forename and surname keyed into each other's fields, with a double-barrelled surname
+    (tokenised into two given names on the reversed side) and with a typo: the names agree
+    at the 'typo' level, so the twin guard does not treat them as different people."""
+    home = {"dob": "1999-04-08", "sex": "female", "postcode": "LS6 2AB"}
+    a = P("Patient/a", ("Katelyn",), ("Slack-Smith",), **home)
+    b = P("Patient/b", ("Slack-Smith",), ("Katelyn",), **home)
+    assert compare_names(a, b) == (2, 2, True)
+    s = score(a, b)
+    assert s.names_swapped and s.level("given_name") == "typo"
+    assert classify(s, Thresholds(link=0.0, possible=0.0)) == LINK
+    c = P("Patient/c", ("Graham-Jones",), ("Amelua",), **home)
+    assert compare_names(P("Patient/d", ("Amelia",), ("Graham-Jones",), **home), c) == (2, 2, True)
+
+
+def test_one_way_name_overlap_is_not_a_reversal():
+    """Only one direction agrees (James Coleman ~ Howie James): two different names, not a
+    reversal; the given names stay 'different' and the twin guard applies."""
+    a = P("Patient/a", ("James",), ("Coleman",), postcode="LS6 2AB")
+    b = P("Patient/b", ("Howie",), ("James",), postcode="LS6 2AB")
+    assert compare_names(a, b) == (4, 4, False)
+    assert classify(score(a, b), Thresholds(link=0.0, possible=0.0)) == POSSIBLE
 
 
 @pytest.mark.parametrize(
@@ -407,3 +432,44 @@ def test_shared_identifier_bypasses_the_twin_guard():
     assert classify(s, Thresholds(link=0.0, possible=0.0)) == LINK
     c = P("Patient/c", ("Harry",), ("Brown",), "2024-02-10", "male", "LS6 2AB", other_ids=(("https://x/mrn", "MRN2"),))
     assert classify(score(a, c), Thresholds(link=0.0, possible=0.0)) == POSSIBLE
+
+
+@pytest.mark.parametrize(
+    "a,b,slip",
+    [
+        ("1234567", "1243567", True),  # adjacent transposition
+        ("1234567", "1234576", True),  # transposition of the last two
+        ("1234567", "1284567", True),  # substitution before the last character
+        ("1234567", "9234567", True),  # ... including the first
+        ("1234567", "1234568", False),  # last character only: sequential allocation (twins)
+        ("1234569", "1234570", False),  # sequential with a carry: two characters
+        ("1234567", "123456", False),  # deletion
+        ("1234567", "12345678", False),  # insertion
+        ("1234567", "1234567", False),  # the same value is not a slip (it is 'exact')
+        ("1234567", "7654321", False),
+        ("MRN1", "MXN1", False),  # too short to tell a slip from a near neighbour
+    ],
+)
+def test_identifier_slip(a, b, slip):
+    assert is_identifier_slip(a, b) is slip
+    assert is_identifier_slip(b, a) is slip
+
+
+def test_mistyped_identifier_bypasses_the_twin_guard_but_a_sequential_one_does_not():
+    """The same identifier keyed with one slip (transposition, or a substitution before the
+    last character) is the same identifier; a value one up in the last character is what
+    twins registered one after the other get, so it does not bypass the guard, nor does a
+    value in another system."""
+    mrn = "https://x/mrn"
+    twin = ("Brown",), "2024-02-10", "male", "LS6 2AB"
+    a = P("Patient/a", ("Oliver",), *twin, other_ids=((mrn, "4412345"),))
+    loose = Thresholds(link=0.0, possible=0.0)
+    for value in ("4413245", "4419345"):
+        b = P("Patient/b", ("Harry",), *twin, other_ids=((mrn, value),))
+        s = score(a, b)
+        assert s.level("given_name") == "different" and s.level("other_id") == "one_edit"
+        assert s.other_id_slip and classify(s, loose) == LINK, value
+    for ids in (((mrn, "4412346"),), ((mrn, "441234"),), (("https://y/mrn", "4413245"),)):
+        b = P("Patient/b", ("Harry",), *twin, other_ids=ids)
+        s = score(a, b)
+        assert not s.other_id_slip and classify(s, loose) == POSSIBLE, ids
