@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
@@ -132,24 +133,29 @@ STORED_TYPES = WRITABLE_TYPES + ("Communication",)
 
 # ---------------------------------------------------------------- extraction helpers
 
-def walk(node: Any, path: str) -> Iterator[Any]:
-    """Yield every value at a dotted path, flattening lists (a tiny FHIRPath subset)."""
-    parts = path.split(".")
+def walk(node: Any, path: str) -> list[Any]:
+    """Every value at a dotted path, flattening lists (a tiny FHIRPath subset). Level by
+    level over lists rather than recursive generators: it runs for every search
+    parameter of every resource written."""
+    values = [node]
+    for part in _path_parts(path):
+        found = []
+        for v in values:
+            if isinstance(v, dict):
+                x = v.get(part)
+                if isinstance(x, list):
+                    found.extend(i for i in x if i is not None)
+                elif x is not None:
+                    found.append(x)
+        if not found:
+            return found
+        values = found
+    return values
 
-    def _walk(value: Any, idx: int) -> Iterator[Any]:
-        if value is None:
-            return
-        if isinstance(value, list):
-            for v in value:
-                yield from _walk(v, idx)
-            return
-        if idx == len(parts):
-            yield value
-            return
-        if isinstance(value, dict):
-            yield from _walk(value.get(parts[idx]), idx + 1)
 
-    yield from _walk(node, 0)
+@lru_cache(maxsize=None)
+def _path_parts(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
 
 
 _FOLD = str.maketrans({"Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o", "ß": "ss", "Œ": "OE", "œ": "oe", "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "Þ": "TH", "þ": "th", "’": "'"})

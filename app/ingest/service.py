@@ -10,10 +10,11 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 from urllib.parse import parse_qsl
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.tokens import Principal, require
+from app.db import insert_rows
 from app.errors import FhirError, bad_request, unprocessable
 from app.fhir import store
 from app.fhir.indexing import STORED_TYPES, WRITABLE_TYPES, IndexRows, identifiers_of, index_resource, parse_reference
@@ -25,6 +26,11 @@ from fhir.resources.R4B import get_fhir_model_class
 from app.fhir.validation import validate_resource
 from app.ingest.hooks import IngestHook, Written
 from app.settings import Settings
+
+
+class ConcurrentWrite(Exception):
+    """Another transaction stored the same record (same source and identifier) first; the
+    write is retried from the start, when it finds that record and updates it."""
 
 
 @dataclass
@@ -449,8 +455,7 @@ class IngestService:
 
     def _flush(self, creates, updates, versions, rows: IndexRows, new_keys) -> None:
         s = self.session.connection()  # Core executemany: no ORM unit of work on the write path
-        if creates:
-            s.execute(insert(StoredResource), creates)
+        insert_rows(s, StoredResource.__table__, creates)
         if updates:
             stmt = (
                 update(StoredResource)
@@ -464,11 +469,9 @@ class IngestService:
             for table in (SearchToken, SearchString, SearchDate, SearchReference):
                 for t, ids in by_type.items():
                     s.execute(delete(table).where(table.res_type == t, table.res_id.in_(ids)))
-        if versions:
-            s.execute(insert(ResourceVersion), versions)
+        insert_rows(s, ResourceVersion.__table__, versions)
         for table, data in ((SearchToken, rows.tokens), (SearchString, rows.strings), (SearchDate, rows.dates), (SearchReference, rows.references)):
-            if data:
-                s.execute(insert(table), data)
+            insert_rows(s, table.__table__, data)
         if new_keys:
             self._add_source_keys(new_keys)
 
@@ -476,10 +479,15 @@ class IngestService:
         unique = {(k["source_org"], k["res_type"], k["system"], k["value"]): k for k in keys}
         present = set()
         for org in {k[0] for k in unique}:
-            present |= {(org, r.res_type, r.system, r.value) for r in self._source_keys(org, [k[1:] for k in unique if k[0] == org])}
+            for r in self._source_keys(org, [k[1:] for k in unique if k[0] == org]):
+                key = (org, r.res_type, r.system, r.value)
+                if r.res_id != unique[key]["res_id"]:
+                    # committed by a concurrent write after this one looked: retry against it
+                    raise ConcurrentWrite(f"{r.res_type} source key taken by a concurrent write")
+                present.add(key)
         missing = [k for key, k in unique.items() if key not in present]
         if missing:
-            self.session.connection().execute(insert(SourceKey), missing)
+            insert_rows(self.session.connection(), SourceKey.__table__, missing)
 
     def _read_entry(self, e: EntryRequest) -> EntryResult:
         path, _, query = e.url.strip("/").partition("?")

@@ -76,6 +76,7 @@ from typing import Any, Iterable
 from sqlalchemy import Integer, bindparam, delete, insert, or_, select, text, union_all, update
 from sqlalchemy.orm import Session
 
+from app.db import insert_rows
 from app.ingest.hooks import Written
 from app.linkage.matching import (
     level_for_label,
@@ -306,10 +307,8 @@ _SEL_REVIEWS = union_all(
     select(*_REVIEW_COLS).where(_C.c.b_ref.in_(_REV_REFS)),
 )
 _INS_PERSON = insert(_P)
-_INS_LINK = insert(_L)
 _UPD_LINK = update(_L).where(_L.c.res_type == bindparam("b_type"), _L.c.res_id == bindparam("b_id"))  # SET from the parameters
 _DEL_KEYS = delete(_K).where(_K.c.res_type == bindparam("b_type"), _K.c.res_id == bindparam("b_id"))
-_INS_KEYS = insert(_K)
 _TOUCH = update(_P).where(_P.c.id == bindparam("b_id")).values(
     version_id=_P.c.version_id + bindparam("n", type_=Integer()), updated_at=bindparam("at", type_=_P.c.updated_at.type))
 _RETIRE = update(_P).where(_P.c.id == bindparam("b_id")).values(active=False)
@@ -795,10 +794,10 @@ class LinkageService:
                 n, at = b.touched.pop(pid, (0, None))
                 rows.append(dict(id=pid, version_id=1 + n, created_at=created, updated_at=at or created,
                                  active=pid not in b.retired))
-            conn.execute(_INS_PERSON, rows)
+            insert_rows(conn, _P, rows)
         links = b.links
         if b.link_insert:
-            conn.execute(_INS_LINK, [
+            insert_rows(conn, _L, [
                 dict(res_type=r.res_type, res_id=r.res_id, person_id=r.person_id, assurance=r.assurance,
                      probability=r.probability, how=r.how, matched_ref=r.matched_ref, nhs_number=r.nhs_number,
                      source_org=r.source_org, features=r.features, updated_at=r.updated_at)
@@ -819,14 +818,14 @@ class LinkageService:
         keys = [{"key_hash": h, "res_type": r.res_type, "res_id": r.res_id}
                 for r in map(links.get, b.done) for h in b.new_keys[r.ref]]
         if keys:
-            conn.execute(_INS_KEYS, keys)
+            insert_rows(conn, _K, keys)
         if b.touched:
             conn.execute(_TOUCH, [{"b_id": pid, "n": n, "at": at} for pid, (n, at) in b.touched.items()])
         retire = [pid for pid in b.retired if pid not in b.new_persons]
         if retire:
             conn.execute(_RETIRE, [{"b_id": pid} for pid in retire])
         if b.events:
-            conn.execute(_INS_EVENT, b.events)
+            insert_rows(conn, _E, b.events)
         if b.review_insert:
             conn.execute(_INS_REVIEW, [{k: v for k, v in row.items() if k != "id"} for row in b.review_insert])
         if b.review_update:
