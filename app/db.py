@@ -8,8 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import Boolean, Connection, Engine, Table, any_, bindparam, create_engine, event
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -51,6 +55,35 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+class InList(ColumnElement[bool]):
+    """`column IN (:name)` for a list bound at execution. On PostgreSQL one array parameter,
+    `column = ANY(:name)`: an expanding IN renders and the driver re-parses one placeholder
+    per value on every call (~9 ms for a Bundle's few hundred identifiers); SQLite gets the
+    expanding IN. Build statements with it once, at import."""
+
+    inherit_cache = True
+    type = Boolean()
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement), ("name", InternalTraversal.dp_string)]
+
+    def __init__(self, column, name: str):
+        self.column = column
+        self.name = name
+
+
+@compiles(InList)
+def _in_list_expanding(element: InList, compiler, **kw) -> str:
+    return compiler.process(element.column.in_(bindparam(element.name, expanding=True)), **kw)
+
+
+@compiles(InList, "postgresql")
+def _in_list_array(element: InList, compiler, **kw) -> str:
+    return compiler.process(element.column == any_(bindparam(element.name, type_=ARRAY(element.column.type))), **kw)
+
+
+def in_list(column, name: str) -> InList:
+    return InList(column, name)
 
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict]) -> None:

@@ -15,7 +15,7 @@ from app.errors import FhirError, bad_request
 from app.fhir import store
 from app.fhir.http import FhirContext, FhirResponse, fhir_body, fhir_context, resource_headers
 from app.ingest.bundles import process_bundle
-from app.ingest.service import ConcurrentWrite, EntryRequest, EntryResult
+from app.ingest.service import EntryRequest, EntryResult
 
 router = APIRouter(prefix="/fhir", tags=["FHIR REST"])
 
@@ -27,7 +27,7 @@ def run_write(db: Database, work, body: Any, raw: bytes, *, attempts: int = 2):
         try:
             with db.session() as session:
                 return work(session, body if attempt == 0 else json.loads(raw))
-        except (IntegrityError, ConcurrentWrite):
+        except IntegrityError:
             if attempt == attempts - 1:
                 raise FhirError(409, "conflict", "A concurrent write changed the same records; retry the request", spine_code="CONFLICT") from None
 

@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.tokens import Principal, require
-from app.db import insert_rows
+from app.db import in_list, insert_rows
 from app.errors import FhirError, bad_request, unprocessable
 from app.fhir import store
 from app.fhir.indexing import STORED_TYPES, WRITABLE_TYPES, IndexRows, identifiers_of, index_resource, parse_reference
@@ -26,11 +26,6 @@ from fhir.resources.R4B import get_fhir_model_class
 from app.fhir.validation import validate_resource
 from app.ingest.hooks import IngestHook, Written
 from app.settings import Settings
-
-
-class ConcurrentWrite(Exception):
-    """Another transaction stored the same record (same source and identifier) first; the
-    write is retried from the start, when it finds that record and updates it."""
 
 
 @dataclass
@@ -85,12 +80,10 @@ class _Plan:
 
 # Statements built once; IN lists expand at execution.
 _SOURCE_KEYS = select(SourceKey.res_type, SourceKey.system, SourceKey.value, SourceKey.res_id).where(
-    SourceKey.source_org == bindparam("org"), SourceKey.res_type.in_(bindparam("types", expanding=True)),
-    SourceKey.system.in_(bindparam("systems", expanding=True)), SourceKey.value.in_(bindparam("values", expanding=True)),
+    SourceKey.source_org == bindparam("org"), in_list(SourceKey.res_type, "types"),
+    in_list(SourceKey.system, "systems"), in_list(SourceKey.value, "values"),
 )
-_CURRENT_ROWS = select(StoredResource.__table__).where(
-    StoredResource.res_type.in_(bindparam("types", expanding=True)), StoredResource.res_id.in_(bindparam("ids", expanding=True))
-)
+_CURRENT_ROWS = select(StoredResource.__table__).where(in_list(StoredResource.res_type, "types"), in_list(StoredResource.res_id, "ids"))
 
 
 def _now() -> datetime:
@@ -208,7 +201,7 @@ class IngestService:
 
     def _apply_writes(self, reqs: list[EntryRequest], *, allow_urn: bool) -> list[EntryResult]:
         plans = [self._plan(r) for r in reqs]
-        self._dedupe_by_source_key(plans)
+        known_keys = self._dedupe_by_source_key(plans)
         # Map fullUrl -> literal reference for the entries that will exist after this bundle.
         urn_map: dict[str, str] = {}
         bundle_idents: dict[tuple[str, str, str], str] = {}
@@ -229,7 +222,7 @@ class IngestService:
             for hook in self.hooks:
                 hook.prepare(resource)
             p.resource = resource
-        return self._store(plans)
+        return self._store(plans, known_keys)
 
     def _plan(self, req: EntryRequest) -> _Plan:
         prefix = req.expr_prefix
@@ -289,18 +282,26 @@ class IngestService:
         result = store.search(self.session, self.principal, res_type, criteria, default_count=2, max_count=2)
         return result.rows
 
-    def _dedupe_by_source_key(self, plans: list[_Plan]) -> None:
-        """A POST of a record this source already sent (same type and identifier) updates it."""
+    def _dedupe_by_source_key(self, plans: list[_Plan]) -> dict[tuple, str]:
+        """A POST of a record this source already sent (same type and identifier) updates it.
+
+        Returns the source keys this source already holds for every identifier being
+        written ((org, type, system, value) -> id), so that storing needs no second look."""
+        org = self.principal.org
+        written = {(p.res_type, s, v) for p in plans if p.noop_result is None for s, v in identifiers_of(p.req.resource or {})}
+        rows = self._source_keys(org, written)
+        known = {(org, r.res_type, r.system, r.value): r.res_id for r in rows}
         wanted = {
             (p.res_type, s, v): p for p in plans if p.create and p.req.method in ("POST", "PUT") and p.noop_result is None
             for s, v in identifiers_of(p.req.resource or {})
         }
         if not wanted:
-            return
-        rows = self._source_keys(self.principal.org, wanted)
+            return known
         found: dict[int, set[str]] = {}
         for r in rows:
-            plan = wanted[(r.res_type, r.system, r.value)]
+            plan = wanted.get((r.res_type, r.system, r.value))
+            if plan is None:
+                continue
             found.setdefault(id(plan), set()).add(r.res_id)
         matched: list[tuple[_Plan, str]] = []
         for plan in {id(p): p for p in wanted.values()}.values():
@@ -314,12 +315,13 @@ class IngestService:
                 raise FhirError(409, "conflict", f"This source already sent that {plan.res_type} identifier as {plan.res_type}/{res_id}", expression=f"{plan.req.expr_prefix or plan.res_type + '.'}identifier")
             matched.append((plan, res_id))
         if not matched:
-            return
+            return known
         current = {(r.res_type, r.res_id): r for r in self._current_rows({(p.res_type, rid) for p, rid in matched})}
         for plan, res_id in matched:
             plan.res_id = res_id
             plan.existing = current.get((plan.res_type, res_id))
             plan.create = plan.existing is None
+        return known
 
     def _source_keys(self, org: str, keys) -> list:
         """Source-key rows for (type, system, value) triples: one probe of the unique index with
@@ -401,7 +403,7 @@ class IngestService:
             ref["type"] = target_type
             ref["identifier"] = {"system": system, "value": value}
 
-    def _store(self, plans: list[_Plan]) -> list[EntryResult]:
+    def _store(self, plans: list[_Plan], known_keys: dict[tuple, str] | None = None) -> list[EntryResult]:
         now = _now()
         results: list[EntryResult] = []
         creates, updates, versions, written = [], [], [], []
@@ -448,12 +450,12 @@ class IngestService:
                 new_keys.append({"source_org": row["source_org"], "res_type": p.res_type, "system": system, "value": value[:255], "res_id": p.res_id})
             written.append(Written(p.res_type, p.res_id, version, resource, existing is None, row["source_org"], self.principal.source_system))
             results.append(EntryResult(201 if existing is None else 200, p.res_type, p.res_id, version, now, resource))
-        self._flush(creates, updates, versions, rows, new_keys)
+        self._flush(creates, updates, versions, rows, new_keys, known_keys)
         for hook in self.hooks:
             hook.after_write(self.session, written)
         return results
 
-    def _flush(self, creates, updates, versions, rows: IndexRows, new_keys) -> None:
+    def _flush(self, creates, updates, versions, rows: IndexRows, new_keys, known_keys: dict[tuple, str] | None) -> None:
         s = self.session.connection()  # Core executemany: no ORM unit of work on the write path
         insert_rows(s, StoredResource.__table__, creates)
         if updates:
@@ -473,19 +475,23 @@ class IngestService:
         for table, data in ((SearchToken, rows.tokens), (SearchString, rows.strings), (SearchDate, rows.dates), (SearchReference, rows.references)):
             insert_rows(s, table.__table__, data)
         if new_keys:
-            self._add_source_keys(new_keys)
+            self._add_source_keys(new_keys, known_keys)
 
-    def _add_source_keys(self, keys: list[dict]) -> None:
+    def _add_source_keys(self, keys: list[dict], known: dict[tuple, str] | None) -> None:
+        """Record each written identifier as this source's key to the record. `known` holds the
+        keys of the principal's organisation read at the start of the write; a key another
+        transaction inserts since then fails the unique constraint, and the write is retried."""
         unique = {(k["source_org"], k["res_type"], k["system"], k["value"]): k for k in keys}
-        present = set()
-        for org in {k[0] for k in unique}:
-            for r in self._source_keys(org, [k[1:] for k in unique if k[0] == org]):
-                key = (org, r.res_type, r.system, r.value)
-                if r.res_id != unique[key]["res_id"]:
-                    # committed by a concurrent write after this one looked: retry against it
-                    raise ConcurrentWrite(f"{r.res_type} source key taken by a concurrent write")
-                present.add(key)
-        missing = [k for key, k in unique.items() if key not in present]
+        present = dict(known or {})
+        for org in {k[0] for k in unique} - ({self.principal.org} if known is not None else set()):
+            present.update({(org, r.res_type, r.system, r.value): r.res_id for r in self._source_keys(org, [k[1:] for k in unique if k[0] == org])})
+        missing = []
+        for key, k in unique.items():
+            holder = present.get(key)
+            if holder is None:
+                missing.append(k)
+            elif holder != k["res_id"]:
+                raise FhirError(409, "conflict", f"This source already sent that {k['res_type']} identifier as {k['res_type']}/{holder}", spine_code="DUPLICATE_REJECTED")
         if missing:
             insert_rows(self.session.connection(), SourceKey.__table__, missing)
 

@@ -76,7 +76,7 @@ from typing import Any, Iterable
 from sqlalchemy import Integer, bindparam, delete, insert, or_, select, text, union_all, update
 from sqlalchemy.orm import Session
 
-from app.db import insert_rows
+from app.db import in_list, insert_rows
 from app.ingest.hooks import Written
 from app.linkage.matching import (
     level_for_label,
@@ -225,7 +225,7 @@ _LINKED_MANY = (
            _ME.c.nhs_number.label("me_nhs"), _ME.c.features.label("me_features"),
            _OTHER.c.res_type, _OTHER.c.res_id, _OTHER.c.assurance, _OTHER.c.probability, _OTHER.c.how, _OTHER.c.nhs_number, _OTHER.c.features)
     .join(_OTHER, _OTHER.c.person_id == _ME.c.person_id)
-    .where(_ME.c.res_type.in_(bindparam("types", expanding=True)), _ME.c.res_id.in_(bindparam("ids", expanding=True)))
+    .where(in_list(_ME.c.res_type, "types"), in_list(_ME.c.res_id, "ids"))
     .order_by(_OTHER.c.res_type, _OTHER.c.res_id)
 )
 
@@ -286,25 +286,23 @@ _LINK_COLS = (_L.c.res_type, _L.c.res_id, _L.c.person_id, _L.c.assurance, _L.c.p
 _IN_CHUNK = 900  # values per expanding IN list (well under SQLite's and psycopg's parameter limits)
 
 _SEL_LINKS_BY_REF = select(*_LINK_COLS).where(
-    _L.c.res_type.in_(bindparam("types", expanding=True)), _L.c.res_id.in_(bindparam("ids", expanding=True)))
-_SEL_LINKS_BY_PERSON = select(*_LINK_COLS).where(_L.c.person_id.in_(bindparam("pids", expanding=True)))
+    in_list(_L.c.res_type, "types"), in_list(_L.c.res_id, "ids"))
+_SEL_LINKS_BY_PERSON = select(*_LINK_COLS).where(in_list(_L.c.person_id, "pids"))
 _SEL_CANDIDATES = (
     select(_K.c.key_hash, *_LINK_COLS)
     .select_from(_L.join(_K, (_K.c.res_type == _L.c.res_type) & (_K.c.res_id == _L.c.res_id)))
-    .where(_K.c.key_hash.in_(bindparam("hashes", expanding=True)))
+    .where(in_list(_K.c.key_hash, "hashes"))
     .limit(bindparam("lim", type_=Integer()))
 )
-_DEC_REFS = bindparam("refs", expanding=True)
 _SEL_DECISIONS = union_all(
-    select(_D.c.id, _D.c.a_ref, _D.c.b_ref, _D.c.decision).where(_D.c.a_ref.in_(_DEC_REFS), _D.c.active.is_(True)),
-    select(_D.c.id, _D.c.a_ref, _D.c.b_ref, _D.c.decision).where(_D.c.b_ref.in_(_DEC_REFS), _D.c.active.is_(True)),
+    select(_D.c.id, _D.c.a_ref, _D.c.b_ref, _D.c.decision).where(in_list(_D.c.a_ref, "refs"), _D.c.active.is_(True)),
+    select(_D.c.id, _D.c.a_ref, _D.c.b_ref, _D.c.decision).where(in_list(_D.c.b_ref, "refs"), _D.c.active.is_(True)),
 )
 _REVIEW_COLS = (_C.c.id, _C.c.a_ref, _C.c.b_ref, _C.c.status, _C.c.probability, _C.c.match_weight, _C.c.explanation,
                 _C.c.created_at, _C.c.updated_at)
-_REV_REFS = bindparam("refs", expanding=True)
 _SEL_REVIEWS = union_all(
-    select(*_REVIEW_COLS).where(_C.c.a_ref.in_(_REV_REFS)),
-    select(*_REVIEW_COLS).where(_C.c.b_ref.in_(_REV_REFS)),
+    select(*_REVIEW_COLS).where(in_list(_C.c.a_ref, "refs")),
+    select(*_REVIEW_COLS).where(in_list(_C.c.b_ref, "refs")),
 )
 _INS_PERSON = insert(_P)
 _UPD_LINK = update(_L).where(_L.c.res_type == bindparam("b_type"), _L.c.res_id == bindparam("b_id"))  # SET from the parameters
