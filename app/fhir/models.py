@@ -125,4 +125,5 @@ class SourceKey(Base):
     __table_args__ = (
         UniqueConstraint("source_org", "res_type", "system", "value", name="uq_source_key"),
         Index("ix_source_key_resource", "res_type", "res_id"),
+        Index("ix_source_key_value", "source_org", "value"),
     )

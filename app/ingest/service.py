@@ -79,9 +79,9 @@ class _Plan:
 
 
 # Statements built once; IN lists expand at execution.
+# by value alone (ix_source_key_value): one probe per identifier; type and system are checked on the rows
 _SOURCE_KEYS = select(SourceKey.res_type, SourceKey.system, SourceKey.value, SourceKey.res_id).where(
-    SourceKey.source_org == bindparam("org"), in_list(SourceKey.res_type, "types"),
-    in_list(SourceKey.system, "systems"), in_list(SourceKey.value, "values"),
+    SourceKey.source_org == bindparam("org"), in_list(SourceKey.value, "values"),
 )
 _CURRENT_ROWS = select(StoredResource.__table__).where(in_list(StoredResource.res_type, "types"), in_list(StoredResource.res_id, "ids"))
 
@@ -324,14 +324,11 @@ class IngestService:
         return known
 
     def _source_keys(self, org: str, keys) -> list:
-        """Source-key rows for (type, system, value) triples: one probe of the unique index with
-        IN lists on each column (both databases use it so), exact triples kept."""
+        """Source-key rows for (type, system, value) triples, found by value, exact triples kept."""
         keys = set(keys)
         if not keys:
             return []
-        rows = self.session.connection().execute(_SOURCE_KEYS, {
-            "org": org, "types": sorted({k[0] for k in keys}), "systems": sorted({k[1] for k in keys}), "values": sorted({k[2] for k in keys}),
-        })
+        rows = self.session.connection().execute(_SOURCE_KEYS, {"org": org, "values": sorted({k[2] for k in keys})})
         return [r for r in rows if (r.res_type, r.system, r.value) in keys]
 
     def _current_rows(self, refs: set[tuple[str, str]]) -> list:
