@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import yaml
 
@@ -80,19 +80,24 @@ CATEGORY_BY_LABEL: dict[str, str] = {
 }
 
 
-def _walk_codings(node: Any, skip_meta: bool = True) -> Iterator[tuple[str, str]]:
-    """Every (system, code) in a resource, except its meta (labels are read separately)."""
-    if isinstance(node, Mapping):
-        if "code" in node and "system" in node and isinstance(node.get("code"), str):
-            yield str(node.get("system") or ""), node["code"]
-        for key, value in node.items():
-            if skip_meta and key == "meta":
-                continue
-            if isinstance(value, (Mapping, list)):
-                yield from _walk_codings(value, False)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk_codings(value, False)
+def _walk_codings(node: Any, skip_meta: bool = True) -> list[tuple[str, str]]:
+    """Every (system, code) in a resource, except its meta (labels are read separately).
+    An explicit stack, not recursive generators: it runs on every resource ingested."""
+    found: list[tuple[str, str]] = []
+    stack = [node]
+    top = node if skip_meta else None
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Mapping):
+            code = n.get("code")
+            if isinstance(code, str) and "system" in n:
+                found.append((str(n.get("system") or ""), code))
+            for key, value in n.items():
+                if isinstance(value, (Mapping, list)) and not (n is top and key == "meta"):
+                    stack.append(value)
+        elif isinstance(n, list):
+            stack.extend(n)
+    return found
 
 
 def _security_codes(resource: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -180,6 +180,38 @@ def _provisions(node: dict, expr: str) -> Iterator[tuple[str, dict]]:
                 yield from _provisions(p, here)
 
 
+def _datatypes_and_identifiers_valid(resource: dict[str, Any]) -> bool:
+    """The datatype, NHS number, ODS and confidentiality checks of check_business_rules as a
+    yes/no, without building an expression for every element: the common case, a valid
+    resource, pays only for one walk."""
+    stack: list[Any] = [resource]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for element in _DATATYPE_ELEMENTS.intersection(node):
+            for attr, allowed in _DATATYPE_BY_ELEMENT[element]:
+                for _, value in _iter_paths(node, f"{element}.{attr}", ""):
+                    if value not in allowed:
+                        return False
+        system = node.get("system")
+        if system == NHS_NUMBER_SYSTEM and "value" in node:
+            if not is_valid_nhs_number(node.get("value")):
+                return False
+        elif system == ODS_SYSTEM and "value" in node:
+            if not is_valid_ods_code(node.get("value")):
+                return False
+        elif system == CONFIDENTIALITY_SYSTEM and "code" in node and node.get("code") not in _CONFIDENTIALITY_CODES:
+            return False
+        for v in node.values():
+            if isinstance(v, (dict, list)):
+                stack.append(v)
+    return True
+
+
 def check_business_rules(resource: dict[str, Any]) -> None:
     """400 for a code outside a required binding (invalid FHIR); 422 for valid FHIR that breaks a
     rule of this gateway (NHS number, ODS code)."""
@@ -199,7 +231,9 @@ def check_business_rules(resource: dict[str, Any]) -> None:
                 for e, value in _iter_paths(prov, path, expr):
                     if value not in allowed:
                         raise _code_error(e, value, allowed)
-    for expr, node in _walk_dicts(resource, res_type):
+    if _datatypes_and_identifiers_valid(resource):
+        return
+    for expr, node in _walk_dicts(resource, res_type):  # find and name the first problem
         for element in _DATATYPE_ELEMENTS.intersection(node):
             for attr, allowed in _DATATYPE_BY_ELEMENT[element]:
                 for e, value in _iter_paths(node, f"{element}.{attr}", expr):

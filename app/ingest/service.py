@@ -7,7 +7,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qsl
 
 from sqlalchemy import bindparam, delete, select, update
@@ -99,21 +99,32 @@ def _criteria(query: str, expr: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _iter_references(node: Any) -> Iterator[tuple[dict, str]]:
-    """Every Reference-like dict in a resource with its path (excluding contained resources)."""
-
-    def _walk(n: Any, path: str):
+def _references(resource: dict) -> list[dict]:
+    """Every Reference-like dict in a resource (excluding contained resources)."""
+    found = []
+    stack: list[Any] = [resource]
+    while stack:
+        n = stack.pop()
         if isinstance(n, dict):
             if isinstance(n.get("reference"), str) or (isinstance(n.get("identifier"), dict) and "type" in n):
-                yield n, path
-            for k, v in n.items():
-                if k != "contained" and isinstance(v, (dict, list)):
-                    yield from _walk(v, f"{path}.{k}")
+                found.append(n)
+            stack.extend(v for k, v in n.items() if k != "contained" and isinstance(v, (dict, list)))
         elif isinstance(n, list):
-            for i, v in enumerate(n):
-                yield from _walk(v, f"{path}[{i}]")
+            stack.extend(n)
+    return found
 
-    yield from _walk(node, "")
+
+def _path_to(node: Any, target: dict, path: str = "") -> str | None:
+    """The element path of `target` inside `node`, for naming it in an error."""
+    if node is target:
+        return path
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        if k != "contained" and isinstance(v, (dict, list)):
+            found = _path_to(v, target, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")
+            if found is not None:
+                return found
+    return None
 
 
 def _content(resource: dict[str, Any]) -> dict[str, Any]:
@@ -343,20 +354,24 @@ class IngestService:
         bundle_idents: dict[tuple[str, str, str], str], known_literals: set[str],
     ) -> None:
         prefix = plan.req.expr_prefix or f"{plan.res_type}."
-        to_check: dict[tuple[str, str], str] = {}
-        for ref, path in _iter_references(resource):
-            expr = f"{prefix}{path.lstrip('.')}.reference"
+
+        def expr(ref: dict) -> str:
+            return f"{prefix}{(_path_to(resource, ref) or '').lstrip('.')}.reference"
+
+        to_check: dict[tuple[str, str], dict] = {}
+        for ref in _references(resource):
             literal = ref.get("reference")
             if not isinstance(literal, str):
                 continue
             if literal.startswith("urn:uuid:") or literal.startswith("urn:oid:"):
                 target = urn_map.get(literal)
                 if target is None:
-                    raise unprocessable(f"{expr}: {literal} is not the fullUrl of any entry in this Bundle", expression=expr, code="not-found", spine_code="INVALID_REFERENCE")
+                    where = expr(ref)
+                    raise unprocessable(f"{where}: {literal} is not the fullUrl of any entry in this Bundle", expression=where, code="not-found", spine_code="INVALID_REFERENCE")
                 ref["reference"] = target
                 continue
             if "?" in literal:
-                self._resolve_conditional(ref, literal, expr, bundle_idents)
+                self._resolve_conditional(ref, literal, expr(ref), bundle_idents)
                 continue
             base = self.base + "/"
             if literal.startswith(base):
@@ -365,12 +380,13 @@ class IngestService:
             parsed = parse_reference(literal)
             if parsed and parsed[0] in STORED_TYPES and "://" not in literal:
                 if f"{parsed[0]}/{parsed[1]}" not in known_literals:
-                    to_check[parsed] = expr
+                    to_check[parsed] = ref
         if to_check:
             existing = {(r.res_type, r.res_id) for r in self._current_rows(set(to_check)) if not r.deleted}
-            for key, expr in to_check.items():
+            for key, ref in to_check.items():
                 if key not in existing:
-                    raise unprocessable(f"{expr}: {key[0]}/{key[1]} does not exist on this server", expression=expr, code="not-found", spine_code="INVALID_REFERENCE")
+                    where = expr(ref)
+                    raise unprocessable(f"{where}: {key[0]}/{key[1]} does not exist on this server", expression=where, code="not-found", spine_code="INVALID_REFERENCE")
 
     def _resolve_conditional(self, ref: dict, literal: str, expr: str, bundle_idents: dict) -> None:
         """'Patient?identifier=system|value': resolved to one record if exactly one fits, else kept
