@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 
 from sqlalchemy import Boolean, Connection, Engine, Table, any_, bindparam, create_engine, event
@@ -86,6 +87,15 @@ def in_list(column, name: str) -> InList:
     return InList(column, name)
 
 
+def _tuples(rows: list[dict], cols: list[str]) -> list[tuple]:
+    if len(cols) > 1:
+        try:
+            return list(map(itemgetter(*cols), rows))
+        except KeyError:  # some rows omit a column
+            pass
+    return [tuple(r.get(c) for c in cols) for r in rows]
+
+
 def insert_rows(conn: Connection, table: Table, rows: list[dict]) -> None:
     """Bulk insert for the write path (a Bundle writes ~1,500 rows): COPY on PostgreSQL, one
     server round per table instead of one parse-bind-execute per row; on SQLite one
@@ -101,13 +111,19 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict]) -> None:
         statement = f"COPY {target} ({names}) FROM STDIN"
         try:
             with conn.connection.driver_connection.cursor() as cur, cur.copy(statement) as copy:
-                for r in rows:
-                    copy.write_row(tuple(r.get(c) for c in cols))
+                for row in _tuples(rows, cols):
+                    copy.write_row(row)
         except dialect.loaded_dbapi.Error as err:  # as SQLAlchemy raises it (IntegrityError: a racing writer)
             raise DBAPIError.instance(statement, None, err, dialect.loaded_dbapi.Error) from err
         return
-    procs = [(c, table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) for c in cols]
-    params = [tuple(p(r.get(c)) if p else r.get(c) for c, p in procs) for r in rows]
+    procs = [(i, p) for i, c in enumerate(cols) if (p := table.c[c].type.dialect_impl(dialect).bind_processor(dialect))]
+    params = _tuples(rows, cols)
+    if procs:
+        for n, row in enumerate(params):
+            row = list(row)
+            for i, p in procs:
+                row[i] = p(row[i])
+            params[n] = tuple(row)
     conn.exec_driver_sql(f"INSERT INTO {target} ({names}) VALUES ({', '.join('?' * len(cols))})", params)
 
 

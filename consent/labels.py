@@ -88,7 +88,7 @@ def _walk_codings(node: Any, skip_meta: bool = True) -> list[tuple[str, str]]:
     top = node if skip_meta else None
     while stack:
         n = stack.pop()
-        if isinstance(n, Mapping):
+        if type(n) is dict or isinstance(n, Mapping):  # dict first: the ABC check is slow
             code = n.get("code")
             if isinstance(code, str) and "system" in n:
                 found.append((str(n.get("system") or ""), code))
