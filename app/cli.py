@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import threading
@@ -22,7 +23,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo loader's requests: one line each is noise
     if args.migrate:
         upgrade(settings.database_url)
-    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, workers=1, log_level="info", access_log=args.access_log)
+    app = create_app(settings)
+    # A FHIR request allocates tens of thousands of short-lived objects (parsed JSON, R4B
+    # models) and leaves few cycles: keep what startup built out of the collector's sight and
+    # collect the youngest generation every 20,000 allocations rather than 700 (~15% of
+    # a Bundle's CPU otherwise goes to collections that find nothing).
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+    config = uvicorn.Config(app, host=args.host, port=args.port, workers=1, log_level="info", access_log=args.access_log)
     server = uvicorn.Server(config)
     if args.with_demo:
         base = f"http://{args.host}:{args.port}"

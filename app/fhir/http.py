@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from fastapi import Depends, Request
 from fastapi.responses import Response
 
@@ -28,7 +29,7 @@ class FhirResponse(Response):
     def render(self, content: Any) -> bytes:
         if isinstance(content, (bytes, str)):
             return content.encode() if isinstance(content, str) else content
-        return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+        return orjson.dumps(content)
 
 
 async def fhir_body(request: Request) -> Any:
@@ -45,8 +46,8 @@ async def fhir_body(request: Request) -> Any:
     if not raw.strip():
         raise bad_request("The request body is empty", code="required")
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return orjson.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # orjson's error is a json.JSONDecodeError
         line = getattr(exc, "lineno", None)
         where = f" at line {line}, column {exc.colno}" if line else ""
         raise FhirError(400, "structure", f"The body is not valid JSON{where}", spine_code="INVALID_RESOURCE") from None

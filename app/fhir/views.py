@@ -5,6 +5,7 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
@@ -26,7 +27,7 @@ def run_write(db: Database, work, body: Any, raw: bytes, *, attempts: int = 2):
     for attempt in range(attempts):
         try:
             with db.session() as session:
-                return work(session, body if attempt == 0 else json.loads(raw))
+                return work(session, body if attempt == 0 else orjson.loads(raw))
         except IntegrityError:
             if attempt == attempts - 1:
                 raise FhirError(409, "conflict", "A concurrent write changed the same records; retry the request", spine_code="CONFLICT") from None

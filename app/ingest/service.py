@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
@@ -446,7 +447,7 @@ class IngestService:
             meta["versionId"] = str(version)
             meta["lastUpdated"] = store.format_instant(now)
             resource["meta"] = meta
-            body = json.dumps(resource, separators=(",", ":"), ensure_ascii=False)
+            body = orjson.dumps(resource).decode()
             row = {
                 "res_type": p.res_type, "res_id": p.res_id, "version_id": version, "last_updated": now,
                 "deleted": False, "body": body, "source_system": self.principal.source_system,
