@@ -55,7 +55,11 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # Custom plans for every execution: the write path binds lists of identifiers and key
+    # hashes as arrays, and a generic plan can neither size them nor hash them (a linear
+    # search of the array per row read: 17 ms instead of 1.6 ms for one Bundle's source keys).
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True,
+                         connect_args={"options": "-c plan_cache_mode=force_custom_plan"})
 
 
 class InList(ColumnElement[bool]):
