@@ -107,7 +107,8 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict]) -> None:
     once instead of per row. Rows may omit columns (NULL)."""
     if not rows:
         return
-    cols = list(dict.fromkeys(k for r in rows for k in r))
+    first = rows[0].keys()
+    cols = list(first) if all(r.keys() == first for r in rows) else list(dict.fromkeys(k for r in rows for k in r))
     dialect = conn.dialect
     names = ", ".join(dialect.identifier_preparer.quote(c) for c in cols)
     target = dialect.identifier_preparer.format_table(table)

@@ -88,15 +88,16 @@ def _walk_codings(node: Any, skip_meta: bool = True) -> list[tuple[str, str]]:
     top = node if skip_meta else None
     while stack:
         n = stack.pop()
-        if type(n) is dict or isinstance(n, Mapping):  # dict first: the ABC check is slow
+        if isinstance(n, list):
+            stack.extend(n)
+        elif isinstance(n, dict) or isinstance(n, Mapping):  # dict first: the ABC check is slow
             code = n.get("code")
             if isinstance(code, str) and "system" in n:
                 found.append((str(n.get("system") or ""), code))
             for key, value in n.items():
-                if isinstance(value, (Mapping, list)) and not (n is top and key == "meta"):
-                    stack.append(value)
-        elif isinstance(n, list):
-            stack.extend(n)
+                if isinstance(value, (dict, list)) or isinstance(value, Mapping):
+                    if not (n is top and key == "meta"):
+                        stack.append(value)
     return found
 
 
