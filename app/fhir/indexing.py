@@ -163,6 +163,8 @@ _FOLD = str.maketrans({"Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o", "ß": "ss",
 
 def normalise_string(value: str) -> str:
     """Case- and accent-insensitive form used for string search."""
+    if value.isascii():  # most names and postcodes: nothing to fold or strip
+        return " ".join(value.split()).lower()[:255]
     decomposed = unicodedata.normalize("NFKD", value.translate(_FOLD))
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return re.sub(r"\s+", " ", stripped).strip().lower()[:255]
@@ -259,30 +261,32 @@ class IndexRows:
 def index_resource(resource: dict[str, Any], rows: IndexRows | None = None) -> IndexRows:
     rows = rows or IndexRows()
     res_type, res_id = resource["resourceType"], resource["id"]
-    base = {"res_type": res_type, "res_id": res_id}
+    tokens, strings, dates, references = rows.tokens, rows.strings, rows.dates, rows.references
     for param in SEARCH_PARAMS.get(res_type, {}).values():
+        name, kind = param.name, param.kind
         seen: set = set()
         for path in param.paths:
             for value in walk(resource, path):
-                if param.kind == "token":
+                if kind == "token":
                     for system, code in _tokens(value):
                         key = (system, code[:255])
                         if key not in seen:
                             seen.add(key)
-                            rows.tokens.append({**base, "param": param.name, "system": system, "code": code[:255]})
-                elif param.kind == "string":
-                    for s in _strings(value):
-                        n = normalise_string(s)
+                            tokens.append({"res_type": res_type, "res_id": res_id, "param": name, "system": system, "code": key[1]})
+                elif kind == "string":
+                    for text in _strings(value):
+                        n = normalise_string(text)
                         if n and n not in seen:
                             seen.add(n)
-                            rows.strings.append({**base, "param": param.name, "value": n})
-                elif param.kind == "date":
+                            strings.append({"res_type": res_type, "res_id": res_id, "param": name, "value": n})
+                elif kind == "date":
                     for low, high in _dates(value):
-                        rows.dates.append({**base, "param": param.name, "low": low, "high": high})
-                elif param.kind == "reference" and isinstance(value, dict):
+                        dates.append({"res_type": res_type, "res_id": res_id, "param": name, "low": low, "high": high})
+                elif kind == "reference" and isinstance(value, dict):
                     row = reference_row(value, param)
                     if row is not None:
-                        rows.references.append({**base, "param": param.name, **row})
+                        row.update(res_type=res_type, res_id=res_id, param=name)
+                        references.append(row)
     return rows
 
 
