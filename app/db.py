@@ -70,6 +70,7 @@ class InList(ColumnElement[bool]):
 
     inherit_cache = True
     type = Boolean()
+    _is_implicitly_boolean = True  # else dialects without a boolean type render `(... IN ...) = 1`, which no index serves
     _traverse_internals = [("column", InternalTraversal.dp_clauseelement), ("name", InternalTraversal.dp_string)]
 
     def __init__(self, column, name: str):
