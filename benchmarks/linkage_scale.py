@@ -217,6 +217,7 @@ def bulk_load(url: str, world: World, n: int, log) -> list[dict]:
                 fmt = lambda d: d.strftime("%Y-%m-%d %H:%M:%S.%f")  # noqa: E731
                 cur.executemany("INSERT INTO linkage_person (id, version_id, created_at, updated_at, active) VALUES (?,?,?,?,?)",
                                 [(a, b, fmt(c), fmt(d), e) for a, b, c, d, e in persons])
+                links.sort()  # primary-key order: linkage_link and linkage_key are WITHOUT ROWID on SQLite
                 cur.executemany("INSERT INTO linkage_link (res_type, res_id, person_id, assurance, probability, how, matched_ref, nhs_number, source_org, features, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                                 [r[:10] + (fmt(r[10]),) for r in links])
                 keys.sort()
