@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from operator import itemgetter
@@ -60,6 +63,20 @@ def make_engine(url: str) -> Engine:
     # search of the array per row read: 17 ms instead of 1.6 ms for one Bundle's source keys).
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True,
                          connect_args={"options": "-c plan_cache_mode=force_custom_plan"})
+
+
+def new_id() -> str:
+    """A new logical id: a UUID version 7 (RFC 9562) in canonical text, a valid FHIR id.
+
+    Its first 48 bits are the Unix time in milliseconds, so ids made one after another sort
+    together: every index keyed by record id (the resource table, history, search and
+    linkage rows) grows at its right-hand edge instead of dirtying a random page per row, as
+    random (version 4) ids do; a Bundle's commit writes a fraction of the pages. The other
+    74 bits are random, so ids stay unguessable and unique across servers."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | (rand & 0x3FFF_FFFF_FFFF_FFFF)
+    return str(uuid.UUID(int=value))
 
 
 class InList(ColumnElement[bool]):

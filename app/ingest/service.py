@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -15,7 +14,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.tokens import Principal, require
-from app.db import in_list, insert_rows
+from app.db import in_list, insert_rows, new_id
 from app.errors import FhirError, bad_request, unprocessable
 from app.fhir import store
 from app.fhir.indexing import STORED_TYPES, WRITABLE_TYPES, IndexRows, identifiers_of, index_resource, parse_reference
@@ -188,7 +187,7 @@ class IngestService:
         controller), owned by this service's principal's organisation; no source sent it."""
         res_type = resource["resourceType"]
         get_fhir_model_class(res_type).model_validate(resource)  # the gateway's own output is valid FHIR too
-        plan = _Plan(req=EntryRequest(0, "POST", res_type, resource, in_bundle=False), res_type=res_type, res_id=str(uuid.uuid4()))
+        plan = _Plan(req=EntryRequest(0, "POST", res_type, resource, in_bundle=False), res_type=res_type, res_id=new_id())
         plan.resource = copy.deepcopy(resource)
         plan.resource["id"] = plan.res_id
         return self._store([plan])[0]
@@ -219,7 +218,7 @@ class IngestService:
         bundle_idents: dict[tuple[str, str, str], str] = {}
         for p in plans:
             if p.res_id is None:
-                p.res_id = str(uuid.uuid4())
+                p.res_id = new_id()
             if p.req.full_url:
                 urn_map[p.req.full_url] = f"{p.res_type}/{p.res_id}"
             for system, value in identifiers_of(p.req.resource or {}):

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Iterable
@@ -76,7 +75,7 @@ from typing import Any, Iterable
 from sqlalchemy import Integer, bindparam, delete, insert, or_, select, text, union_all, update
 from sqlalchemy.orm import Session
 
-from app.db import in_list, insert_rows
+from app.db import in_list, insert_rows, new_id
 from app.ingest.hooks import Written
 from app.linkage.matching import (
     level_for_label,
@@ -400,7 +399,7 @@ class _Batch:
         ))
 
     def new_person(self) -> str:
-        pid = str(uuid.uuid4())
+        pid = new_id()
         self.new_persons[pid] = _now()
         self.members[pid] = {}
         return pid
@@ -457,7 +456,7 @@ class LinkageService:
     def _new_person(self) -> str:
         """Insert a new linked person (Core, no ORM flush) and return its id."""
         now = _now()
-        pid = str(uuid.uuid4())
+        pid = new_id()
         self.session.connection().execute(_INS_PERSON, dict(id=pid, version_id=1, created_at=now, updated_at=now, active=True))
         return pid
 
