@@ -109,13 +109,18 @@ def in_list(column, name: str) -> InList:
     return InList(column, name)
 
 
-def _tuples(rows: list[dict], cols: list[str]) -> list[tuple]:
-    if len(cols) > 1:
-        try:
-            return list(map(itemgetter(*cols), rows))
-        except KeyError:  # some rows omit a column
+def _columns_and_tuples(rows: list[dict]) -> tuple[list[str], list[tuple]]:
+    """The columns the rows name and each row as a tuple in that order (None where a row
+    omits a column). Rows of one shape, the usual case, go through itemgetter."""
+    cols = list(rows[0])
+    n = len(cols)
+    if n > 1 and all(len(r) == n for r in rows):
+        try:  # same length and every key of the first row present: the same keys
+            return cols, list(map(itemgetter(*cols), rows))
+        except KeyError:
             pass
-    return [tuple(r.get(c) for c in cols) for r in rows]
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return cols, [tuple(r.get(c) for c in cols) for r in rows]
 
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict]) -> None:
@@ -125,8 +130,7 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict]) -> None:
     once instead of per row. Rows may omit columns (NULL)."""
     if not rows:
         return
-    first = rows[0].keys()
-    cols = list(first) if all(r.keys() == first for r in rows) else list(dict.fromkeys(k for r in rows for k in r))
+    cols, tuples = _columns_and_tuples(rows)
     dialect = conn.dialect
     names = ", ".join(dialect.identifier_preparer.quote(c) for c in cols)
     target = dialect.identifier_preparer.format_table(table)
@@ -134,13 +138,13 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict]) -> None:
         statement = f"COPY {target} ({names}) FROM STDIN"
         try:
             with conn.connection.driver_connection.cursor() as cur, cur.copy(statement) as copy:
-                for row in _tuples(rows, cols):
+                for row in tuples:
                     copy.write_row(row)
         except dialect.loaded_dbapi.Error as err:  # as SQLAlchemy raises it (IntegrityError: a racing writer)
             raise DBAPIError.instance(statement, None, err, dialect.loaded_dbapi.Error) from err
         return
     procs = [(i, p) for i, c in enumerate(cols) if (p := table.c[c].type.dialect_impl(dialect).bind_processor(dialect))]
-    params = _tuples(rows, cols)
+    params = tuples
     if procs:
         for n, row in enumerate(params):
             row = list(row)
