@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/linkage_scale.py --quick         # SQLite, 10,000 and 100,000
     scripts/with-postgres.sh .venv/bin/python benchmarks/linkage_scale.py --postgres   # + PostgreSQL
     .venv/bin/python benchmarks/linkage_scale.py --reuse /tmp/fv-scale   # keep the loaded databases for the next run
+    .venv/bin/python benchmarks/linkage_scale.py --interleave    # time all sizes in the same minutes (see below)
 
 For each size: a fresh database migrated to head; N synthetic persons (faker en_GB names and
 postcodes, dates of birth 1940-2010, valid 999… Modulus-11 NHS numbers on 60%) bulk-loaded
@@ -16,6 +17,11 @@ step that keeps the ground truth: nickname, name typo, day/month swap, one-digit
 postcode change, NHS number dropped) and 30% new people. Printed: p50/p95 of the link time
 (hook call; commit separately), candidates compared, how many duplicates joined their true
 person, and the growth ratio between the sizes. Target: p95 < 10 ms at 1M, growth < 1.5x.
+
+By default each size is timed in turn, so the growth ratio also carries whatever the machine
+did in those minutes (on a shared 2-CPU VM a size's p50 varies by up to 1.7x between runs).
+``--interleave`` loads every size first and then links one record into each size in turn:
+both sizes see the same machine conditions, and the ratio measures the database size alone.
 """
 from __future__ import annotations
 
@@ -245,65 +251,108 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def time_links(url: str, world: World, people: list[dict], samples: int, log, tag: str = "") -> dict:
-    settings = Settings(database_url=url)
-    db = Database(url)
-    hook = LinkageHook(settings)
-    rng = world.rng
-    link_ms, commit_ms, compared = [], [], []
-    dup_total = dup_joined = 0
-    new_total = new_alone = 0
+class Linker:
+    """Links sample records into one loaded database, one per :meth:`step`, and keeps the figures."""
+
+    def __init__(self, url: str, world: World, people: list[dict], tag: str = ""):
+        self.world, self.people, self.tag = world, people, tag
+        self.db = Database(url)
+        self.hook = LinkageHook(Settings(database_url=url))
+        self.link_ms: list[float] = []
+        self.commit_ms: list[float] = []
+        self.compared: list[int] = []
+        self.dup_total = self.dup_joined = self.new_total = self.new_alone = 0
+
+    def step(self, k: int, warm_up: bool) -> None:
+        world, rng = self.world, self.world.rng
+        is_dup = rng.random() < 0.7
+        if is_dup:
+            truth = rng.randrange(len(self.people))
+            p = world.corrupt(self.people[truth])
+        else:
+            truth = None
+            p = world.person(10**7 + k)
+            p["nhs"] = None if rng.random() < 0.5 else world.next_nhs()
+        res_type = "RelatedPerson" if rng.random() < 0.5 else "Patient"
+        rid = f"new{self.tag}{k}"
+        w = Written(res_type, rid, 1, dict(fhir(p, res_type), id=rid), True, "RMT01", "maternity")
+        with self.db.session() as s:
+            t0 = time.perf_counter()
+            self.hook.after_write(s, [w])
+            s.flush()
+            t1 = time.perf_counter()
+        t2 = time.perf_counter()
+        if warm_up:
+            return
+        self.link_ms.append((t1 - t0) * 1000)
+        self.commit_ms.append((t2 - t1) * 1000)
+        self.compared.append(_COUNTS[-1])
+        with self.db.session(readonly=True) as s:
+            mine = linked_person_id(s, res_type, rid)
+            if truth is not None:
+                self.dup_total += 1
+                self.dup_joined += mine == f"P{truth}"
+            else:
+                self.new_total += 1
+                self.new_alone += not mine.startswith("P")
+
+    def close(self) -> dict:
+        self.db.dispose()
+        link_ms, compared = self.link_ms, self.compared
+        return {
+            "p50": statistics.median(link_ms), "p95": pct(link_ms, 0.95), "max": max(link_ms),
+            "commit_p50": statistics.median(self.commit_ms), "cand_p50": statistics.median(compared),
+            "cand_max": max(compared), "dup": (self.dup_joined, self.dup_total), "new": (self.new_alone, self.new_total),
+        }
+
+
+_COUNTS: list[int] = []  # candidates compared by each link_written call
+
+
+def _count_candidates():
+    """Patch LinkageService.link_written to record how many candidates each call compared."""
     from app.linkage.service import LinkageService
 
     orig = LinkageService.link_written
-    counts = []
 
     def counting(self, written):
         out = orig(self, written)
-        counts.extend(r.candidates_compared for r in out)
+        _COUNTS.extend(r.candidates_compared for r in out)
         return out
 
     LinkageService.link_written = counting
+    return lambda: setattr(LinkageService, "link_written", orig)
+
+
+WARM_UP = 20
+
+
+def time_links(url: str, world: World, people: list[dict], samples: int, log, tag: str = "") -> dict:
+    restore = _count_candidates()
+    linker = Linker(url, world, people, tag)
     try:
-        for k in range(samples + 20):
-            is_dup = rng.random() < 0.7
-            if is_dup:
-                truth = rng.randrange(len(people))
-                p = world.corrupt(people[truth])
-            else:
-                truth = None
-                p = world.person(10**7 + k)
-                p["nhs"] = None if rng.random() < 0.5 else world.next_nhs()
-            res_type = "RelatedPerson" if rng.random() < 0.5 else "Patient"
-            rid = f"new{tag}{k}"
-            w = Written(res_type, rid, 1, dict(fhir(p, res_type), id=rid), True, "RMT01", "maternity")
-            with db.session() as s:
-                t0 = time.perf_counter()
-                hook.after_write(s, [w])
-                s.flush()
-                t1 = time.perf_counter()
-            t2 = time.perf_counter()
-            if k < 20:  # warm-up
-                continue
-            link_ms.append((t1 - t0) * 1000)
-            commit_ms.append((t2 - t1) * 1000)
-            compared.append(counts[-1])
-            with db.session(readonly=True) as s:
-                mine = linked_person_id(s, res_type, rid)
-                if truth is not None:
-                    dup_total += 1
-                    dup_joined += mine == f"P{truth}"
-                else:
-                    new_total += 1
-                    new_alone += not mine.startswith("P")
+        for k in range(samples + WARM_UP):
+            linker.step(k, k < WARM_UP)
     finally:
-        LinkageService.link_written = orig
-        db.dispose()
-    return {
-        "p50": statistics.median(link_ms), "p95": pct(link_ms, 0.95), "max": max(link_ms),
-        "commit_p50": statistics.median(commit_ms), "cand_p50": statistics.median(compared), "cand_max": max(compared),
-        "dup": (dup_joined, dup_total), "new": (new_alone, new_total),
-    }
+        restore()
+        result = linker.close()
+    return result
+
+
+def time_links_interleaved(setups: list[tuple[str, World, list[dict], str]], samples: int) -> list[dict]:
+    """One sample record linked into each database in turn, so every size is timed in the
+    same minutes: a slow spell of the machine (another process, the host) then weighs on
+    all sizes alike instead of on whichever size it happened to coincide with."""
+    restore = _count_candidates()
+    linkers = [Linker(url, world, people, tag) for url, world, people, tag in setups]
+    try:
+        for k in range(samples + WARM_UP):
+            for linker in linkers:
+                linker.step(k, k < WARM_UP)
+    finally:
+        restore()
+        results = [linker.close() for linker in linkers]
+    return results
 
 
 def main(argv=None) -> int:
@@ -316,6 +365,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", type=Path, default=None, metavar="DIR",
                     help="keep the loaded databases (SQLite files in DIR; PostgreSQL databases fv_scale_keep_<n>) and reuse "
                          "them in later runs, which then draw other sample records (saves the bulk load)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="load every size first, then link the samples into the sizes in turn (one record each), so all "
+                         "sizes are timed under the same machine conditions")
     args = ap.parse_args(argv)
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [100_000, 1_000_000])
     samples = args.samples or (200 if args.quick else 500)
@@ -330,12 +382,21 @@ def main(argv=None) -> int:
     workdir = args.reuse or Path(tempfile.mkdtemp(prefix="fv-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
+
+    def report(backend: str, n: int, r: dict) -> None:
+        results.append((backend, n, r))
+        log(f"    {backend}, {n:,} persons: link one record: p50 {r['p50']:.2f} ms, p95 {r['p95']:.2f} ms, max {r['max']:.1f} ms "
+            f"(commit p50 {r['commit_p50']:.2f} ms); candidates compared p50 {r['cand_p50']}, max {r['cand_max']}; "
+            f"duplicates joined their true person {r['dup'][0]}/{r['dup'][1]}, new people kept apart {r['new'][0]}/{r['new'][1]}")
+
     for backend in backends:
-        for n in sizes:
-            log(f"== {backend}, {n:,} persons ==")
-            world = World()
-            url, drop = new_database(backend, workdir, f"{n}", keep)
-            try:
+        setups, drops = [], []
+        try:
+            for n in sizes:
+                log(f"== {backend}, {n:,} persons ==")
+                world = World()
+                url, drop = new_database(backend, workdir, f"{n}", keep)
+                drops.append(drop)
                 upgrade(url)
                 have = loaded_persons(url) if keep else 0
                 tag = ""
@@ -348,13 +409,17 @@ def main(argv=None) -> int:
                     raise SystemExit(f"{url}: {have:,} persons loaded, expected {n:,}; remove it")
                 else:
                     people = bulk_load(url, world, n, log)
-                r = time_links(url, world, people, samples, log, tag)
-            finally:
+                if args.interleave:
+                    setups.append((url, world, people, tag))
+                else:
+                    report(backend, n, time_links(url, world, people, samples, log, tag))
+            if setups:
+                log(f"== {backend}: linking {samples} records into each size in turn ==")
+                for n, r in zip(sizes, time_links_interleaved(setups, samples)):
+                    report(backend, n, r)
+        finally:
+            for drop in drops:
                 drop()
-            results.append((backend, n, r))
-            log(f"    link one record: p50 {r['p50']:.2f} ms, p95 {r['p95']:.2f} ms, max {r['max']:.1f} ms "
-                f"(commit p50 {r['commit_p50']:.2f} ms); candidates compared p50 {r['cand_p50']}, max {r['cand_max']}; "
-                f"duplicates joined their true person {r['dup'][0]}/{r['dup'][1]}, new people kept apart {r['new'][0]}/{r['new'][1]}")
     print()
     print(f"{'backend':9} {'persons':>10} {'p50 ms':>8} {'p95 ms':>8} {'cand p50':>8}  dup joined")
     for backend, n, r in results:
