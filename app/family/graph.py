@@ -10,7 +10,7 @@ from functools import cached_property
 from datetime import date
 from typing import Any, Iterable
 
-from sqlalchemy import and_, bindparam, null, select, union_all
+from sqlalchemy import and_, bindparam, func, null, select, union_all
 from sqlalchemy.orm import Session
 
 from app.errors import FhirError, not_found
@@ -160,7 +160,10 @@ _REFERENCING = union_all(
     ),
     select(*_COLUMNS, SearchReference.ident_system, SearchReference.ident_value).join(SearchReference, _JOIN).where(
         SearchReference.param.in_(_many("params")), SearchReference.ident_value.in_(_many("values")),
-        SearchReference.res_type.in_(_many("types")), SearchReference.target_id.is_(None), StoredResource.deleted.is_(False),
+        SearchReference.res_type.in_(_many("types")),
+        # unresolved references only; as an expression, not `target_id IS NULL`, so that no
+        # planner takes the target index for it and walks every logical reference in the table
+        func.coalesce(SearchReference.target_id, "") == "", StoredResource.deleted.is_(False),
     ),
 )
 
