@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.tokens import Principal, require
-from app.db import in_list, insert_rows, new_id
+from app.db import in_list, insert_rows, new_id, plan_each_execution
 from app.errors import FhirError, bad_request, unprocessable
 from app.fhir import store
 from app.fhir.indexing import STORED_TYPES, WRITABLE_TYPES, IndexRows, identifiers_of, index_resource, parse_reference
@@ -147,6 +147,7 @@ class IngestService:
         self.principal = principal
         self.settings = settings
         self.hooks = hooks or []
+        self._custom_plans = False
 
     # ------------------------------------------------------------ public entry points
 
@@ -211,6 +212,9 @@ class IngestService:
                 seen[key] = e.index
 
     def _apply_writes(self, reqs: list[EntryRequest], *, allow_urn: bool) -> list[EntryResult]:
+        if not self._custom_plans:
+            plan_each_execution(self.session.connection())
+            self._custom_plans = True
         plans = [self._plan(r) for r in reqs]
         known_keys = self._dedupe_by_source_key(plans)
         # Map fullUrl -> literal reference for the entries that will exist after this bundle.
