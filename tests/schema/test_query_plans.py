@@ -6,7 +6,6 @@ from __future__ import annotations
 from sqlalchemy import create_engine
 from sqlalchemy.dialects import postgresql
 
-from app.family.graph import _REFERENCING
 from app.ingest.service import _CURRENT_ROWS, _SOURCE_KEYS
 from app.linkage.service import _SEL_CANDIDATES, _SEL_LINKS_BY_PERSON, _SEL_LINKS_BY_REF
 from app.migrate import upgrade
@@ -14,7 +13,6 @@ from app.migrate import upgrade
 PARAMS = {
     "org": "RMT01", "values": ["9990000018", "x-1"], "types": ["Patient", "RelatedPerson"], "ids": ["a", "b"],
     "hashes": [1, 2, 3], "lim": 10, "pids": ["p1", "p2"],
-    "params": ["patient", "subject"], "target_type": "Patient",
 }
 
 
@@ -40,18 +38,6 @@ def test_write_path_lookups_are_index_searches_on_sqlite(tmp_path):
         for name, (stmt, wanted) in expected.items():
             plan = _plan(conn, stmt)
             assert wanted in plan and "SCAN linkage" not in plan and "SCAN source_key" not in plan, f"{name}: {plan}"
-        # the family's records: literal references by target, logical ones by identifier value,
-        # never a walk of every unresolved reference in the table (planned with statistics of a
-        # store where many references are logical, as the GP's are)
-        conn.exec_driver_sql(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
-            "INSERT INTO search_reference (res_type, res_id, param, target_type, target_id, ident_system, ident_value) "
-            "SELECT 'Condition', 'c' || i, 'subject', 'Patient', CASE WHEN i % 2 = 0 THEN 'p' || i END, "
-            "'https://fhir.nhs.uk/Id/nhs-number', '999' || i FROM n")
-        conn.exec_driver_sql("ANALYZE")
-        plan = _plan(conn, _REFERENCING)
-        assert plan.count("SEARCH search_reference USING INDEX") == 2, plan
-        assert "ix_search_reference_target (ANY(param) AND ANY(target_type) AND target_id=?)" not in plan, plan
     engine.dispose()
 
 
