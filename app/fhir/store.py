@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Any, Iterable
 from urllib.parse import urlencode
@@ -24,6 +25,7 @@ _INDEX_TABLES = {"token": SearchToken, "string": SearchString, "date": SearchDat
 _DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 
 
+@lru_cache(maxsize=1024)  # a Bundle stamps every entry with the same instant, twice
 def format_instant(dt: datetime) -> str:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
