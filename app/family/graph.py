@@ -13,6 +13,7 @@ from typing import Any, Iterable
 from sqlalchemy import and_, bindparam, func, null, select, union_all
 from sqlalchemy.orm import Session
 
+from app.db import in_list
 from app.errors import FhirError, not_found
 from app.family import roles
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM, identifiers_of, parse_reference
@@ -138,13 +139,9 @@ _COLUMNS = (StoredResource.res_type, StoredResource.res_id, StoredResource.body,
 _JOIN = and_(SearchReference.res_type == StoredResource.res_type, SearchReference.res_id == StoredResource.res_id)
 
 
-def _many(name: str):
-    return bindparam(name, expanding=True)
-
-
 # Statements built once: a view runs a dozen of them, and building SQL costs more than running it.
 _LOAD = select(*_COLUMNS).where(
-    StoredResource.res_type.in_(_many("types")), StoredResource.res_id.in_(_many("ids")), StoredResource.deleted.is_(False)
+    in_list(StoredResource.res_type, "types"), in_list(StoredResource.res_id, "ids"), StoredResource.deleted.is_(False)
 )
 _BY_IDENTIFIER = (
     select(*_COLUMNS)
@@ -155,12 +152,12 @@ _BY_IDENTIFIER = (
 )
 _REFERENCING = union_all(
     select(*_COLUMNS, null().label("ident_system"), null().label("ident_value")).join(SearchReference, _JOIN).where(
-        SearchReference.param.in_(_many("params")), SearchReference.target_type == bindparam("target_type"),
-        SearchReference.target_id.in_(_many("ids")), SearchReference.res_type.in_(_many("types")), StoredResource.deleted.is_(False),
+        in_list(SearchReference.param, "params"), SearchReference.target_type == bindparam("target_type"),
+        in_list(SearchReference.target_id, "ids"), in_list(SearchReference.res_type, "types"), StoredResource.deleted.is_(False),
     ),
     select(*_COLUMNS, SearchReference.ident_system, SearchReference.ident_value).join(SearchReference, _JOIN).where(
-        SearchReference.param.in_(_many("params")), SearchReference.ident_value.in_(_many("values")),
-        SearchReference.res_type.in_(_many("types")),
+        in_list(SearchReference.param, "params"), in_list(SearchReference.ident_value, "values"),
+        in_list(SearchReference.res_type, "types"),
         # unresolved references only; as an expression, not `target_id IS NULL`, so that no
         # planner takes the target index for it and walks every logical reference in the table
         func.coalesce(SearchReference.target_id, "") == "", StoredResource.deleted.is_(False),

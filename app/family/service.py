@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit_store
 from app.audit.events import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditItem, FamilyViewAudit, basis_text
+from app.db import plan_once_per_statement
 from app.auth.tokens import Principal
 from app.errors import SPINE_ERROR_SYSTEM, FhirError
 from app.family.graph import FamilyGraph, FamilyMember, Rec, assemble, find_subject
@@ -149,6 +150,7 @@ class FamilyViewService:
     def _view(self, req: FamilyViewRequest, today: date, audit: FamilyViewAudit) -> dict[str, Any]:
         if req.res_id is None and not req.identifier:
             raise FhirError(400, "required", "Give the infant as Patient/{id}/$family-view or ?identifier=system|value", expression="identifier", spine_code="MISSING_VALUE")
+        plan_once_per_statement(self.session.connection())
         subject = find_subject(self.session, res_id=req.res_id, identifier=req.identifier)
         audit.subjects.append((subject.ref, "requested", [subject.nhs_number] if subject.nhs_number else []))
         purpose = PURPOSES.get(req.purpose or "")
