@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit_store
 from app.audit.events import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditItem, FamilyViewAudit, basis_text
-from app.db import plan_once_per_statement
 from app.auth.tokens import Principal
+from app.db import plan_once_per_statement
 from app.errors import SPINE_ERROR_SYSTEM, FhirError
 from app.family.graph import FamilyGraph, FamilyMember, Rec, assemble, find_subject
 from app.family.relationship import legitimate_relationship
