@@ -180,10 +180,36 @@ def _provisions(node: dict, expr: str) -> Iterator[tuple[str, dict]]:
                 yield from _provisions(p, here)
 
 
-def _datatypes_and_identifiers_valid(resource: dict[str, Any]) -> bool:
-    """The datatype, NHS number, ODS and confidentiality checks of check_business_rules as a
-    yes/no, without building an expression for every element: the common case, a valid
-    resource, pays only for one walk."""
+def _rule_error(node: dict[str, Any], expr: str) -> FhirError | None:
+    """The first datatype, NHS number, ODS or confidentiality rule this element breaks, as the
+    error naming it under `expr`; None when it keeps them all."""
+    for element in _DATATYPE_ELEMENTS.intersection(node):
+        for attr, allowed in _DATATYPE_BY_ELEMENT[element]:
+            for e, value in _iter_paths(node, f"{element}.{attr}", expr):
+                if value not in allowed:
+                    return _code_error(e, value, allowed)
+    system = node.get("system")
+    if system == NHS_NUMBER_SYSTEM and "value" in node:
+        if not is_valid_nhs_number(node.get("value")):
+            return FhirError(
+                422, "value",
+                f"{expr}.value: not a valid NHS number (10 digits with a Modulus 11 check digit)",
+                expression=f"{expr}.value", spine_code="INVALID_NHS_NUMBER",
+            )
+    elif system == ODS_SYSTEM and "value" in node:
+        if not is_valid_ods_code(node.get("value")):
+            return FhirError(
+                422, "value", f"{expr}.value: not a valid ODS organisation code (3 to 10 upper-case letters and digits)",
+                expression=f"{expr}.value", spine_code="INVALID_VALUE",
+            )
+    elif system == CONFIDENTIALITY_SYSTEM and "code" in node and node.get("code") not in _CONFIDENTIALITY_CODES:
+        return _code_error(f"{expr}.code", node.get("code"), _CONFIDENTIALITY_CODES)
+    return None
+
+
+def _breaks_a_rule(resource: dict[str, Any]) -> bool:
+    """Whether any element breaks a rule of _rule_error, walked without building an
+    expression for every element: the common case, a valid resource, pays for one walk."""
     stack: list[Any] = [resource]
     while stack:
         node = stack.pop()
@@ -192,24 +218,12 @@ def _datatypes_and_identifiers_valid(resource: dict[str, Any]) -> bool:
             continue
         if not isinstance(node, dict):
             continue
-        for element in _DATATYPE_ELEMENTS.intersection(node):
-            for attr, allowed in _DATATYPE_BY_ELEMENT[element]:
-                for _, value in _iter_paths(node, f"{element}.{attr}", ""):
-                    if value not in allowed:
-                        return False
-        system = node.get("system")
-        if system == NHS_NUMBER_SYSTEM and "value" in node:
-            if not is_valid_nhs_number(node.get("value")):
-                return False
-        elif system == ODS_SYSTEM and "value" in node:
-            if not is_valid_ods_code(node.get("value")):
-                return False
-        elif system == CONFIDENTIALITY_SYSTEM and "code" in node and node.get("code") not in _CONFIDENTIALITY_CODES:
-            return False
+        if _rule_error(node, "") is not None:
+            return True
         for v in node.values():
             if isinstance(v, (dict, list)):
                 stack.append(v)
-    return True
+    return False
 
 
 def check_business_rules(resource: dict[str, Any]) -> None:
@@ -231,30 +245,12 @@ def check_business_rules(resource: dict[str, Any]) -> None:
                 for e, value in _iter_paths(prov, path, expr):
                     if value not in allowed:
                         raise _code_error(e, value, allowed)
-    if _datatypes_and_identifiers_valid(resource):
+    if not _breaks_a_rule(resource):
         return
     for expr, node in _walk_dicts(resource, res_type):  # find and name the first problem
-        for element in _DATATYPE_ELEMENTS.intersection(node):
-            for attr, allowed in _DATATYPE_BY_ELEMENT[element]:
-                for e, value in _iter_paths(node, f"{element}.{attr}", expr):
-                    if value not in allowed:
-                        raise _code_error(e, value, allowed)
-        system = node.get("system")
-        if system == NHS_NUMBER_SYSTEM and "value" in node:
-            if not is_valid_nhs_number(node.get("value")):
-                raise FhirError(
-                    422, "value",
-                    f"{expr}.value: not a valid NHS number (10 digits with a Modulus 11 check digit)",
-                    expression=f"{expr}.value", spine_code="INVALID_NHS_NUMBER",
-                )
-        elif system == ODS_SYSTEM and "value" in node:
-            if not is_valid_ods_code(node.get("value")):
-                raise FhirError(
-                    422, "value", f"{expr}.value: not a valid ODS organisation code (3 to 10 upper-case letters and digits)",
-                    expression=f"{expr}.value", spine_code="INVALID_VALUE",
-                )
-        elif system == CONFIDENTIALITY_SYSTEM and "code" in node and node.get("code") not in _CONFIDENTIALITY_CODES:
-            raise _code_error(f"{expr}.code", node.get("code"), _CONFIDENTIALITY_CODES)
+        error = _rule_error(node, expr)
+        if error is not None:
+            raise error
 
 
 def validate_resource(resource: Any, *, expected_type: str | None = None) -> dict[str, Any]:
