@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 import threading
@@ -17,6 +16,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from app.main import create_app
     from app.migrate import upgrade
+    from app.runtime import collect_garbage_rarely
 
     settings = get_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -24,12 +24,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.migrate:
         upgrade(settings.database_url)
     app = create_app(settings)
-    # A FHIR request allocates tens of thousands of short-lived objects (parsed JSON, R4B
-    # models) and leaves few cycles: keep what startup built out of the collector's sight and
-    # collect the youngest generation every 20,000 allocations rather than 700 (~15% of
-    # a Bundle's CPU otherwise goes to collections that find nothing).
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    collect_garbage_rarely()
     config = uvicorn.Config(app, host=args.host, port=args.port, workers=1, log_level="info", access_log=args.access_log)
     server = uvicorn.Server(config)
     if args.with_demo:
@@ -53,7 +48,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(_next_steps(base), flush=True)
 
         threading.Thread(target=load_demo_when_up, daemon=True).start()
-    server.run()
+    worker = None
+    if settings.linkage_queued:  # links what each write queued, beside this process (app.linkage.queue)
+        from app.linkage.queue import LinkageWorker
+
+        worker = LinkageWorker(settings)
+        worker.start()
+    try:
+        server.run()
+    finally:
+        if worker is not None:
+            worker.stop()
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,14 @@ class Settings(BaseSettings):
     linkage_review_probability: float = 0.5
     linkage_twin_guard: bool = True  # never auto-link plainly different given names without a shared identifier
     linkage_max_candidates: int = 500  # cap on candidate records compared with one new record
+    # When linkage runs. "inline": in each write's transaction. "queued": the write names its
+    # records in a durable queue and a worker process that `familyview serve` starts links
+    # them right after commit, beside the next request (readers of linkage link what is
+    # still queued before they read). "auto": queued on PostgreSQL, where the worker runs
+    # in parallel with the server and the database; inline on SQLite, where a second
+    # writing process could only wait for the one write lock.
+    linkage_mode: Literal["auto", "inline", "queued"] = "auto"
+    linkage_worker_poll_seconds: float = 0.25  # how often an idle worker looks (PostgreSQL also wakes it at each commit)
 
     # Sync from an upstream FHIR server (`familyview sync`, the rest-hook receiver).
     # Auth to the upstream: a bearer token, or OAuth2 client credentials from sync_token_url.
@@ -70,6 +79,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def linkage_queued(self) -> bool:
+        return self.linkage_mode == "queued" or (self.linkage_mode == "auto" and not self.is_sqlite)
 
 
 @lru_cache

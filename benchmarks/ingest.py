@@ -1,7 +1,9 @@
 """Ingest throughput: transaction Bundles of 100 mixed resources posted over HTTP to a running
 single-worker server, next to the rate at which fhir.resources alone validates the same
 Bundles (the baseline, timed in the same run: blocks of 10 Bundles validated, then posted).
-Target: ingest >= 40% of validate-only.
+Target: ingest >= 40% of validate-only. Ingest time is the requests' time plus, after each
+block, the wait until the server's linkage queue is empty (linkage runs after commit when
+queued, the default on PostgreSQL), so linking every record is always counted.
 
     scripts/with-postgres.sh .venv/bin/python benchmarks/ingest.py            # SQLite and PostgreSQL
     .venv/bin/python benchmarks/ingest.py --bundles 50 --database sqlite
@@ -107,6 +109,30 @@ def validate_one(text: str) -> float:
 BLOCK = 10  # Bundles validated, then the same Bundles posted, in turn
 
 
+class LinkageQueue:
+    """The server's linkage queue, seen from outside: with linkage queued (the default on
+    PostgreSQL) a Bundle's records are linked after its response, so each block's time runs
+    until the queue is empty; the next block's baseline never shares the machine with it."""
+
+    def __init__(self, url: str):
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(url)
+
+    def wait_until_linked(self) -> float:
+        from sqlalchemy import text
+
+        t0 = time.perf_counter()
+        with self.engine.connect() as conn:
+            while conn.execute(text("SELECT EXISTS (SELECT 1 FROM linkage_queue)")).scalar():
+                conn.rollback()
+                time.sleep(0.005)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
 def run(kind: str, bundles: list[dict]) -> dict:
     """Validate a block of Bundles with fhir.resources alone, post the same block, and so on:
     the baseline and the ingest are timed in turn through the whole run, so a machine that
@@ -116,11 +142,13 @@ def run(kind: str, bundles: list[dict]) -> dict:
     key = dbs.tmp / "key.pem"
     url = dbs.new("ingest")
     server = Server(url, key)
+    queue = None
     token = mint_token(Settings(database_url=url, auth_local_key_path=key), role="source-system", org="RMT01", service="maternity", minutes=240)
     try:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
         texts = [json.dumps(b) for b in bundles]
-        times, baseline = [], []
+        times, baseline, waits = [], [], []
+        queue = LinkageQueue(url)
         with httpx.Client(timeout=120, headers=headers) as client:
             warm = json.dumps(make_bundles(1, start=250_000)[0])
             validate_one(warm)
@@ -134,10 +162,14 @@ def run(kind: str, bundles: list[dict]) -> dict:
                     times.append(time.perf_counter() - t0)
                     if r.status_code != 200:
                         sys.exit(f"a bundle was refused: {r.status_code} {r.text[:400]}")
+                waits.append(queue.wait_until_linked())
         n = sum(len(b["entry"]) for b in bundles)
-        return {"rate": n / sum(times), "baseline": n / sum(baseline),
-                "p50": percentile(times, 50) * 1000, "p95": percentile(times, 95) * 1000}
+        return {"rate": n / (sum(times) + sum(waits)), "baseline": n / sum(baseline),
+                "p50": percentile(times, 50) * 1000, "p95": percentile(times, 95) * 1000,
+                "wait": sum(waits) / len(times) * 1000}
     finally:
+        if queue is not None:
+            queue.close()
         server.stop()
         dbs.drop()
 
@@ -156,7 +188,8 @@ def main() -> int:
         ratio = fig["rate"] / fig["baseline"]
         ok &= ratio >= 0.4
         print(f"{kind:9} baseline fhir.resources validate-only: {fig['baseline']:,.0f} resources/s")
-        print(f"{kind:9} ingest: {fig['rate']:,.0f} resources/s, per bundle p50 {fig['p50']:.0f} ms, p95 {fig['p95']:.0f} ms; "
+        print(f"{kind:9} ingest: {fig['rate']:,.0f} resources/s, per bundle p50 {fig['p50']:.0f} ms, p95 {fig['p95']:.0f} ms, "
+              f"then {fig['wait']:.1f} ms per bundle waiting for queued linkage; "
               f"{ratio:.0%} of validate-only (target >= 40%: {'met' if ratio >= 0.4 else 'NOT met'})", flush=True)
     return 0 if ok else 1
 

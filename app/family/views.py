@@ -10,9 +10,10 @@ from app.auth.tokens import Principal, Scope
 from app.errors import FhirError
 from app.family.service import FamilyViewRequest, FamilyViewService
 from app.fhir.http import FhirContext, FhirResponse, fhir_context
+from app.linkage.queue import linkage_settled
 
 log = logging.getLogger("familyview")
-router = APIRouter(prefix="/fhir/Patient", tags=["Family view"])
+router = APIRouter(prefix="/fhir/Patient", tags=["Family view"], dependencies=[Depends(linkage_settled)])
 
 
 def _notifier(ctx: FhirContext):

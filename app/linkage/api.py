@@ -38,13 +38,15 @@ from app.fhir.indexing import NHS_NUMBER_SYSTEM, parse_reference
 from app.fhir.models import SearchToken
 from app.linkage.admin import LinkageAdmin, candidate_json, persons_of
 from app.linkage.models import Link, LinkageEvent, LinkedPerson, ReviewCandidate
+from app.linkage.queue import linkage_settled
 from app.linkage.service import LINKED_TYPES, LinkageHook
 
 PERSON_READERS = ("admin", "ig-officer", "source-system")
 CANDIDATE_STATUSES = ("open", "confirmed", "rejected", "superseded")
 
-fhir_router = APIRouter(prefix="/fhir", tags=["FHIR Person (record linkage)"])
-admin_router = APIRouter(prefix="/linkage", tags=["Record linkage administration"])
+# every reader of linkage links what is still queued first (app.linkage.queue)
+fhir_router = APIRouter(prefix="/fhir", tags=["FHIR Person (record linkage)"], dependencies=[Depends(linkage_settled)])
+admin_router = APIRouter(prefix="/linkage", tags=["Record linkage administration"], dependencies=[Depends(linkage_settled)])
 
 
 # ------------------------------------------------------------------ FHIR Person

@@ -14,6 +14,8 @@
                         automatic re-matching never overrides an active one.
 * ``linkage_event``     the event log: every create/join/move/split/merge/unlink/confirm/
                         reject with who and why.
+* ``linkage_queue``     records written but not linked yet, when linkage runs after the
+                        write's commit (migration 0007; ``app.linkage.queue``).
 
 On SQLite ``linkage_link`` and ``linkage_key`` are WITHOUT ROWID tables (migration 0006): the
 rows live in their primary-key B-tree, so a record is found with one B-tree descent instead
@@ -141,3 +143,17 @@ class LinkageEvent(Base):
         Index("ix_linkage_event_from", "from_person"),
         Index("ix_linkage_event_to", "to_person"),
     )
+
+
+class QueuedRecord(Base):
+    """A Patient/RelatedPerson written but not linked yet: the durable queue of the queued
+    linkage mode (settings ``linkage_mode``), written in the write's transaction and emptied
+    by ``app.linkage.queue.drain``. It names the record, not a version: the drain links the
+    record as it is stored when it runs, so a record written twice is linked once."""
+
+    __tablename__ = "linkage_queue"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    res_type: Mapped[str] = mapped_column(String(40), nullable=False)
+    res_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    enqueued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

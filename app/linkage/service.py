@@ -24,7 +24,9 @@ Python API for the family view (and anyone else reading linkage)::
         them whatever ``min_assurance`` says. [] when the record is not linked.
 
 Both read only committed, fully-linked state: linking runs in the ingest transaction
-(:class:`LinkageHook.after_write`), so a reader never sees a record without its link.
+(:class:`LinkageHook.after_write`), or, queued, right after it (``app.linkage.queue``), and
+then every reader of linkage calls ``queue.settle`` first, so a reader never sees a record
+without its link.
 
 Design (why it is what it is)
 -----------------------------
@@ -91,6 +93,7 @@ from app.linkage.matching import (
     score,
 )
 from app.linkage.models import BlockingKey, Link, LinkageEvent, LinkedPerson, ManualDecision, ReviewCandidate
+from app.linkage.queue import enqueue
 
 LINKED_TYPES = ("Patient", "RelatedPerson")
 LEVELS = ("level1", "level2", "level3", "level4")
@@ -833,7 +836,8 @@ class LinkageService:
 
 
 class LinkageHook:
-    """Ingest hook: links every written Patient/RelatedPerson in the write's transaction."""
+    """Ingest hook: links every written Patient/RelatedPerson in the write's transaction, or
+    (queued mode) names it in the linkage queue there (``app.linkage.queue``)."""
 
     def __init__(self, settings):
         self.settings = settings
@@ -842,5 +846,10 @@ class LinkageHook:
         return None
 
     def after_write(self, session: Session, written: list[Written]) -> None:
-        if any(w.res_type in LINKED_TYPES for w in written):
-            LinkageService.from_settings(session, self.settings).link_written(written)
+        mine = [w for w in written if w.res_type in LINKED_TYPES]
+        if not mine:
+            return
+        if self.settings.linkage_queued:
+            enqueue(session, mine)
+        else:
+            LinkageService.from_settings(session, self.settings).link_written(mine)

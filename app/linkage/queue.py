@@ -1,0 +1,179 @@
+"""Linkage after commit: the durable queue, its drain, and the worker process that drains it.
+
+In the queued mode (settings ``linkage_mode``; the default on PostgreSQL) a write names its
+Patients and RelatedPersons in ``linkage_queue`` inside its own transaction, so the names are
+kept exactly when the records are. A worker process started by ``familyview serve`` links
+them right after commit. It runs beside the server process, which has by then gone on to
+the next request. Linking is about a third of a Bundle's time on PostgreSQL. One Python
+process would take it in turn with validation, so the worker is a process, not a thread.
+
+Nothing ever reads a half-linked state:
+- each drain links a batch of records and removes them from the queue in one transaction;
+- every reader of linkage (the family view, FHIR Person, the review queue and the admin
+  operations) first calls :func:`settle`. It links everything that was queued before the
+  call. It waits for a batch the worker holds, and links the rest itself.
+
+So the worker only makes linking early. The readers make it certain. If the worker stops,
+nothing is lost: the queue is durable, and the next reader or a restarted worker drains it.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from fastapi import Depends, Request
+from sqlalchemy import delete, func, select
+
+from app.auth.deps import get_principal
+from app.auth.tokens import Principal
+from app.db import Database, in_list, insert_rows, plan_each_execution
+from app.fhir.models import StoredResource
+from app.ingest.hooks import Written
+from app.linkage.models import QueuedRecord
+
+log = logging.getLogger("familyview")
+
+_Q = QueuedRecord.__table__
+_R = StoredResource.__table__
+BATCH = 1000  # records linked per transaction: a few Bundles' worth when the worker is behind
+
+_SEL_BATCH = select(_Q.c.id, _Q.c.res_type, _Q.c.res_id).order_by(_Q.c.id)
+_SEL_RESOURCES = select(_R.c.res_type, _R.c.res_id, _R.c.version_id, _R.c.body, _R.c.source_org, _R.c.source_system).where(
+    in_list(_R.c.res_id, "ids"), _R.c.deleted.is_(False))
+_DEL_BATCH = delete(_Q).where(in_list(_Q.c.id, "qids"))
+
+
+CHANNEL = "familyview_linkage"  # PostgreSQL NOTIFY channel: wakes the worker at each commit
+
+
+def enqueue(session, written: list[Written]) -> None:
+    """Name the written records in the queue, in the write's transaction (on PostgreSQL the
+    worker is told at commit: NOTIFY is delivered then, and not at all on rollback)."""
+    conn = session.connection()
+    now = datetime.now(timezone.utc)
+    insert_rows(conn, _Q, [{"res_type": w.res_type, "res_id": w.res_id, "enqueued_at": now} for w in written])
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+
+
+def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch: int = BATCH) -> int:
+    """Link queued records, a batch per transaction, until none is left (or none up to
+    ``up_to``); returns how many queue entries were done.
+
+    ``wait=False`` (the worker) skips entries another drainer holds. ``wait=True`` (a
+    reader) waits for that drainer's transaction, so when it returns every entry up to
+    ``up_to`` is linked. On SQLite, writers are serialised by BEGIN IMMEDIATE anyway."""
+    from app.linkage.service import LinkageService  # not at the top: the service imports enqueue from here
+
+    done = 0
+    query = _SEL_BATCH.limit(batch).with_for_update(skip_locked=not wait)
+    if up_to is not None:
+        query = query.where(_Q.c.id <= up_to)
+    while True:
+        with db.session() as session:
+            conn = session.connection()
+            plan_each_execution(conn)  # linking binds arrays of key hashes, as the write path does
+            entries = conn.execute(query).all()
+            if not entries:
+                return done
+            order = {(e.res_type, e.res_id): None for e in entries}  # each record once, in queue order
+            stored = {(r.res_type, r.res_id): r for r in conn.execute(_SEL_RESOURCES, {"ids": sorted({i for _, i in order})})}
+            written = [
+                Written(r.res_type, r.res_id, r.version_id, orjson.loads(r.body), False, r.source_org, r.source_system)
+                for r in map(stored.get, order) if r is not None
+            ]
+            if written:
+                LinkageService.from_settings(session, settings).link_written(written)
+            conn.execute(_DEL_BATCH, {"qids": [e.id for e in entries]})
+        done += len(entries)
+
+
+def settle(db: Database, settings) -> None:
+    """Link everything queued before this call: a reader of linkage calls it first."""
+    with db.session(readonly=True) as session:
+        last = session.scalar(select(func.max(_Q.c.id)))
+    if last is not None:
+        drain(db, settings, wait=True, up_to=last)
+
+
+def linkage_settled(request: Request, principal: Principal = Depends(get_principal)) -> None:
+    """Route dependency of every reader of linkage (after authentication, so an anonymous
+    request never makes the server link)."""
+    settle(request.app.state.db, request.app.state.settings)
+
+
+# ------------------------------------------------------------------ the worker process
+def run_worker(settings, parent_pid: int | None = None) -> None:
+    """Drain the queue for ever; exit when the server that started it is gone. When the queue
+    is empty, wait for a commit's NOTIFY (PostgreSQL) or the poll interval, whichever first."""
+    db = Database(settings.database_url)
+    idle = settings.linkage_worker_poll_seconds
+    listener = None  # a pooled connection held checked out for LISTEN (PostgreSQL)
+    while parent_pid is None or os.getppid() == parent_pid:
+        try:
+            if db.dialect == "postgresql" and listener is None:
+                listener = db.engine.raw_connection()
+                listener.driver_connection.autocommit = True
+                listener.driver_connection.execute(f"LISTEN {CHANNEL}")
+            if drain(db, settings, wait=False) == 0:
+                if listener is not None:
+                    for _ in listener.driver_connection.notifies(timeout=idle, stop_after=1):
+                        pass
+                else:
+                    time.sleep(idle)
+        except Exception:  # a database outage or a bug: logged, the entries stay queued, try again
+            log.exception("linkage worker: a batch failed; its records stay queued")
+            if listener is not None:
+                listener.invalidate()
+                listener = None
+            time.sleep(min(5.0, 20 * idle))
+
+
+def _worker_main(settings, parent_pid: int) -> None:
+    from app.linkage.service import LinkageService  # noqa: F401  (imported before the freeze)
+    from app.runtime import collect_garbage_rarely
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    collect_garbage_rarely()
+    os.nice(10)  # requests first: linking fills the time the server waits on the database or the network
+    run_worker(settings, parent_pid)
+
+
+class LinkageWorker:
+    """The worker process of one server, restarted if it dies."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copied engine or locks
+        self._process: Any = None
+        self._stop = threading.Event()
+        self._watch: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._spawn()
+        self._watch = threading.Thread(target=self._supervise, name="linkage-worker-watch", daemon=True)
+        self._watch.start()
+
+    def _spawn(self) -> None:
+        self._process = self._ctx.Process(
+            target=_worker_main, args=(self.settings, os.getpid()), name="familyview-linkage", daemon=True)
+        self._process.start()
+        log.info("linkage worker started (pid %s)", self._process.pid)
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(1.0):
+            if not self._process.is_alive():
+                log.error("linkage worker exited (code %s); starting another", self._process.exitcode)
+                self._spawn()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=10)

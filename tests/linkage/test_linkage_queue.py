@@ -1,0 +1,224 @@
+"""Linkage after commit (settings ``linkage_mode`` queued, the default on PostgreSQL): the
+queue is written in the write's transaction, drained right after it by the worker process
+that ``familyview serve`` starts, and every reader of linkage links what is left before it
+reads. Run on SQLite and PostgreSQL with the mode set to queued; the worker on PostgreSQL."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from app.auth.tokens import mint_token
+from app.db import Database
+from app.ingest.service import EntryRequest, IngestService
+from app.linkage.models import Link, QueuedRecord
+from app.linkage.queue import drain, settle
+from app.linkage.service import LinkageHook, linked_person_id
+from app.settings import PROJECT_ROOT, Settings
+from tests.conftest import FHIR_JSON, GP_ORG, MATERNITY_ORG, PG_URL, free_port, make_settings, start_server
+from tests.fhirdata import next_nhs
+from tests.linkage.linkage_testkit import create, mother_and_partner, person, post_bundle
+from tests.linkage.test_linkage_service import _source, _with_patient
+
+
+@pytest.fixture
+def queued(database_url, key_path) -> Settings:
+    return make_settings(database_url, key_path, linkage_mode="queued")
+
+
+def _queue(database) -> list[tuple[str, str]]:
+    with database.session(readonly=True) as s:
+        return [tuple(r) for r in s.execute(select(QueuedRecord.res_type, QueuedRecord.res_id).order_by(QueuedRecord.id))]
+
+
+def _links(database) -> int:
+    with database.session(readonly=True) as s:
+        return s.scalar(select(func.count()).select_from(Link))
+
+
+def test_linkage_mode_auto_queues_on_postgresql_and_links_inline_on_sqlite(key_path):
+    sqlite, pg = "sqlite:///x.db", "postgresql+psycopg://u@127.0.0.1/db"
+    assert not make_settings(sqlite, key_path).linkage_queued
+    assert make_settings(pg, key_path).linkage_queued
+    assert make_settings(sqlite, key_path, linkage_mode="queued").linkage_queued
+    assert not make_settings(pg, key_path, linkage_mode="inline").linkage_queued
+
+
+def test_a_write_queues_its_people_in_its_own_transaction(database, queued):
+    """The queue rows commit with the records and roll back with them; only Patients and
+    RelatedPersons are queued; nothing is linked until the queue is drained."""
+    with database.session() as s:
+        svc = IngestService(s, _source(MATERNITY_ORG, "maternity"), queued, [LinkageHook(queued)], base="http://test/fhir")
+        mum = svc.write_one(EntryRequest(0, "POST", "Patient", person("Patient", "Emma", "Smith", "1995-02-01", gender="female", nhs=next_nhs()), in_bundle=False))
+        svc.write_one(EntryRequest(0, "POST", "Flag", {"resourceType": "Flag", "status": "active", "code": {"text": "Home visit: dog"},
+                                                        "subject": {"reference": f"Patient/{mum.res_id}"}}, in_bundle=False))
+    assert _queue(database) == [("Patient", mum.res_id)] and _links(database) == 0
+
+    with pytest.raises(RuntimeError), database.session() as s:  # the write's transaction fails after the hook ran
+        svc = IngestService(s, _source(GP_ORG, "general-practice"), queued, [LinkageHook(queued)], base="http://test/fhir")
+        svc.write_one(EntryRequest(0, "POST", "Patient", person("Patient", "Ann", "Jones", "1990-01-01", nhs=next_nhs()), in_bundle=False))
+        raise RuntimeError("rolled back")
+    assert _queue(database) == [("Patient", mum.res_id)]
+
+    assert drain(database, queued, wait=True) == 1
+    assert _queue(database) == [] and _links(database) == 1
+
+
+def test_a_record_written_twice_before_the_drain_is_linked_once_as_it_is_now(database, queued):
+    body = _with_patient(person("RelatedPerson", "Jon", "Smyth", "1998-04-03", postcode="LS6 2AB"))
+    with database.session() as s:
+        svc = IngestService(s, _source(MATERNITY_ORG, "maternity"), queued, [LinkageHook(queued)], base="http://test/fhir")
+        ref = svc.write_one(EntryRequest(0, "POST", "RelatedPerson", body, in_bundle=False))
+    with database.session() as s:
+        svc = IngestService(s, _source(MATERNITY_ORG, "maternity"), queued, [LinkageHook(queued)], base="http://test/fhir")
+        svc.write_one(EntryRequest(0, "PUT", f"RelatedPerson/{ref.res_id}", dict(body, id=ref.res_id, birthDate="1998-04-13"), in_bundle=False))
+    assert len(_queue(database)) == 2
+    assert drain(database, queued, wait=False) == 2
+    with database.session(readonly=True) as s:
+        link = s.get(Link, ("RelatedPerson", ref.res_id))
+        assert '"d":"1998-04-13"' in link.features  # the stored version, not the first one
+    assert _queue(database) == [] and _links(database) == 1
+
+
+def test_every_reader_of_linkage_links_what_is_queued_first(queued):
+    """No worker runs here (the app is served in-process): FHIR Person, the review queue and
+    the family view each link what is queued before they read, so none sees a record
+    unlinked; an anonymous request is refused before anything is linked. (The family
+    scenarios run the view's content on PostgreSQL, where queued is the default.)"""
+    base, app, _, stop = start_server(queued)
+    db = app.state.db
+
+    def client(role, org, service=None):
+        token = mint_token(queued, role=role, org=org, service=service)
+        return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    maternity = client("source-system", MATERNITY_ORG, "maternity")
+    maternity.base_url = base + "/fhir"
+    gp = client("source-system", GP_ORG, "general-practice")
+    gp.base_url = base + "/fhir"
+    admin, hv = client("admin", MATERNITY_ORG), client("health-visitor", "RHV01")
+    try:
+        mum, rp = post_bundle(maternity, mother_and_partner(person("RelatedPerson", "Jon", "Smyth", "1998-04-03", postcode="LS6 2AB")))
+        gp_ref = create(gp, person("Patient", "Jonathan", "Smith", "1998-04-03", nhs=next_nhs(), postcode="LS6 2AB"))
+        assert len(_queue(db)) == 3 and _links(db) == 0
+
+        r = admin.get("/fhir/Person", params={"link": rp})
+        assert r.status_code == 200, r.text
+        [found] = [e["resource"] for e in r.json()["entry"]]
+        assert {link["target"]["reference"] for link in found["link"]} == {rp, gp_ref}
+        assert _queue(db) == []
+
+        create(maternity, _with_patient(person("RelatedPerson", "Jonny", "Smith", "1998-04-03", postcode="LS6 2AB")))
+        assert len(_queue(db)) == 1
+        assert admin.get("/linkage/candidates").status_code == 200
+        assert _queue(db) == []
+
+        create(gp, person("Patient", "Tom", "Smith", "1999-01-01", nhs=next_nhs()))
+        r = hv.get(f"/fhir/{mum}/$family-view", params={"purpose": "direct-care"})
+        assert r.status_code == 422, r.text  # she is not pregnant: refused, but only after linking
+        assert _queue(db) == []
+
+        create(gp, person("Patient", "Zoe", "Smith", "1999-01-02", nhs=next_nhs()))
+        assert httpx.get(f"{base}/fhir/Person", params={"link": rp}).status_code == 401
+        assert len(_queue(db)) == 1
+    finally:
+        for c in (maternity, gp, admin, hv):
+            c.close()
+        stop()
+
+
+@pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL")
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_reader_waits_for_the_batch_another_drainer_holds(database, queued):
+    """settle() returns only when everything queued before it is linked: entries a worker's
+    open transaction holds are waited for, not skipped."""
+    with database.session() as s:
+        svc = IngestService(s, _source(GP_ORG, "general-practice"), queued, [LinkageHook(queued)], base="http://test/fhir")
+        ref = svc.write_one(EntryRequest(0, "POST", "Patient", person("Patient", "Ann", "Jones", "1990-01-01", nhs=next_nhs()), in_bundle=False))
+    holder = create_engine(queued.database_url)
+    conn = holder.connect()
+    conn.execute(text("SELECT id FROM linkage_queue FOR UPDATE"))  # a drainer's open batch
+    done = threading.Event()
+    threading.Thread(target=lambda: (settle(database, queued), done.set()), daemon=True).start()
+    try:
+        assert not done.wait(0.5), "settle() skipped the held batch"
+        assert drain(database, queued, wait=False) == 0  # the worker's way: skip what is held
+    finally:
+        conn.rollback()  # the other drainer gave up: settle links the record itself
+        conn.close()
+        holder.dispose()
+    assert done.wait(10)
+    with database.session(readonly=True) as s:
+        assert linked_person_id(s, "Patient", ref.res_id) is not None
+    assert _queue(database) == []
+
+
+@pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL")
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_serve_starts_a_worker_that_links_right_after_commit_and_is_restarted(database, settings, key_path):
+    """`familyview serve` on PostgreSQL: no reader calls, yet the queue empties within moments
+    of each write; when the worker process dies, the server starts another."""
+    port = free_port()
+    env = {**os.environ, "FAMILYVIEW_DATABASE_URL": settings.database_url, "FAMILYVIEW_AUTH_LOCAL_KEY_PATH": str(key_path),
+           "FAMILYVIEW_LINKAGE_WORKER_POLL_SECONDS": "30"}  # so only a commit's NOTIFY can wake it this fast
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    gp = {"Authorization": "Bearer " + mint_token(settings, role="source-system", org=GP_ORG, service="general-practice"), **FHIR_JSON}
+
+    def post_and_wait_linked() -> float:
+        before = _links(database)
+        r = httpx.post(f"{base}/fhir/Patient", json=person("Patient", "Ann", "Jones", "1990-01-01", nhs=next_nhs()), headers=gp, timeout=30)
+        assert r.status_code == 201, r.text
+        t0 = time.monotonic()
+        while _links(database) == before or _queue(database):
+            assert time.monotonic() - t0 < 15, "the worker did not link the record"
+            time.sleep(0.02)
+        return time.monotonic() - t0
+
+    def worker_pids() -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/fhir/metadata").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert post_and_wait_linked() < 5
+        [pid] = worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while worker_pids() in ([], [pid]):
+            assert time.monotonic() < deadline, "the worker was not restarted"
+            time.sleep(0.1)
+        assert post_and_wait_linked() < 5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert worker_pids() == []
+
+
+def test_a_database_reopened_after_a_stop_still_links_what_was_queued(database_url, queued):
+    """The queue is durable: entries left by a process that stopped are linked by the next drainer."""
+    db = Database(database_url)
+    with db.session() as s:
+        svc = IngestService(s, _source(GP_ORG, "general-practice"), queued, [LinkageHook(queued)], base="http://test/fhir")
+        ref = svc.write_one(EntryRequest(0, "POST", "Patient", person("Patient", "Ann", "Jones", "1990-01-01", nhs=next_nhs()), in_bundle=False))
+    db.dispose()
+    again = Database(database_url)
+    try:
+        settle(again, queued)
+        with again.session(readonly=True) as s:
+            assert linked_person_id(s, "Patient", ref.res_id) is not None
+    finally:
+        again.dispose()
