@@ -52,7 +52,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if settings.linkage_queued:  # links what each write queued, beside this process (app.linkage.queue)
         from app.linkage.queue import LinkageWorker
 
-        worker = LinkageWorker(settings)
+        worker = LinkageWorker()
         worker.start()
     try:
         server.run()
@@ -73,6 +73,15 @@ Try next, in another terminal:
     "{base}/fhir/Patient/\\$family-view?identifier=https://fhir.nhs.uk/Id/nhs-number|9990001103&purpose=direct-care"
   (a source system's token: .venv/bin/familyview token --role source-system --org RMT01 --service maternity)
 """
+
+
+def _cmd_linkage_worker(args: argparse.Namespace) -> int:
+    from app.linkage.queue import worker_main
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    worker_main(settings, args.exit_with)
+    return 0
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -160,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-demo", action="store_true", help="load the demo families once the server is up (make run)")
     p.add_argument("--access-log", action="store_true")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("linkage-worker", help="link the records writes have queued (serve starts one on PostgreSQL)")
+    p.add_argument("--exit-with", type=int, metavar="PID", help="exit when this process (the server that started it) is gone")
+    p.set_defaults(func=_cmd_linkage_worker)
 
     p = sub.add_parser("migrate", help="upgrade the database schema (alembic upgrade head)")
     p.add_argument("--database-url")

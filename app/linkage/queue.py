@@ -13,18 +13,19 @@ Nothing ever reads a half-linked state:
   operations) first calls :func:`settle`. It links everything that was queued before the
   call. It waits for a batch the worker holds, and links the rest itself.
 
+The worker is `familyview linkage-worker`; `serve` starts one and restarts it if it dies.
 So the worker only makes linking early. The readers make it certain. If the worker stops,
 nothing is lost: the queue is durable, and the next reader or a restarted worker drains it.
 """
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any
 
 import orjson
 from fastapi import Depends, Request
@@ -135,23 +136,22 @@ def run_worker(settings, parent_pid: int | None = None) -> None:
             time.sleep(min(5.0, 20 * idle))
 
 
-def _worker_main(settings, parent_pid: int) -> None:
+def worker_main(settings, exit_with: int | None = None) -> None:
+    """`familyview linkage-worker`: the process `serve` starts (``exit_with`` its pid), or one
+    an operator runs on its own; any number may run against one database."""
     from app.linkage.service import LinkageService  # noqa: F401  (imported before the freeze)
     from app.runtime import collect_garbage_rarely
 
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     collect_garbage_rarely()
     os.nice(10)  # requests first: linking fills the time the server waits on the database or the network
-    run_worker(settings, parent_pid)
+    run_worker(settings, exit_with)
 
 
 class LinkageWorker:
-    """The worker process of one server, restarted if it dies."""
+    """The worker process of one server (`familyview linkage-worker`), restarted if it dies."""
 
-    def __init__(self, settings):
-        self.settings = settings
-        self._ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no copied engine or locks
-        self._process: Any = None
+    def __init__(self):
+        self._process: subprocess.Popen | None = None
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
 
@@ -161,19 +161,22 @@ class LinkageWorker:
         self._watch.start()
 
     def _spawn(self) -> None:
-        self._process = self._ctx.Process(
-            target=_worker_main, args=(self.settings, os.getpid()), name="familyview-linkage", daemon=True)
-        self._process.start()
+        # a fresh interpreter configured by the same environment as this server
+        self._process = subprocess.Popen([sys.executable, "-m", "app.cli", "linkage-worker", "--exit-with", str(os.getpid())])
         log.info("linkage worker started (pid %s)", self._process.pid)
 
     def _supervise(self) -> None:
         while not self._stop.wait(1.0):
-            if not self._process.is_alive():
-                log.error("linkage worker exited (code %s); starting another", self._process.exitcode)
+            code = self._process.poll()
+            if code is not None and not self._stop.is_set():
+                log.error("linkage worker exited (code %s); starting another", code)
                 self._spawn()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._process is not None and self._process.is_alive():
+        if self._process is not None and self._process.poll() is None:
             self._process.terminate()
-            self._process.join(timeout=10)
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()

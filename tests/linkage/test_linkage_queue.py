@@ -184,7 +184,7 @@ def test_serve_starts_a_worker_that_links_right_after_commit_and_is_restarted(da
         return time.monotonic() - t0
 
     def worker_pids() -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True).stdout
+        out = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "linkage-worker"], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
 
     try:
