@@ -144,7 +144,16 @@ def worker_main(settings, exit_with: int | None = None) -> None:
 
     collect_garbage_rarely()
     os.nice(10)  # requests first: linking fills the time the server waits on the database or the network
+    if exit_with is not None:  # the server may die by a signal, never telling its worker
+        threading.Thread(target=_exit_when_gone, args=(exit_with,), name="parent-watch", daemon=True).start()
     run_worker(settings, exit_with)
+
+
+def _exit_when_gone(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    log.info("linkage worker: the server that started it is gone; exiting")
+    os._exit(0)  # mid-batch is safe: the transaction rolls back and its entries stay queued
 
 
 class LinkageWorker:

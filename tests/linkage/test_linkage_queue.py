@@ -164,7 +164,8 @@ def test_a_reader_waits_for_the_batch_another_drainer_holds(database, queued):
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_serve_starts_a_worker_that_links_right_after_commit_and_is_restarted(database, settings, key_path):
     """`familyview serve` on PostgreSQL: no reader calls, yet the queue empties within moments
-    of each write; when the worker process dies, the server starts another."""
+    of each write; when the worker process dies, the server starts another; when the server
+    stops, so does its worker."""
     port = free_port()
     env = {**os.environ, "FAMILYVIEW_DATABASE_URL": settings.database_url, "FAMILYVIEW_AUTH_LOCAL_KEY_PATH": str(key_path),
            "FAMILYVIEW_LINKAGE_WORKER_POLL_SECONDS": "30"}  # so only a commit's NOTIFY can wake it this fast
@@ -202,10 +203,14 @@ def test_serve_starts_a_worker_that_links_right_after_commit_and_is_restarted(da
             assert time.monotonic() < deadline, "the worker was not restarted"
             time.sleep(0.1)
         assert post_and_wait_linked() < 5
+        [pid] = worker_pids()
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    assert worker_pids() == []
+    deadline = time.monotonic() + 10  # the server's worker goes with it, however the server ended
+    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the worker outlived its server"
+        time.sleep(0.1)
 
 
 def test_a_database_reopened_after_a_stop_still_links_what_was_queued(database_url, queued):
