@@ -52,7 +52,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if settings.linkage_queued:  # links what each write queued, beside this process (app.linkage.queue)
         from app.linkage.queue import LinkageWorker
 
-        worker = LinkageWorker()
+        worker = LinkageWorker(settings)
         worker.start()
     try:
         server.run()

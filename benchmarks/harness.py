@@ -134,3 +134,27 @@ class Server:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+class LinkageQueue:
+    """A server's linkage queue, seen from outside: with linkage queued (the default on
+    PostgreSQL) records are linked after the write's response, so a benchmark of writes times
+    them until the queue is empty: every record's linking is counted."""
+
+    def __init__(self, url: str):
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(url)
+
+    def wait_until_linked(self) -> float:
+        from sqlalchemy import text
+
+        t0 = time.perf_counter()
+        with self.engine.connect() as conn:
+            while conn.execute(text("SELECT EXISTS (SELECT 1 FROM linkage_queue)")).scalar():
+                conn.rollback()
+                time.sleep(0.005)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -20,7 +20,7 @@ import time
 import uuid
 from datetime import date, timedelta
 
-from harness import Databases, Server, backends, nhs_numbers, percentile
+from harness import Databases, LinkageQueue, Server, backends, nhs_numbers, percentile
 
 import httpx  # noqa: E402
 
@@ -107,30 +107,6 @@ def validate_one(text: str) -> float:
 
 
 BLOCK = 10  # Bundles validated, then the same Bundles posted, in turn
-
-
-class LinkageQueue:
-    """The server's linkage queue, seen from outside: with linkage queued (the default on
-    PostgreSQL) a Bundle's records are linked after its response, so each block's time runs
-    until the queue is empty; the next block's baseline never shares the machine with it."""
-
-    def __init__(self, url: str):
-        from sqlalchemy import create_engine
-
-        self.engine = create_engine(url)
-
-    def wait_until_linked(self) -> float:
-        from sqlalchemy import text
-
-        t0 = time.perf_counter()
-        with self.engine.connect() as conn:
-            while conn.execute(text("SELECT EXISTS (SELECT 1 FROM linkage_queue)")).scalar():
-                conn.rollback()
-                time.sleep(0.005)
-        return time.perf_counter() - t0
-
-    def close(self) -> None:
-        self.engine.dispose()
 
 
 def run(kind: str, bundles: list[dict]) -> dict:

@@ -257,7 +257,8 @@ class Linker:
     def __init__(self, url: str, world: World, people: list[dict], tag: str = ""):
         self.world, self.people, self.tag = world, people, tag
         self.db = Database(url)
-        self.hook = LinkageHook(Settings(database_url=url))
+        # inline: the linking itself, timed here, is the same work the worker does when queued
+        self.hook = LinkageHook(Settings(database_url=url, linkage_mode="inline"))
         self.link_ms: list[float] = []
         self.commit_ms: list[float] = []
         self.compared: list[int] = []

@@ -1,9 +1,11 @@
 """Sync throughput next to ingest throughput, measured in the same run.
 
 1. Ingest: a single-worker `familyview serve` (the upstream, its own database) is sent the
-   resources as transaction Bundles of 100 by a maternity source, over HTTP: resources/s.
+   resources as transaction Bundles of 100 by a maternity source, over HTTP: resources/s
+   (until its linkage queue is empty, when linkage is queued: the default on PostgreSQL).
 2. Sync: `familyview sync`'s engine pulls the same resources from that server, page by page over
-   HTTP, into a second database through the same ingest pipeline: resources/s.
+   HTTP, into a second database through the same ingest pipeline, and links what it queued:
+   resources/s.
 The target is sync >= 70% of ingest.
 
     scripts/with-postgres.sh .venv/bin/python benchmarks/sync.py            # 50,000 resources
@@ -23,7 +25,7 @@ import sys
 import time
 import uuid
 
-from harness import Databases as _Databases, Server, nhs_numbers
+from harness import Databases as _Databases, LinkageQueue, Server, nhs_numbers
 
 import httpx  # noqa: E402
 
@@ -119,16 +121,20 @@ def main() -> int:
 
         print(f"sync benchmark: {total:,} resources, {args.database}, upstream = single-worker familyview on :{port}", flush=True)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+        upstream_queue = LinkageQueue(upstream_url)
         with httpx.Client(timeout=120, headers=headers) as client:
             t0 = time.perf_counter()
             for body in payloads:
                 r = client.post(base, content=body)
                 if r.status_code != 200:
                     sys.exit(f"ingest refused a bundle: {r.status_code} {r.text[:500]}")
+            upstream_queue.wait_until_linked()
             ingest_s = time.perf_counter() - t0
+        upstream_queue.close()
         ingest_rate = total / ingest_s
         print(f"ingest: {total:,} resources as {len(payloads)} transaction Bundles of 100 in {ingest_s:.1f}s = {ingest_rate:,.0f} resources/s", flush=True)
 
+        from app.linkage.queue import linking_alongside
         from app.main import create_app
         from app.sync.client import UpstreamClient
         from app.sync.engine import Syncer
@@ -139,7 +145,8 @@ def main() -> int:
         syncer = Syncer(app.state.db, settings, client, source_org=ORG, service=SERVICE, hooks=app.state.ingest_hooks,
                         progress=Progress(sys.stderr), page_size=args.page_size)
         t0 = time.perf_counter()
-        summary = syncer.run()
+        with linking_alongside(settings, app.state.db):  # as `familyview sync` does: its records linked in its time
+            summary = syncer.run()
         sync_s = time.perf_counter() - t0
         client.close()
         app.state.db.dispose()

@@ -19,13 +19,16 @@ nothing is lost: the queue is durable, and the next reader or a restarted worker
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import Iterator
 
 import orjson
 from fastapi import Depends, Request
@@ -157,9 +160,11 @@ def _exit_when_gone(parent_pid: int) -> None:
 
 
 class LinkageWorker:
-    """The worker process of one server (`familyview linkage-worker`), restarted if it dies."""
+    """The worker process of one server or sync (`familyview linkage-worker`), configured with
+    the same settings, restarted if it dies."""
 
-    def __init__(self):
+    def __init__(self, settings):
+        self._env = {**os.environ, **_settings_env(settings)}
         self._process: subprocess.Popen | None = None
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
@@ -170,8 +175,8 @@ class LinkageWorker:
         self._watch.start()
 
     def _spawn(self) -> None:
-        # a fresh interpreter configured by the same environment as this server
-        self._process = subprocess.Popen([sys.executable, "-m", "app.cli", "linkage-worker", "--exit-with", str(os.getpid())])
+        # a fresh interpreter, configured as this process is
+        self._process = subprocess.Popen([sys.executable, "-m", "app.cli", "linkage-worker", "--exit-with", str(os.getpid())], env=self._env)
         log.info("linkage worker started (pid %s)", self._process.pid)
 
     def _supervise(self) -> None:
@@ -189,3 +194,28 @@ class LinkageWorker:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
+
+
+def _settings_env(settings) -> dict[str, str]:
+    """The settings as the FAMILYVIEW_ environment variables that give them back."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            env[f"FAMILYVIEW_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+@contextmanager
+def linking_alongside(settings, db: Database) -> Iterator[None]:
+    """For a batch of writes outside the server (`familyview sync`): with linkage queued, a
+    worker links while the writes go on, and on the way out whatever is left is linked, so
+    the batch ends fully linked."""
+    worker = LinkageWorker(settings) if settings.linkage_queued else None
+    if worker is not None:
+        worker.start()
+    try:
+        yield
+    finally:
+        if worker is not None:
+            worker.stop()
+    settle(db, settings)

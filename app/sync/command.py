@@ -6,6 +6,7 @@ from typing import Iterable
 
 from app.auth.tokens import SERVICES
 from app.fhir.validation import is_valid_ods_code
+from app.linkage.queue import linking_alongside
 from app.settings import Settings
 from app.sync.client import UpstreamClient
 from app.sync.engine import DEFAULT_TYPES, SyncSummary, Syncer
@@ -43,7 +44,8 @@ def run_command(args, settings: Settings) -> int:
         print(f"familyview sync: {exc}", file=sys.stderr)
         return 2
     try:
-        summary: SyncSummary = syncer.run(since=args.since, identifiers=args.identifier or [], types=types)
+        with linking_alongside(settings, syncer.db):
+            summary: SyncSummary = syncer.run(since=args.since, identifiers=args.identifier or [], types=types)
     finally:
         syncer.client.close()
         syncer.db.dispose()

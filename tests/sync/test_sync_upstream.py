@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from app.fhir.models import StoredResource
+from app.linkage.models import Link, QueuedRecord
 from app.sync.models import SyncCursor, SyncLink
 from tests.conftest import MATERNITY_ORG
 from tests.fhirdata import bundle, entry, family_bundle, next_nhs, patient
@@ -190,3 +192,7 @@ def test_sync_process_killed_midway_resumes_without_loss_or_duplicates(live, bac
         assert "resuming the interrupted pass" in done.stderr
         assert "RelatedPerson" in done.stdout and "total" in done.stdout
         _assert_complete_and_unduplicated(live, upstream, expected)
+        with live.app.state.db.session(readonly=True) as s:  # and it ends with every person it brought linked
+            assert s.scalar(select(func.count()).select_from(QueuedRecord)) == 0
+            people = select(func.count()).select_from(StoredResource).where(StoredResource.res_type.in_(("Patient", "RelatedPerson")))
+            assert s.scalar(select(func.count()).select_from(Link)) == s.scalar(people) == 15 + 15
