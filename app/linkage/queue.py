@@ -1,21 +1,23 @@
 """Linkage after commit: the durable queue, its drain, and the worker process that drains it.
 
 In the queued mode (settings ``linkage_mode``; the default on PostgreSQL) a write names its
-Patients and RelatedPersons in ``linkage_queue`` inside its own transaction, so the names are
-kept exactly when the records are. A worker process started by ``familyview serve`` links
-them right after commit. It runs beside the server process, which has by then gone on to
-the next request. Linking is about a third of a Bundle's time on PostgreSQL. One Python
-process would take it in turn with validation, so the worker is a process, not a thread.
+Patients and RelatedPersons in ``linkage_queue`` inside its own transaction, so the names
+commit exactly when the records do. A worker process, `familyview linkage-worker`, links
+them right after commit: `serve` starts one (and restarts it if it dies), woken by the
+commit's NOTIFY. It runs beside the server process, which has by then gone on to the next
+request. Linking is about a third of a Bundle's time on PostgreSQL; one Python process would
+take it in turn with validation, so the worker is a process, not a thread.
 
 Nothing ever reads a half-linked state:
 - each drain links a batch of records and removes them from the queue in one transaction;
 - every reader of linkage (the family view, FHIR Person, the review queue and the admin
   operations) first calls :func:`settle`. It links everything that was queued before the
-  call. It waits for a batch the worker holds, and links the rest itself.
+  call: it waits for a batch a worker holds, and links the rest itself.
 
-The worker is `familyview linkage-worker`; `serve` starts one and restarts it if it dies.
-So the worker only makes linking early. The readers make it certain. If the worker stops,
-nothing is lost: the queue is durable, and the next reader or a restarted worker drains it.
+So the worker only makes linking early; the readers make it certain. If the worker stops,
+nothing is lost: the queue is a table, and the next reader or a restarted worker drains it.
+On SQLite the default is inline (a second writing process could only wait for the one
+write lock), and the queue stays empty.
 """
 from __future__ import annotations
 
@@ -113,13 +115,13 @@ def linkage_settled(request: Request, principal: Principal = Depends(get_princip
 
 
 # ------------------------------------------------------------------ the worker process
-def run_worker(settings, parent_pid: int | None = None) -> None:
-    """Drain the queue for ever; exit when the server that started it is gone. When the queue
-    is empty, wait for a commit's NOTIFY (PostgreSQL) or the poll interval, whichever first."""
+def run_worker(settings) -> None:
+    """Drain the queue for ever. When it is empty, wait for a commit's NOTIFY (PostgreSQL) or
+    the poll interval, whichever comes first."""
     db = Database(settings.database_url)
     idle = settings.linkage_worker_poll_seconds
     listener = None  # a pooled connection held checked out for LISTEN (PostgreSQL)
-    while parent_pid is None or os.getppid() == parent_pid:
+    while True:
         try:
             if db.dialect == "postgresql" and listener is None:
                 listener = db.engine.raw_connection()
@@ -149,7 +151,7 @@ def worker_main(settings, exit_with: int | None = None) -> None:
     os.nice(10)  # requests first: linking fills the time the server waits on the database or the network
     if exit_with is not None:  # the server may die by a signal, never telling its worker
         threading.Thread(target=_exit_when_gone, args=(exit_with,), name="parent-watch", daemon=True).start()
-    run_worker(settings, exit_with)
+    run_worker(settings)
 
 
 def _exit_when_gone(parent_pid: int) -> None:
