@@ -215,7 +215,9 @@ class IngestService:
         if not self._custom_plans:
             plan_each_execution(self.session.connection())
             self._custom_plans = True
-        plans = [self._plan(r) for r in reqs]
+        targets = {tuple(parts) for r in reqs if r.method == "PUT" and "?" not in r.url and len(parts := r.url.strip("/").split("/")) == 2}
+        current = {(row.res_type, row.res_id): row for row in self._current_rows(targets)}  # one look-up for every PUT
+        plans = [self._plan(r, current) for r in reqs]
         known_keys = self._dedupe_by_source_key(plans)
         # Map fullUrl -> literal reference for the entries that will exist after this bundle.
         urn_map: dict[str, str] = {}
@@ -228,18 +230,31 @@ class IngestService:
             for system, value in identifiers_of(p.req.resource or {}):
                 bundle_idents[(p.res_type, system, value)] = p.res_id
         known_literals = {f"{p.res_type}/{p.res_id}" for p in plans}
+        outside: dict[tuple[str, str], list[str]] = {}  # references to stored records -> where, in entry order
         for p in plans:
             if p.noop_result is not None:
                 continue
             resource = p.req.resource  # parsed for this request alone: ours to complete in place
             resource["id"] = p.res_id
-            self._rewrite_references(p, resource, urn_map if allow_urn else {}, bundle_idents, known_literals)
+            self._rewrite_references(p, resource, urn_map if allow_urn else {}, bundle_idents, known_literals, outside)
             for hook in self.hooks:
                 hook.prepare(resource)
             p.resource = resource
+        self._check_exist(outside)
         return self._store(plans, known_keys)
 
-    def _plan(self, req: EntryRequest) -> _Plan:
+    def _check_exist(self, outside: dict[tuple[str, str], list[str]]) -> None:
+        """References to records outside the Bundle must resolve: one look-up for all of them;
+        the first reference that does not, in entry order, is the error."""
+        if not outside:
+            return
+        existing = {(r.res_type, r.res_id) for r in self._current_rows(set(outside)) if not r.deleted}
+        missing = [(order, where, key) for key, places in outside.items() if key not in existing for order, where in places]
+        if missing:
+            _, where, key = min(missing, key=lambda m: m[0])
+            raise unprocessable(f"{where()}: {key[0]}/{key[1]} does not exist on this server", expression=where(), code="not-found", spine_code="INVALID_REFERENCE")
+
+    def _plan(self, req: EntryRequest, current: dict[tuple[str, str], Any]) -> _Plan:
         prefix = req.expr_prefix
         url = req.url.strip("/")
         if req.method not in ("POST", "PUT"):
@@ -286,7 +301,7 @@ class IngestService:
         res_id = parts[1]
         if req.resource.get("id") != res_id:
             raise bad_request(f"The resource id must equal the id in the URL ({res_id})", expression=f"{res_type}.id")
-        existing = store.get_current(self.session, res_type, res_id)
+        existing = current.get((res_type, res_id))
         plan.res_id = res_id
         if existing is not None:
             plan.existing, plan.create = existing, False
@@ -355,15 +370,16 @@ class IngestService:
 
     def _rewrite_references(
         self, plan: _Plan, resource: dict[str, Any], urn_map: dict[str, str],
-        bundle_idents: dict[tuple[str, str, str], str], known_literals: set[str],
+        bundle_idents: dict[tuple[str, str, str], str], known_literals: set[str], outside: dict,
     ) -> None:
+        """Resolve this entry's references within the Bundle; add those to stored records to
+        ``outside`` (checked for all entries at once by :meth:`_check_exist`)."""
         prefix = plan.req.expr_prefix or f"{plan.res_type}."
 
         def expr(ref: dict) -> str:
             return f"{prefix}{(_path_to(resource, ref) or '').lstrip('.')}.reference"
 
-        to_check: dict[tuple[str, str], dict] = {}
-        for ref in _references(resource):
+        for n, ref in enumerate(_references(resource)):
             literal = ref.get("reference")
             if not isinstance(literal, str):
                 continue
@@ -384,13 +400,8 @@ class IngestService:
             parsed = parse_reference(literal)
             if parsed and parsed[0] in STORED_TYPES and "://" not in literal:
                 if f"{parsed[0]}/{parsed[1]}" not in known_literals:
-                    to_check[parsed] = ref
-        if to_check:
-            existing = {(r.res_type, r.res_id) for r in self._current_rows(set(to_check)) if not r.deleted}
-            for key, ref in to_check.items():
-                if key not in existing:
-                    where = expr(ref)
-                    raise unprocessable(f"{where}: {key[0]}/{key[1]} does not exist on this server", expression=where, code="not-found", spine_code="INVALID_REFERENCE")
+                    # where it is, named only if it is missing (walking the resource costs)
+                    outside.setdefault(parsed, []).append(((plan.req.index, n), lambda ref=ref: expr(ref)))
 
     def _resolve_conditional(self, ref: dict, literal: str, expr: str, bundle_idents: dict) -> None:
         """'Patient?identifier=system|value': resolved to one record if exactly one fits, else kept

@@ -116,6 +116,27 @@ def test_transaction_with_one_bad_entry_writes_nothing(live, breakage, status, e
     assert _all_counts(src) == before
 
 
+def test_references_to_stored_records_are_checked_together_and_the_first_missing_is_named(live):
+    """References from a Bundle to records already stored resolve in one look-up; when some do
+    not, the error names the first of them in entry order, and nothing is written."""
+    src = live.source(MATERNITY_ORG, "maternity")
+    r = src.post("/Patient", content=json.dumps(patient("Stored", "Sue", nhs=next_nhs())), headers={"Content-Type": "application/fhir+json"})
+    mum = f"Patient/{r.json()['id']}"
+
+    def flag(ref: str) -> dict:
+        return entry({"resourceType": "Flag", "status": "active", "code": {"text": "Lives with a dog"}, "subject": {"reference": ref}})
+
+    before = _all_counts(src)
+    bad = bundle([flag(mum), flag("Patient/missing-b"), flag(mum), flag("Patient/missing-a"), flag("Patient/missing-b")])
+    r = src.post("", content=json.dumps(bad), headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 422, r.text
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == ["Bundle.entry[1].resource.subject.reference"] and "Patient/missing-b" in issue["diagnostics"]
+    assert _all_counts(src) == before
+    r = src.post("", content=json.dumps(bundle([flag(mum), flag(mum)])), headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200 and [e["response"]["status"] for e in r.json()["entry"]] == ["201 Created"] * 2
+
+
 def test_batch_processes_entries_independently(live):
     src = live.source(MATERNITY_ORG, "maternity")
     good = patient("Green", "Dee", nhs=next_nhs())
