@@ -6,7 +6,7 @@ import copy
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 import orjson
@@ -84,6 +84,11 @@ _SOURCE_KEYS = select(SourceKey.res_type, SourceKey.system, SourceKey.value, Sou
     SourceKey.source_org == bindparam("org"), in_list(SourceKey.value, "values"),
 )
 _CURRENT_ROWS = select(StoredResource.__table__).where(in_list(StoredResource.res_type, "types"), in_list(StoredResource.res_id, "ids"))
+
+
+# references from a Bundle to stored records: (type, id) -> each place it is referenced, as
+# ((entry index, n-th reference), the element's path, computed only when it is reported)
+_Outside = dict[tuple[str, str], list[tuple[tuple[int, int], Callable[[], str]]]]
 
 
 def _now() -> datetime:
@@ -230,7 +235,7 @@ class IngestService:
             for system, value in identifiers_of(p.req.resource or {}):
                 bundle_idents[(p.res_type, system, value)] = p.res_id
         known_literals = {f"{p.res_type}/{p.res_id}" for p in plans}
-        outside: dict[tuple[str, str], list[str]] = {}  # references to stored records -> where, in entry order
+        outside: _Outside = {}
         for p in plans:
             if p.noop_result is not None:
                 continue
@@ -243,7 +248,7 @@ class IngestService:
         self._check_exist(outside)
         return self._store(plans, known_keys)
 
-    def _check_exist(self, outside: dict[tuple[str, str], list[str]]) -> None:
+    def _check_exist(self, outside: _Outside) -> None:
         """References to records outside the Bundle must resolve: one look-up for all of them;
         the first reference that does not, in entry order, is the error."""
         if not outside:
@@ -370,7 +375,7 @@ class IngestService:
 
     def _rewrite_references(
         self, plan: _Plan, resource: dict[str, Any], urn_map: dict[str, str],
-        bundle_idents: dict[tuple[str, str, str], str], known_literals: set[str], outside: dict,
+        bundle_idents: dict[tuple[str, str, str], str], known_literals: set[str], outside: _Outside,
     ) -> None:
         """Resolve this entry's references within the Bundle; add those to stored records to
         ``outside`` (checked for all entries at once by :meth:`_check_exist`)."""
