@@ -1,4 +1,5 @@
-"""Extension points of the write pipeline, so labelling and linkage run inside the same transaction."""
+"""Extension points of the write pipeline, so labelling and linkage (or, queued, the linkage
+queue entry) commit or fail with the write."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,4 +26,4 @@ class IngestHook(Protocol):
         """Adjust a resource before it is stored (e.g. stamp security labels)."""
 
     def after_write(self, session: Session, written: list[Written]) -> None:
-        """Work that must commit or fail with the write (e.g. record linkage)."""
+        """Work that must commit or fail with the write (e.g. record linkage, or queueing it)."""
