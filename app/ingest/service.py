@@ -91,6 +91,24 @@ _CURRENT_ROWS = select(StoredResource.__table__).where(in_list(StoredResource.re
 _Outside = dict[tuple[str, str], list[tuple[tuple[int, int], Callable[[], str]]]]
 
 
+def source_keys(conn, org: str, keys) -> list:
+    """Source-key rows of one organisation for (type, system, value) triples: found by value
+    (one array bound, not a tuple IN list the driver re-parses every time), exact triples kept."""
+    keys = set(keys)
+    if not keys:
+        return []
+    rows = conn.execute(_SOURCE_KEYS, {"org": org, "values": sorted({k[2] for k in keys})})
+    return [r for r in rows if (r.res_type, r.system, r.value) in keys]
+
+
+def current_rows(conn, refs: set[tuple[str, str]]) -> list:
+    """Current rows for (type, id) pairs, by IN lists on the primary key's columns."""
+    if not refs:
+        return []
+    rows = conn.execute(_CURRENT_ROWS, {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})})
+    return [r for r in rows if (r.res_type, r.res_id) in refs]
+
+
 def _now() -> datetime:
     """Millisecond precision, the precision of meta.lastUpdated, so _lastUpdated searches agree with it."""
     now = datetime.now(timezone.utc)
@@ -221,7 +239,7 @@ class IngestService:
             plan_each_execution(self.session.connection())
             self._custom_plans = True
         targets = {tuple(parts) for r in reqs if r.method == "PUT" and "?" not in r.url and len(parts := r.url.strip("/").split("/")) == 2}
-        current = {(row.res_type, row.res_id): row for row in self._current_rows(targets)}  # one look-up for every PUT
+        current = {(row.res_type, row.res_id): row for row in current_rows(self.session.connection(), targets)}  # one look-up for every PUT
         plans = [self._plan(r, current) for r in reqs]
         known_keys = self._dedupe_by_source_key(plans)
         # Map fullUrl -> literal reference for the entries that will exist after this bundle.
@@ -253,7 +271,7 @@ class IngestService:
         the first reference that does not, in entry order, is the error."""
         if not outside:
             return
-        existing = {(r.res_type, r.res_id) for r in self._current_rows(set(outside)) if not r.deleted}
+        existing = {(r.res_type, r.res_id) for r in current_rows(self.session.connection(), set(outside)) if not r.deleted}
         missing = [(order, where, key) for key, places in outside.items() if key not in existing for order, where in places]
         if missing:
             _, where, key = min(missing, key=lambda m: m[0])
@@ -324,7 +342,7 @@ class IngestService:
         written ((org, type, system, value) -> id), so that storing needs no second look."""
         org = self.principal.org
         written = {(p.res_type, s, v) for p in plans if p.noop_result is None for s, v in identifiers_of(p.req.resource or {})}
-        rows = self._source_keys(org, written)
+        rows = source_keys(self.session.connection(), org, written)
         known = {(org, r.res_type, r.system, r.value): r.res_id for r in rows}
         wanted = {
             (p.res_type, s, v): p for p in plans if p.create and p.req.method in ("POST", "PUT") and p.noop_result is None
@@ -351,27 +369,12 @@ class IngestService:
             matched.append((plan, res_id))
         if not matched:
             return known
-        current = {(r.res_type, r.res_id): r for r in self._current_rows({(p.res_type, rid) for p, rid in matched})}
+        current = {(r.res_type, r.res_id): r for r in current_rows(self.session.connection(), {(p.res_type, rid) for p, rid in matched})}
         for plan, res_id in matched:
             plan.res_id = res_id
             plan.existing = current.get((plan.res_type, res_id))
             plan.create = plan.existing is None
         return known
-
-    def _source_keys(self, org: str, keys) -> list:
-        """Source-key rows for (type, system, value) triples, found by value, exact triples kept."""
-        keys = set(keys)
-        if not keys:
-            return []
-        rows = self.session.connection().execute(_SOURCE_KEYS, {"org": org, "values": sorted({k[2] for k in keys})})
-        return [r for r in rows if (r.res_type, r.system, r.value) in keys]
-
-    def _current_rows(self, refs: set[tuple[str, str]]) -> list:
-        """Current rows for (type, id) pairs, by IN lists on the primary key's columns."""
-        if not refs:
-            return []
-        rows = self.session.connection().execute(_CURRENT_ROWS, {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})})
-        return [r for r in rows if (r.res_type, r.res_id) in refs]
 
     def _rewrite_references(
         self, plan: _Plan, resource: dict[str, Any], urn_map: dict[str, str],
@@ -517,7 +520,7 @@ class IngestService:
         unique = {(k["source_org"], k["res_type"], k["system"], k["value"]): k for k in keys}
         present = dict(known or {})
         for org in {k[0] for k in unique} - ({self.principal.org} if known is not None else set()):
-            present.update({(org, r.res_type, r.system, r.value): r.res_id for r in self._source_keys(org, [k[1:] for k in unique if k[0] == org])})
+            present.update({(org, r.res_type, r.system, r.value): r.res_id for r in source_keys(self.session.connection(), org, [k[1:] for k in unique if k[0] == org])})
         missing = []
         for key, k in unique.items():
             holder = present.get(key)

@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from app.auth.tokens import Principal, Scope
-from app.db import Database
+from app.db import Database, in_list, insert_rows
 from app.errors import FhirError
 from app.fhir.indexing import WRITABLE_TYPES, identifiers_of
-from app.fhir.models import SourceKey, StoredResource
-from app.ingest.service import EntryRequest, EntryResult, IngestService
+from app.fhir.models import StoredResource
+from app.ingest.service import EntryRequest, EntryResult, IngestService, source_keys
 from app.settings import Settings
 from app.sync.client import UpstreamClient, UpstreamError
 from app.sync.models import SyncCursor, SyncLink, SyncUpstream
@@ -47,6 +47,25 @@ DEFAULT_TYPES = ("Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTe
 PATIENT_PARAM = {t: "patient" for t in DEFAULT_TYPES if t != "Patient"}
 _SYNC_NS = uuid.UUID("6f0b8a52-6a43-4c1e-9a51-2f8d3b0c6e11")
 _MAX_DEPENDENCY_DEPTH = 3
+
+# A page's look-ups bind each column's values as one list (an array on PostgreSQL) and keep
+# the exact pairs in Python: a tuple IN list of a page's 500 pairs is new SQL text each time,
+# which the driver re-parsed at every call (a third of a sync's time).
+_L = SyncLink.__table__
+_VERSIONS = select(StoredResource.res_type, StoredResource.res_id, StoredResource.version_id).where(
+    in_list(StoredResource.res_type, "types"), in_list(StoredResource.res_id, "ids"))
+_OWN_LINKS = select(_L.c.res_type, _L.c.upstream_res_id, _L.c.local_res_id).where(
+    _L.c.upstream_id == bindparam("up"), in_list(_L.c.res_type, "types"), in_list(_L.c.upstream_res_id, "ids"))
+_ANY_LINKS = (
+    select(_L.c.res_type, _L.c.upstream_res_id, _L.c.local_res_id, _L.c.upstream_id)
+    .join(SyncUpstream.__table__, SyncUpstream.__table__.c.id == _L.c.upstream_id)
+    .where(SyncUpstream.__table__.c.base_url == bindparam("base"), in_list(_L.c.res_type, "types"), in_list(_L.c.upstream_res_id, "ids"))
+)
+_DEL_LINKS = delete(_L).where(_L.c.upstream_id == bindparam("up"), _L.c.res_type == bindparam("t"), in_list(_L.c.upstream_res_id, "ids"))
+
+
+def _pair_lists(pairs) -> dict[str, list[str]]:
+    return {"types": sorted({t for t, _ in pairs}), "ids": sorted({i for _, i in pairs})}
 
 
 def parse_instant(text: str | None) -> datetime | None:
@@ -437,27 +456,20 @@ class Syncer:
                 self._save_cursor(s, res_type, resources, *cursor)
 
     def _versions(self, s: Session, items: list[_Item]) -> dict[tuple[str, str], int]:
-        keys = [(it.res_type, it.local_id) for it in items]
+        keys = {(it.res_type, it.local_id) for it in items}
         if not keys:
             return {}
-        rows = s.execute(
-            select(StoredResource.res_type, StoredResource.res_id, StoredResource.version_id).where(
-                tuple_(StoredResource.res_type, StoredResource.res_id).in_(keys)
-            )
-        ).all()
-        return {(r.res_type, r.res_id): r.version_id for r in rows}
+        rows = s.connection().execute(_VERSIONS, _pair_lists(keys))
+        return {(r.res_type, r.res_id): r.version_id for r in rows if (r.res_type, r.res_id) in keys}
 
     def _save_links(self, s: Session, items: list[_Item]) -> None:
         if not items:
             return
         by_key = {(it.res_type, it.upstream_id): it for it in items}
-        s.execute(
-            delete(SyncLink).where(
-                SyncLink.upstream_id == self.upstream_id,
-                tuple_(SyncLink.res_type, SyncLink.upstream_res_id).in_(list(by_key)),
-            )
-        )
-        s.execute(insert(SyncLink), [
+        conn = s.connection()
+        for t in sorted({t for t, _ in by_key}):  # type by type: a cross product of types and ids could hit another record
+            conn.execute(_DEL_LINKS, {"up": self.upstream_id, "t": t, "ids": sorted(u for tt, u in by_key if tt == t)})
+        insert_rows(conn, _L, [
             {
                 "upstream_id": self.upstream_id, "res_type": t, "upstream_res_id": u, "local_res_id": it.local_id,
                 "upstream_version": str((it.resource.get("meta") or {}).get("versionId") or "")[:64] or None,
@@ -496,27 +508,19 @@ class Syncer:
     def _assign_ids(self, s: Session, items: list[_Item]) -> None:
         if not items:
             return
-        keys = [(it.res_type, it.upstream_id) for it in items]
+        keys = {(it.res_type, it.upstream_id) for it in items}
+        conn = s.connection()
         known = {
             (r.res_type, r.upstream_res_id): r.local_res_id
-            for r in s.execute(
-                select(SyncLink.res_type, SyncLink.upstream_res_id, SyncLink.local_res_id).where(
-                    SyncLink.upstream_id == self.upstream_id, tuple_(SyncLink.res_type, SyncLink.upstream_res_id).in_(keys)
-                )
-            )
+            for r in conn.execute(_OWN_LINKS, {"up": self.upstream_id, **_pair_lists(keys)})
+            if (r.res_type, r.upstream_res_id) in keys
         }
         new = [it for it in items if (it.res_type, it.upstream_id) not in known]
         adopted: dict[tuple[str, str, str], str] = {}
         wanted = [(it.res_type, sys_, val) for it in new for sys_, val in identifiers_of(it.resource)]
-        if wanted:
-            # a record this source already sent (by another feed) with the same identifier is the same record
-            for r in s.execute(
-                select(SourceKey.res_type, SourceKey.system, SourceKey.value, SourceKey.res_id).where(
-                    SourceKey.source_org == self.source_org,
-                    tuple_(SourceKey.res_type, SourceKey.system, SourceKey.value).in_(wanted),
-                )
-            ):
-                adopted[(r.res_type, r.system, r.value)] = r.res_id
+        # a record this source already sent (by another feed) with the same identifier is the same record
+        for r in source_keys(conn, self.source_org, wanted):
+            adopted[(r.res_type, r.system, r.value)] = r.res_id
         for it in items:
             it.local_id = known.get((it.res_type, it.upstream_id))
             if it.local_id is None:
@@ -589,11 +593,9 @@ class Syncer:
 
     def _links(self, s: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """Local ids of upstream records already synced from this upstream, by any source (own first)."""
-        rows = s.execute(
-            select(SyncLink.res_type, SyncLink.upstream_res_id, SyncLink.local_res_id, SyncLink.upstream_id)
-            .join(SyncUpstream, SyncUpstream.id == SyncLink.upstream_id)
-            .where(SyncUpstream.base_url == self.base, tuple_(SyncLink.res_type, SyncLink.upstream_res_id).in_(list(keys)))
-        ).all()
+        if not keys:
+            return {}
+        rows = [r for r in s.connection().execute(_ANY_LINKS, {"base": self.base, **_pair_lists(keys)}) if (r.res_type, r.upstream_res_id) in keys]
         out: dict[tuple[str, str], str] = {}
         for r in sorted(rows, key=lambda r: r.upstream_id != self.upstream_id, reverse=True):
             out[(r.res_type, r.upstream_res_id)] = r.local_res_id  # own row written last wins
