@@ -30,7 +30,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from app.auth.tokens import Principal, Scope
-from app.db import Database, in_list, insert_rows
+from app.db import Database, in_list, insert_rows, plan_each_execution
 from app.errors import FhirError
 from app.fhir.indexing import WRITABLE_TYPES, identifiers_of
 from app.fhir.models import StoredResource
@@ -423,6 +423,7 @@ class Syncer:
         self.summary.of(res_type)  # every type synced appears in the summary, even with no records
         items = [_Item(r["resourceType"], str(r["id"]), r) for r in resources]
         with self.db.session() as s:
+            plan_each_execution(s.connection())  # its look-ups bind a page's values as arrays, as ingest's do
             planned = self._plan(s, items)
             entries = [EntryRequest(i, "PUT", f"{it.res_type}/{it.local_id}", it.body) for i, it in enumerate(planned)]
             before = self._versions(s, planned)
