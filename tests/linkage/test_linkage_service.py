@@ -8,13 +8,12 @@ import pytest
 from sqlalchemy import create_engine, func, inspect, select, text
 
 from app.auth.tokens import Principal, Scope
-from app.ingest.hooks import Written
 from app.ingest.service import EntryRequest, IngestService
 from app.linkage.matching import PersonRecord
-from app.linkage.models import BlockingKey, Link, LinkedPerson
+from app.linkage.models import BlockingKey, LinkedPerson
 from app.linkage.queue import drain, settle
 from app.linkage.service import LinkageHook, LinkageService, linked_person_id, linked_records
-from tests.conftest import GP_ORG, MATERNITY_ORG, PG_URL, make_settings
+from tests.conftest import GP_ORG, MATERNITY_ORG, make_settings
 from tests.fhirdata import next_nhs
 from tests.linkage.linkage_testkit import person
 
