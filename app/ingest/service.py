@@ -55,6 +55,7 @@ class EntryResult:
     last_updated: datetime | None = None
     resource: dict[str, Any] | None = None
     outcome: dict[str, Any] | None = None
+    stored: bool = True  # False when nothing was written (a re-send of the same content, ifNoneExist found it)
 
     @property
     def status_line(self) -> str:
@@ -306,7 +307,7 @@ class IngestService:
                 if matches:
                     row = matches[0]
                     plan.res_id, plan.existing, plan.create = row.res_id, row, False
-                    plan.noop_result = EntryResult(200, res_type, row.res_id, row.version_id, row.last_updated, json.loads(row.body))
+                    plan.noop_result = EntryResult(200, res_type, row.res_id, row.version_id, row.last_updated, json.loads(row.body), stored=False)
             return plan
         # PUT
         if query:
@@ -458,7 +459,7 @@ class IngestService:
                     raise FhirError(412, "conflict", f"Version conflict: {p.res_type}/{p.res_id} is at version {existing.version_id}", spine_code="PRECONDITION_FAILED")
                 old = json.loads(existing.body)
                 if not existing.deleted and _content(old) == _content(resource):  # a re-send: no new version
-                    results.append(EntryResult(200, p.res_type, p.res_id, existing.version_id, existing.last_updated, old))
+                    results.append(EntryResult(200, p.res_type, p.res_id, existing.version_id, existing.last_updated, old, stored=False))
                     continue
                 version = existing.version_id + 1
             else:

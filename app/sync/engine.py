@@ -33,7 +33,6 @@ from app.auth.tokens import Principal, Scope
 from app.db import Database, in_list, insert_rows, plan_each_execution
 from app.errors import FhirError
 from app.fhir.indexing import WRITABLE_TYPES, identifiers_of
-from app.fhir.models import StoredResource
 from app.ingest.service import EntryRequest, EntryResult, IngestService, source_keys
 from app.settings import Settings
 from app.sync.client import UpstreamClient, UpstreamError
@@ -52,8 +51,6 @@ _MAX_DEPENDENCY_DEPTH = 3
 # the exact pairs in Python: a tuple IN list of a page's 500 pairs is new SQL text each time,
 # which the driver re-parsed at every call (a third of a sync's time).
 _L = SyncLink.__table__
-_VERSIONS = select(StoredResource.res_type, StoredResource.res_id, StoredResource.version_id).where(
-    in_list(StoredResource.res_type, "types"), in_list(StoredResource.res_id, "ids"))
 _OWN_LINKS = select(_L.c.res_type, _L.c.upstream_res_id, _L.c.local_res_id).where(
     _L.c.upstream_id == bindparam("up"), in_list(_L.c.res_type, "types"), in_list(_L.c.upstream_res_id, "ids"))
 _ANY_LINKS = (
@@ -426,7 +423,6 @@ class Syncer:
             plan_each_execution(s.connection())  # its look-ups bind a page's values as arrays, as ingest's do
             planned = self._plan(s, items)
             entries = [EntryRequest(i, "PUT", f"{it.res_type}/{it.local_id}", it.body) for i, it in enumerate(planned)]
-            before = self._versions(s, planned)
             service = IngestService(s, self.principal, self.settings, self.hooks, base=self.local_base)
             results: list[EntryResult]
             try:
@@ -448,20 +444,13 @@ class Syncer:
                     c.fetched += 1
                 if res.status == 201:
                     c.created += 1
-                elif before.get((it.res_type, it.local_id)) != res.version_id:
+                elif res.stored:
                     c.updated += 1
                 else:
                     c.unchanged += 1
             self._save_links(s, ok)
             if cursor is not None:
                 self._save_cursor(s, res_type, resources, *cursor)
-
-    def _versions(self, s: Session, items: list[_Item]) -> dict[tuple[str, str], int]:
-        keys = {(it.res_type, it.local_id) for it in items}
-        if not keys:
-            return {}
-        rows = s.connection().execute(_VERSIONS, _pair_lists(keys))
-        return {(r.res_type, r.res_id): r.version_id for r in rows if (r.res_type, r.res_id) in keys}
 
     def _save_links(self, s: Session, items: list[_Item]) -> None:
         if not items:
