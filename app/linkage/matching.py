@@ -842,6 +842,12 @@ def shares_identifier(s: MatchScore) -> bool:
     return s.level("nhs_number") == "match" or s.level("other_id") == "exact" or s.other_id_slip
 
 
+def twin_shaped(s: MatchScore) -> bool:
+    """What the twin guard holds back: first given names both present and plainly
+    different, and no shared identifier (:func:`shares_identifier`)."""
+    return s.level("given_name") == "different" and not shares_identifier(s)
+
+
 def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
     """"link" | "possible" | "non-match".
 
@@ -860,12 +866,7 @@ def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
     nhs = s.level("nhs_number")
     if label == LINK and nhs == "conflict":
         label = POSSIBLE
-    if (
-        label == LINK
-        and thresholds.twin_guard
-        and s.level("given_name") == "different"
-        and not shares_identifier(s)
-    ):
+    if label == LINK and thresholds.twin_guard and twin_shaped(s):
         label = POSSIBLE
     if nhs == "match":
         contradicted = s.level("birth_date") == "different" and (
