@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     # Record linkage thresholds (match probability)
     linkage_auto_link_probability: float = 0.95
     linkage_review_probability: float = 0.5
-    linkage_twin_guard: bool = True  # never auto-link plainly different given names without a shared identifier
+    linkage_twin_guard: bool = True  # never auto-link a pair that could be twins (matching.twin_shaped) without a shared identifier
     linkage_max_candidates: int = 500  # cap on candidate records compared with one new record
     # When linkage runs. "inline": in each write's transaction. "queued": the write names its
     # records in a durable queue and a worker process that `familyview serve` starts links

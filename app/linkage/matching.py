@@ -57,6 +57,46 @@ PLACEHOLDER_GIVEN = frozenset(
      "boy", "girl", "child", "newborn", "nfa", "xx", "x"}
 )
 
+# How maternity and child-health systems label the babies of one birth before (and
+# sometimes after) they are named: "Twin 1", "Twin 2 of Jane Brown", "Baby B", "2nd twin",
+# "Triplet III".  The label says the record is one of a multiple birth and, usually, which.
+_ORDINALS = {"one": 1, "two": 2, "three": 3, "four": 4, "i": 1, "ii": 2, "iii": 3, "iv": 4,
+             "a": 1, "b": 2, "c": 3, "d": 4}
+_ORDER = r"(?P<order>[1-9]|one|two|three|four|iv|i{1,3}|[a-d])"
+_BIRTH_MARKERS = (
+    # "Twin 1", "Twin-B", "Triplet no. 2", "Baby 2", "Baby B"
+    re.compile(r"\b(?P<kind>twin|triplet|quad(?:ruplet)?|baby|infant)[\s.-]*(?:no\.?\s*)?" + _ORDER + r"(?![a-z0-9])"),
+    # "1st twin", "2nd triplet", "First twin"
+    re.compile(r"\b(?P<order>[1-4])(?:st|nd|rd|th)?\s+(?P<kind>twin|triplet)\b"),
+    re.compile(r"\b(?P<order>first|second|third|fourth)\s+(?P<kind>twin|triplet)\b"),
+    # "Twin", "Triplet" alone: one of a multiple birth, order not given
+    re.compile(r"\b(?P<kind>twin|triplet|quad(?:ruplet)?)s?\b"),
+)
+_WORD_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4}
+
+
+def birth_marker(text: str) -> tuple[bool, int | None, str]:
+    """(one of a multiple birth, birth order or None, ``text`` without the label) for a
+    given name such as "Twin 2" or "Baby B".  A plain "Baby" says nothing about a multiple
+    birth (it is how every newborn is first registered); a numbered or lettered one does."""
+    lowered = _ascii_lower(text)
+    for pattern in _BIRTH_MARKERS:
+        m = pattern.search(lowered)
+        if m is None:
+            continue
+        raw = m.groupdict().get("order")
+        order = None
+        if raw is not None:
+            order = int(raw) if raw.isdigit() else _ORDINALS.get(raw) or _WORD_ORDINALS.get(raw)
+        rest = (lowered[: m.start()] + " " + lowered[m.end():]).strip()
+        return True, order, "" if _OF_PARENT.match(rest) else rest
+    return False, None, "" if _BABY_OF_PARENT.match(text) else text
+
+
+# "Baby of Jane Brown", "Twin 1 of Jane Brown": what follows "of" is the mother's name.
+_OF_PARENT = re.compile(r"^\s*of\b", re.IGNORECASE)
+_BABY_OF_PARENT = re.compile(r"^\s*(?:baby|infant|newborn|child)[\s-]*of\b", re.IGNORECASE)
+
 
 # --------------------------------------------------------------------------- NHS number
 def nhs_number_is_valid(value: str | None) -> bool:
@@ -169,7 +209,9 @@ class PersonRecord:
     """Normal form of one Patient / RelatedPerson (or any person row) for matching.
 
     Constructing it normalises: names to lower-case ASCII tokens (placeholder given names
-    such as "Baby" dropped), postcode to 'OUT IN', NHS number validated (Modulus 11 —
+    such as "Baby" dropped; a multiple-birth label such as "Twin 2" or "Baby B" is
+    dropped too, and kept as ``multiple_birth`` and ``birth_order``, as are FHIR
+    ``Patient.multipleBirth[x]``), postcode to 'OUT IN', NHS number validated (Modulus 11 —
     an invalid number is dropped and ``nhs_verified`` cleared), sex to male/female/None.
     ``birth_date`` accepts a ``date`` or a string; ``birth_date_text`` keeps the digits
     of an unparseable date (a typo such as 1956-13-09) for the date comparison only.
@@ -193,14 +235,22 @@ class PersonRecord:
     region: str | None = None
     other_ids: tuple[tuple[str, str], ...] = ()
     birth_date_text: str | None = field(default=None, compare=False)
+    multiple_birth: bool = False
+    birth_order: int | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
         given: list[str] = []
+        multiple, order = bool(self.multiple_birth), self.birth_order
         for g in _as_tuple(self.given_names):
+            marked, marked_order, g = birth_marker(str(g))
+            multiple = multiple or marked
+            order = order if order is not None else marked_order
             given.extend(name_tokens(g))
+        put("multiple_birth", multiple or (order is not None and order > 1))
+        put("birth_order", order if order is not None and order > 0 else None)
         put("given_names", tuple(t for t in given if t not in PLACEHOLDER_GIVEN))
         family: list[str] = []
         for f in _as_tuple(self.family_names):
@@ -286,7 +336,13 @@ class PersonRecord:
                 others.append((system, value))
 
         address = _pick_address(resource.get("address") or [])
+        # Patient.multipleBirth[x]: true, or the birth order.  Order 1 alone is not taken as
+        # a multiple birth: maternity systems record 1 for a singleton too.
+        order = resource.get("multipleBirthInteger")
+        order = order if isinstance(order, int) and not isinstance(order, bool) and order > 0 else None
         return cls(
+            multiple_birth=resource.get("multipleBirthBoolean") is True,
+            birth_order=order,
             record_ref=ref,
             given_names=given,
             family_names=family,
@@ -745,6 +801,8 @@ class MatchScore:
     comparisons: tuple[ComparisonResult, ...]
     names_swapped: bool = False
     other_id_slip: bool = False  # an identifier differs by one keying slip (is_identifier_slip)
+    multiple_birth: bool = False  # either record is recorded as one of a multiple birth
+    birth_order_conflict: bool = False  # both give a birth order, and they differ
 
     def level(self, name: str) -> str | None:
         for c in self.comparisons:
@@ -800,7 +858,14 @@ def score(a: PersonRecord, b: PersonRecord, params: MatchParams | None = None) -
         comparisons=tuple(results),
         names_swapped=swapped,
         other_id_slip=slip,
+        multiple_birth=a.multiple_birth or b.multiple_birth,
+        birth_order_conflict=birth_orders_conflict(a, b),
     )
+
+
+def birth_orders_conflict(a: PersonRecord, b: PersonRecord) -> bool:
+    """Both records give a birth order and they differ: two babies of one birth."""
+    return a.birth_order is not None and b.birth_order is not None and a.birth_order != b.birth_order
 
 
 # --------------------------------------------------------------------------- decisions
@@ -813,13 +878,16 @@ class Thresholds:
     bar is well above the symmetric-cost 0.5; pairs between ``possible`` and ``link``
     go to a human (level1), where a missed link is recoverable.
     possible (0.2): below this the expected yield of review is too low to queue.
-    twin_guard: a pair whose first given names are both present and plainly different
-    is never auto-linked without a shared identifier — the same valid NHS number, or the
-    same value of another identifier in one system, or that value with one keying slip
-    (:func:`shares_identifier`). Twins share surname, date of birth, sex and address, so
-    the independence assumption of Fellegi–Sunter fails for them; such a pair can still
-    be a possible match for review.  Names entered reversed (given in the family field
-    and vice versa) are not "different" (:func:`compare_names`).
+    twin_guard: a pair that could be twins (:func:`twin_shaped`: plainly different first
+    given names; or a record labelled as one of a multiple birth without the same given
+    name on both; or unnamed and of different sex) is never auto-linked without a shared
+    identifier — the same valid NHS number, or the same value of another identifier in
+    one system, or that value with one keying slip (:func:`shares_identifier`). Twins
+    share surname, date of birth, sex and address, so the independence assumption of
+    Fellegi–Sunter fails for them; such a pair can still be a possible match for review.
+    Names entered reversed (given in the family field and vice versa) are not
+    "different" (:func:`compare_names`).  Apart from the guard, two records that give
+    different birth orders (Twin 1, Twin 2) are never linked (:func:`classify`).
     """
 
     link: float = 0.95
@@ -843,9 +911,24 @@ def shares_identifier(s: MatchScore) -> bool:
 
 
 def twin_shaped(s: MatchScore) -> bool:
-    """What the twin guard holds back: first given names both present and plainly
-    different, and no shared identifier (:func:`shares_identifier`)."""
-    return s.level("given_name") == "different" and not shares_identifier(s)
+    """What the twin guard holds back, when no identifier is shared
+    (:func:`shares_identifier`):
+
+    - first given names both present and plainly different (Oliver ~ Harry);
+    - either record recorded as one of a multiple birth ("Twin 1", Patient.multipleBirth)
+      and the given names not exactly the same: a twin's sibling has the same surname,
+      birth date and address, and twins' names are often alike (Ella ~ Ellie), so only
+      an exact name tells them apart; a missing name ("Twin 1", "Baby") tells nothing;
+    - a given name missing on either side and the recorded sexes different: the unnamed
+      boy and girl of one birth ("Baby Brown", male and female)."""
+    if shares_identifier(s):
+        return False
+    given = s.level("given_name")
+    if given == "different":
+        return True
+    if s.multiple_birth and given != "exact":
+        return True
+    return given is None and s.level("sex") == "different"
 
 
 def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
@@ -864,6 +947,10 @@ def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
     p = s.probability
     label = LINK if p >= thresholds.link else POSSIBLE if p >= thresholds.possible else NON_MATCH
     nhs = s.level("nhs_number")
+    if s.birth_order_conflict:
+        # Twin 1 and Twin 2: two people by the records' own account; only a shared NHS
+        # number (then a person checks which record is wrong) keeps them in view.
+        return POSSIBLE if nhs == "match" else NON_MATCH
     if label == LINK and nhs == "conflict":
         label = POSSIBLE
     if label == LINK and thresholds.twin_guard and twin_shaped(s):

@@ -86,6 +86,7 @@ from app.linkage.matching import (
     MatchParams,
     MatchScore,
     PersonRecord,
+    birth_orders_conflict,
     Thresholds,
     blocking_keys,
     classify,
@@ -136,6 +137,8 @@ def features_json(rec: PersonRecord) -> str:
             "s": rec.sex, "p": rec.postcode, "n": rec.nhs_number, "v": rec.nhs_verified,
             "a": list(rec.address_lines), "l": rec.locality, "r": rec.region,
             "o": [list(x) for x in rec.other_ids],
+            **({"mb": True} if rec.multiple_birth else {}),
+            **({"bo": rec.birth_order} if rec.birth_order is not None else {}),
         },
         separators=(",", ":"),
     )
@@ -152,6 +155,7 @@ def record_from_features(ref: str, features: str) -> PersonRecord:
         birth_date=date.fromisoformat(bd) if bd else None, birth_date_text=d.get("dt"), sex=d["s"], postcode=d["p"],
         nhs_number=d["n"], nhs_verified=bool(d["v"]), address_lines=tuple(d["a"]),
         locality=d["l"], region=d["r"], other_ids=tuple(tuple(x) for x in d["o"]),
+        multiple_birth=d.get("mb", False), birth_order=d.get("bo"),
     )
     return rec
 
@@ -163,6 +167,7 @@ def _record_from_features_normalising(ref: str, features: str) -> PersonRecord:
         birth_date=d["d"], birth_date_text=d.get("dt"), sex=d["s"], postcode=d["p"],
         nhs_number=d["n"], nhs_verified=d["v"], address_lines=tuple(d["a"]),
         locality=d["l"], region=d["r"], other_ids=tuple(tuple(x) for x in d["o"]),
+        multiple_birth=d.get("mb", False), birth_order=d.get("bo"),
     )
 
 
@@ -668,6 +673,15 @@ class LinkageService:
                     if nhs is not None and nhs != rec.nhs_number:
                         barred_persons.add(pid)
                         break
+        # and so is a person holding a record that gives another birth order (Twin 1 / Twin 2)
+        if rec.birth_order is not None and linkable:
+            self._ensure_members(conn, b, linkable)
+            for pid in linkable - barred_persons:
+                if any(
+                    r != ref and birth_orders_conflict(rec, b.record(r, links[r].features))
+                    for r in b.members[pid]
+                ):
+                    barred_persons.add(pid)
 
         best_by_person: dict[str, _Scored] = {}
         for c in scored.values():

@@ -473,3 +473,98 @@ def test_mistyped_identifier_bypasses_the_twin_guard_but_a_sequential_one_does_n
         b = P("Patient/b", ("Harry",), *twin, other_ids=ids)
         s = score(a, b)
         assert not s.other_id_slip and classify(s, loose) == POSSIBLE, ids
+
+
+# ------------------------------------------------------------------ babies of one birth
+@pytest.mark.parametrize(
+    "given, names, multiple, order",
+    [
+        ("Twin 1", (), True, 1),
+        ("Twin 2 of Jane Brown", (), True, 2),  # the mother's name is not the baby's
+        ("Twin-B", (), True, 2),
+        ("Baby B", (), True, 2),
+        ("2nd twin", (), True, 2),
+        ("Second twin", (), True, 2),
+        ("Triplet III", (), True, 3),
+        ("Twin", (), True, None),
+        ("Baby 1 Oliver", ("oliver",), True, 1),
+        ("Baby", (), False, None),  # how every newborn is first registered: says nothing
+        ("Baby of Jane Brown", (), False, None),
+        ("Baby Ava", ("ava",), False, None),  # a name, not a letter
+        ("Twinkle", ("twinkle",), False, None),
+        ("Ofelia", ("ofelia",), False, None),
+    ],
+)
+def test_multiple_birth_labels_in_given_names(given, names, multiple, order):
+    r = P(given=(given,))
+    assert (r.given_names, r.multiple_birth, r.birth_order) == (names, multiple, order)
+
+
+@pytest.mark.parametrize(
+    "fields, multiple, order",
+    [
+        ({"multipleBirthInteger": 2}, True, 2),
+        ({"multipleBirthInteger": 1}, False, 1),  # order 1 is recorded for singletons too
+        ({"multipleBirthBoolean": True}, True, None),
+        ({"multipleBirthBoolean": False}, False, None),
+        ({"multipleBirthInteger": 0}, False, None),
+        ({}, False, None),
+    ],
+)
+def test_multiple_birth_from_fhir_patient(fields, multiple, order):
+    body = {"resourceType": "Patient", "id": "t", "name": [{"family": "Brown", "given": ["Oliver"]}],
+            "birthDate": "2024-02-10", **fields}
+    r = PersonRecord.from_fhir(body)
+    assert (r.multiple_birth, r.birth_order) == (multiple, order)
+
+
+TWIN_HOME = dict(family=("Brown",), dob="2024-02-10", postcode="LS6 2AB")
+
+
+def test_twin_1_and_twin_2_are_never_linked_even_without_the_twin_guard():
+    a = P("Patient/t1", given=("Twin 1",), **TWIN_HOME)
+    b = P("Patient/t2", given=("Twin 2",), **TWIN_HOME)
+    s = score(a, b)
+    assert s.probability > 0.99  # every compared field agrees
+    assert classify(s) == NON_MATCH
+    assert classify(s, Thresholds(twin_guard=False)) == NON_MATCH
+    # sequential hospital numbers do not make them one person either
+    a = P("Patient/t1", given=("Twin 1",), other_ids=(("mrn", "4412345"),), **TWIN_HOME)
+    b = P("Patient/t2", given=("Twin 2",), other_ids=(("mrn", "4412346"),), **TWIN_HOME)
+    assert classify(score(a, b)) == NON_MATCH
+
+
+def test_birth_orders_that_differ_under_one_nhs_number_go_to_a_person():
+    """One twin's NHS number keyed on the other's record: the records disagree with each other."""
+    a = P("Patient/t1", given=("Oliver",), nhs_number=NHS_A, birth_order=1, **TWIN_HOME)
+    b = P("Patient/t2", given=("Oliver",), nhs_number=NHS_A, birth_order=2, **TWIN_HOME)
+    assert classify(score(a, b)) == POSSIBLE
+    same = P("Patient/t3", given=("Oliver",), nhs_number=NHS_A, birth_order=1, **TWIN_HOME)
+    assert classify(score(a, same)) == LINK
+
+
+def test_a_labelled_twin_links_only_on_the_same_given_name_or_a_shared_identifier():
+    twin = P("Patient/t1", given=("Twin 1",), **TWIN_HOME)
+    named = P("Patient/n", given=("Oliver",), **TWIN_HOME)
+    s = score(twin, named)
+    assert classify(s) == POSSIBLE, s.explain()  # could be either twin: a person decides
+    assert classify(s, Thresholds(twin_guard=False)) == LINK
+    # twins' names are often alike: with one flagged a multiple birth, Ella ~ Ellie is held
+    ella = P("Patient/e1", given=("Ella",), sex="female", multiple_birth=True, **TWIN_HOME)
+    ellie = P("Patient/e2", given=("Ellie",), sex="female", **TWIN_HOME)
+    assert classify(score(ella, ellie)) == POSSIBLE
+    assert classify(score(ella, P("Patient/e3", given=("Ella",), sex="female", **TWIN_HOME))) == LINK
+    # the same NHS number settles it
+    a = P("Patient/t1", given=("Twin 1",), nhs_number=NHS_A, **TWIN_HOME)
+    b = P("Patient/n", given=("Oliver",), nhs_number=NHS_A, **TWIN_HOME)
+    assert classify(score(a, b)) == LINK
+
+
+def test_unnamed_babies_of_different_sex_are_not_auto_linked():
+    boy = P("Patient/b", given=("Baby",), sex="male", **TWIN_HOME)
+    girl = P("Patient/g", given=("Baby",), sex="female", **TWIN_HOME)
+    s = score(boy, girl)
+    assert classify(s) == POSSIBLE, s.explain()
+    assert classify(s, Thresholds(twin_guard=False)) == LINK
+    # the same unnamed newborn in two systems, nothing suggesting a twin: still linked
+    assert classify(score(boy, P("Patient/b2", given=("Baby",), sex="male", **TWIN_HOME))) == LINK

@@ -227,3 +227,42 @@ def test_a_database_reopened_after_a_stop_still_links_what_was_queued(database_u
             assert linked_person_id(s, "Patient", ref.res_id) is not None
     finally:
         again.dispose()
+
+
+def test_migration_0008_queues_records_linked_before_the_multiple_birth_rules(database, database_url, settings):
+    """A database whose twins were linked as one person before linkage read "Twin 1"/"Twin 2":
+    upgrading queues them (and no one else), and the drain parts them, with a trace."""
+    import json
+
+    from app.linkage.models import LinkageEvent
+    from app.migrate import downgrade, upgrade
+
+    refs = {}
+    with database.session() as s:
+        svc = IngestService(s, _source(MATERNITY_ORG, "maternity"), settings, [LinkageHook(settings)], base="http://test/fhir")
+        for given in ("Twin 1", "Twin 2"):
+            refs[given] = svc.write_one(EntryRequest(0, "POST", "Patient", person("Patient", given, "Brown", "2026-10-01", postcode="LS6 2AB"), in_bundle=False))
+        refs["John"] = svc.write_one(EntryRequest(0, "POST", "Patient", person("Patient", "John", "Smith", "1990-01-01", postcode="LS6 2AB"), in_bundle=False))
+    drain(database, settings, wait=True)
+    with database.session(readonly=True) as s:
+        t1, t2 = (linked_person_id(s, "Patient", refs[g].res_id) for g in ("Twin 1", "Twin 2"))
+    assert t1 != t2
+
+    # the state the earlier rules left: one person, features without the birth order
+    with database.session() as s:
+        for g in ("Twin 1", "Twin 2"):
+            link = s.get(Link, ("Patient", refs[g].res_id))
+            features = json.loads(link.features)
+            assert features.pop("bo") in (1, 2) and features.pop("mb") is True
+            link.features = json.dumps(features, separators=(",", ":"))
+            link.person_id = t1
+    downgrade(database_url, "0007")
+    upgrade(database_url)
+    assert sorted(_queue(database)) == sorted(("Patient", refs[g].res_id) for g in ("Twin 1", "Twin 2"))
+
+    drain(database, settings, wait=True)
+    with database.session(readonly=True) as s:
+        assert linked_person_id(s, "Patient", refs["Twin 1"].res_id) != linked_person_id(s, "Patient", refs["Twin 2"].res_id)
+        moved = s.scalars(select(LinkageEvent.action).where(LinkageEvent.from_person == t1)).all()
+    assert moved and set(moved) <= {"split", "move"}
+    assert _queue(database) == []

@@ -81,6 +81,39 @@ def test_twins_stay_apart(live):
     assert all(c["assurance"] == "level1" for c in queue)
 
 
+def test_babies_of_one_birth_stay_apart_by_their_birth_order(live):
+    """Maternity registers newborn twins as "Twin 1"/"Twin 2": every compared field agrees, and
+    they stay two people, with nothing for review between them.  A record carrying one
+    twin's NHS number but the other's birth order joins neither twin: a person checks it."""
+    maternity = live.source(MATERNITY_ORG, "maternity")
+    gp = live.source(GP_ORG, "general-practice")
+    hv = live.source(HV_ORG, "health-visiting")
+    admin = live.client("admin", "X26")
+    home = dict(postcode="LS6 2AB", local=None)
+    t1 = create(maternity, person("Patient", "Twin 1", "Brown", "2026-10-01", **home))
+    t2 = create(maternity, person("Patient", "Twin 2 of Emma Brown", "Brown", "2026-10-01", **home))
+    assert person_of(admin, t1)["id"] != person_of(admin, t2)["id"]
+    queue = admin_api(live).get("/candidates").json()["candidates"]
+    assert not any({c["a"]["reference"], c["b"]["reference"]} == {t1, t2} for c in queue)
+    # named at the GP, the first twin's birth order recorded; the HV has the same NHS number
+    nhs = next_nhs()
+    oliver_gp = create(gp, person("Patient", "Oliver", "Brown", "2026-10-01", nhs=nhs, multipleBirthInteger=1, **home))
+    oliver_hv = create(hv, person("Patient", "Oliver", "Brown", "2026-10-01", nhs=nhs, **home))
+    oliver = person_of(admin, oliver_gp)
+    assert set(links(oliver)) == {oliver_gp, oliver_hv}
+    # "Twin 1" could be either baby until a person says: reviewed, not linked
+    assert t1 not in links(oliver)
+    queue = admin_api(live).get("/candidates").json()["candidates"]
+    assert any({c["a"]["reference"], c["b"]["reference"]} == {t1, oliver_gp} for c in queue)
+    # the second twin's record with the first twin's NHS number keyed on it
+    wrong = create(maternity, person("Patient", "Harry", "Brown", "2026-10-01", nhs=nhs, multipleBirthInteger=2, **home))
+    assert person_of(admin, wrong)["id"] != oliver["id"]
+    assert set(links(person_of(admin, oliver_gp))) == {oliver_gp, oliver_hv}
+    queue = admin_api(live).get("/candidates").json()["candidates"]
+    held = {frozenset((c["a"]["reference"], c["b"]["reference"])): c["assurance"] for c in queue}
+    assert held.get(frozenset((wrong, oliver_gp))) == "level1"
+
+
 def test_conflicting_nhs_number_blocks_a_match(live):
     gp = live.source(GP_ORG, "general-practice")
     maternity = live.source(MATERNITY_ORG, "maternity")
