@@ -242,13 +242,12 @@ class PersonRecord:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
-        given: list[str] = []
-        multiple, order = bool(self.multiple_birth), self.birth_order
-        for g in _as_tuple(self.given_names):
-            marked, marked_order, g = birth_marker(str(g))
-            multiple = multiple or marked
-            order = order if order is not None else marked_order
-            given.extend(name_tokens(g))
+        # the given names read as one text, so that a label split over two of them
+        # (given: ["Twin", "1"], as a name.text "Twin 1 Brown" is split) is still read
+        marked, marked_order, rest = birth_marker(" ".join(str(g) for g in _as_tuple(self.given_names)))
+        given = name_tokens(rest)
+        multiple = bool(self.multiple_birth) or marked
+        order = self.birth_order if self.birth_order is not None else marked_order
         put("multiple_birth", multiple or (order is not None and order > 1))
         put("birth_order", order if order is not None and order > 0 else None)
         put("given_names", tuple(t for t in given if t not in PLACEHOLDER_GIVEN))

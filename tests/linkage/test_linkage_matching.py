@@ -500,6 +500,13 @@ def test_multiple_birth_labels_in_given_names(given, names, multiple, order):
     assert (r.given_names, r.multiple_birth, r.birth_order) == (names, multiple, order)
 
 
+def test_a_multiple_birth_label_split_over_given_names_or_in_name_text_is_read():
+    assert P(given=("Twin", "1")).birth_order == 1
+    body = {"resourceType": "Patient", "id": "t", "name": [{"text": "Twin 2 Brown"}], "birthDate": "2024-02-10"}
+    r = PersonRecord.from_fhir(body)
+    assert (r.given_names, r.family_names, r.birth_order) == ((), ("brown",), 2)
+
+
 @pytest.mark.parametrize(
     "fields, multiple, order",
     [
