@@ -920,24 +920,41 @@ def twin_shaped(s: MatchScore) -> bool:
       an exact name tells them apart; a missing name ("Twin 1", "Baby") tells nothing;
     - a given name missing on either side and the recorded sexes different: the unnamed
       boy and girl of one birth ("Baby Brown", male and female)."""
+    return _twin_reason(s) is not None
+
+
+def _twin_reason(s: MatchScore) -> str | None:
     if shares_identifier(s):
-        return False
+        return None
     given = s.level("given_name")
     if given == "different":
-        return True
+        return "could be twins: given names plainly differ and no identifier is shared"
     if s.multiple_birth and given != "exact":
-        return True
-    return given is None and s.level("sex") == "different"
+        return "could be either baby of a multiple birth: the given names are not the same and no identifier is shared"
+    if given is None and s.level("sex") == "different":
+        return "could be twins: a given name is missing, the sexes differ and no identifier is shared"
+    return None
 
 
-def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
-    """"link" | "possible" | "non-match".
+@dataclass(frozen=True)
+class MatchDecision:
+    """A pair's label and, when a rule (not the probability alone) set it, the rule's reason:
+    what a reviewer reads first when a confident-looking pair is in the review queue."""
+
+    label: str
+    reason: str | None = None
+
+
+def decide(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> MatchDecision:
+    """The decision on a pair: "link" | "possible" | "non-match", with the rule behind it.
 
     Rules on top of the probability thresholds:
+    - two records giving different birth orders (Twin 1, Twin 2) are two people: never
+      linked, and only a shared NHS number puts them in front of a person;
     - conflicting valid NHS numbers are never auto-linked (at most "possible": two valid
       numbers for one person happen only through a duplicate registration, which a
       person must resolve);
-    - the twin guard (see :class:`Thresholds`);
+    - the twin guard (see :class:`Thresholds` and :func:`twin_shaped`);
     - a valid NHS-number match is at least "possible", even when the demographics
       disagree, and is not auto-linked when they contradict it (date of birth different
       and sex or given name different: e.g. the baby's NHS number recorded on the
@@ -947,20 +964,29 @@ def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
     label = LINK if p >= thresholds.link else POSSIBLE if p >= thresholds.possible else NON_MATCH
     nhs = s.level("nhs_number")
     if s.birth_order_conflict:
-        # Twin 1 and Twin 2: two people by the records' own account; only a shared NHS
-        # number (then a person checks which record is wrong) keeps them in view.
-        return POSSIBLE if nhs == "match" else NON_MATCH
+        if nhs == "match":
+            return MatchDecision(POSSIBLE, "the same NHS number on records that give different birth orders")
+        return MatchDecision(NON_MATCH, "the records give different birth orders")
     if label == LINK and nhs == "conflict":
-        label = POSSIBLE
-    if label == LINK and thresholds.twin_guard and twin_shaped(s):
-        label = POSSIBLE
+        return MatchDecision(POSSIBLE, "conflicting valid NHS numbers")
+    if label == LINK and thresholds.twin_guard:
+        why = _twin_reason(s)
+        if why is not None:
+            return MatchDecision(POSSIBLE, why)
     if nhs == "match":
+        if label == NON_MATCH:
+            return MatchDecision(POSSIBLE, "the same NHS number, but the demographics disagree")
         contradicted = s.level("birth_date") == "different" and (
             s.level("sex") == "different" or s.level("given_name") == "different"
         )
-        if label == NON_MATCH or (label == LINK and contradicted):
-            label = POSSIBLE
-    return label
+        if label == LINK and contradicted:
+            return MatchDecision(POSSIBLE, "the same NHS number, but date of birth and sex or given name differ")
+    return MatchDecision(label)
+
+
+def classify(s: MatchScore, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
+    """"link" | "possible" | "non-match" (:func:`decide`, without the reason)."""
+    return decide(s, thresholds).label
 
 
 def assurance_level(

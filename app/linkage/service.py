@@ -89,7 +89,7 @@ from app.linkage.matching import (
     birth_orders_conflict,
     Thresholds,
     blocking_keys,
-    classify,
+    decide,
     load_params,
     score,
 )
@@ -272,6 +272,7 @@ class _Scored:
     score: MatchScore
     label: str
     level: str | None
+    reason: str | None = None  # the rule that set the label, if one did (matching.decide)
 
 
 @dataclass
@@ -644,8 +645,9 @@ class LinkageService:
                 return
             other = b.record(other_ref, features)
             sc = score(rec, other, params)
-            label = classify(sc, thresholds)
-            scored[other_ref] = _Scored(other_ref, person_id, other, sc, label, pair_level(rec, other, label))
+            decision = decide(sc, thresholds)
+            label = decision.label
+            scored[other_ref] = _Scored(other_ref, person_id, other, sc, label, pair_level(rec, other, label), decision.reason)
 
         links = b.links
         for r in cand:
@@ -784,7 +786,7 @@ class LinkageService:
         queued = []
         for key, c in want.items():
             row = existing.get(key)
-            expl = f"{c.label}: {c.score.explain()}"
+            expl = f"{c.label} ({c.reason}): {c.score.explain()}" if c.reason else f"{c.label}: {c.score.explain()}"
             if row is None:
                 row = dict(id=None, a_ref=key[0], b_ref=key[1], probability=c.score.probability,
                            match_weight=c.score.match_weight, explanation=expl, status="open", created_at=now, updated_at=now)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import MATERNITY_ORG
-from tests.fhirdata import bundle, entry, next_nhs, patient
+from tests.fhirdata import next_nhs, patient
 
 CT = {"Content-Type": "application/fhir+json"}
 NHS = "https://fhir.nhs.uk/Id/nhs-number"

@@ -28,7 +28,6 @@ from consent_testkit import (
     ods_actor,
     purpose,
     ref_actor,
-    refusal,
     request,
     requester,
     role_actor,

@@ -5,8 +5,6 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from app.audit.service import verify
-from app.db import Database
 from app.demo.loader import load_demo
 from app.demo.scenarios import HEALTH_VISITING, IG_ORG, N
 

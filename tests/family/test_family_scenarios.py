@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.demo.scenarios import GP_FAMILY, GP_FATHERS, HEALTH_VISITING, IG_ORG, MASH_ORG, MATERNITY, N, SOCIAL_CARE, UNRELATED_ORG
+from app.demo.scenarios import GP_FAMILY, GP_FATHERS, HEALTH_VISITING, IG_ORG, MASH_ORG, MATERNITY, N, UNRELATED_ORG
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 FV = "https://familyview.example.nhs.uk/fhir"

@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from app.demo.scenarios import SOURCES, build_scenarios
-from app.sync.client import UpstreamClient
 from app.sync.engine import SyncSummary
 from tests.conftest import BACKENDS, LiveServer, make_settings, new_database_url, start_server
 from tests.sync.sync_support import syncer_for, upstream_server

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.demo.scenarios import GP_FATHERS, HEALTH_VISITING, IG_ORG, MASH_ORG, N, UNRELATED_ORG
+from app.demo.scenarios import HEALTH_VISITING, IG_ORG, N, UNRELATED_ORG
 from app.fhir.indexing import STORED_TYPES
 from tests.sync.sync_support import history_len, search_all
 

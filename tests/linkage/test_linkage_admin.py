@@ -37,6 +37,7 @@ def test_reject_survives_reingest_and_confirm_reverses_it(live):
     hv, (r1, r2), bodies = _twins(live)
     c = _candidate(api, r1, r2)
     assert c is not None and c["probability"] > 0.5 and "given_name=different" in c["explanation"]
+    assert c["explanation"].startswith("possible (could be twins: given names plainly differ")  # why it waits
     r = api.post(f"/candidates/{c['id']}/reject", json={"reason": "twins: different children, checked with HV"})
     assert r.status_code == 200, r.text
     # re-ingest with a change (new phone number): still apart, the pair is not queued again

@@ -26,6 +26,7 @@ from app.linkage.matching import (
     compare_postcode,
     compare_sex,
     comparison_vector,
+    decide,
     is_identifier_slip,
     load_params,
     nhs_number_is_valid,
@@ -575,3 +576,17 @@ def test_unnamed_babies_of_different_sex_are_not_auto_linked():
     assert classify(s, Thresholds(twin_guard=False)) == LINK
     # the same unnamed newborn in two systems, nothing suggesting a twin: still linked
     assert classify(score(boy, P("Patient/b2", given=("Baby",), sex="male", **TWIN_HOME))) == LINK
+
+
+def test_a_rule_that_holds_or_parts_a_pair_says_why():
+    """A reviewer sees a p=1.0 pair in the queue: the decision names the rule that held it."""
+    oliver = P("Patient/a", given=("Oliver",), **TWIN_HOME)
+    assert decide(score(oliver, P("Patient/b", given=("Harry",), **TWIN_HOME))).reason.startswith("could be twins")
+    assert decide(score(P("Patient/t1", given=("Twin 1",), **TWIN_HOME), oliver)).reason.startswith("could be either baby")
+    girl = P("Patient/g", given=("Baby",), sex="female", **TWIN_HOME)
+    assert "sexes differ" in decide(score(P("Patient/b", given=("Baby",), **TWIN_HOME), girl)).reason
+    d = decide(score(P("Patient/t1", given=("Twin 1",), **TWIN_HOME), P("Patient/t2", given=("Twin 2",), **TWIN_HOME)))
+    assert (d.label, d.reason) == (NON_MATCH, "the records give different birth orders")
+    # a plain confident match needs no rule
+    assert decide(score(oliver, P("Patient/c", given=("Oliver",), **TWIN_HOME))) == decide(score(oliver, oliver))
+    assert decide(score(oliver, oliver)).reason is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.conftest import GP_ORG, HV_ORG, MATERNITY_ORG, OTHER_ORG
 from tests.fhirdata import next_nhs
 from tests.linkage.linkage_testkit import (
-    GP_ID, admin_api, create, links, mother_and_partner, person, person_of, persons_for, post_bundle, update,
+    admin_api, create, links, mother_and_partner, person, person_of, persons_for, post_bundle, update,
 )
 
 
