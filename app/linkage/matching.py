@@ -61,7 +61,9 @@ PLACEHOLDER_GIVEN = frozenset(
 # sometimes after) they are named: "Twin 1", "Twin 2 of Jane Brown", "Baby B", "2nd twin",
 # "Triplet III".  The label says the record is one of a multiple birth and, usually, which.
 _ORDINALS = {"one": 1, "two": 2, "three": 3, "four": 4, "i": 1, "ii": 2, "iii": 3, "iv": 4,
-             "a": 1, "b": 2, "c": 3, "d": 4}
+             "a": 1, "b": 2, "c": 3, "d": 4, "first": 1, "second": 2, "third": 3, "fourth": 4}
+# every label names one of these: a name without any is not searched further
+_MARKER_WORDS = ("twin", "triplet", "quad", "baby", "infant")
 _ORDER = r"(?P<order>[1-9]|one|two|three|four|iv|i{1,3}|[a-d])"
 _BIRTH_MARKERS = (
     # "Twin 1", "Twin-B", "Triplet no. 2", "Baby 2", "Baby B"
@@ -72,7 +74,6 @@ _BIRTH_MARKERS = (
     # "Twin", "Triplet" alone: one of a multiple birth, order not given
     re.compile(r"\b(?P<kind>twin|triplet|quad(?:ruplet)?)s?\b"),
 )
-_WORD_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4}
 
 
 def birth_marker(text: str) -> tuple[bool, int | None, str]:
@@ -80,16 +81,15 @@ def birth_marker(text: str) -> tuple[bool, int | None, str]:
     given name such as "Twin 2" or "Baby B".  A plain "Baby" says nothing about a multiple
     birth (it is how every newborn is first registered); a numbered or lettered one does."""
     lowered = _ascii_lower(text)
-    for pattern in _BIRTH_MARKERS:
-        m = pattern.search(lowered)
-        if m is None:
-            continue
-        raw = m.groupdict().get("order")
-        order = None
-        if raw is not None:
-            order = int(raw) if raw.isdigit() else _ORDINALS.get(raw) or _WORD_ORDINALS.get(raw)
-        rest = (lowered[: m.start()] + " " + lowered[m.end():]).strip()
-        return True, order, "" if _OF_PARENT.match(rest) else rest
+    if any(word in lowered for word in _MARKER_WORDS):
+        for pattern in _BIRTH_MARKERS:
+            m = pattern.search(lowered)
+            if m is None:
+                continue
+            raw = m.groupdict().get("order")
+            order = None if raw is None else int(raw) if raw.isdigit() else _ORDINALS[raw]
+            rest = (lowered[: m.start()] + " " + lowered[m.end():]).strip()
+            return True, order, "" if _OF_PARENT.match(rest) else rest
     return False, None, "" if _BABY_OF_PARENT.match(text) else text
 
 

@@ -144,31 +144,30 @@ def features_json(rec: PersonRecord) -> str:
     )
 
 
-def record_from_features(ref: str, features: str) -> PersonRecord:
-    """The record stored as ``features`` (already in normal form, so it is not normalised again:
-    ``_record_from_features_normalising`` gives the same record, more slowly)."""
-    d = json.loads(features)
-    rec = object.__new__(PersonRecord)
-    bd = d["d"]
-    rec.__dict__.update(
+def _feature_fields(ref: str, d: dict) -> dict:
+    """PersonRecord fields from stored features (``features_json``), the birth date as stored."""
+    return dict(
         record_ref=ref, given_names=tuple(d["g"]), family_names=tuple(d["f"]),
-        birth_date=date.fromisoformat(bd) if bd else None, birth_date_text=d.get("dt"), sex=d["s"], postcode=d["p"],
+        birth_date=d["d"], birth_date_text=d.get("dt"), sex=d["s"], postcode=d["p"],
         nhs_number=d["n"], nhs_verified=bool(d["v"]), address_lines=tuple(d["a"]),
         locality=d["l"], region=d["r"], other_ids=tuple(tuple(x) for x in d["o"]),
         multiple_birth=d.get("mb", False), birth_order=d.get("bo"),
     )
+
+
+def record_from_features(ref: str, features: str) -> PersonRecord:
+    """The record stored as ``features`` (already in normal form, so it is not normalised again:
+    ``_record_from_features_normalising`` gives the same record, more slowly)."""
+    fields = _feature_fields(ref, json.loads(features))
+    bd = fields["birth_date"]
+    fields["birth_date"] = date.fromisoformat(bd) if bd else None
+    rec = object.__new__(PersonRecord)
+    rec.__dict__.update(fields)
     return rec
 
 
 def _record_from_features_normalising(ref: str, features: str) -> PersonRecord:
-    d = json.loads(features)
-    return PersonRecord(
-        record_ref=ref, given_names=tuple(d["g"]), family_names=tuple(d["f"]),
-        birth_date=d["d"], birth_date_text=d.get("dt"), sex=d["s"], postcode=d["p"],
-        nhs_number=d["n"], nhs_verified=d["v"], address_lines=tuple(d["a"]),
-        locality=d["l"], region=d["r"], other_ids=tuple(tuple(x) for x in d["o"]),
-        multiple_birth=d.get("mb", False), birth_order=d.get("bo"),
-    )
+    return PersonRecord(**_feature_fields(ref, json.loads(features)))
 
 
 pair_level = level_for_label  # assurance of a pair from its decision, without re-scoring
@@ -665,24 +664,20 @@ class LinkageService:
         barred_refs = {o for o, d in decisions.items() if d == "no-match"}
         held_refs = {o for o, d in decisions.items() if d == "match"}
         barred_persons = {links[r].person_id for r in barred_refs if r in links}
-        # a person holding a conflicting valid NHS number is barred too
         linkable = {c.person_id for c in scored.values() if c.label == LINK and c.ref not in barred_refs}
-        if rec.nhs_number and linkable:
+
+        def rules_out(r: str) -> bool:
+            """A member that bars its person: another valid NHS number, or another birth
+            order (Twin 1 / Twin 2)."""
+            row = links[r]
+            if rec.nhs_number and row.nhs_number is not None and row.nhs_number != rec.nhs_number:
+                return True
+            return rec.birth_order is not None and r != ref and birth_orders_conflict(rec, b.record(r, row.features))
+
+        if linkable and (rec.nhs_number or rec.birth_order is not None):
             self._ensure_members(conn, b, linkable)
             for pid in linkable:
-                for r in b.members[pid]:
-                    nhs = links[r].nhs_number
-                    if nhs is not None and nhs != rec.nhs_number:
-                        barred_persons.add(pid)
-                        break
-        # and so is a person holding a record that gives another birth order (Twin 1 / Twin 2)
-        if rec.birth_order is not None and linkable:
-            self._ensure_members(conn, b, linkable)
-            for pid in linkable - barred_persons:
-                if any(
-                    r != ref and birth_orders_conflict(rec, b.record(r, links[r].features))
-                    for r in b.members[pid]
-                ):
+                if any(rules_out(r) for r in b.members[pid]):
                     barred_persons.add(pid)
 
         best_by_person: dict[str, _Scored] = {}
