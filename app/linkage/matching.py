@@ -431,6 +431,10 @@ def blocking_keys(rec: PersonRecord) -> set[str]:
                              token) + birth year — survives day/month typos and moves
     ``np:<sdx>+<sdx>:<district>`` same name pair + postcode district — survives any
                              date-of-birth error
+    ``ns:<sdx>+<sdx>:<chars>`` same name pair + the postcode's characters in sorted
+                             order — survives a transposed postcode (LS16 ~ LS61, 5031 ~
+                             5013) when the date of birth is missing or wrong too (a
+                             father recorded by a midwife often has no date of birth)
     ``fp:<sdx>:<postcode>``  family-name Soundex + full postcode (a household) —
                              survives a missing or wrong date of birth and given name
     ``gp:<sdx>:<postcode>``  given-name Soundex (nickname canonical) + full postcode —
@@ -448,6 +452,7 @@ def blocking_keys(rec: PersonRecord) -> set[str]:
     given_codes = _given_keys(rec)
     family_codes = {_soundex(t) for t in rec.family_names}
     first_family = _soundex(rec.family_names[0]) if rec.family_names else None
+    postcode_chars = "".join(sorted(rec.postcode.replace(" ", ""))) if rec.postcode else None
 
     if dob:
         for code in given_codes | family_codes:
@@ -461,6 +466,8 @@ def blocking_keys(rec: PersonRecord) -> set[str]:
                 keys.add(f"ny:{pair}:{rec.birth_date.year}")
             if district:
                 keys.add(f"np:{pair}:{district}")
+            if postcode_chars:
+                keys.add(f"ns:{pair}:{postcode_chars}")
     if rec.postcode:
         if first_family:
             keys.add(f"fp:{first_family}:{rec.postcode}")

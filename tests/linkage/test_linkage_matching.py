@@ -397,6 +397,7 @@ def test_blocking_keys_are_few_and_survive_single_errors():
         P(dob="1990-01-10", postcode="LS6 2AB"),  # date typo
         P(dob="1991-01-01", postcode="LS6 2AB"),  # year off
         P(dob=None, postcode="LS6 2AB"),  # no date
+        P(dob=None, postcode="SL6 2AB"),  # no date and a transposed postcode
         P(postcode="M1 1AA"),  # moved
         P(family=("Smith", "Jones"), postcode="M1 1AA"),  # double-barrelled after a move
     ]

@@ -9,10 +9,10 @@ from sqlalchemy import create_engine, func, inspect, select, text
 
 from app.auth.tokens import Principal, Scope
 from app.ingest.service import EntryRequest, IngestService
-from app.linkage.matching import PersonRecord
-from app.linkage.models import BlockingKey, LinkedPerson
+from app.linkage.matching import PersonRecord, blocking_keys
+from app.linkage.models import BlockingKey, LinkedPerson, ReviewCandidate
 from app.linkage.queue import drain, settle
-from app.linkage.service import LinkageHook, LinkageService, linked_person_id, linked_records
+from app.linkage.service import LinkageHook, LinkageService, key_hash, linked_person_id, linked_records
 from tests.conftest import GP_ORG, MATERNITY_ORG, make_settings
 from tests.fhirdata import next_nhs
 from tests.linkage.linkage_testkit import person
@@ -154,3 +154,70 @@ def test_migration_0001_to_0002_on_this_backend(database_url, backend):
         upgrade(database_url, "head")
     finally:
         engine.dispose()
+
+
+def _open_candidate(database, a: str, b: str) -> bool:
+    with database.session(readonly=True) as s:
+        return s.scalar(
+            select(func.count()).select_from(ReviewCandidate).where(
+                ReviewCandidate.status == "open",
+                ReviewCandidate.a_ref == min(a, b), ReviewCandidate.b_ref == max(a, b),
+            )
+        ) == 1
+
+
+def _father_without_birth_date(postcode: str, line: str | None = None) -> dict:
+    body = person("RelatedPerson", "Jonathan", "Smith", "", postcode=postcode)
+    del body["birthDate"]
+    if line:
+        body["address"][0]["line"] = [line]
+    return body
+
+
+def _gp_father(line: str | None = None) -> dict:
+    body = person("Patient", "Jonathan", "Smith", "1998-04-03", nhs=next_nhs(), postcode="LS6 2AB")
+    if line:
+        body["address"][0]["line"] = [line]
+    return body
+
+
+def test_a_father_without_a_birth_date_and_a_transposed_postcode_is_still_found(database, settings):
+    """The midwife has the father's name but no date of birth, and typed SL6 2AB for LS6 2AB:
+    no key on the date or the postcode is shared, and only the sorted-postcode key finds his
+    GP record. With the same house too, that is a link; with the name alone, a person decides."""
+    gp = _write(database, settings, GP_ORG, "general-practice", _gp_father("12 Oak Road"))
+    rp = _write(database, settings, MATERNITY_ORG, "maternity", _father_without_birth_date("SL6 2AB", "12 Oak Road"))
+    gp2 = _write(database, settings, "A99002", "general-practice", _gp_father())
+    rp2 = _write(database, settings, "R1A02", "maternity", _father_without_birth_date("SL6 2AB"))
+    settle(database, settings)
+    with database.session(readonly=True) as s:
+        assert linked_person_id(s, *rp.split("/")) == linked_person_id(s, *gp.split("/"))
+        assert linked_person_id(s, *rp2.split("/")) not in (linked_person_id(s, *gp2.split("/")), linked_person_id(s, *gp.split("/")))
+    assert _open_candidate(database, rp2, gp2)
+
+
+def test_migration_0009_gives_records_linked_before_the_transposition_key(database, database_url, settings):
+    """Records linked before the sorted-postcode key existed get it from their stored features,
+    so a later record with a transposed postcode still finds them; downgrade takes it away."""
+    from app.migrate import downgrade, upgrade
+
+    body = _gp_father()
+    gp = _write(database, settings, GP_ORG, "general-practice", body)
+    settle(database, settings)
+    gp_type, gp_id = gp.split("/")
+    transposition = sorted(key_hash(k) for k in blocking_keys(PersonRecord.from_fhir(body)) if k.startswith("ns:"))
+    assert transposition
+
+    def keyed() -> list[int]:
+        with database.session(readonly=True) as s:
+            return sorted(s.scalars(select(BlockingKey.key_hash).where(
+                BlockingKey.res_type == gp_type, BlockingKey.res_id == gp_id, BlockingKey.key_hash.in_(transposition))))
+
+    assert keyed() == transposition
+    downgrade(database_url, "0008")
+    assert keyed() == []  # as a record linked before the key existed
+    upgrade(database_url)
+    assert keyed() == transposition
+    rp = _write(database, settings, MATERNITY_ORG, "maternity", _father_without_birth_date("SL6 2AB"))
+    settle(database, settings)
+    assert _open_candidate(database, rp, gp)
