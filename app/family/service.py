@@ -107,6 +107,23 @@ def _labels(rec: Rec) -> tuple[set[str], set[str]]:
     return categories, labels
 
 
+PERSON_CONFIDENTIALITY = ("R", "V")  # labels that belong to the person, not to one copy of their record
+
+
+def _person_labels(member: FamilyMember) -> set[str]:
+    """The security labels the decisions about a person read: the primary record's own, and
+    every restricted (R) or very restricted (V) label on any linked record of the person from
+    any source. A label is the person's, as PDS treats it: one unlabelled copy (say, their GP's)
+    must not undo the restriction another source recorded, so the strictest applies (V also
+    carries R where a source recorded R)."""
+    if not member.records:
+        return set()
+    labels = set(_labels(member.primary)[1])
+    for rec in member.records:
+        labels |= _labels(rec)[1] & set(PERSON_CONFIDENTIALITY)
+    return labels
+
+
 def _record_date(rec: Rec) -> date | None:
     b = rec.body
     for value in (b.get("recordedDate"), b.get("effectiveDateTime"), (b.get("period") or {}).get("start"), b.get("dateTime")):
@@ -198,8 +215,8 @@ class FamilyViewService:
             decide_item = lambda item, m=member, c=consents: self._decide(m, c, purpose, justification, relationship, item)  # noqa: E731
             who = member.role.replace("-", " ") if not member.unborn else "unborn baby"
             primary = member.primary if member.records else None
-            _, primary_labels = _labels(primary) if primary else (set(), set())
-            identity = decide_item(DataItem("identity", "Patient", frozenset(primary_labels), primary.source_org if primary else None, reference=member.key))
+            person_labels = frozenset(_person_labels(member))
+            identity = decide_item(DataItem("identity", "Patient", person_labels, primary.source_org if primary else None, reference=member.key))
             if index == 0:
                 audit.purpose_of_use = identity.purpose_of_use
                 if not identity.permitted:
@@ -213,7 +230,7 @@ class FamilyViewService:
             resource = self._person_resource(member, graph, today)
             redact = set(identity.redacted_fields)
             if not member.unborn:
-                contact = decide_item(DataItem("contact", "Patient", frozenset(primary_labels), primary.source_org, reference=member.key + "#contact"))
+                contact = decide_item(DataItem("contact", "Patient", person_labels, primary.source_org, reference=member.key + "#contact"))
                 note(contact, member.key + "#contact", member.key, "contact", contact.permitted)
                 redact |= set(contact.redacted_fields)
                 if not contact.permitted:
