@@ -4,6 +4,7 @@ Index rows are written in the same transaction as the resource, so a search neve
 resource without its index (or the reverse)."""
 from __future__ import annotations
 
+import calendar
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -201,30 +202,41 @@ def _tokens(value: Any) -> Iterator[tuple[str | None, str]]:
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 
 
+_MIN_INSTANT = datetime(1, 1, 1)
+_MAX_INSTANT = datetime(9999, 12, 31, 23, 59, 59)
+
+
 def date_range(value: str) -> tuple[str, str]:
-    """The [low, high] instant range a FHIR date/dateTime/instant covers, as UTC ISO strings."""
+    """The [low, high] instant range a FHIR date/dateTime/instant covers, as UTC ISO strings.
+    Valid FHIR runs from 0001 to 9999 in its own time zone; moved to UTC it may fall outside
+    what Python represents, so the range is clamped to 0001-01-01T00:00:00..9999-12-31T23:59:59
+    (the bounds of an open Period). ValueError for a value that is not a date."""
     m = _DATE_RE.match(value)
     if m:
         year, month, day = int(m.group(1)), m.group(2), m.group(3)
         if not month:
-            low, high = datetime(year, 1, 1), datetime(year + 1, 1, 1)
+            low, high = datetime(year, 1, 1), datetime(year, 12, 31)
         elif not day:
             mo = int(month)
             low = datetime(year, mo, 1)
-            high = datetime(year + (mo == 12), 1 if mo == 12 else mo + 1, 1)
+            high = datetime(year, mo, calendar.monthrange(year, mo)[1])
         else:
-            low = datetime(year, int(month), int(day))
-            high = low + timedelta(days=1)
-        high = high - timedelta(seconds=1)
-        return _fmt(low), _fmt(high)
+            low = high = datetime(year, int(month), int(day))
+        return _fmt(low), _fmt(high.replace(hour=23, minute=59, second=59))
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if dt.tzinfo is not None:
-        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+        offset = dt.utcoffset() or timedelta(0)
+        naive = dt.replace(tzinfo=None)
+        try:
+            dt = naive - offset
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before 0001-01-01 in UTC
+            dt = _MIN_INSTANT if offset > timedelta(0) else _MAX_INSTANT
     return _fmt(dt), _fmt(dt)
 
 
 def _fmt(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S")
+    # not strftime: "%Y" leaves years before 1000 unpadded, and the strings are compared
+    return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
 
 
 def _dates(value: Any) -> Iterator[tuple[str, str]]:
@@ -235,7 +247,7 @@ def _dates(value: Any) -> Iterator[tuple[str, str]]:
             low = date_range(value["start"])[0] if value.get("start") else "0001-01-01T00:00:00"
             high = date_range(value["end"])[1] if value.get("end") else "9999-12-31T23:59:59"
             yield low, high
-    except ValueError:
+    except (ValueError, OverflowError):  # not a date (the validator refuses those first)
         return
 
 

@@ -22,6 +22,8 @@ from app.fhir.models import ResourceVersion, SearchDate, SearchReference, Search
 # Parameters that shape the result rather than filter it.
 CONTROL_PARAMS = {"_count", "_offset", "_sort", "_format", "_pretty", "_total", "_totalMethod", "_summary", "_elements"}
 _INDEX_TABLES = {"token": SearchToken, "string": SearchString, "date": SearchDate, "reference": SearchReference}
+MAX_OFFSET = 2**31 - 1  # beyond what either database takes as an OFFSET, and beyond any store
+MAX_VERSION = 2**31 - 1  # resource_version.version_id is a 32-bit integer
 _DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 
 
@@ -68,11 +70,9 @@ def read(session: Session, principal: Principal, res_type: str, res_id: str) -> 
 
 def vread(session: Session, principal: Principal, res_type: str, res_id: str, version: str) -> ResourceVersion:
     current = read(session, principal, res_type, res_id)
-    try:
-        vid = int(version)
-    except ValueError:
-        raise not_found(f"{res_type}/{res_id}/_history/{version} is not known") from None
-    row = session.get(ResourceVersion, (res_type, current.res_id, vid))
+    # a version id is a positive whole number that fits the column; anything else is not known
+    vid = int(version) if version.isascii() and version.isdigit() and len(version) <= 10 else 0
+    row = session.get(ResourceVersion, (res_type, current.res_id, vid)) if 0 < vid <= MAX_VERSION else None
     if row is None:
         raise not_found(f"{res_type}/{res_id}/_history/{version} is not known")
     return row
@@ -116,7 +116,7 @@ def _date_prefix(value: str) -> tuple[str, str]:
 def _date_condition(low_col, high_col, prefix: str, value: str, expr: str):
     try:
         p_low, p_high = date_range(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise bad_request(f"Invalid date parameter value for {expr}", expression=expr) from None
     if prefix in ("eq", "ap"):
         return and_(low_col >= p_low, high_col <= p_high)
@@ -141,12 +141,19 @@ def _instant_condition(col, prefix: str, value: str, expr: str):
     """_lastUpdated against the resource's instant column."""
     try:
         p_low, p_high = date_range(value)
-    except ValueError:
+        lo = datetime.fromisoformat(p_low).replace(tzinfo=timezone.utc)
+        hi = datetime.fromisoformat(p_high).replace(tzinfo=timezone.utc, microsecond=999999)
+        if p_low == p_high:  # an exact instant: compare to the instant itself, fractions included
+            exact = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if exact.tzinfo is not None:
+                try:
+                    lo = hi = exact.astimezone(timezone.utc)
+                except OverflowError:  # beyond 0001..9999 in UTC: date_range clamped it already
+                    lo = hi = datetime.fromisoformat(p_low).replace(tzinfo=timezone.utc)
+            else:
+                lo = hi = exact.replace(tzinfo=timezone.utc)
+    except (ValueError, OverflowError):
         raise bad_request("Invalid _lastUpdated value", expression=expr) from None
-    lo = datetime.fromisoformat(p_low).replace(tzinfo=timezone.utc)
-    hi = datetime.fromisoformat(p_high).replace(tzinfo=timezone.utc, microsecond=999999)
-    if p_low == p_high:  # an exact instant: compare to the instant itself, fractions included
-        lo = hi = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
     return {
         "eq": and_(col >= lo, col <= hi), "ap": and_(col >= lo, col <= hi), "ne": or_(col < lo, col > hi),
         "lt": col < lo, "gt": col > hi, "le": col <= hi, "ge": col >= lo, "sa": col > hi, "eb": col < lo,
@@ -255,7 +262,7 @@ def search(
                 count = _non_negative_int(value, "_count")
                 count = min(count, max_count)
             elif name == "_offset":
-                offset = _non_negative_int(value, "_offset")
+                offset = _non_negative_int(value, "_offset", maximum=MAX_OFFSET)
             elif name == "_sort":
                 sort = value
             continue
@@ -276,13 +283,15 @@ def search(
     return SearchResult(total=total, rows=rows, offset=offset, count=count)
 
 
-def _non_negative_int(value: str, name: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise bad_request(f"{name} must be a whole number", expression=name) from None
+def _non_negative_int(value: str, name: str, maximum: int | None = None) -> int:
+    value = value.strip()
+    if not value.isascii() or not value.lstrip("-").isdigit():  # int() also takes "1_000" and other scripts' digits
+        raise bad_request(f"{name} must be a whole number", expression=name)
+    n = int(value)
     if n < 0:
         raise bad_request(f"{name} must not be negative", expression=name)
+    if maximum is not None and n > maximum:
+        raise bad_request(f"{name} must be at most {maximum}", expression=name)
     return n
 
 
