@@ -67,10 +67,10 @@ from app.linkage.matching import (  # noqa: E402
     load_params,
     score,
     twin_shaped,
-    MatchParams,
+    in_one_household,
     Thresholds,
 )
-from app.linkage.training import estimate_u, fit_em  # noqa: E402
+from app.linkage.training import estimate_u, fit_em, fit_household  # noqa: E402
 
 SPLINK_THRESHOLD = 0.9
 
@@ -147,7 +147,7 @@ def run_ours(recs_a, recs_b, pairs, truth, log):
     # EM ran on candidate pairs; the u's are random-pair u's, so score with the
     # random-pair prior: expected matches / all pairs.
     prior = share * len(vectors) / (len(recs_a) * len(recs_b))
-    params = MatchParams(m=params.m, u=params.u, prior=prior)
+    params = fit_household(vectors.values(), params.replace(prior=prior))
     t2 = time.perf_counter()
     guard_on, guard_off = [], []
     off = Thresholds(link=DEFAULT_THRESHOLDS.link, possible=DEFAULT_THRESHOLDS.possible, twin_guard=False)
@@ -164,6 +164,12 @@ def run_ours(recs_a, recs_b, pairs, truth, log):
     log(
         f"    ours: compare {t1 - t0:.1f}s, train (u sample + EM, match share among candidates "
         f"{share:.3f}) {t2 - t1:.1f}s, score {t3 - t2:.1f}s"
+    )
+    hh = params.household
+    log(
+        f"    one household (same postcode and first address line): {sum(in_one_household(v) for v in vectors.values()):,} "
+        f"candidate pairs, same-person share {hh.prior:.3f}, u(same surname | two people of one household) "
+        f"{hh.u['family_name'][0]:.3f}, u(same birth date | …) {hh.u['birth_date'][0]:.4f}"
     )
     held = {(a, b) for _, a, b in guard_off} - {(a, b) for _, a, b in guard_on}
     log(

@@ -494,6 +494,12 @@ COMPARISON_LEVELS: dict[str, tuple[str, ...]] = {
     "other_id": ("exact", "one_edit", "two_edits", "different"),
 }
 COMPARISONS: tuple[str, ...] = tuple(COMPARISON_LEVELS)
+# Where a person lives: in one household these agree for everybody, so together they say
+# "same household", not "same person" (:func:`in_one_household`).
+RESIDENCE: tuple[str, ...] = ("postcode", "address", "address2", "locality", "region")
+# What people of one household often share as well (a surname, a sex, twins' birth date,
+# a father's given name): scored with household u's inside a household.
+HOUSEHOLD_SHARED: tuple[str, ...] = ("given_name", "family_name", "birth_date", "sex")
 
 
 def compare_given(a: str | None, b: str | None, a_all: tuple[str, ...] = (), b_all: tuple[str, ...] = ()) -> int | None:
@@ -744,6 +750,7 @@ class MatchParams:
     m: Mapping[str, tuple[float, ...]]
     u: Mapping[str, tuple[float, ...]]
     prior: float = 1e-6
+    household: "HouseholdParams | None" = None
 
     @cached_property
     def weights(self) -> dict[str, tuple[float, ...]]:
@@ -756,8 +763,26 @@ class MatchParams:
     def prior_weight(self) -> float:
         return math.log2(self.prior / (1.0 - self.prior))
 
+    @cached_property
+    def household_weights(self) -> dict[str, tuple[float, ...]]:
+        """Weights of the comparisons that still tell two people of one household apart: m as
+        anywhere (a person's own record agrees as often wherever they live), u of two
+        different people of one household for :data:`HOUSEHOLD_SHARED`, the plain u for
+        identifiers."""
+        hh = self.household
+        out = {}
+        for name in COMPARISONS:
+            if name in RESIDENCE:
+                continue
+            u = hh.u.get(name, self.u[name]) if hh else self.u[name]
+            out[name] = tuple(math.log2(max(mi, 1e-12) / max(ui, 1e-12)) for mi, ui in zip(self.m[name], u))
+        return out
+
+    def replace(self, **changes) -> "MatchParams":
+        return MatchParams(**{"m": self.m, "u": self.u, "prior": self.prior, "household": self.household, **changes})
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "prior": self.prior,
             "comparisons": {
                 name: {
@@ -768,6 +793,9 @@ class MatchParams:
                 for name in COMPARISONS
             },
         }
+        if self.household is not None:
+            out["household"] = {"prior": self.household.prior, "u": {k: list(v) for k, v in self.household.u.items()}}
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "MatchParams":
@@ -778,7 +806,36 @@ class MatchParams:
             if tuple(spec["levels"]) != COMPARISON_LEVELS[name]:
                 raise ValueError(f"levels of {name} do not match the code: {spec['levels']}")
             m[name], u[name] = tuple(spec["m"]), tuple(spec["u"])
-        return cls(m=m, u=u, prior=float(data["prior"]))
+        household = None
+        if "household" in data:
+            hh = data["household"]
+            hu = {}
+            for name, values in hh["u"].items():
+                if name not in HOUSEHOLD_SHARED or len(values) != len(COMPARISON_LEVELS[name]):
+                    raise ValueError(f"household u of {name} does not fit the code's levels")
+                hu[name] = tuple(values)
+            household = HouseholdParams(prior=float(hh["prior"]), u=hu)
+        return cls(m=m, u=u, prior=float(data["prior"]), household=household)
+
+
+@dataclass(frozen=True)
+class HouseholdParams:
+    """How two records that share a home are scored (:func:`in_one_household`).
+
+    Fellegi–Sunter multiplies the evidence of each comparison as if independent, but
+    postcode, address line, surname, and for twins the birth date, all agree for two people
+    of one household: counted one by one, they link a father with his same-named son, or a
+    newborn "Baby Smith" with her mother. Inside a household the question is which member
+    a record is, so the residence becomes the prior (``prior`` = P(same person | two
+    candidate records at one address)) and the rest is weighed against household members
+    (``u[name]`` = P(level | two different people of one household))."""
+
+    prior: float
+    u: Mapping[str, tuple[float, ...]]
+
+    @cached_property
+    def prior_weight(self) -> float:
+        return math.log2(self.prior / (1.0 - self.prior))
 
 
 @lru_cache(maxsize=8)
@@ -809,6 +866,7 @@ class MatchScore:
     other_id_slip: bool = False  # an identifier differs by one keying slip (is_identifier_slip)
     multiple_birth: bool = False  # either record is recorded as one of a multiple birth
     birth_order_conflict: bool = False  # both give a birth order, and they differ
+    household: bool = False  # scored as two records of one household (in_one_household)
 
     def level(self, name: str) -> str | None:
         for c in self.comparisons:
@@ -817,8 +875,14 @@ class MatchScore:
         raise KeyError(name)
 
     def explain(self) -> str:
-        parts = [f"prior {self.prior_weight:+.1f}"]
-        parts += [f"{c.name}={c.level} {c.weight:+.1f}" for c in self.comparisons if c.level is not None]
+        if self.household:
+            home = ", ".join(f"{c.name}={c.level}" for c in self.comparisons if c.level is not None and c.name in RESIDENCE)
+            parts = [f"one household ({home}) prior {self.prior_weight:+.1f}"]
+            parts += [f"{c.name}={c.level} {c.weight:+.1f}" for c in self.comparisons
+                      if c.level is not None and c.name not in RESIDENCE]
+        else:
+            parts = [f"prior {self.prior_weight:+.1f}"]
+            parts += [f"{c.name}={c.level} {c.weight:+.1f}" for c in self.comparisons if c.level is not None]
         return f"p={self.probability:.4f} W={self.match_weight:+.1f}: " + ", ".join(parts)
 
 
@@ -831,42 +895,59 @@ def probability_from_weight(weight: float) -> float:
     return odds / (1.0 + odds)
 
 
-def score_vector(vector: Iterable[int | None], params: MatchParams) -> float:
-    """Match weight (bits) of a comparison vector."""
-    w = params.prior_weight
-    weights = params.weights
-    for name, level in zip(COMPARISONS, vector):
-        if level is not None:
-            w += weights[name][level]
-    return w
-
-
 def score(a: PersonRecord, b: PersonRecord, params: MatchParams | None = None) -> MatchScore:
     """Fellegi–Sunter score of a pair, with the per-comparison evidence."""
     params = params or load_params()
     vector = comparison_vector(a, b)
     _, _, swapped = compare_names(a, b) if vector[1] == 2 and vector[2] == 2 else (None, None, False)
     slip = vector[COMPARISONS.index("other_id")] == 1 and other_id_slip(a.other_ids, b.other_ids)
-    weights = params.weights
-    results = []
-    total = params.prior_weight
-    for name, level in zip(COMPARISONS, vector):
-        if level is None:
-            results.append(ComparisonResult(name, None, 0.0))
+    total, results = _weigh(vector, params.prior_weight, params.weights)
+    prior = params.prior_weight
+    household = params.household is not None and in_one_household(vector)
+    if household:
+        # the residence says "this household"; the household score replaces the plain one
+        # only where it is lower, so knowing the home never makes a link more likely
+        hh_total, hh_results = _weigh(vector, params.household.prior_weight, params.household_weights)
+        if hh_total < total:
+            total, results, prior = hh_total, hh_results, params.household.prior_weight
         else:
-            w = weights[name][level]
-            total += w
-            results.append(ComparisonResult(name, COMPARISON_LEVELS[name][level], w))
+            household = False
     return MatchScore(
         probability=probability_from_weight(total),
         match_weight=total,
-        prior_weight=params.prior_weight,
+        prior_weight=prior,
         comparisons=tuple(results),
+        household=household,
         names_swapped=swapped,
         other_id_slip=slip,
         multiple_birth=a.multiple_birth or b.multiple_birth,
         birth_order_conflict=birth_orders_conflict(a, b),
     )
+
+
+def _weigh(vector, prior_weight: float, weights: Mapping[str, tuple[float, ...]]) -> tuple[float, list[ComparisonResult]]:
+    """The match weight and per-comparison evidence; comparisons without a weight (the
+    residence, in a household) keep their level and weigh nothing."""
+    total = prior_weight
+    results = []
+    for name, level in zip(COMPARISONS, vector):
+        if level is None:
+            results.append(ComparisonResult(name, None, 0.0))
+            continue
+        w = weights[name][level] if name in weights else 0.0
+        total += w
+        results.append(ComparisonResult(name, COMPARISON_LEVELS[name][level], w))
+    return total, results
+
+
+_POSTCODE = COMPARISONS.index("postcode")
+_ADDRESS = COMPARISONS.index("address")
+
+
+def in_one_household(vector) -> bool:
+    """Both records give the same home: the same postcode and the same first address line
+    (exactly or nearly). A postcode alone (about 15 households) is not a household."""
+    return vector[_POSTCODE] == 0 and vector[_ADDRESS] in (0, 1)
 
 
 def birth_orders_conflict(a: PersonRecord, b: PersonRecord) -> bool:

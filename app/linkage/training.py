@@ -9,6 +9,9 @@ that re-fits parameters on a site's own data:
   of the candidate pairs that blocking produced.  m (and optionally u and the share of
   matches) are re-estimated from unlabelled pairs; start values are the current params.
   Levels are additively smoothed so no level's m or u becomes exactly 0.
+* :func:`fit_household` — the same EM over the candidate pairs that give one home
+  (``matching.in_one_household``), m held: the share of same-person pairs among them
+  (the household prior) and u of two different people of one household.
 
 EM runs on distinct comparison vectors with counts, so it costs O(patterns × iterations),
 not O(pairs).
@@ -24,9 +27,13 @@ from typing import Iterable, Sequence
 from app.linkage.matching import (
     COMPARISON_LEVELS,
     COMPARISONS,
+    HOUSEHOLD_SHARED,
+    RESIDENCE,
+    HouseholdParams,
     MatchParams,
     PersonRecord,
     comparison_vector,
+    in_one_household,
 )
 
 Vector = tuple[int | None, ...]
@@ -58,7 +65,7 @@ def estimate_u(
         if total > 0:
             k = len(counts[name])
             u[name] = tuple((c + smoothing) / (total + smoothing * k) for c in counts[name])
-    return MatchParams(m=dict(params.m), u=u, prior=params.prior)
+    return params.replace(m=dict(params.m), u=u)
 
 
 def fit_em(
@@ -119,9 +126,63 @@ def fit_em(
                 u[name] = new_u
         if delta < tol:
             break
-    fitted = MatchParams(
+    fitted = params.replace(
         m={k: tuple(v) for k, v in m.items()},
         u={k: tuple(v) for k, v in u.items()},
         prior=lam,
     )
     return fitted, lam
+
+
+def fit_household(
+    vectors: Iterable[Vector],
+    params: MatchParams,
+    *,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+    anchor: float = 20.0,
+) -> MatchParams:
+    """The household parameters from the candidate pairs that give one home, by EM with m
+    held at ``params.m`` (a person's own records agree as often wherever they live).
+
+    Each household u is pulled towards its start value (``params.household``) by
+    ``anchor`` pseudo-pairs, so data with few different people under one roof (FEBRL4 has
+    none) keeps the shipped household structure rather than a guess from a handful."""
+    start = params.household or HouseholdParams(prior=0.3, u={n: params.u[n] for n in HOUSEHOLD_SHARED})
+    names = [n for n in COMPARISONS if n not in RESIDENCE]
+    idx = [COMPARISONS.index(n) for n in names]
+    patterns = Counter(tuple(v[i] for i in idx) for v in vectors if in_one_household(v))
+    if not patterns:
+        return params
+    items = list(patterns.items())
+    n_total = float(sum(patterns.values()))
+    m = {n: params.m[n] for n in names}
+    u = {n: list(start.u.get(n, params.u[n])) for n in names}
+    lam = start.prior
+    for _ in range(max_iter):
+        u_cnt = {n: [0.0] * len(COMPARISON_LEVELS[n]) for n in HOUSEHOLD_SHARED}
+        matched = 0.0
+        for vec, count in items:
+            lm, lu = math.log(lam), math.log(1.0 - lam)
+            for n, level in zip(names, vec):
+                if level is not None:
+                    lm += math.log(max(m[n][level], 1e-300))
+                    lu += math.log(max(u[n][level], 1e-300))
+            diff = lu - lm
+            p = 0.0 if diff > 700 else 1.0 / (1.0 + math.exp(diff))
+            matched += p * count
+            for n, level in zip(names, vec):
+                if level is not None and n in u_cnt:
+                    u_cnt[n][level] += (1.0 - p) * count
+        new_lam = min(max(matched / n_total, 1e-6), 1 - 1e-6)
+        delta = abs(new_lam - lam)
+        lam = new_lam
+        for n in HOUSEHOLD_SHARED:
+            total = sum(u_cnt[n])
+            prior_u = start.u.get(n, params.u[n])
+            new_u = [(c + anchor * pu) / (total + anchor) for c, pu in zip(u_cnt[n], prior_u)]
+            delta = max(delta, max(abs(x - y) for x, y in zip(new_u, u[n])))
+            u[n] = new_u
+        if delta < tol:
+            break
+    return params.replace(household=HouseholdParams(prior=lam, u={n: tuple(u[n]) for n in HOUSEHOLD_SHARED}))

@@ -27,6 +27,7 @@ from app.linkage.matching import (
     compare_sex,
     comparison_vector,
     decide,
+    in_one_household,
     is_identifier_slip,
     load_params,
     nhs_number_is_valid,
@@ -34,7 +35,7 @@ from app.linkage.matching import (
     score,
 )
 from app.linkage.nicknames import are_nicknames, canonical_forms
-from app.linkage.training import estimate_u, fit_em
+from app.linkage.training import estimate_u, fit_em, fit_household
 
 NHS_A = "9990000018"
 NHS_B = "9990000026"
@@ -591,3 +592,98 @@ def test_a_rule_that_holds_or_parts_a_pair_says_why():
     # a plain confident match needs no rule
     assert decide(score(oliver, P("Patient/c", given=("Oliver",), **TWIN_HOME))) == decide(score(oliver, oliver))
     assert decide(score(oliver, oliver)).reason is None
+
+
+# ------------------------------------------------------------------ one household
+def H(ref, given, family, dob, sex, line="12 Fedona Yard", postcode="YO62 5LB", **kw):
+    """A record at one home: postcode and first address line."""
+    return PersonRecord(ref, (given,) if given else (), (family,), dob, sex, postcode, address_lines=(line,), **kw)
+
+
+def test_a_newborn_and_her_mother_at_one_address_are_not_linked():
+    """"Baby Fedona" and her mother share surname, sex, postcode and address line: counted
+    one by one that was p=0.998 and an auto-link. In one household the birth dates 31 years
+    apart are what tells them apart."""
+    baby = H("Patient/baby", "Baby", "Fedona", "2026-10-20", "female", nhs_number="9990002118")
+    mother = H("Patient/mother", "Emma", "Fedona", "1995-02-11", "female")
+    s = score(baby, mother)
+    assert s.household and classify(s) == NON_MATCH, s.explain()
+    assert s.explain().startswith("p=") and "one household (postcode=exact, address=exact)" in s.explain()
+    plain = score(baby, mother, load_params().replace(household=None))
+    assert classify(plain, Thresholds(twin_guard=False)) == LINK  # what the independent count said
+
+
+def test_father_and_son_of_one_name_at_one_address_are_not_auto_linked():
+    father = H("Patient/sr", "David", "Fedonax", "1960-05-05", "male", line="5 Fedona St", postcode="B98 7QZ")
+    son = H("Patient/jr", "David", "Fedonax", "1985-05-05", "male", line="5 Fedona St", postcode="B98 7QZ")
+    s = score(father, son)
+    assert s.household and classify(s) != LINK, s.explain()
+    assert classify(score(father, son, load_params().replace(household=None))) == LINK
+
+
+def test_siblings_and_partners_at_one_address_are_not_candidates():
+    ella = H("Patient/ella", "Ella", "Brown", "2026-10-20", "female")
+    ava = H("Patient/ava", "Ava", "Brown", "2023-01-02", "female")
+    ben = H("Patient/ben", "Ben", "Jones", "1994-02-11", "male")
+    emma = H("Patient/emma", "Emma", "Taylor", "1995-02-11", "female")
+    assert classify(score(ella, ava)) == NON_MATCH
+    assert classify(score(ben, emma)) == NON_MATCH
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        H("RelatedPerson/a", "Jonathan", "Smith", "1998-04-03", "male"),  # the same record
+        H("RelatedPerson/b", "Jon", "Smith", "1998-04-03", "male"),  # nickname
+        H("RelatedPerson/c", "Jonathan", "Smith", "1998-04-08", "male"),  # a date typo
+        H("RelatedPerson/d", "Jon", "Smyth", None, "male"),  # nickname, surname typo, no date (a midwife's note)
+        H("RelatedPerson/e", "Jonathan", "Smith", "1998-04-03", "male", line="12 Fedona Yd"),  # the line abbreviated
+    ],
+)
+def test_the_same_man_at_his_home_still_links(other):
+    gp = H("Patient/gp", "Jonathan", "Smith", "1998-04-03", "male", nhs_number="9990002118")
+    s = score(gp, other)
+    assert classify(s) == LINK, s.explain()
+
+
+def test_a_household_never_makes_a_link_more_likely():
+    params = load_params()
+    plain = params.replace(household=None)
+    people = [H(f"Patient/{i}", g, f, d, x) for i, (g, f, d, x) in enumerate([
+        ("Jonathan", "Smith", "1998-04-03", "male"), ("Jon", "Smyth", None, "male"), ("Baby", "Smith", "2026-10-20", "male"),
+        ("Emma", "Smith", "1999-09-09", "female"), ("Jonathan", "Smith", "1970-01-01", "male"), (None, "Smith", "2026-10-20", "female"),
+    ])]
+    for a in people:
+        for b in people:
+            if a is not b:
+                assert score(a, b).probability <= score(a, b, plain).probability + 1e-12
+    # a postcode alone is about 15 homes, not a household: scored as before
+    away = H("Patient/x", "Jonathan", "Smith", "1970-01-01", "male", line="9 Other Road")
+    s = score(people[0], away)
+    assert not s.household and not in_one_household(comparison_vector(people[0], away))
+    assert s.probability == score(people[0], away, plain).probability
+
+
+def test_fit_household_learns_the_household_from_unlabelled_pairs():
+    """Synthetic homes of five records: a father twice (GP and maternity: the same man), his
+    same-named son, the mother and a daughter; every pair of a home is a candidate. EM with
+    m held finds that 1 pair in 10 is the same person and how often two different people
+    of one home share a given name (2 pairs in 9: father and Junior) or a surname."""
+    import itertools
+
+    pairs = []
+    for i in range(300):
+        home = dict(line=f"{i} High St", postcode="B98 7QZ")
+        records = [
+            H(f"Patient/d{i}", "David", f"Fam{i}", "1960-05-05", "male", **home),
+            H(f"RelatedPerson/d{i}", "Dave", f"Fam{i}", "1960-05-05", "male", **home),
+            H(f"Patient/s{i}", "David", f"Fam{i}", "1985-11-23", "male", **home),
+            H(f"Patient/m{i}", "Susan", f"Fam{i}" if i % 2 else f"Other{i}", "1962-02-14", "female", **home),
+            H(f"Patient/g{i}", "Grace", f"Fam{i}", "1990-07-30", "female", **home),
+        ]
+        pairs += [comparison_vector(a, b) for a, b in itertools.combinations(records, 2)]
+    fitted = fit_household(pairs, load_params()).household
+    assert 0.08 < fitted.prior < 0.12, fitted
+    assert 0.15 < fitted.u["given_name"][0] + fitted.u["given_name"][1] < 0.3, fitted  # exact or nickname
+    assert 0.7 < fitted.u["family_name"][0] < 0.95, fitted
+    assert fit_household([], load_params()) == load_params()

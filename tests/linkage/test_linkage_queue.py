@@ -257,12 +257,46 @@ def test_migration_0008_queues_records_linked_before_the_multiple_birth_rules(da
             link.features = json.dumps(features, separators=(",", ":"))
             link.person_id = t1
     downgrade(database_url, "0007")
-    upgrade(database_url)
+    upgrade(database_url, "0008")
     assert sorted(_queue(database)) == sorted(("Patient", refs[g].res_id) for g in ("Twin 1", "Twin 2"))
+    upgrade(database_url)
 
     drain(database, settings, wait=True)
     with database.session(readonly=True) as s:
         assert linked_person_id(s, "Patient", refs["Twin 1"].res_id) != linked_person_id(s, "Patient", refs["Twin 2"].res_id)
         moved = s.scalars(select(LinkageEvent.action).where(LinkageEvent.from_person == t1)).all()
+    assert moved and set(moved) <= {"split", "move"}
+    assert _queue(database) == []
+
+
+def test_migration_0010_parts_a_mother_and_baby_linked_as_one_household(database, database_url, settings):
+    """A database where "Baby Fedona" and her mother were linked as one person because their
+    shared home was counted twice: upgrading queues that person's records (and no one
+    else's), and the drain parts them, with a trace."""
+    from app.linkage.models import LinkageEvent
+    from app.migrate import downgrade, upgrade
+
+    home = {"address": [{"use": "home", "line": ["12 Fedona Yard"], "postalCode": "YO62 5LB"}]}
+    with database.session() as s:
+        svc = IngestService(s, _source(MATERNITY_ORG, "maternity"), settings, [LinkageHook(settings)], base="http://test/fhir")
+        baby = svc.write_one(EntryRequest(0, "POST", "Patient", person("Patient", "Baby", "Fedona", "2026-10-20", gender="female", nhs=next_nhs(), **home), in_bundle=False))
+        mother = svc.write_one(EntryRequest(0, "POST", "Patient", person("Patient", "Emma", "Fedona", "1995-02-11", gender="female", **home), in_bundle=False))
+        john = svc.write_one(EntryRequest(0, "POST", "Patient", person("Patient", "John", "Smith", "1990-01-01", postcode="LS6 2AB"), in_bundle=False))
+    drain(database, settings, wait=True)
+    with database.session(readonly=True) as s:
+        b, m = linked_person_id(s, "Patient", baby.res_id), linked_person_id(s, "Patient", mother.res_id)
+    assert b != m
+
+    with database.session() as s:  # the state the independent count left: one person
+        s.get(Link, ("Patient", mother.res_id)).person_id = b
+    downgrade(database_url, "0009")
+    upgrade(database_url)
+    assert sorted(_queue(database)) == sorted([("Patient", baby.res_id), ("Patient", mother.res_id)])
+
+    drain(database, settings, wait=True)
+    with database.session(readonly=True) as s:
+        assert linked_person_id(s, "Patient", baby.res_id) != linked_person_id(s, "Patient", mother.res_id)
+        moved = s.scalars(select(LinkageEvent.action).where(LinkageEvent.from_person == b)).all()
+        assert linked_person_id(s, "Patient", john.res_id) is not None
     assert moved and set(moved) <= {"split", "move"}
     assert _queue(database) == []

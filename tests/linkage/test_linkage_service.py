@@ -221,3 +221,20 @@ def test_migration_0009_gives_records_linked_before_the_transposition_key(databa
     rp = _write(database, settings, MATERNITY_ORG, "maternity", _father_without_birth_date("SL6 2AB"))
     settle(database, settings)
     assert _open_candidate(database, rp, gp)
+
+
+def test_the_father_is_not_joined_to_his_baby_and_so_finds_his_gp_record(database, settings):
+    """Maternity records "Baby Smith" (with an NHS number) and the father "Jon Smyth" at one
+    home; his GP knows Jonathan Smith there. Counting the shared home twice once put the
+    father in the baby's person, which then held the baby's NHS number against his GP
+    record, and scenario 2's father was lost. Now the father joins his GP record alone."""
+    home = {"address": [{"use": "home", "line": ["3 Mill Lane"], "postalCode": "LS6 2AB"}]}
+    baby = _write(database, settings, MATERNITY_ORG, "maternity",
+                  person("Patient", "Baby", "Smith", "2026-09-01", nhs=next_nhs(), **home))
+    father = _write(database, settings, MATERNITY_ORG, "maternity", person("RelatedPerson", "Jon", "Smyth", "1990-03-14", **home))
+    gp = _write(database, settings, GP_ORG, "general-practice",
+                person("Patient", "Jonathan", "Smith", "1990-03-14", nhs=next_nhs(), **home))
+    settle(database, settings)
+    with database.session(readonly=True) as s:
+        assert linked_person_id(s, *father.split("/")) == linked_person_id(s, *gp.split("/"))
+        assert linked_person_id(s, *baby.split("/")) != linked_person_id(s, *father.split("/"))
