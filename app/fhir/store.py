@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.auth.tokens import Principal
 from app.errors import FhirError, bad_request, not_found
 from app.fhir.indexing import SEARCH_PARAMS, STORED_TYPES, date_range, normalise_string
+from app.fhir.validation import CONTROL_CHARS, control_char_error
 from app.fhir.models import ResourceVersion, SearchDate, SearchReference, SearchString, SearchToken, StoredResource
 
 # Parameters that shape the result rather than filter it.
@@ -60,6 +61,8 @@ def get_current(session: Session, res_type: str, res_id: str) -> StoredResource 
 
 def read(session: Session, principal: Principal, res_type: str, res_id: str) -> StoredResource:
     check_type(res_type)
+    if CONTROL_CHARS.search(res_id):
+        raise control_char_error(f"{res_type}.id", "the id")
     row = get_current(session, res_type, res_id)
     if row is None or row.deleted:
         raise not_found(f"{res_type}/{res_id} is not known")
@@ -257,6 +260,8 @@ def search(
     count, offset, sort = default_count, 0, None
     for key, value in params:
         name, _, modifier = key.partition(":")
+        if CONTROL_CHARS.search(key) or CONTROL_CHARS.search(value):
+            raise control_char_error(f"{res_type}?{name}", "the search parameter")
         if name in CONTROL_PARAMS:
             if name == "_count":
                 count = _non_negative_int(value, "_count")

@@ -98,6 +98,67 @@ def _loc_to_expression(res_type: str, loc: tuple) -> str:
     return out
 
 
+# FHIR strings (and so ids, codes, URIs) may hold no character below U+0020 but tab, LF and CR
+# (PostgreSQL cannot store U+0000 at all)
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# Levels of JSON objects and arrays in one resource: far beyond any real resource (a
+# nested extension takes two), well within what the validator walks without recursing out.
+MAX_DEPTH = 128
+
+
+def control_char_error(where: str, what: str = "") -> FhirError:
+    return FhirError(
+        400, "invalid",
+        f"{where}: {what or 'the value'} holds a control character (such as U+0000); FHIR strings may hold only tab, CR and LF below U+0020",
+        expression=where, spine_code="INVALID_VALUE",
+    )
+
+
+def _json_shape_ok(resource: Any) -> bool:
+    """Whether no string or key holds a control character and nesting stays within MAX_DEPTH;
+    one walk without building paths (the common case, a fine resource, pays only this)."""
+    stack: list[tuple[Any, int]] = [(resource, 1)]
+    search = CONTROL_CHARS.search
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            if isinstance(v, str):
+                if search(v):
+                    return False
+            elif isinstance(v, (dict, list)):
+                stack.append((v, depth + 1))
+            if isinstance(k, str) and search(k):
+                return False
+    return True
+
+
+def check_json_shape(resource: Any, res_type: str) -> None:
+    """400 naming the first element whose string holds a control character, or the element
+    nested deeper than MAX_DEPTH (which would otherwise exhaust the validator's recursion)."""
+    if _json_shape_ok(resource):
+        return
+    stack: list[tuple[Any, int, str]] = [(resource, 1, res_type)]
+    while stack:
+        node, depth, expr = stack.pop()
+        if depth > MAX_DEPTH:
+            raise FhirError(
+                400, "structure", f"{res_type} is nested more than {MAX_DEPTH} levels deep",
+                expression=expr, spine_code="INVALID_RESOURCE",
+            )
+        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for k, v in reversed(items):  # the stack pops the first element first
+            here = f"{expr}[{k}]" if isinstance(k, int) else f"{expr}.{k}"
+            if isinstance(k, str) and CONTROL_CHARS.search(k):
+                raise control_char_error(expr, "an element name")
+            if isinstance(v, str) and CONTROL_CHARS.search(v):
+                raise control_char_error(here)
+            if isinstance(v, (dict, list)):
+                stack.append((v, depth + 1, here))
+
+
 def validate_structure(resource: Any, *, expected_type: str | None = None) -> None:
     """400 unless the resource is a well-formed R4 resource of a type this gateway stores."""
     if not isinstance(resource, dict):
@@ -117,6 +178,7 @@ def validate_structure(resource: Any, *, expected_type: str | None = None) -> No
         except (ValueError, KeyError, AttributeError):
             msg = f"Unknown resource type {res_type!r}"
         raise FhirError(400, "not-supported", msg, expression=f"{res_type}.resourceType", spine_code="INVALID_RESOURCE")
+    check_json_shape(resource, res_type)
     model = get_fhir_model_class(res_type)
     try:
         model.model_validate(resource)
@@ -128,6 +190,8 @@ def validate_structure(resource: Any, *, expected_type: str | None = None) -> No
             msg = err["msg"].split(",", 1)[0] if err["type"] == "value_error" else err["msg"]
             issues.append(Issue("structure", f"{expr}: {msg}", expression=[expr], spine_code="INVALID_RESOURCE"))
         raise FhirError(400, "structure", issues[0].diagnostics, issues=issues) from None
+    except RecursionError:  # pragma: no cover - MAX_DEPTH keeps well below it
+        raise FhirError(400, "structure", f"{res_type} is nested too deeply", expression=res_type, spine_code="INVALID_RESOURCE") from None
     except (ValueError, TypeError) as exc:  # pragma: no cover - defensive
         raise FhirError(400, "structure", f"{res_type} is not valid: {type(exc).__name__}", expression=res_type) from None
 

@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.tokens import require
@@ -31,6 +31,12 @@ def run_write(db: Database, work, body: Any, raw: bytes, *, attempts: int = 2):
         except IntegrityError:
             if attempt == attempts - 1:
                 raise FhirError(409, "conflict", "A concurrent write changed the same records; retry the request", spine_code="CONFLICT") from None
+        except DataError:  # a value the database cannot hold that validation let through
+            raise unstorable() from None
+
+
+def unstorable() -> FhirError:
+    return FhirError(400, "invalid", "A value in the request cannot be stored by this server (too long, out of range or not text)", spine_code="INVALID_VALUE")
 
 
 def _written(ctx: FhirContext, request: Request, body: Any, make_req) -> FhirResponse:
@@ -85,7 +91,10 @@ def _search(ctx: FhirContext, res_type: str, params: list[tuple[str, str]]) -> F
     store.check_type(res_type)
     require(ctx.principal, res_type, "s")
     with ctx.db.session(readonly=True) as session:
-        result = store.search(session, ctx.principal, res_type, params, default_count=ctx.settings.default_page_size, max_count=ctx.settings.max_page_size)
+        try:
+            result = store.search(session, ctx.principal, res_type, params, default_count=ctx.settings.default_page_size, max_count=ctx.settings.max_page_size)
+        except DataError:  # a search value the database cannot compare that validation let through
+            raise unstorable() from None
         bundle = store.searchset_bundle(result, base=ctx.base, res_type=res_type, params=params)
     return FhirResponse(bundle)
 

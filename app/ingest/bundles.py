@@ -6,6 +6,7 @@ from typing import Any
 
 from app.errors import FhirError, bad_request
 from app.fhir import store
+from app.fhir.validation import CONTROL_CHARS, control_char_error
 from app.ingest.service import EntryRequest, EntryResult, IngestService
 from app.settings import Settings
 
@@ -41,6 +42,14 @@ def parse_entries(bundle: Any, settings: Settings, base: str) -> tuple[str, list
         resource = entry.get("resource")
         if method in ("POST", "PUT") and not isinstance(resource, dict):
             raise bad_request(f"{expr}.resource is required for {method}", expression=f"{expr}.resource", code="required")
+        for where, value in ((f"{expr}.fullUrl", entry.get("fullUrl")), (f"{expr}.request.url", request["url"]),
+                             (f"{expr}.request.ifNoneExist", request.get("ifNoneExist")), (f"{expr}.request.ifMatch", request.get("ifMatch"))):
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise bad_request(f"{where} must be a string", expression=where, code="structure")
+            if CONTROL_CHARS.search(value):
+                raise control_char_error(where)
         url = request["url"]
         if url.startswith(base + "/"):
             url = url[len(base) + 1:]

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from app.auth.tokens import Principal, require
@@ -200,6 +201,10 @@ class IngestService:
                 savepoint.commit()
             except FhirError as err:
                 savepoint.rollback()
+                result = EntryResult(status=err.status, outcome=err.outcome())
+            except DataError:  # a value the database cannot hold that validation let through
+                savepoint.rollback()
+                err = FhirError(400, "invalid", f"Bundle.entry[{e.index}]: a value cannot be stored by this server (too long, out of range or not text)", expression=f"Bundle.entry[{e.index}]")
                 result = EntryResult(status=err.status, outcome=err.outcome())
             results.append(result)
         return results

@@ -113,3 +113,78 @@ def test_search_entries_with_extreme_dates_inside_a_transaction(live):
     b["entry"] = [{"request": {"method": "GET", "url": "Patient?_offset=99999999999999999999999"}}]
     r = src.post("", json=b, headers=CT)
     assert r.status_code == 400, r.text
+
+
+# ---------------------------------------------------------------- D3: deep nesting
+
+
+def _deep_patient(depth: int) -> dict:
+    e = {"url": "http://x", "valueString": "leaf"}
+    for i in range(depth):
+        e = {"url": f"http://x{i}", "extension": [e]}
+    return {"resourceType": "Patient", "extension": [e]}
+
+
+def test_deeply_nested_extensions_are_400_not_a_recursion_500(live):
+    src = live.source(MATERNITY_ORG, "maternity")
+    assert src.post("/Patient", json=_deep_patient(50), headers=CT).status_code == 201
+    for depth in (200, 400):
+        r = src.post("/Patient", json=_deep_patient(depth), headers=CT)
+        assert r.status_code == 400, r.text
+        issue = _issue(r)
+        assert issue["code"] == "structure" and "nested" in issue["diagnostics"]
+        assert issue["expression"][0].startswith("Patient.extension[0].extension[0]")
+    r = src.post("", json=bundle([entry(patient("Shallow", "Sam")), entry(_deep_patient(300))], kind="batch"), headers=CT)
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["201", "400"]
+
+
+# ---------------------------------------------------------------- D4: control characters
+
+
+@pytest.mark.parametrize("resource, expression", [
+    ({"resourceType": "Patient", "name": [{"family": "Nul\u0000Byte"}]}, "Patient.name[0].family"),
+    ({"resourceType": "Patient", "name": [{"given": ["Ann", "B\u0001"]}]}, "Patient.name[0].given[1]"),
+    ({"resourceType": "Patient", "identifier": [{"system": "http://x", "value": "a\u0000b"}]}, "Patient.identifier[0].value"),
+    ({"resourceType": "Patient", "name": [{"fam\u0000ily": "X"}]}, "Patient.name[0]"),
+])
+def test_control_characters_in_a_body_are_400_on_both_databases(live, resource, expression):
+    src = live.source(MATERNITY_ORG, "maternity")
+    r = src.post("/Patient", json=resource, headers=CT)
+    assert r.status_code == 400, r.text
+    assert _issue(r)["expression"] == [expression]
+    assert src.get("/Patient", params={"_count": 0}).json()["total"] == 0
+    r = src.post("", json=bundle([entry(patient("Kept", "Kim")), entry(resource)], kind="batch"), headers=CT)
+    assert r.status_code == 200, r.text
+    statuses = [e["response"]["status"][:3] for e in r.json()["entry"]]
+    assert statuses == ["201", "400"]
+    assert r.json()["entry"][1]["response"]["outcome"]["issue"][0]["expression"] == [expression.replace("Patient.", "Bundle.entry[1].resource.")]
+    r = src.post("", json=bundle([entry(patient("Gone", "Gus")), entry(resource)]), headers=CT)
+    assert r.status_code == 400, r.text
+    assert src.get("/Patient", params={"family": "gone"}).json()["total"] == 0
+    assert src.get("/Patient", params={"family": "ok\ttab"}).status_code == 200  # tab, CR and LF are allowed
+
+
+def test_control_characters_in_searches_ids_and_bundle_urls_are_400(live, caplog):
+    src = live.source(MATERNITY_ORG, "maternity")
+    for params, expression in (({"family": "sec\u0000"}, "Patient?family"), ({"identifier": "a\u0000b"}, "Patient?identifier"),
+                               ({"_id": "a\u0000b"}, "Patient?_id"), ({"birthdate": "2020\u0000"}, "Patient?birthdate")):
+        r = src.get("/Patient", params=params)
+        assert r.status_code == 400, r.text
+        assert _issue(r)["expression"] == [expression]
+    r = src.get("/Patient/a%00b")
+    assert r.status_code == 400 and _issue(r)["expression"] == ["Patient.id"], r.text
+    r = src.put("/Patient", params={"identifier": "http://x|a\u0000b"}, json={"resourceType": "Patient"}, headers=CT)
+    assert r.status_code == 400, r.text
+    r = src.post("/Patient", json={"resourceType": "Patient"}, headers={**CT, "If-None-Exist": "identifier=a%00b"})
+    assert r.status_code == 400, r.text
+    b = bundle([{"request": {"method": "GET", "url": "Patient?family=a\u0000b"}}])
+    r = src.post("", json=b, headers=CT)
+    assert r.status_code == 400 and _issue(r)["expression"] == ["Bundle.entry[0].request.url"], r.text
+    b = bundle([entry(patient("Cond", "Carl"), ifNoneExist="identifier=x|\u0000")])
+    r = src.post("", json=b, headers=CT)
+    assert r.status_code == 400 and _issue(r)["expression"] == ["Bundle.entry[0].request.ifNoneExist"], r.text
+    b = bundle([entry(patient("Cond", "Carl"), ifNoneExist={"identifier": "x"})])
+    assert src.post("", json=b, headers=CT).status_code == 400
+    assert src.get("/Patient", params={"_count": 0}).json()["total"] == 0
+    assert "sec\\x00" not in caplog.text and "sec\x00" not in caplog.text

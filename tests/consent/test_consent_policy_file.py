@@ -26,7 +26,7 @@ def write(tmp_path: Path, data) -> Path:
 
 def test_baseline_loads_and_is_versioned():
     policy = load_policy()
-    assert policy.version == "1.1.0" and policy.id == "familyview-baseline"
+    assert policy.version == "1.2.0" and policy.id == "familyview-baseline"
     assert policy.combine == "most-recent"
     assert load_policy(BASELINE_POLICY_PATH).rules == policy.rules
     assert policy_check(BASELINE_POLICY_PATH) == []
@@ -97,11 +97,29 @@ def test_check_reports_unreadable_and_bad_yaml(tmp_path):
 
 def test_explain_is_a_readable_table():
     text = policy_explain()
-    assert "version 1.1.0" in text
+    assert "version 1.2.0" in text
     for rule in load_policy().rules:
         assert rule.id in text
     assert "Sch 1 para 18" in text and "no rule" in text and "BTG" in text
     assert "| rule" in text.splitlines()[3]
+
+
+def test_every_category_about_the_infant_has_a_rule_for_care_and_safeguarding():
+    """DESIGN.md row 1: the infant's identity, care team and records go to anyone with a
+    legitimate relationship. The infant's own records in a sensitive category (a social care
+    flag that the baby lives with domestic abuse) once fell through to "no rule" and were
+    withheld from everyone; `policy explain` must show the IG team the rules that now cover them."""
+    policy = load_policy()
+    text = policy_explain()
+    sensitive = sorted(name for name, c in policy.categories.items() if c.sensitive)
+    for purpose, rule_id in (("direct-care", "infant-sensitive-direct-care"), ("safeguarding", "infant-sensitive-safeguarding")):
+        for category in sensitive:
+            for role in ("midwife", "health-visitor", "gp", "mash"):
+                rule = policy.rule_for("infant", category, purpose, role)
+                assert rule is not None and rule.id == rule_id, (category, purpose, role)
+        row = next(line for line in text.splitlines() if line.startswith(f"| {rule_id} "))
+        assert "| infant " in row and all(c in row for c in sensitive)
+    assert policy.rule_for("infant", "domestic-abuse", "direct-care", "health-visitor").consent == "not-consulted"
 
 
 def test_cli_main_and_python_dash_m(tmp_path, capsys):

@@ -37,6 +37,7 @@ DIRECT = LawfulBasis("6(1)(e)", "9(2)(h)", "Sch 1 para 2", "implied consent (dir
 SAFEGUARD = LawfulBasis("6(1)(e)", "9(2)(g)", "Sch 1 para 18", "overriding public interest (safeguarding a child)")
 REVIEW = Obligation(ObligationKind.QUEUE_IG_REVIEW, target="ig-review-queue")
 PDS_REDACTION = Obligation(ObligationKind.REDACT_FIELDS, ("address", "generalPractitioner", "telecom"))
+CSC = "LAS01"  # children's social care, holder of the infant's safeguarding flag
 CONTACT_REDACTION = Obligation(ObligationKind.REDACT_FIELDS, ("address", "telecom"))
 
 
@@ -61,6 +62,39 @@ ROWS = [
         for cat in ("identity", "care-team", "record")
         for who in (HEALTH_VISITOR, MIDWIFE, GP)
     ],
+    # Row 1, rule infant-sensitive-direct-care: the infant's own records in a sensitive category
+    # (a social care flag that the baby lives with domestic abuse) are the infant's records too
+    *[
+        (f"row1-infant-sensitive-{cat}-{who.role}", request(who, about=INFANT, what=item(cat, source_org=CSC)),
+         Outcome.PERMIT, DIRECT if cat not in ("care-leaver", "young-parent") else LawfulBasis("6(1)(e)", None, None, DIRECT.confidentiality),
+         set(), "permitted")
+        for cat in SENSITIVE_CATEGORIES
+        for who in (HEALTH_VISITOR, MIDWIFE, GP, MASH)
+    ],
+    ("row1-infant-sensitive-despite-refusal", request(about=INFANT, what=item("domestic-abuse", source_org=CSC), consents=(refusal("i", patient_nhs="9990000018"),)),
+     Outcome.PERMIT, DIRECT, set(), "permitted"),
+    # Extension rule infant-sensitive-safeguarding: and for safeguarding the infant, reviewed and the holder told
+    *[
+        (f"ext-infant-sensitive-safeguarding-{cat}-{who.role}", request(who, Purpose.SAFEGUARDING, INFANT, item(cat, source_org=CSC)),
+         Outcome.PERMIT, SAFEGUARD if cat not in ("care-leaver", "young-parent") else LawfulBasis("6(1)(e)", None, None, SAFEGUARD.confidentiality),
+         {REVIEW, notify(CSC)}, "permitted")
+        for cat in SENSITIVE_CATEGORIES
+        for who in (HEALTH_VISITOR, MIDWIFE, GP, MASH)
+    ],
+    ("ext-infant-sensitive-safeguarding-mash-break-glass",
+     request(MASH, Purpose.SAFEGUARDING, INFANT, item("domestic-abuse", source_org=CSC), relationship=UNRELATED),
+     Outcome.PERMIT, SAFEGUARD, {REVIEW, notify(CSC)}, "permitted"),
+    # ...but never without a relationship or a route, nor without a justification, nor a V label for direct care
+    *[
+        (f"row7-infant-sensitive-unrelated-{who.role}-{purpose.value}", request(who, purpose, INFANT, item("domestic-abuse", source_org=CSC), relationship=UNRELATED),
+         Outcome.DENY, None, set(), "no-relationship")
+        for who in (UNCONNECTED, MIDWIFE, GP)
+        for purpose in Purpose
+    ],
+    ("ext-infant-sensitive-no-justification", request(purpose=Purpose.SAFEGUARDING, about=INFANT, what=item("domestic-abuse", source_org=CSC), justification=" "),
+     Outcome.DENY, None, set(), "justification-required"),
+    ("row6-infant-sensitive-V-direct-care", request(about=INFANT, what=item("domestic-abuse", source_org=CSC, labels={"SDV", "V"})),
+     Outcome.DENY, None, set(), "very-restricted"),
     # Extension rule infant-contact-direct-care: the baby's address is where care is given
     ("ext-infant-contact", request(about=INFANT, what=item("contact", source_org="Y90003")), Outcome.PERMIT, DIRECT, set(), "permitted"),
     # Row 2: mother | identity, contact | direct care | relationship, no Consent of hers denies it
@@ -156,7 +190,7 @@ def test_policy_table_row(req, outcome, basis, obligations, reason_code):
     assert decision.lawful_basis == basis
     assert set(decision.obligations) == obligations
     assert decision.reason_code == reason_code
-    assert decision.policy_version == "1.1.0"
+    assert decision.policy_version == "1.2.0"
     assert decision.reason
 
 
