@@ -6,7 +6,7 @@ The demo families are shared by every test in this module (one server per backen
 each test changes only the scenario it is about."""
 from __future__ import annotations
 
-from app.demo.scenarios import GP_FAMILY, MATERNITY, N, SOCIAL_CARE
+from app.demo.scenarios import GP_FAMILY, MASH_ORG, MATERNITY, N, SOCIAL_CARE
 from tests.family.test_family_scenarios import JUSTIFICATION, NHS, item_details, view
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -59,3 +59,36 @@ def test_very_restricted_label_on_the_fathers_maternity_record_withholds_him_unl
 
     s = view(world, "s1_infant", "safeguarding", justification=JUSTIFICATION)
     assert s.status == 200 and s.nhs_numbers("father") == {N["s1_father"]}
+
+
+def test_the_infants_own_domestic_abuse_flag_is_disclosed_to_the_health_visitor(world):
+    """Social care flags that the baby (scenario 3) lives with domestic abuse. The flag is the
+    infant's own record: the health visitor sees it for direct care (DESIGN.md row 1) and for
+    safeguarding, and so does the MASH breaking the glass; it is never "no rule"."""
+    sc = world.source(SOCIAL_CARE.org, SOCIAL_CARE.service)
+    r = sc.post("/Flag", headers=FHIR_JSON, json={
+        "resourceType": "Flag", "identifier": [{"system": SOCIAL_CARE.local_system, "value": "s3-infant-da"}], "status": "active",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category", "code": "safety"}]}],
+        "code": {"coding": [{"system": "https://familyview.example.nhs.uk/fhir/CodeSystem/local-safeguarding", "code": "DA-VICTIM"}],
+                 "text": "Child living with domestic abuse"},
+        "subject": {"identifier": {"system": NHS, "value": N["s3_infant"]}}, "period": {"start": "2026-11-01"},
+    })
+    assert r.status_code == 201, r.text
+
+    def flags(v):
+        return [c["code"] for f in v.records("Flag") for c in f["code"]["coding"]]
+
+    v = view(world, "s3_infant")
+    assert v.status == 200 and flags(v) == ["DA-VICTIM"]
+    assert "domestic-abuse" not in v.suppressed_categories()
+    da = next(i for i in item_details(v.audit()) if i["category"] == "domestic-abuse")
+    assert da["disclosed"] == "true" and "9(2)(h)" in da["lawful-basis"]
+
+    s = view(world, "s3_infant", "safeguarding", justification=JUSTIFICATION)
+    assert s.status == 200 and flags(s) == ["DA-VICTIM"]
+    da = next(i for i in item_details(s.audit()) if i["category"] == "domestic-abuse")
+    assert da["disclosed"] == "true" and "Sch 1 para 18" in da["lawful-basis"]
+
+    b = view(world, "s3_infant", "safeguarding", role="mash", org=MASH_ORG, justification=JUSTIFICATION)
+    assert b.status == 200 and flags(b) == ["DA-VICTIM"]
+
