@@ -39,7 +39,8 @@ class LinkageAdmin:
 
     # -------------------------------------------------------------- look-ups
     def candidate(self, cid: int) -> ReviewCandidate:
-        row = self.session.get(ReviewCandidate, cid)
+        # ids are BIGINT-sized; a larger number names no candidate (and must not reach the driver)
+        row = self.session.get(ReviewCandidate, cid) if 0 < cid < 2**63 else None
         if row is None:
             raise not_found(f"Review candidate {cid} is not known")
         return row
@@ -132,6 +133,13 @@ class LinkageAdmin:
         c = self.candidate(cid)
         if c.status == "confirmed":
             raise _conflict(f"Review candidate {cid} is already confirmed")
+        if c.status == "superseded":
+            # a record of the pair changed after it was queued: what was reviewed is not what
+            # would be joined, and a confirmation is never undone by re-matching
+            raise _conflict(
+                f"Review candidate {cid} is superseded: a record of the pair changed after it was queued. "
+                "Review the pair's current candidate, or join the records with merge"
+            )
         la, lb = self.link(c.a_ref), self.link(c.b_ref)
         result: dict[str, Any] = {"candidate": cid, "status": "confirmed"}
         if la.person_id != lb.person_id:

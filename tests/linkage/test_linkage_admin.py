@@ -62,6 +62,23 @@ def test_reject_survives_reingest_and_confirm_reverses_it(live):
     assert r.status_code == 409 and r.json()["resourceType"] == "OperationOutcome"
 
 
+def test_a_superseded_candidate_cannot_be_confirmed(live):
+    """A record of the pair changed after it was queued (here the second boy's birth date
+    was corrected): confirming what was reviewed would join what is there now, for good."""
+    admin = live.client("admin", "X26")
+    api = admin_api(live)
+    hv, (r1, r2), bodies = _twins(live)
+    c = _candidate(api, r1, r2)
+    assert c is not None
+    update(hv, r2, dict(bodies[1], birthDate="2021-07-19", gender="female"))
+    assert _candidate(api, r1, r2, "superseded")["id"] == c["id"]
+    r = api.post(f"/candidates/{c['id']}/confirm", json={"reason": "looked the same last week"})
+    assert r.status_code == 409 and r.json()["resourceType"] == "OperationOutcome", r.text
+    assert "superseded" in r.json()["issue"][0]["diagnostics"]
+    assert person_of(admin, r1)["id"] != person_of(admin, r2)["id"]
+    assert "confirm" not in {e["action"] for e in api.get("/events", params={"record": r2}).json()["events"]}
+
+
 def test_unlink_survives_reingest_and_merge_reverses_it(live):
     admin = live.client("admin", "X26")
     api = admin_api(live)
@@ -105,6 +122,9 @@ def test_unlink_survives_reingest_and_merge_reverses_it(live):
         ("post", "/merge", {"from": "Patient/a", "into": "Person/b", "reason": "r"}, 400, "invalid"),
         ("post", "/merge", {"from": "Person/a", "into": "Person/b", "reason": "r"}, 404, "not-found"),
         ("post", "/candidates/999/confirm", {"reason": "r"}, 404, "not-found"),
+        ("get", "/candidates/99999999999999999999", None, 404, "not-found"),  # beyond BIGINT: no 500
+        ("post", "/candidates/99999999999999999999/confirm", {"reason": "r"}, 404, "not-found"),
+        ("post", "/candidates/-1/reject", {"reason": "r"}, 404, "not-found"),
         ("post", "/candidates/999/reject", {}, 400, "required"),
         ("get", "/candidates?status=maybe", None, 400, "invalid"),
         ("get", "/candidates?_count=x", None, 400, "invalid"),
