@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import func, or_, select
@@ -125,40 +126,61 @@ def _person_ids_for(session, principal: Principal, name: str, value: str) -> set
             SearchToken.res_type.in_(LINKED_TYPES), SearchToken.param == "identifier", or_(*conds))
         sq = sub.subquery()
         return set(session.scalars(select(Link.person_id).join(sq, (Link.res_type == sq.c.res_type) & (Link.res_id == sq.c.res_id)).where(*own)))
-    raise bad_request(f"Unknown search parameter '{name}' for Person (supported: _id, link, identifier, _count)", expression=expr)
+    raise bad_request(f"Unknown search parameter '{name}' for Person (supported: _id, link, identifier, _count, _offset)", expression=expr)
 
 
 @fhir_router.get("/Person", summary="Search linked persons by _id, link or identifier")
 def search_person(request: Request, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     _check_person_access(ctx.principal, "s")
     params = list(request.query_params.multi_items())
-    count = ctx.settings.default_page_size
+    count, offset = ctx.settings.default_page_size, 0
     filters = []
-    for name, value in params:
+    for key, value in params:
+        name, _, modifier = key.partition(":")
         if name == "_count":
-            try:
-                count = max(0, min(int(value), ctx.settings.max_page_size))
-            except ValueError:
-                raise bad_request("_count must be a whole number", expression="_count") from None
+            count = min(store._non_negative_int(value, "_count"), ctx.settings.max_page_size)
+        elif name == "_offset":
+            offset = store._non_negative_int(value, "_offset", maximum=store.MAX_OFFSET)
         elif name in ("_format", "_pretty"):
             continue
+        elif modifier:
+            raise bad_request(f"The modifier ':{modifier}' is not supported on Person?{name}",
+                              expression=f"Person.{name}", code="not-supported")
         else:
-            filters.append((name.split(":", 1)[0], value))
+            filters.append((name, value))
     with ctx.db.session(readonly=True) as session:
         ids: set[str] | None = None
         for name, value in filters:
             found = _person_ids_for(session, ctx.principal, name, value)
             ids = found if ids is None else ids & found
-        if ids is None:
-            query = select(LinkedPerson).where(LinkedPerson.active.is_(True)).order_by(LinkedPerson.id).limit(count * 4 + 50)
+        # what this requester may see, in SQL, so that total and paging count only that
+        where = [] if ids is None else [LinkedPerson.id.in_(sorted(ids))]
+        if ctx.principal.role not in ("admin", "ig-officer"):
+            where += [LinkedPerson.active.is_(True),
+                      LinkedPerson.id.in_(select(Link.person_id).where(Link.source_org == ctx.principal.org))]
+        elif ids is None:
+            where.append(LinkedPerson.active.is_(True))
+        if ids is not None and not ids:
+            total, persons = 0, []
         else:
-            query = select(LinkedPerson).where(LinkedPerson.id.in_(sorted(ids))).order_by(LinkedPerson.id) if ids else None
-        persons = list(session.scalars(query)) if query is not None else []
+            total = session.scalar(select(func.count()).select_from(LinkedPerson).where(*where)) or 0
+            persons = list(session.scalars(
+                select(LinkedPerson).where(*where).order_by(LinkedPerson.id).offset(offset).limit(count))) if count else []
         bodies = [b for b in (person_resource(session, p, ctx.principal) for p in persons) if b is not None]
-    entries = [{"fullUrl": f"{ctx.base}/Person/{b['id']}", "resource": b, "search": {"mode": "match"}} for b in bodies[:count]]
-    self_url = f"{ctx.base}/Person" + (f"?{request.url.query}" if request.url.query else "")
-    return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": len(bodies),
-                         "link": [{"relation": "self", "url": self_url}], "entry": entries})
+    kept = [(k, v) for k, v in params if k not in ("_count", "_offset")]
+
+    def page(relation: str, at: int) -> dict[str, str]:
+        return {"relation": relation, "url": f"{ctx.base}/Person?{urlencode(kept + [('_count', count), ('_offset', at)])}"}
+
+    links = [page("self", offset)]
+    if count and offset + count < total:
+        links.append(page("next", offset + count))
+    if offset > 0:
+        links.append(page("previous", max(0, offset - count)))
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links}
+    if bodies:  # FHIR JSON has no empty arrays
+        bundle["entry"] = [{"fullUrl": f"{ctx.base}/Person/{b['id']}", "resource": b, "search": {"mode": "match"}} for b in bodies]
+    return FhirResponse(bundle)
 
 
 # ------------------------------------------------------------------ admin operations

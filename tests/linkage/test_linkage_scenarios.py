@@ -184,3 +184,38 @@ def test_person_access_by_role(live):
     cap = live.client().get("/metadata").json()
     person_entry = next(r for r in cap["rest"][0]["resource"] if r["type"] == "Person")
     assert {p["name"] for p in person_entry["searchParam"]} == {"_id", "link", "identifier"}
+
+
+def test_person_search_pages_through_every_person_it_counts(live):
+    """total counts what this requester may see, and next links reach every one of them once."""
+    gp = live.source(GP_ORG, "general-practice")
+    other = live.source(OTHER_ORG, "general-practice")
+    admin = live.client("admin", "X26")
+    mine = [create(gp, person("Patient", g, "Pager", f"19{70 + i}-01-0{i + 1}", nhs=next_nhs())) for i, g in
+            enumerate(("Amir", "Bea", "Cal", "Dee", "Eli"))]
+    create(other, person("Patient", "Fay", "Elsewhere", "1980-02-02", nhs=next_nhs()))
+
+    def walk(client, **params):
+        seen, url, params = [], "/Person", {"_count": 2, **params}
+        first = None
+        while url:
+            r = client.get(url, params=params)
+            assert r.status_code == 200, r.text
+            b = r.json()
+            first = first or b
+            assert len(b.get("entry", [])) <= 2
+            seen += [e["resource"]["id"] for e in b.get("entry", [])]
+            url = next((l["url"] for l in b["link"] if l["relation"] == "next"), None)
+            params = None
+        return first["total"], seen
+
+    total, seen = walk(gp)
+    assert total == len(seen) == len(set(seen)) == 5  # the GP's five, not the other practice's
+    assert {p for p in seen} == {person_of(admin, ref)["id"] for ref in mine}
+    total, seen = walk(admin)
+    assert total == len(seen) == len(set(seen)) >= 6
+    r = admin.get("/Person", params={"_count": 0})
+    assert r.status_code == 200 and "entry" not in r.json() and r.json()["total"] >= 6
+    for bad in ({"identifier:not": "x"}, {"identifier:missing": "true"}, {"_offset": "-1"}, {"_count": "x"}):
+        r = admin.get("/Person", params=bad)
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", (bad, r.text)
