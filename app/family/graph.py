@@ -275,6 +275,9 @@ def _is_infant(rec: Rec, today: date) -> bool:
     return born is not None and born <= today and (today - born).days <= 366 and _age_on(born, today) == 0
 
 
+is_infant = _is_infant
+
+
 def current_pregnancy(session: Session, mother_records: list[Rec], today: date) -> tuple[bool, str | None]:
     """(is there a current pregnancy, its expected delivery date): from an EDD Observation
     still in the future, or an active pregnancy Condition."""
@@ -372,6 +375,51 @@ def assemble(session: Session, subject: Rec, today: date) -> FamilyGraph:
             continue
         (member.consents if rec.res_type == "Consent" else member.clinical).append(rec)
     return FamilyGraph(subject=subject, mode=mode, members=members, care=care, birth_or_due=key_date)
+
+
+@dataclass
+class KeyPerson:
+    """Someone a legitimate relationship is judged on: their Patient records (every linked
+    source) and the active-or-not EpisodeOfCare/CareTeam about them."""
+
+    patient_records: list[Rec]
+    care: list[Rec]
+
+
+def _referenced_patients(session: Session, rps: list[Rec]) -> list[Rec]:
+    """The Patients these RelatedPersons are recorded on (literal or logical reference)."""
+    literal, found = set(), []
+    for rp in rps:
+        ref = rp.body.get("patient") or {}
+        parsed = parse_reference(ref.get("reference") or "")
+        if parsed and parsed[0] == "Patient":
+            literal.add(parsed)
+            continue
+        ident = ref.get("identifier") or {}
+        if ident.get("value"):
+            try:
+                found.append(find_subject(session, identifier=f"{ident.get('system') or ''}|{ident['value']}"))
+            except FhirError:
+                continue
+    return found + load_records(session, literal)
+
+
+def route_people(session: Session, subject: Rec, today: date) -> list[KeyPerson]:
+    """For a subject who is not an infant: the people a requester's legitimate relationship is
+    judged on before anything is said about the subject (not even whether she is pregnant):
+    the subject (as the key person of a pre-birth view is), and each infant under one that a
+    source records the subject as mother, father or carer of (the family view of that infant)."""
+    own = same_person_many(session, [subject])[subject.ref]
+    people = [KeyPerson([r for r in own if r.res_type == "Patient"], [])]
+    rps = [r for r in own if r.res_type == "RelatedPerson" and roles.role_towards_infant(roles.relationship_codes(r.body), r.gender)]
+    infants = [p for p in _referenced_patients(session, rps) if _is_infant(p, today)]
+    if infants:
+        linked = same_person_many(session, infants)
+        for infant in infants:
+            people.append(KeyPerson([r for r in linked[infant.ref] if r.res_type == "Patient"], []))
+    for person in people:
+        person.care = referencing(session, ("EpisodeOfCare", "CareTeam"), ("patient", "subject"), person.patient_records)
+    return people
 
 
 def _participant_refs(care_team: dict) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from consent import LegitimateRelationship
 
 from app.auth.tokens import Principal
-from app.family.graph import FamilyGraph, Rec, organisations_of
+from app.family.graph import FamilyGraph, KeyPerson, Rec, organisations_of
 from app.fhir.indexing import ODS_SYSTEM
 
 
@@ -23,12 +23,25 @@ def _care_team_orgs(team: Rec) -> set[str]:
 
 
 def legitimate_relationship(principal: Principal, graph: FamilyGraph) -> LegitimateRelationship:
-    org = principal.org
     key_person = graph.members[1] if graph.mode == "pre-birth" else graph.infant
-    for rec in key_person.patient_records:
+    return relationship_with(principal, key_person.patient_records, graph.care)
+
+
+def relationship_with_any(principal: Principal, people: list[KeyPerson]) -> LegitimateRelationship:
+    """The first relationship held with any of these people (see graph.route_people)."""
+    for person in people:
+        found = relationship_with(principal, person.patient_records, person.care)
+        if found.holds:
+            return found
+    return LegitimateRelationship(False, None)
+
+
+def relationship_with(principal: Principal, patient_records: list[Rec], care: list[Rec]) -> LegitimateRelationship:
+    org = principal.org
+    for rec in patient_records:
         if org in organisations_of(rec, "generalPractitioner"):
             return LegitimateRelationship(True, "registered-gp")
-    for rec in graph.care:
+    for rec in care:
         if rec.res_type == "EpisodeOfCare" and rec.body.get("status") == "active" and org in organisations_of(rec, "managingOrganization"):
             return LegitimateRelationship(True, "episode-of-care")
         if rec.res_type == "CareTeam" and rec.body.get("status") == "active" and org in _care_team_orgs(rec):

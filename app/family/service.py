@@ -21,8 +21,8 @@ from app.audit.events import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditItem, 
 from app.auth.tokens import Principal
 from app.db import plan_once_per_statement
 from app.errors import SPINE_ERROR_SYSTEM, FhirError
-from app.family.graph import FamilyGraph, FamilyMember, Rec, assemble, find_subject
-from app.family.relationship import legitimate_relationship
+from app.family.graph import FamilyGraph, FamilyMember, Rec, assemble, find_subject, is_infant, route_people
+from app.family.relationship import legitimate_relationship, relationship_with_any
 from app.fhir.indexing import NHS_NUMBER_SYSTEM
 
 FV = "https://familyview.example.nhs.uk/fhir"
@@ -36,6 +36,7 @@ LOCAL_SAFEGUARDING = f"{FV}/CodeSystem/local-safeguarding"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 NEVER_ROLES = ("ig-officer", "admin", "source-system")
+ROUTE_REFUSALS = ("no-relationship", "role-never-sees-clinical-data", "unknown-role", "justification-required")
 PURPOSES = {"direct-care": Purpose.DIRECT_CARE, "safeguarding": Purpose.SAFEGUARDING}
 YOUNG_PARENT_AGE = 20
 _POLICY = None
@@ -177,10 +178,27 @@ class FamilyViewService:
             raise FhirError(400, "required", "A safeguarding request needs a justification (why the child may be at risk)", expression="justification", spine_code="MISSING_VALUE")
         if self.principal.role in NEVER_ROLES:
             raise FhirError(403, "forbidden", f"The {self.principal.role} role does not receive clinical data; IG officers use the audit search", spine_code="ACCESS_DENIED")
+        if not is_infant(subject, today):
+            # the route first: whether she is pregnant (a 422 or a pre-birth view) is told only
+            # to a requester with a relationship or a lawful route; everyone else gets the same 403
+            route = relationship_with_any(self.principal, route_people(self.session, subject, today))
+            self._refuse_without_route(FamilyMember(role="infant", unborn=True), subject.ref, purpose, req, route, audit)
         graph = assemble(self.session, subject, today)
         relationship = legitimate_relationship(self.principal, graph)
         audit.subjects = [(m.key, m.role, [n for n in {r.nhs_number for r in m.records} if n]) for m in graph.members]
         return self._disclose(graph, purpose, (req.justification or "").strip() or None, relationship, today, audit)
+
+    def _refuse_without_route(self, key: FamilyMember, asked_for: str, purpose: Purpose, req: FamilyViewRequest,
+                              relationship: LegitimateRelationship, audit: FamilyViewAudit) -> DisclosureDecision:
+        """The view's first item, the key person's identity, decides whether there is any lawful
+        route to the family; without one the answer is one 403, whoever was asked for."""
+        justification = (req.justification or "").strip() or None
+        identity = self._decide(key, (), purpose, justification, relationship, DataItem("identity", "Patient", frozenset(), None, reference=key.key))
+        audit.purpose_of_use = identity.purpose_of_use
+        if not identity.permitted and identity.reason_code in ROUTE_REFUSALS:
+            audit.items.append(AuditItem(asked_for, asked_for, "identity", identity.to_dict(), False))
+            raise FhirError(403, "forbidden", f"No lawful route to this family: {identity.reason}", spine_code="ACCESS_DENIED")
+        return identity
 
     def _decide(self, member: FamilyMember, consents: tuple, purpose: Purpose, justification, relationship, item: DataItem) -> DisclosureDecision:
         return decide(

@@ -92,3 +92,36 @@ def test_the_infants_own_domestic_abuse_flag_is_disclosed_to_the_health_visitor(
     b = view(world, "s3_infant", "safeguarding", role="mash", org=MASH_ORG, justification=JUSTIFICATION)
     assert b.status == 200 and flags(b) == ["DA-VICTIM"]
 
+
+def test_no_route_is_one_uniform_403_whatever_the_subject(world):
+    """A requester with no legitimate relationship and no lawful route gets the same 403 (same
+    OperationOutcome, audited) for an infant, a pregnant woman, a woman who is not pregnant and
+    a man: the status must not tell them whether she is pregnant (special category data) or
+    whether someone is an infant. The route is judged before the 422 ("neither an infant nor a
+    current pregnancy"), which only a requester with a relationship to the person or to the
+    family of an infant they are recorded as parent or carer of can receive.
+
+    An identifier the gateway does not know still gives 404, as the wire contract's error
+    table and the existing contract tests require. What that tells a requester with no route
+    is only that no source has sent a Patient with that identifier, not the person's age,
+    pregnancy or family; the 404 is audited like every other answer, so probing is visible to IG."""
+    outcomes = {}
+    for key in ("s1_infant", "s7_mother", "s1_mother", "s1_father"):
+        v = view(world, key, org="RZZ99")
+        assert v.status == 403, (key, v.body)
+        assert v.r.headers["x-audit-event"].startswith("AuditEvent/")
+        event = v.audit()
+        assert event["outcome"] == "4" and all(i["disclosed"] == "false" for i in item_details(event))
+        outcomes[key] = v.body["issue"]
+    assert len({repr(issues) for issues in outcomes.values()}) == 1, outcomes
+    # the same for safeguarding without a break-glass role
+    for key in ("s7_mother", "s1_mother"):
+        assert view(world, key, "safeguarding", org="RZZ99", justification=JUSTIFICATION).status == 403
+    # a requester with a relationship to the woman's family is told why there is no view
+    assert view(world, "s1_mother").status == 422
+    # and her GP practice, registered for her, likewise
+    assert view(world, "s1_mother", role="gp", org=GP_FAMILY.org).status == 422
+    # the MASH may break the glass for safeguarding: it has a lawful route, so it is told too
+    assert view(world, "s1_mother", "safeguarding", role="mash", org=MASH_ORG, justification=JUSTIFICATION).status == 422
+    assert view(world, "s1_mother", role="mash", org=MASH_ORG).status == 403
+
