@@ -91,6 +91,7 @@ class LinkageAdmin:
         self.session.flush()
         self.svc._event(action, self.actor, reason, record=link.ref, from_person=old, to_person=new, candidate_id=candidate_id)
         self.svc._touch(old)
+        self.svc.reset_if_alone(old)
         self.svc._retire_if_empty(old, self.actor, reason)
         return new
 
@@ -185,7 +186,7 @@ class LinkageAdmin:
         for m in others:
             self._decide(ref, m.ref, "no-match", reason)
         new = self._detach(link, reason, "unlink")
-        # a founder left alone, or members that had joined via this record, keep their level
+        # members that had joined via this record keep their level; one left alone is level4 (_detach)
         return {"record": ref, "from": f"Person/{old}", "person": f"Person/{new}", "noMatchWith": [m.ref for m in others]}
 
     def merge(self, from_id: str, into_id: str, reason: str) -> dict[str, Any]:

@@ -474,6 +474,13 @@ class LinkageService:
             now = _now()
             self.session.connection().execute(_TOUCH, [{"b_id": p, "n": 1, "at": now} for p in pids])
 
+    def reset_if_alone(self, person_id: str) -> None:
+        """A record left alone in its person (an admin took the others out) is that person:
+        level4, matched with no one, as a person's only record always is."""
+        members = self.members(person_id)
+        if len(members) == 1 and (members[0].assurance != "level4" or members[0].matched_ref is not None):
+            members[0].assurance, members[0].probability, members[0].matched_ref = "level4", 1.0, None
+
     def _retire_if_empty(self, person_id: str, actor: str, reason: str) -> None:
         left = self.session.scalar(_ANY_MEMBER, {"pid": person_id})
         if left is None:
@@ -751,6 +758,11 @@ class LinkageService:
                       else "record changed: no longer matches the other records of its person")
             b.event(action, actor, reason, record=ref, from_person=current_id, to_person=target)
             b.touch(current_id, target)
+            left = [links[r] for r in b.members[current_id] if r in links]
+            if len(left) == 1 and (left[0].assurance != "level4" or left[0].matched_ref is not None):
+                # the record left alone is its person: level4, matched with no one
+                left[0].assurance, left[0].probability, left[0].matched_ref = "level4", 1.0, None
+                b.founders[left[0].ref] = None
             if not b.members[current_id]:
                 b.retired[current_id] = None
                 b.event("retire", actor, f"its last record {ref} moved to Person/{target}", from_person=current_id)

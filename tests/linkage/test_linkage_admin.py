@@ -94,6 +94,7 @@ def test_unlink_survives_reingest_and_merge_reverses_it(live):
     assert r.status_code == 200, r.text
     alone = r.json()["person"].split("/")[1]
     assert person_of(admin, rp)["id"] == alone != joined
+    assert links(person_of(admin, g)) == {g: "level4"}  # the GP record, now alone, is its person
     # manual decisions are never undone by automatic re-matching
     update(maternity, rp, dict(body, patient={"reference": mother}, telecom=[{"system": "phone", "value": "07700900001"}],
                                relationship=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "FTH"}]}]))

@@ -219,3 +219,19 @@ def test_person_search_pages_through_every_person_it_counts(live):
     for bad in ({"identifier:not": "x"}, {"identifier:missing": "true"}, {"_offset": "-1"}, {"_count": "x"}):
         r = admin.get("/Person", params=bad)
         assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", (bad, r.text)
+
+
+def test_a_record_left_alone_by_a_move_is_level4(live):
+    """Two GP records share an NHS number (level3); one is corrected to another number and
+    moves out: the one left is its person's only record, so level4, as any lone record."""
+    gp = live.source(GP_ORG, "general-practice")
+    admin = live.client("admin", "X26")
+    nhs = next_nhs()
+    body = person("Patient", "Sarah", "Evans", "1991-06-07", nhs=nhs, postcode="LS6 2AB")
+    a = create(gp, body)
+    b = create(live.source(OTHER_ORG, "general-practice"), person("Patient", "Sarah", "Evans", "1991-06-07", nhs=nhs))
+    assert links(person_of(admin, a)) == {a: "level3", b: "level3"}
+    update(live.source(OTHER_ORG, "general-practice"), b,
+           person("Patient", "Sarah", "Evans", "1991-06-07", nhs=next_nhs()))
+    assert person_of(admin, a)["id"] != person_of(admin, b)["id"]
+    assert links(person_of(admin, a)) == {a: "level4"}
