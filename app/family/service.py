@@ -37,6 +37,8 @@ ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 NEVER_ROLES = ("ig-officer", "admin", "source-system")
 ROUTE_REFUSALS = ("no-relationship", "role-never-sees-clinical-data", "unknown-role", "justification-required")
+MOTHER_RESTRICTED = ("Withheld: the mother's record is restricted, so the address, contact and GP practice details "
+                     "that the infant shares with her are not shown for the infant either.")
 PURPOSES = {"direct-care": Purpose.DIRECT_CARE, "safeguarding": Purpose.SAFEGUARDING}
 YOUNG_PARENT_AGE = 20
 _POLICY = None
@@ -76,7 +78,7 @@ class _Suppressions:
     def __init__(self) -> None:
         self.issues: list[dict[str, Any]] = []
 
-    def add(self, member_entry: int, who: str, category: str, what: str, decision: DisclosureDecision) -> None:
+    def add(self, member_entry: int, who: str, category: str, what: str, decision: DisclosureDecision, reason: str | None = None) -> None:
         self.issues.append({
             "severity": "information",
             "code": "suppressed",
@@ -87,7 +89,7 @@ class _Suppressions:
                 ],
                 "text": f"{what} about the {who} withheld",
             },
-            "diagnostics": decision.reason,
+            "diagnostics": reason or decision.reason,
             "expression": [f"Bundle.entry[{member_entry}].resource"],
         })
 
@@ -200,6 +202,32 @@ class FamilyViewService:
             raise FhirError(403, "forbidden", f"No lawful route to this family: {identity.reason}", spine_code="ACCESS_DENIED")
         return identity
 
+    def _carried_from_mother(self, graph: FamilyGraph, purpose: Purpose, justification: str | None,
+                             relationship: LegitimateRelationship) -> tuple[set[str], DisclosureDecision | None]:
+        """The fields (address, telecom, generalPractitioner) removed from a mother because her
+        record is restricted (R) or very restricted (V), which must not be shown on the infant's
+        entry either (sources send the baby's address and GP practice as hers), and the decision
+        that removed them from her."""
+        if graph.infant.unborn:
+            return set(), None
+        restricted_fields = set(policy().restricted_redact_fields)
+        for member in graph.members:
+            labels = frozenset(_person_labels(member))
+            if member.role != "mother" or not labels & set(PERSON_CONFIDENTIALITY):
+                continue
+            consents = tuple(ConsentRecord.from_fhir(c.body) for c in member.consents)
+            source = member.primary.source_org
+            identity = self._decide(member, consents, purpose, justification, relationship, DataItem("identity", "Patient", labels, source, reference=member.key))
+            if not identity.permitted:
+                return restricted_fields, identity
+            contact = self._decide(member, consents, purpose, justification, relationship, DataItem("contact", "Patient", labels, source, reference=member.key + "#contact"))
+            removed = set(identity.redacted_fields) & restricted_fields
+            if not contact.permitted and contact.reason_code in ("restricted", "very-restricted"):
+                removed |= {"address", "telecom"}
+            if removed:
+                return removed, contact if not contact.permitted else identity
+        return set(), None
+
     def _decide(self, member: FamilyMember, consents: tuple, purpose: Purpose, justification, relationship, item: DataItem) -> DisclosureDecision:
         return decide(
             DisclosureRequest(
@@ -228,6 +256,7 @@ class FamilyViewService:
                     if ob.kind is ObligationKind.NOTIFY_DATA_CONTROLLER and ob.target:
                         notifications.setdefault(ob.target, []).append(reference)
 
+        carried, carried_decision = self._carried_from_mother(graph, purpose, justification, relationship)
         for index, member in enumerate(graph.members):
             consents = tuple(ConsentRecord.from_fhir(c.body) for c in member.consents)
             decide_item = lambda item, m=member, c=consents: self._decide(m, c, purpose, justification, relationship, item)  # noqa: E731
@@ -249,11 +278,20 @@ class FamilyViewService:
             redact = set(identity.redacted_fields)
             if not member.unborn:
                 contact = decide_item(DataItem("contact", "Patient", person_labels, primary.source_org, reference=member.key + "#contact"))
-                note(contact, member.key + "#contact", member.key, "contact", contact.permitted)
+                shares = carried & set(resource) if member is graph.infant else set()
+                if shares:
+                    # the baby lives with its restricted mother: what was removed from her entry
+                    # is not shown as the baby's either
+                    note(carried_decision, member.key + "#contact", member.key, "contact", False)
+                    redact |= carried
+                    suppressed.add(entry_index, who, "contact", "Address, contact and GP practice details shared with the mother",
+                                   carried_decision, reason=MOTHER_RESTRICTED)
+                else:
+                    note(contact, member.key + "#contact", member.key, "contact", contact.permitted)
                 redact |= set(contact.redacted_fields)
                 if not contact.permitted:
                     redact |= {"address", "telecom"}
-                if redact & {"address", "telecom"} and (resource.get("address") or resource.get("telecom")):
+                if not shares and redact & {"address", "telecom"} and (resource.get("address") or resource.get("telecom")):
                     suppressed.add(entry_index, who, "contact", "Address and contact details", contact if not contact.permitted else identity)
                 for fname in redact:
                     resource.pop(fname, None)

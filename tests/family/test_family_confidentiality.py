@@ -125,3 +125,24 @@ def test_no_route_is_one_uniform_403_whatever_the_subject(world):
     assert view(world, "s1_mother", "safeguarding", role="mash", org=MASH_ORG, justification=JUSTIFICATION).status == 422
     assert view(world, "s1_mother", role="mash", org=MASH_ORG).status == 403
 
+
+def test_restricted_mothers_address_and_gp_are_not_shown_as_the_infants(world):
+    """Scenario 8: the baby lives with its mother, and maternity sends the same address and GP
+    practice on both records. What is removed from her entry because her record is restricted is
+    removed from the infant's entry too, and a suppressed issue on the infant says why (without
+    the values). The audit records the infant's contact details as withheld."""
+    for purpose, just in (("direct-care", None), ("safeguarding", JUSTIFICATION)):
+        v = view(world, "s8_infant", purpose, justification=just)
+        assert v.status == 200
+        infant = v.people()["infant"][0]
+        assert "address" not in infant and "telecom" not in infant and "generalPractitioner" not in infant
+        assert "LS8 5CC" not in v.r.text  # the postcode both records give (the father, recorded apart, has his own)
+        on_infant = [i for i in v.suppressed() if i["expression"] == ["Bundle.entry[0].resource"]]
+        assert len(on_infant) == 1 and "restricted" in on_infant[0]["diagnostics"]
+        assert {c["code"] for c in on_infant[0]["details"]["coding"]} >= {"contact", "ACCESS_DENIED"}
+        contact = {i["subject"]: i for i in item_details(v.audit()) if i["category"] == "contact"}
+        for person in (infant, v.people()["mother"][0]):
+            assert contact[f"Patient/{person['id']}"]["disclosed"] == "false"
+            assert contact[f"Patient/{person['id']}"]["reason"] == "restricted"
+    # an unrestricted family keeps the infant's address
+    assert "address" in view(world, "s1_infant").people()["infant"][0]
