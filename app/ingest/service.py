@@ -165,6 +165,43 @@ def _content(resource: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _criteria_key(query: str) -> tuple:
+    """Conditional criteria in one form: 'Patient?a=1&b=2', 'b=2&a=1' are the same search."""
+    query = query.partition("?")[2] if "?" in query else query
+    return tuple(sorted(parse_qsl(query, keep_blank_values=True)))
+
+
+def _check_no_overlap(plans: list[_Plan]) -> None:
+    """FHIR R4 transaction rules: if resource identities, including those resolved from
+    conditional creates and updates, overlap, the transaction SHALL fail. Two entries are
+    the same identity when they resolve to one stored record, give the same conditional
+    criteria, or carry the same identifier on the same type (which makes them one record of
+    this source). Nothing is written: 400 naming both entries."""
+    seen: dict[tuple, int] = {}
+    for p in plans:
+        req = p.req
+        keys: list[tuple] = []
+        if p.res_id is not None:
+            keys.append((p.res_type, "id", p.res_id))
+        if req.if_none_exist:
+            keys.append((p.res_type, "criteria", _criteria_key(req.if_none_exist)))
+        if req.method == "PUT" and "?" in req.url:
+            keys.append((p.res_type, "criteria", _criteria_key(req.url)))
+        keys += [(p.res_type, "identifier", s, v) for s, v in identifiers_of(req.resource or {})]
+        for key in dict.fromkeys(keys):
+            first = seen.setdefault(key, req.index)
+            if first == req.index:
+                continue
+            why = {"id": f"the same record {p.res_type}/{key[2]}", "criteria": "the same conditional criteria",
+                   "identifier": f"an identifier of system {key[2]} that entry {first} also carries"}[key[1]]
+            raise FhirError(
+                400, "duplicate",
+                f"Bundle.entry[{req.index}] and Bundle.entry[{first}] are the same {p.res_type} ({why}); "
+                "a transaction may write each resource once: send it in one entry",
+                expression=[f"Bundle.entry[{first}]", f"Bundle.entry[{req.index}]"], spine_code="DUPLICATE_REJECTED",
+            )
+
+
 class IngestService:
     def __init__(self, session: Session, principal: Principal, settings: Settings, hooks: list[IngestHook] | None = None, *, base: str):
         self.base = base  # this server's FHIR base URL: absolute references to it become relative
@@ -248,6 +285,8 @@ class IngestService:
         current = {(row.res_type, row.res_id): row for row in current_rows(self.session.connection(), targets)}  # one look-up for every PUT
         plans = [self._plan(r, current) for r in reqs]
         known_keys = self._dedupe_by_source_key(plans)
+        if len(plans) > 1:
+            _check_no_overlap(plans)
         # Map fullUrl -> literal reference for the entries that will exist after this bundle.
         urn_map: dict[str, str] = {}
         bundle_idents: dict[tuple[str, str, str], str] = {}
@@ -337,6 +376,8 @@ class IngestService:
         return plan
 
     def _match(self, res_type: str, query: str, req: EntryRequest) -> list[StoredResource]:
+        if query.startswith(f"{res_type}?"):  # ifNoneExist given as a search URL, as HAPI takes it
+            query = query[len(res_type) + 1:]
         criteria = _criteria(query, f"Bundle.entry[{req.index}].request")
         result = store.search(self.session, self.principal, res_type, criteria, default_count=2, max_count=2)
         return result.rows

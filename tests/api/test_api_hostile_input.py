@@ -188,3 +188,64 @@ def test_control_characters_in_searches_ids_and_bundle_urls_are_400(live, caplog
     assert src.post("", json=b, headers=CT).status_code == 400
     assert src.get("/Patient", params={"_count": 0}).json()["total"] == 0
     assert "sec\\x00" not in caplog.text and "sec\x00" not in caplog.text
+
+
+# ---------------------------------------------------------------- D5: one identity, two entries
+
+
+def _two_entries(kind: str, nhs: str, how: str) -> dict:
+    ident = f"{NHS}|{nhs}"
+    first, second = patient("DupE", "Eve", nhs=nhs), patient("DupF", "Fay", nhs=nhs)
+    if how == "conditional-put":
+        entries = [entry(first, method="PUT", url=f"Patient?identifier={ident}"), entry(second, method="PUT", url=f"Patient?identifier={ident}")]
+    elif how == "if-none-exist":
+        entries = [entry(first, ifNoneExist=f"identifier={ident}"), entry(second, ifNoneExist=f"Patient?identifier={ident}")]
+    elif how == "mixed":
+        entries = [entry(first, ifNoneExist=f"identifier={ident}"), entry(second, method="PUT", url=f"Patient?identifier={ident}")]
+    else:  # two plain POSTs of one NHS number
+        entries = [entry(first), entry(second)]
+    return bundle(entries, kind=kind)
+
+
+@pytest.mark.parametrize("how", ["conditional-put", "if-none-exist", "mixed", "plain-post"])
+def test_a_transaction_writing_one_identity_twice_fails_and_writes_nothing(live, how):
+    src = live.source(MATERNITY_ORG, "maternity")
+    nhs = next_nhs()
+    r = src.post("", json=_two_entries("transaction", nhs, how), headers=CT)
+    assert r.status_code == 400, r.text
+    issue = _issue(r)
+    assert issue["code"] == "duplicate"
+    assert issue["expression"] == ["Bundle.entry[0]", "Bundle.entry[1]"]
+    assert nhs not in r.text
+    assert src.get("/Patient", params={"identifier": f"{NHS}|{nhs}"}).json()["total"] == 0
+    # once stored, the same pair still fails: both entries resolve to the stored record
+    assert src.post("/Patient", json=patient("DupE", "Eve", nhs=nhs), headers=CT).status_code == 201
+    r = src.post("", json=_two_entries("transaction", nhs, how), headers=CT)
+    assert r.status_code == 400, r.text
+    assert src.get("/Patient", params={"identifier": f"{NHS}|{nhs}"}).json()["total"] == 1
+    # and conditional writes of that person keep working
+    r = src.put("/Patient", params={"identifier": f"{NHS}|{nhs}"}, json=patient("DupE", "Eva", nhs=nhs), headers=CT)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("how", ["conditional-put", "if-none-exist", "plain-post"])
+def test_a_batch_writing_one_identity_twice_makes_one_record(live, how):
+    src = live.source(MATERNITY_ORG, "maternity")
+    nhs = next_nhs()
+    r = src.post("", json=_two_entries("batch", nhs, how), headers=CT)
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    assert entries[0]["response"]["status"] == "201 Created"
+    assert entries[1]["response"]["status"] == "200 OK"
+    assert entries[0]["fullUrl"] == entries[1]["fullUrl"]  # the second entry resolved to the first's record
+    assert src.get("/Patient", params={"identifier": f"{NHS}|{nhs}"}).json()["total"] == 1
+
+
+def test_different_people_in_one_transaction_still_work(live):
+    src = live.source(MATERNITY_ORG, "maternity")
+    a, b = next_nhs(), next_nhs()
+    t = bundle([entry(patient("Twin", "A", nhs=a), method="PUT", url=f"Patient?identifier={NHS}|{a}"),
+                entry(patient("Twin", "B", nhs=b), method="PUT", url=f"Patient?identifier={NHS}|{b}")])
+    r = src.post("", json=t, headers=CT)
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"] for e in r.json()["entry"]] == ["201 Created", "201 Created"]
