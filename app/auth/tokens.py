@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -80,11 +81,16 @@ def _load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
     path.parent.mkdir(parents=True, exist_ok=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
-    os.replace(tmp, path)
+    try:
+        os.link(tmp, path)  # never replaces: two processes starting at once must end with one key
+    except FileExistsError:
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)  # type: ignore[return-value]
+    finally:
+        os.unlink(tmp)
     return key
 
 

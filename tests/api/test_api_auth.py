@@ -180,3 +180,33 @@ def test_jwks_issuer_is_trusted_in_production_mode(live, tmp_path):
         assert err.value.status == 401
     finally:
         httpd.shutdown()
+
+
+def test_two_processes_creating_the_local_key_at_once_end_with_one_key(tmp_path, monkeypatch):
+    """The second of two servers started together used to overwrite the first one's key, so
+    tokens minted by one failed on the other ("signature not valid"). The loser of the race
+    now takes the winner's key from the file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from app.auth import tokens
+
+    path = tmp_path / "var" / "local-signing-key.pem"
+    real = rsa.generate_private_key
+
+    winner = []
+
+    def generate_while_another_process_wins(**kw):
+        mine = real(**kw)
+        other = real(**kw)  # the other process, faster, writes its key first and keeps using it
+        winner.append(other)
+        path.write_bytes(other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+        return mine
+
+    monkeypatch.setattr(tokens.rsa, "generate_private_key", generate_while_another_process_wins)
+    loser = tokens._load_or_create_key(path)
+    monkeypatch.setattr(tokens.rsa, "generate_private_key", real)
+    on_disk = tokens._load_or_create_key(path)
+    assert loser.private_numbers() == on_disk.private_numbers() == winner[0].private_numbers()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
