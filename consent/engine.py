@@ -75,6 +75,10 @@ REASONS = {
     ),
     "permitted": "Shown for {purpose}: {basis}.",
     "permitted-consent": "Shown for direct care with the person's consent: {basis}.",
+    "permitted-safeguarding-unheld": (
+        "Shown for safeguarding on the justification given: {basis}. The disclosure will be reviewed "
+        "by Information Governance."
+    ),
     "permitted-safeguarding": (
         "Shown for safeguarding on the justification given: {basis}. The disclosure will be reviewed "
         "by Information Governance and the organisation that holds the record told."
@@ -484,8 +488,14 @@ def _finish(
     rule, category, purpose = plan.rule, plan.category, plan.purpose
     obligations: set[Obligation] = set()
     redact: set[str] = set()
+    # A data controller is told only where there is one: an item no organisation holds (an
+    # indicator the gateway derived, with no source_org) has nobody to notify.
+    held = source_org is not None
     if very_restricted:
-        obligations.update(_obligation(kind, source_org) for kind in policy.very_restricted_obligations)
+        obligations.update(
+            _obligation(kind, source_org) for kind in policy.very_restricted_obligations
+            if held or kind is not ObligationKind.NOTIFY_DATA_CONTROLLER
+        )
     if restricted and not category.sensitive:
         redact.update(policy.restricted_redact_fields)
     if contact_withheld:
@@ -496,7 +506,9 @@ def _finish(
         basis = dataclasses.replace(basis, confidentiality=f"{basis.confidentiality} ({relied_on.reference})")
 
     # Obligations: the rule's own, and IG review of every break-glass disclosure.
-    obligations.update(_obligation(kind, source_org) for kind in rule.obligations)
+    obligations.update(
+        _obligation(kind, source_org) for kind in rule.obligations if held or kind is not ObligationKind.NOTIFY_DATA_CONTROLLER
+    )
     if plan.break_glass:
         obligations.add(_obligation(ObligationKind.QUEUE_IG_REVIEW, source_org))
     if redact:
@@ -508,7 +520,8 @@ def _finish(
     if relied_on is not None:
         reason = _permit_reason("permitted-consent", purpose, basis)
     elif purpose is Purpose.SAFEGUARDING and category.sensitive:
-        reason = _permit_reason("permitted-safeguarding", purpose, basis)
+        told = any(o.kind is ObligationKind.NOTIFY_DATA_CONTROLLER for o in obligations)
+        reason = _permit_reason("permitted-safeguarding" if told else "permitted-safeguarding-unheld", purpose, basis)
     else:
         reason = _permit_reason("permitted", purpose, basis)
     if redact:

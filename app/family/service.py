@@ -315,8 +315,9 @@ class FamilyViewService:
                     category, d = next((c, d) for c, d in decisions if not d.permitted)
                     kind = {"Flag": "A flag", "Condition": "A condition", "Observation": "An observation"}.get(rec.res_type, "A record")
                     suppressed.add(entry_index, who, category, f"{kind} ({category}, held by {rec.source_org})", d)
-            for indicator, source_org in self._indicators(member, graph, today):
-                d = decide_item(DataItem("young-parent", "Flag", frozenset(), source_org, today, indicator["id"]))
+            for indicator in self._indicators(member, graph, today):
+                # computed here from the birth date: no source holds it, so no data controller to tell
+                d = decide_item(DataItem("young-parent", "Flag", frozenset(), None, today, indicator["id"]))
                 note(d, f"Flag/{indicator['id']}", member.key, "young-parent", d.permitted)
                 if d.permitted:
                     indicator["subject"] = {"reference": member.key}
@@ -377,7 +378,7 @@ class FamilyViewService:
         resource["extension"] = [e for e in resource.get("extension") or [] if e.get("url") not in (EXT_FAMILY_ROLE, EXT_ASSURANCE, EXT_INFERRED)] + ext
         return resource
 
-    def _indicators(self, member: FamilyMember, graph: FamilyGraph, today: date) -> list[tuple[dict[str, Any], str]]:
+    def _indicators(self, member: FamilyMember, graph: FamilyGraph, today: date) -> list[dict[str, Any]]:
         """Derived indicators: a parent under 20 at the birth (pre-birth: today)."""
         if member.role not in ("mother", "father") or member.unborn:
             return []
@@ -397,7 +398,7 @@ class FamilyViewService:
             "code": {"coding": [{"system": LOCAL_SAFEGUARDING, "code": "YOUNG-PARENT", "display": "Young parent (under 20)"}],
                      "text": f"Young {member.role}: {age} at the {'birth' if graph.mode == 'infant' else 'time of this view'}"},
         }
-        return [(flag, member.primary.source_org)]
+        return [flag]
 
     def _notification(self, target: str, refs: list[str], audit: FamilyViewAudit, graph: FamilyGraph) -> dict[str, Any]:
         return {

@@ -284,3 +284,21 @@ def test_decision_as_of_a_date_works():
     decision = decide(request(about=FATHER, what=item("mental-health"), consents=(hv_mental_health_consent(),),
                               as_of=dt.date(2025, 6, 1)))
     assert decision.outcome is Outcome.PERMIT
+
+
+def test_an_item_no_organisation_holds_names_no_data_controller():
+    """The young-parent indicator the gateway computes from a birth date is held by no source:
+    a safeguarding disclosure of it is reviewed by IG, but there is no data controller to tell,
+    so the decision names none and its reason does not say one will be told. A held record of
+    the same kind still notifies its holder."""
+    young_father = subject("father", NHS_YOUNG_FATHER)
+    derived = item("young-parent", source_org=None, resource_type="Flag")
+    decision = decide(request(purpose=Purpose.SAFEGUARDING, about=young_father, what=derived))
+    assert decision.outcome is Outcome.PERMIT
+    assert set(decision.obligations) == {REVIEW}
+    assert "told" not in decision.reason and "reviewed" in decision.reason
+    from consent.engine import decide_uncached
+
+    assert decide_uncached(request(purpose=Purpose.SAFEGUARDING, about=young_father, what=derived)) == decision
+    held = decide(request(purpose=Purpose.SAFEGUARDING, about=young_father, what=item("young-parent", source_org=GP_FATHER)))
+    assert Obligation(ObligationKind.NOTIFY_DATA_CONTROLLER, target=GP_FATHER) in held.obligations and "told" in held.reason

@@ -137,7 +137,7 @@ def test_restricted_mothers_address_and_gp_are_not_shown_as_the_infants(world):
         infant = v.people()["infant"][0]
         assert "address" not in infant and "telecom" not in infant and "generalPractitioner" not in infant
         assert "LS8 5CC" not in v.r.text  # the postcode both records give (the father, recorded apart, has his own)
-        on_infant = [i for i in v.suppressed() if i["expression"] == ["Bundle.entry[0].resource"]]
+        on_infant = [i for i in v.suppressed() if i.get("expression") == ["Bundle.entry[0].resource"]]
         assert len(on_infant) == 1 and "restricted" in on_infant[0]["diagnostics"]
         assert {c["code"] for c in on_infant[0]["details"]["coding"]} >= {"contact", "ACCESS_DENIED"}
         contact = {i["subject"]: i for i in item_details(v.audit()) if i["category"] == "contact"}
@@ -146,3 +146,30 @@ def test_restricted_mothers_address_and_gp_are_not_shown_as_the_infants(world):
             assert contact[f"Patient/{person['id']}"]["reason"] == "restricted"
     # an unrestricted family keeps the infant's address
     assert "address" in view(world, "s1_infant").people()["infant"][0]
+
+
+def test_the_computed_young_parent_indicator_sends_no_notification_and_names_no_controller(world):
+    """Scenario 10, safeguarding: the young-parent indicator is computed by the gateway from the
+    father's birth date; no source holds it. It is disclosed and reviewed, but no organisation is
+    told "records you hold were disclosed" about it, and the audit names no data controller for
+    it. The care-leaver Flag social care holds still notifies social care."""
+    from app.demo.scenarios import GP_FATHERS
+
+    s = view(world, "s10_infant", "safeguarding", justification=JUSTIFICATION)
+    assert s.status == 200 and {"CARE-LEAVER", "YOUNG-PARENT"} <= s.codes()
+    event = s.audit()
+    obligations = {}
+    for e in event["entity"]:
+        d = e.get("detail", [])
+        category = next((x["valueString"] for x in d if x["type"] == "category"), None)
+        if category:
+            obligations[category] = [x["valueString"] for x in d if x["type"] == "obligation"]
+    assert obligations["young-parent"] == ["queue-ig-review ig-review-queue"]
+    assert f"notify-data-controller {SOCIAL_CARE.org}" in obligations["care-leaver"]
+    for org, service in ((GP_FATHERS.org, GP_FATHERS.service), (SOCIAL_CARE.org, SOCIAL_CARE.service), (MATERNITY.org, MATERNITY.service)):
+        comms = world.source(org, service).get("/Communication", params={"_count": 100}).json()
+        mine = [e["resource"] for e in comms.get("entry", [])
+                if any(a["reference"] == f"AuditEvent/{event['id']}" for a in e["resource"]["about"])]
+        assert not any(a["reference"].startswith("Flag/young-parent") for c in mine for a in c["about"]), org
+        assert len(mine) == (1 if org == SOCIAL_CARE.org else 0), org
+
