@@ -53,6 +53,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -147,7 +148,7 @@ def run_ours(recs_a, recs_b, pairs, truth, log):
     # EM ran on candidate pairs; the u's are random-pair u's, so score with the
     # random-pair prior: expected matches / all pairs.
     prior = share * len(vectors) / (len(recs_a) * len(recs_b))
-    params = fit_household(vectors.values(), params.replace(prior=prior))
+    params = fit_household(vectors.values(), replace(params, prior=prior))
     t2 = time.perf_counter()
     guard_on, guard_off = [], []
     off = Thresholds(link=DEFAULT_THRESHOLDS.link, possible=DEFAULT_THRESHOLDS.possible, twin_guard=False)

@@ -21,6 +21,10 @@ either side is neutral (weight 0).  The match weight is the prior
 ``log2(λ/(1-λ))`` plus the sum of the level weights and the probability is
 ``2^W / (1 + 2^W)``.  Parameters are data (``data/default_params.json``) and can be
 re-estimated (``app.linkage.training``).
+
+Two records that give one home (same postcode and first address line) are also scored as
+two records of one household (:class:`HouseholdParams`): the independent count would take
+the shared home, surname and (for twins) birth date as separate evidence of one person.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import jellyfish
 from rapidfuzz import fuzz
@@ -777,9 +781,6 @@ class MatchParams:
             u = hh.u.get(name, self.u[name]) if hh else self.u[name]
             out[name] = tuple(math.log2(max(mi, 1e-12) / max(ui, 1e-12)) for mi, ui in zip(self.m[name], u))
         return out
-
-    def replace(self, **changes) -> "MatchParams":
-        return MatchParams(**{"m": self.m, "u": self.u, "prior": self.prior, "household": self.household, **changes})
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from dataclasses import replace
 from typing import Iterable, Sequence
 
 from app.linkage.matching import (
@@ -65,7 +66,7 @@ def estimate_u(
         if total > 0:
             k = len(counts[name])
             u[name] = tuple((c + smoothing) / (total + smoothing * k) for c in counts[name])
-    return params.replace(m=dict(params.m), u=u)
+    return replace(params, m=dict(params.m), u=u)
 
 
 def fit_em(
@@ -126,7 +127,8 @@ def fit_em(
                 u[name] = new_u
         if delta < tol:
             break
-    fitted = params.replace(
+    fitted = replace(
+        params,
         m={k: tuple(v) for k, v in m.items()},
         u={k: tuple(v) for k, v in u.items()},
         prior=lam,
@@ -185,4 +187,4 @@ def fit_household(
             u[n] = new_u
         if delta < tol:
             break
-    return params.replace(household=HouseholdParams(prior=lam, u={n: tuple(u[n]) for n in HOUSEHOLD_SHARED}))
+    return replace(params, household=HouseholdParams(prior=lam, u={n: tuple(u[n]) for n in HOUSEHOLD_SHARED}))
