@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.auth.tokens import Principal
 from app.errors import FhirError, bad_request, not_found
 from app.fhir.indexing import SEARCH_PARAMS, STORED_TYPES, date_range, normalise_string
-from app.fhir.validation import CONTROL_CHARS, control_char_error
+from app.fhir.validation import CONTROL_CHARS, MAX_INDEXED, control_char_error
 from app.fhir.models import ResourceVersion, SearchDate, SearchReference, SearchString, SearchToken, StoredResource
 
 # Parameters that shape the result rather than filter it.
@@ -174,6 +174,13 @@ def _identifiers_of_target(session: Session, target_type: str, target_id: str) -
     ]
 
 
+def _check_indexed_length(value: str, expr: str) -> None:
+    system, code, _ = _split_token(value)
+    for part, what in ((system, "system"), (code, "value")):
+        if part and len(part) > MAX_INDEXED:
+            raise bad_request(f"The {what} searched for is longer than the {MAX_INDEXED} characters this server indexes", expression=expr)
+
+
 def _param_condition(session: Session, res_type: str, name: str, modifier: str | None, raw: str):
     expr = f"{res_type}?{name}"
     if name == "_id":
@@ -190,6 +197,8 @@ def _param_condition(session: Session, res_type: str, name: str, modifier: str |
     for value in [v for v in raw.split(",") if v != ""] or [""]:
         if value == "":
             raise bad_request(f"Search parameter '{name}' needs a value", expression=expr, code="required")
+        if param.kind == "token" or (param.kind == "reference" and modifier == "identifier"):
+            _check_indexed_length(value, expr)
         if param.kind == "token":
             system, code, system_given = _split_token(value)
             cond = [table.param == name]

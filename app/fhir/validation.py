@@ -104,6 +104,7 @@ CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 # Levels of JSON objects and arrays in one resource: far beyond any real resource (a
 # nested extension takes two), well within what the validator walks without recursing out.
 MAX_DEPTH = 128
+MAX_INDEXED = 255  # characters of an identifier's or coding's system and value the indexes hold
 
 
 def control_char_error(where: str, what: str = "") -> FhirError:
@@ -244,9 +245,40 @@ def _provisions(node: dict, expr: str) -> Iterator[tuple[str, dict]]:
                 yield from _provisions(p, here)
 
 
+def _too_long(expr: str, what: str) -> FhirError:
+    return FhirError(
+        422, "value",
+        f"{expr}: {what} is longer than the {MAX_INDEXED} characters this server can match and search on",
+        expression=expr, spine_code="INVALID_VALUE",
+    )
+
+
+def _length_error(node: dict[str, Any], expr: str) -> FhirError | None:
+    """Identifier system and value, and Coding system and code, are matched and searched
+    through index columns of MAX_INDEXED characters: a longer one could be stored but never
+    found, nor recognised when sent again."""
+    for key, fields in (("identifier", ("system", "value")), ("coding", ("system", "code"))):
+        items = node.get(key)
+        if items is None:
+            continue
+        for i, item in (enumerate(items) if isinstance(items, list) else [(None, items)]):
+            if not isinstance(item, dict):
+                continue
+            for f in fields:
+                v = item.get(f)
+                if isinstance(v, str) and len(v) > MAX_INDEXED:
+                    where = f"{expr}.{key}" + (f"[{i}]" if i is not None else "") + f".{f}"
+                    return _too_long(where, f"the {key} {f}")
+    return None
+
+
 def _rule_error(node: dict[str, Any], expr: str) -> FhirError | None:
     """The first datatype, NHS number, ODS or confidentiality rule this element breaks, as the
     error naming it under `expr`; None when it keeps them all."""
+    if "identifier" in node or "coding" in node:
+        error = _length_error(node, expr)
+        if error is not None:
+            return error
     for element in _DATATYPE_ELEMENTS.intersection(node):
         for attr, allowed in _DATATYPE_BY_ELEMENT[element]:
             for e, value in _iter_paths(node, f"{element}.{attr}", expr):

@@ -249,3 +249,60 @@ def test_different_people_in_one_transaction_still_work(live):
     r = src.post("", json=t, headers=CT)
     assert r.status_code == 200, r.text
     assert [e["response"]["status"] for e in r.json()["entry"]] == ["201 Created", "201 Created"]
+
+
+# ---------------------------------------------------------------- D7: over-long identifiers
+
+LOCAL = "https://example-gp.nhs.uk/Id/local"
+
+
+def test_identifier_values_longer_than_the_index_are_422_naming_the_element(live):
+    src = live.source(MATERNITY_ORG, "maternity")
+    fits, too_long = "A" * 254 + "1", "A" * 300 + "1"
+    r = src.post("/Patient", json={"resourceType": "Patient", "identifier": [{"system": LOCAL, "value": fits}]}, headers=CT)
+    assert r.status_code == 201, r.text
+    found = src.get("/Patient", params={"identifier": f"{LOCAL}|{fits}"}).json()
+    assert found["total"] == 1
+    resend = src.post("/Patient", json={"resourceType": "Patient", "identifier": [{"system": LOCAL, "value": fits}]}, headers=CT)
+    assert resend.status_code == 200, resend.text
+
+    body = {"resourceType": "Patient", "identifier": [{"system": LOCAL, "value": "x"}, {"system": LOCAL, "value": too_long}], "name": [{"family": "LongId"}]}
+    for send in (lambda: src.post("/Patient", json=body, headers=CT),
+                 lambda: src.put("/Patient", params={"identifier": f"{LOCAL}|x"}, json=body, headers=CT)):
+        r = send()
+        assert r.status_code == 422, r.text
+        assert _issue(r)["expression"] == ["Patient.identifier[1].value"]
+        assert "concurrent" not in r.text
+    long_system = {"resourceType": "Patient", "identifier": [{"system": "https://x.example/" + "s" * 300, "value": "1"}]}
+    r = src.post("/Patient", json=long_system, headers=CT)
+    assert r.status_code == 422 and _issue(r)["expression"] == ["Patient.identifier[0].system"], r.text
+    obs = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "c" * 300}]},
+           "subject": {"identifier": {"system": LOCAL, "value": too_long}}}
+    r = src.post("/Observation", json=obs, headers=CT)
+    assert r.status_code == 422 and _issue(r)["expression"] == ["Observation.code.coding[0].code"], r.text
+    obs["code"] = {"text": "x"}
+    r = src.post("/Observation", json=obs, headers=CT)
+    assert r.status_code == 422 and _issue(r)["expression"] == ["Observation.subject.identifier.value"], r.text
+
+    # a batch loses only the long entry
+    r = src.post("", json=bundle([entry(patient("BatchGood", "Bo")), entry(body)], kind="batch"), headers=CT)
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["201", "422"]
+    assert r.json()["entry"][1]["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[1].resource.identifier[1].value"]
+    assert src.get("/Patient", params={"family": "batchgood"}).json()["total"] == 1
+    assert src.get("/Patient", params={"family": "longid"}).json()["total"] == 0
+
+
+@pytest.mark.parametrize("resource, params", [
+    ("Patient", {"identifier": f"{LOCAL}|{'A' * 300}"}),
+    ("Patient", {"identifier": "A" * 300}),
+    ("Patient", {"identifier": f"{'s' * 300}|1"}),
+    ("Observation", {"code": "c" * 256}),
+    ("Observation", {"subject:identifier": f"{LOCAL}|{'A' * 300}"}),
+])
+def test_searching_for_values_longer_than_the_index_is_400(live, resource, params):
+    src = live.source(MATERNITY_ORG, "maternity")
+    r = src.get(f"/{resource}", params=params)
+    assert r.status_code == 400, r.text
+    name = next(iter(params)).split(":")[0]
+    assert _issue(r)["expression"] == [f"{resource}?{name}"]
