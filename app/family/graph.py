@@ -380,7 +380,7 @@ def assemble(session: Session, subject: Rec, today: date) -> FamilyGraph:
 @dataclass
 class KeyPerson:
     """Someone a legitimate relationship is judged on: their Patient records (every linked
-    source) and the active-or-not EpisodeOfCare/CareTeam about them."""
+    source) and the EpisodeOfCare/CareTeam about them (only active ones count)."""
 
     patient_records: list[Rec]
     care: list[Rec]

@@ -31,6 +31,7 @@ EXT_ASSURANCE = f"{FV}/StructureDefinition/linkage-assurance"
 EXT_INFERRED = f"{FV}/StructureDefinition/inferred-relationship"
 EXT_EDD = f"{FV}/StructureDefinition/expected-delivery-date"
 DATA_CATEGORY = f"{FV}/CodeSystem/data-category"
+FAMILY_ROLE_SYSTEM = f"{FV}/CodeSystem/family-role"
 DERIVED_TAG = {"system": f"{FV}/CodeSystem/provenance", "code": "derived", "display": "Derived by familyview, not recorded by a source"}
 LOCAL_SAFEGUARDING = f"{FV}/CodeSystem/local-safeguarding"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -78,20 +79,27 @@ class _Suppressions:
     def __init__(self) -> None:
         self.issues: list[dict[str, Any]] = []
 
-    def add(self, member_entry: int, who: str, category: str, what: str, decision: DisclosureDecision, reason: str | None = None) -> None:
-        self.issues.append({
+    def add(self, member_entry: int | None, who: str, category: str, what: str, decision: DisclosureDecision,
+            reason: str | None = None, role: str | None = None) -> None:
+        """``member_entry`` is the Bundle entry of the member the item is about, or None when the
+        member is withheld whole: there is no entry to point at, so the issue has no expression
+        (pointing at the infant, or at another member by role, would say something untrue) and
+        names the member by family-role code."""
+        issue: dict[str, Any] = {
             "severity": "information",
             "code": "suppressed",
             "details": {
                 "coding": [
                     {"system": DATA_CATEGORY, "code": category},
                     {"system": SPINE_ERROR_SYSTEM, "code": "ACCESS_DENIED", "display": "Access Denied"},
-                ],
+                ] + ([{"system": FAMILY_ROLE_SYSTEM, "code": role}] if role else []),
                 "text": f"{what} about the {who} withheld",
             },
             "diagnostics": reason or decision.reason,
-            "expression": [f"Bundle.entry[{member_entry}].resource"],
-        })
+        }
+        if member_entry is not None:
+            issue["expression"] = [f"Bundle.entry[{member_entry}].resource"]
+        self.issues.append(issue)
 
     def outcome(self) -> dict[str, Any]:
         issues = self.issues or [{"severity": "information", "code": "informational", "diagnostics": "Nothing known to this gateway about this family was withheld from you."}]
@@ -271,7 +279,7 @@ class FamilyViewService:
                     raise FhirError(403, "forbidden", f"No lawful route to this family: {identity.reason}", spine_code="ACCESS_DENIED")
             note(identity, member.key, member.key, "identity", identity.permitted)
             if not identity.permitted:
-                suppressed.add(0, who, "identity", "The identity of a family member", identity)
+                suppressed.add(None, who, "identity", "The identity of a family member", identity, role=member.role)
                 continue
             entry_index = len(entries)
             resource = self._person_resource(member, graph, today)
@@ -285,14 +293,14 @@ class FamilyViewService:
                     note(carried_decision, member.key + "#contact", member.key, "contact", False)
                     redact |= carried
                     suppressed.add(entry_index, who, "contact", "Address, contact and GP practice details shared with the mother",
-                                   carried_decision, reason=MOTHER_RESTRICTED)
+                                   carried_decision, reason=MOTHER_RESTRICTED, role=member.role)
                 else:
                     note(contact, member.key + "#contact", member.key, "contact", contact.permitted)
                 redact |= set(contact.redacted_fields)
                 if not contact.permitted:
                     redact |= {"address", "telecom"}
                 if not shares and redact & {"address", "telecom"} and (resource.get("address") or resource.get("telecom")):
-                    suppressed.add(entry_index, who, "contact", "Address and contact details", contact if not contact.permitted else identity)
+                    suppressed.add(entry_index, who, "contact", "Address and contact details", contact if not contact.permitted else identity, role=member.role)
                 for fname in redact:
                     resource.pop(fname, None)
             entries.append({"fullUrl": f"urn:familyview:{member.key}", "resource": resource})
@@ -314,7 +322,7 @@ class FamilyViewService:
                 else:
                     category, d = next((c, d) for c, d in decisions if not d.permitted)
                     kind = {"Flag": "A flag", "Condition": "A condition", "Observation": "An observation"}.get(rec.res_type, "A record")
-                    suppressed.add(entry_index, who, category, f"{kind} ({category}, held by {rec.source_org})", d)
+                    suppressed.add(entry_index, who, category, f"{kind} ({category}, held by {rec.source_org})", d, role=member.role)
             for indicator in self._indicators(member, graph, today):
                 # computed here from the birth date: no source holds it, so no data controller to tell
                 d = decide_item(DataItem("young-parent", "Flag", frozenset(), None, today, indicator["id"]))
@@ -323,7 +331,7 @@ class FamilyViewService:
                     indicator["subject"] = {"reference": member.key}
                     records.append({"fullUrl": f"urn:familyview:Flag/{indicator['id']}", "resource": indicator})
                 else:
-                    suppressed.add(entry_index, who, "young-parent", "A young-parent indicator", d)
+                    suppressed.add(entry_index, who, "young-parent", "A young-parent indicator", d, role=member.role)
         audit.review_required = review
         bases = sorted({basis_text(i.decision["lawful_basis"]) for i in audit.items if i.disclosed and i.decision.get("lawful_basis")})
         audit.outcome_desc = f"{len([i for i in audit.items if i.disclosed])} items disclosed, {len([i for i in audit.items if not i.disclosed])} withheld; basis: {'; '.join(bases) or 'none'}"

@@ -7,7 +7,7 @@ each test changes only the scenario it is about."""
 from __future__ import annotations
 
 from app.demo.scenarios import GP_FAMILY, MASH_ORG, MATERNITY, N, SOCIAL_CARE
-from tests.family.test_family_scenarios import JUSTIFICATION, NHS, item_details, view
+from tests.family.test_family_scenarios import FV, JUSTIFICATION, NHS, item_details, view
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
@@ -173,3 +173,34 @@ def test_the_computed_young_parent_indicator_sends_no_notification_and_names_no_
         assert not any(a["reference"].startswith("Flag/young-parent") for c in mine for a in c["about"]), org
         assert len(mine) == (1 if org == SOCIAL_CARE.org else 0), org
 
+
+def test_a_withheld_member_is_not_reported_as_something_about_the_infant(world):
+    """Scenario 4's mother refuses all sharing (an active deny Consent her GP holds): for direct
+    care she is withheld whole. The suppressed issue for her used to carry the infant's
+    expression (Bundle.entry[0].resource), so a client read it as something withheld about the
+    baby. A withheld member has no entry in the Bundle to point at, and pointing at one by family
+    role could hit another member with that role, so the issue carries no expression and names
+    the member by family-role code in details instead (the text already says "the mother")."""
+    gp = world.source(GP_FAMILY.org, GP_FAMILY.service)
+    r = gp.post("/Consent", headers=FHIR_JSON, json={
+        "resourceType": "Consent", "identifier": [{"system": GP_FAMILY.local_system, "value": "s4-mother-refusal"}],
+        "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"identifier": {"system": NHS, "value": N["s4_mother"]}}, "dateTime": "2026-01-01",
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
+        "provision": {"type": "deny", "period": {"start": "2026-01-01"}},
+    })
+    assert r.status_code == 201, r.text
+    v = view(world, "s4_infant")
+    assert v.status == 200 and "mother" not in v.people()
+    withheld = [i for i in v.suppressed() if "identity" in {c["code"] for c in i["details"]["coding"]}]
+    assert len(withheld) == 1
+    assert "expression" not in withheld[0]
+    assert {"system": f"{FV}/CodeSystem/family-role", "code": "mother"} in withheld[0]["details"]["coding"]
+    # issues about members who are shown still point at their entry, with their role
+    for issue in v.suppressed():
+        if issue is not withheld[0]:
+            role = next(c["code"] for c in issue["details"]["coding"] if c["system"] == f"{FV}/CodeSystem/family-role")
+            (index,) = [n for n, e in enumerate(v.body["entry"]) if e["resource"] in v.people().get(role, [])]
+            assert issue["expression"] == [f"Bundle.entry[{index}].resource"]
