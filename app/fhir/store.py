@@ -25,6 +25,8 @@ CONTROL_PARAMS = {"_count", "_offset", "_sort", "_format", "_pretty", "_total", 
 _INDEX_TABLES = {"token": SearchToken, "string": SearchString, "date": SearchDate, "reference": SearchReference}
 MAX_OFFSET = 2**31 - 1  # beyond what either database takes as an OFFSET, and beyond any store
 MAX_VERSION = 2**31 - 1  # resource_version.version_id is a 32-bit integer
+# search modifiers understood per kind of parameter (reference also takes a target type)
+_MODIFIERS = {"token": ("not",), "string": ("exact", "contains"), "date": (), "reference": ("identifier",)}
 _DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 
 
@@ -183,15 +185,22 @@ def _check_indexed_length(value: str, expr: str) -> None:
 
 def _param_condition(session: Session, res_type: str, name: str, modifier: str | None, raw: str):
     expr = f"{res_type}?{name}"
+    param = SEARCH_PARAMS.get(res_type, {}).get(name)
+    kind = {"_id": "token", "_lastUpdated": "date"}.get(name) or (param.kind if param else None)
+    if param is None and kind is None:
+        supported = ", ".join(sorted(["_id", "_lastUpdated", *SEARCH_PARAMS.get(res_type, {})]))
+        raise bad_request(f"Unknown search parameter '{name}' for {res_type}. Supported: {supported}", expression=expr, code="not-supported")
+    if modifier is not None and modifier not in _MODIFIERS.get(kind, ()) and not (kind == "reference" and modifier in param.targets):
+        # a modifier the server does not understand SHALL be refused, never dropped
+        allowed = ", ".join(":" + m for m in _MODIFIERS.get(kind, ())) or "none"
+        raise bad_request(f"Modifier :{modifier} is not supported on {name} (supported: {allowed})", expression=expr, code="not-supported")
+    if modifier == "not":  # every resource that does not match (including those without a value)
+        return not_(_param_condition(session, res_type, name, None, raw))
     if name == "_id":
         return StoredResource.res_id.in_([v for v in raw.split(",") if v])
     if name == "_lastUpdated":
         prefix, value = _date_prefix(raw)
         return _instant_condition(StoredResource.last_updated, prefix, value, expr)
-    param = SEARCH_PARAMS.get(res_type, {}).get(name)
-    if param is None:
-        supported = ", ".join(sorted(["_id", "_lastUpdated", *SEARCH_PARAMS.get(res_type, {})]))
-        raise bad_request(f"Unknown search parameter '{name}' for {res_type}. Supported: {supported}", expression=expr, code="not-supported")
     table = _INDEX_TABLES[param.kind]
     ors = []
     for value in [v for v in raw.split(",") if v != ""] or [""]:

@@ -306,3 +306,29 @@ def test_searching_for_values_longer_than_the_index_is_400(live, resource, param
     assert r.status_code == 400, r.text
     name = next(iter(params)).split(":")[0]
     assert _issue(r)["expression"] == [f"{resource}?{name}"]
+
+
+# ---------------------------------------------------------------- D6: search modifiers
+
+
+def test_unsupported_modifiers_are_400_and_not_negates(live):
+    src = live.source(MATERNITY_ORG, "maternity")
+    male = src.post("/Patient", json=patient("Mod", "Max", gender="male", local_id="m1"), headers=CT).json()["id"]
+    female = src.post("/Patient", json=patient("Mod", "Mia", gender="female", local_id="f1"), headers=CT).json()["id"]
+    none = src.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Mod"}]}, headers=CT).json()["id"]
+
+    def ids(params):
+        r = src.get("/Patient", params=params)
+        assert r.status_code == 200, r.text
+        return {e["resource"]["id"] for e in r.json().get("entry", [])}
+
+    assert ids({"gender": "male"}) == {male}
+    assert ids({"gender:not": "male"}) == {female, none}
+    assert ids({"identifier:not": "https://test.example.nhs.uk/Id/patient|m1"}) == {female, none}
+    assert ids({"_id:not": male}) == {female, none}
+    for key in ("gender:foo", "gender:missing", "birthdate:not", "_id:exact", "_lastUpdated:not", "identifier:text",
+                "family:foo", "organization:foo"):
+        r = src.get("/Patient", params={key: "x"})
+        assert r.status_code == 400, (key, r.text)
+        issue = _issue(r)
+        assert issue["code"] == "not-supported" and issue["expression"] == [f"Patient?{key.split(':')[0]}"]
