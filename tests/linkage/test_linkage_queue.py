@@ -122,7 +122,7 @@ def test_every_reader_of_linkage_links_what_is_queued_first(queued):
 
         create(gp, person("Patient", "Tom", "Smith", "1999-01-01", nhs=next_nhs()))
         r = hv.get(f"/fhir/{mum}/$family-view", params={"purpose": "direct-care"})
-        assert r.status_code == 422, r.text  # she is not pregnant: refused, but only after linking
+        assert r.status_code == 403, r.text  # no relationship with her: refused, but only after linking
         assert _queue(db) == []
 
         create(gp, person("Patient", "Zoe", "Smith", "1999-01-02", nhs=next_nhs()))
