@@ -69,6 +69,17 @@ def estimate_u(
     return replace(params, m=dict(params.m), u=u)
 
 
+def _match_posterior(vec: Vector, names: Sequence[str], lam: float, m, u) -> float:
+    """EM's E-step for one comparison pattern: P(same person | the levels), missing levels neutral."""
+    lm, lu = math.log(lam), math.log(1.0 - lam)
+    for name, level in zip(names, vec):
+        if level is not None:
+            lm += math.log(max(m[name][level], 1e-300))
+            lu += math.log(max(u[name][level], 1e-300))
+    diff = lu - lm
+    return 0.0 if diff > 700 else 1.0 / (1.0 + math.exp(diff))
+
+
 def fit_em(
     vectors: Iterable[Vector],
     params: MatchParams,
@@ -96,14 +107,7 @@ def fit_em(
         u_cnt = {name: [0.0] * len(COMPARISON_LEVELS[name]) for name in COMPARISONS}
         matched = 0.0
         for vec, count in items:
-            lm = math.log(lam)
-            lu = math.log(1.0 - lam)
-            for name, level in zip(COMPARISONS, vec):
-                if level is not None:
-                    lm += math.log(max(m[name][level], 1e-300))
-                    lu += math.log(max(u[name][level], 1e-300))
-            diff = lu - lm
-            p = 0.0 if diff > 700 else 1.0 / (1.0 + math.exp(diff))
+            p = _match_posterior(vec, COMPARISONS, lam, m, u)
             matched += p * count
             for name, level in zip(COMPARISONS, vec):
                 if level is not None:
@@ -165,13 +169,7 @@ def fit_household(
         u_cnt = {n: [0.0] * len(COMPARISON_LEVELS[n]) for n in HOUSEHOLD_SHARED}
         matched = 0.0
         for vec, count in items:
-            lm, lu = math.log(lam), math.log(1.0 - lam)
-            for n, level in zip(names, vec):
-                if level is not None:
-                    lm += math.log(max(m[n][level], 1e-300))
-                    lu += math.log(max(u[n][level], 1e-300))
-            diff = lu - lm
-            p = 0.0 if diff > 700 else 1.0 / (1.0 + math.exp(diff))
+            p = _match_posterior(vec, names, lam, m, u)
             matched += p * count
             for n, level in zip(names, vec):
                 if level is not None and n in u_cnt:
