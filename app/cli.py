@@ -151,7 +151,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     db = Database(args.database_url or get_settings().database_url)
     try:
         with db.session(readonly=True) as session:
-            result = verify(session)
+            result = verify(session, expect_head=args.expect_head, expect_count=args.expect_count)
     finally:
         db.dispose()
     print(result)
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="audit store tools: verify proves the hash chain untouched")
     p.add_argument("action", choices=["verify"])
     p.add_argument("--database-url")
+    p.add_argument("--expect-head", metavar="HASH", help="an anchor kept from an earlier verify: fail unless an event has this chain hash")
+    p.add_argument("--expect-count", metavar="N", type=int, help="an anchor kept from an earlier verify: fail if the chain holds fewer than N events")
     p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("policy", help="explain the disclosure policy, or check an edited policy file")

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
 
-AUDIT_TABLES = ("audit_event", "audit_index")
+AUDIT_TABLES = ("audit_event", "audit_index", "audit_head")
 
 
 class AuditRecord(Base):
@@ -53,3 +53,15 @@ class AuditIndex(Base):
     value: Mapped[str] = mapped_column(String(255), nullable=False)
 
     __table_args__ = (Index("ix_audit_index_lookup", "param", "value"), Index("ix_audit_index_event", "event_seq"))
+
+
+class AuditHead(Base):
+    """The head anchor: one row per event (its seq and chain hash), written in the same
+    transaction as the event and protected by the same append-only triggers. Deleting the
+    newest events (or all of them) without also bypassing this table is seen by verify;
+    bypassing both is seen against an anchor the IG officer kept (`verify --expect-head`)."""
+
+    __tablename__ = "audit_head"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False)

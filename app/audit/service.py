@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
-from app.audit.models import AuditIndex, AuditRecord
+from app.audit.models import AuditHead, AuditIndex, AuditRecord
 
 GENESIS = "0" * 64
 _CHAIN_LOCK_KEY = 7_274_220_261  # pg_advisory_xact_lock key serialising appends to the chain
@@ -60,8 +60,9 @@ _APPEND_PG = text(
                :agent_sub, :agent_org, :agent_role, :review_required, :policy_version, :body, prev.h,
                encode(sha256(convert_to(prev.h || :suffix, 'UTF8')), 'hex')
         FROM prev
-        RETURNING seq
-    )
+        RETURNING seq, hash
+    ),
+    head AS (INSERT INTO audit_head (seq, hash) SELECT seq, hash FROM ev)
     INSERT INTO audit_index (event_seq, param, value)
     SELECT ev.seq, v.param, v.value FROM ev, unnest(CAST(:params AS text[]), CAST(:vals AS text[])) AS v(param, value)
     """
@@ -88,9 +89,85 @@ def append(session: Session, event: dict[str, Any], columns: AuditColumns, index
         _INSERT_EVENT,
         {"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev_hash, "hash": digest, **columns.__dict__},
     ).scalar_one()
+    conn.execute(insert(AuditHead).values(seq=seq, hash=digest))
     if entries:
         conn.execute(insert(AuditIndex).values([{"event_seq": seq, "param": p, "value": v} for p, v in entries]))
 
+
+# ---------------------------------------------------------------- what the body says
+
+_FV = "https://familyview.example.nhs.uk/fhir"
+_EXT_IG_REVIEW = f"{_FV}/StructureDefinition/audit-ig-review-required"
+_EXT_POLICY_VERSION = f"{_FV}/StructureDefinition/audit-policy-version"
+
+
+def _ext(body: dict[str, Any], url: str) -> Any:
+    for e in body.get("extension") or []:
+        if e.get("url") == url:
+            return e.get("valueBoolean", e.get("valueString"))
+    return None
+
+
+def columns_from_body(body: dict[str, Any]) -> AuditColumns:
+    """The searchable columns an event's (hash-chained) body implies."""
+    agents = body.get("agent") or []
+    user = next((a for a in agents if a.get("requestor")), {})
+    org = next((a for a in agents if not a.get("requestor")), {})
+    subtypes = [c.get("code") for c in body.get("subtype") or [] if c.get("system") == f"{_FV}/CodeSystem/audit-subtype"]
+    purposes = [c.get("code") for p in body.get("purposeOfEvent") or [] for c in p.get("coding") or []]
+    roles = [c.get("code") for r in user.get("role") or [] for c in r.get("coding") or []]
+    return AuditColumns(
+        type_code=(body.get("type") or {}).get("code"),
+        subtype_code=subtypes[0] if subtypes else None,
+        action=body.get("action"),
+        outcome=body.get("outcome"),
+        purpose_of_use=purposes[0] if purposes else None,
+        agent_sub=((user.get("who") or {}).get("identifier") or {}).get("value"),
+        agent_org=((org.get("who") or {}).get("identifier") or {}).get("value"),
+        agent_role=roles[0] if roles else None,
+        review_required=bool(_ext(body, _EXT_IG_REVIEW)),
+        policy_version=_ext(body, _EXT_POLICY_VERSION),
+    )
+
+
+def index_from_body(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The audit_index rows an event's body implies (as append() writes them): each data
+    subject's reference and NHS numbers (patient), each item and the member it is about (entity)."""
+    rows: list[tuple[str, str]] = []
+    for e in body.get("entity") or []:
+        role = (e.get("role") or {}).get("code")
+        what = e.get("what") or {}
+        details = e.get("detail") or []
+        if role == "1":
+            rows.append(("patient", what.get("reference") or what.get("display") or ""))
+            rows += [("patient", d.get("valueString") or "") for d in details if d.get("type") == "nhs-number"]
+        elif role == "4":
+            rows.append(("entity", (what.get("reference") or "").split("#", 1)[0]))
+            rows += [("entity", d.get("valueString") or "") for d in details if d.get("type") == "subject"]
+    return sorted({(p, v[:255]) for p, v in rows if v})
+
+
+def _column_problem(r: AuditRecord, body: dict[str, Any]) -> str | None:
+    """Name the first searchable column of the row that disagrees with its body."""
+    if body.get("id") != r.event_id:
+        return "event_id"
+    try:
+        when = datetime.fromisoformat(str(body.get("recorded")).replace("Z", "+00:00"))
+    except ValueError:
+        return "recorded"
+    if _recorded_text(when) != _recorded_text(r.recorded):
+        return "recorded"
+    implied = columns_from_body(body)
+    for name, value in implied.__dict__.items():
+        actual = getattr(r, name)
+        if name == "review_required":
+            actual = bool(actual)
+        if actual != value:
+            return name
+    return None
+
+
+# ---------------------------------------------------------------- verification
 
 @dataclass
 class VerifyResult:
@@ -99,35 +176,82 @@ class VerifyResult:
     broken_at: int | None = None
     event_id: str | None = None
     problem: str | None = None
+    head_seq: int | None = None
+    head_hash: str = GENESIS
 
     def __str__(self) -> str:
         if self.ok:
-            return f"audit chain intact: {self.checked} events verified"
-        return f"audit chain BROKEN at event #{self.broken_at} ({self.event_id}): {self.problem}; {self.checked} events before it verified"
+            return (f"audit chain intact: {self.checked} events verified\n"
+                    f"head: event #{self.head_seq or 0}, hash {self.head_hash}\n"
+                    f"(keep this anchor; `familyview audit verify --expect-count {self.checked} --expect-head {self.head_hash}` "
+                    f"later proves that no event up to here was removed)")
+        where = f"event #{self.broken_at} ({self.event_id})" if self.event_id else f"event #{self.broken_at}"
+        return f"audit chain BROKEN at {where}: {self.problem}; {self.checked} events before it verified"
 
 
-def verify(session: Session, batch: int = 5000) -> VerifyResult:
-    """Walk the chain from the first event; name the first link that does not hold."""
-    prev_hash, checked, last_seq = GENESIS, 0, 0
+def verify(session: Session, batch: int = 5000, *, expect_head: str | None = None, expect_count: int | None = None) -> VerifyResult:
+    """Walk the chain from the first event; name the first link that does not hold.
+
+    Each event's hash and link to the one before; each searchable column and each audit_index
+    row against what the hash-chained body says; the head table against the events (the newest
+    events deleted); and, when given, the anchor an IG officer kept from an earlier verify."""
+    prev_hash, checked, last_seq, last_id = GENESIS, 0, 0, None
+    anchor_seen = expect_head is None or expect_head == GENESIS
+
+    def broken(seq, event_id, problem):
+        return VerifyResult(False, checked, seq, event_id, problem, last_seq, prev_hash)
+
     while True:
         rows = session.execute(
             select(AuditRecord).where(AuditRecord.seq > last_seq).order_by(AuditRecord.seq).limit(batch)
         ).scalars().all()
         if not rows:
-            return VerifyResult(True, checked)
+            break
+        hi = rows[-1].seq
+        heads = dict(session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.seq > last_seq, AuditHead.seq <= hi)).all())
+        index: dict[int, list[tuple[str, str]]] = {}
+        for seq, param, value in session.execute(
+            select(AuditIndex.event_seq, AuditIndex.param, AuditIndex.value)
+            .where(AuditIndex.event_seq > last_seq, AuditIndex.event_seq <= hi)
+        ):
+            index.setdefault(seq, []).append((param, value))
+        seqs = {r.seq for r in rows}
+        stray = sorted(set(heads) - seqs)
+        if stray:
+            return broken(stray[0], None, "the head table records this event but it is missing from the audit (a row was removed)")
+        stray = sorted(set(index) - seqs)
+        if stray:
+            return broken(stray[0], None, "audit_index holds search rows for an event that does not exist (index rows were inserted)")
         for r in rows:
             if r.prev_hash != prev_hash:
-                return VerifyResult(False, checked, r.seq, r.event_id, "its previous-hash does not match the event before it (a row was removed or re-ordered)")
+                return broken(r.seq, r.event_id, "its previous-hash does not match the event before it (a row was removed or re-ordered)")
             expected = chain_hash(prev_hash, r.event_id, _recorded_text(r.recorded), r.body)
             if r.hash != expected:
-                return VerifyResult(False, checked, r.seq, r.event_id, "its content does not match its hash (the row was altered)")
+                return broken(r.seq, r.event_id, "its content does not match its hash (the row was altered)")
+            if heads.get(r.seq) != r.hash:
+                return broken(r.seq, r.event_id, "the head table does not record this event with this hash (the event was inserted or altered outside the gateway)")
             try:
                 body = json.loads(r.body)
             except json.JSONDecodeError:
-                return VerifyResult(False, checked, r.seq, r.event_id, "its body is not valid JSON")
-            if body.get("id") != r.event_id or body.get("outcome") != r.outcome:
-                return VerifyResult(False, checked, r.seq, r.event_id, "its searchable columns disagree with its body (a column was altered)")
-            prev_hash = r.hash
+                return broken(r.seq, r.event_id, "its body is not valid JSON")
+            column = _column_problem(r, body)
+            if column:
+                return broken(r.seq, r.event_id, f"its searchable column {column} disagrees with its body (a column was altered)")
+            if sorted(index.get(r.seq, [])) != index_from_body(body):
+                return broken(r.seq, r.event_id, "its audit_index search rows disagree with its body (index rows were altered, inserted or deleted)")
+            prev_hash, last_id = r.hash, r.event_id
+            anchor_seen = anchor_seen or r.hash == expect_head
             checked += 1
             last_seq = r.seq
             session.expunge(r)
+    after = session.execute(select(func.min(AuditHead.seq), func.count()).where(AuditHead.seq > last_seq)).one()
+    if after[1]:
+        return broken(after[0], None, f"the head table records {after[1]} newer event(s) that are missing from the audit (the newest events were deleted)")
+    stray = session.execute(select(func.min(AuditIndex.event_seq)).where(AuditIndex.event_seq.not_in(select(AuditRecord.seq)))).scalar()
+    if stray is not None:
+        return broken(stray, None, "audit_index holds search rows for an event that does not exist (index rows were inserted, or the event deleted)")
+    if expect_count is not None and checked < expect_count:
+        return broken(last_seq + 1, None, f"the chain holds {checked} events, fewer than the {expect_count} of the anchor (the newest events were deleted)")
+    if not anchor_seen:
+        return broken(last_seq + 1, None, f"no event has the anchored head hash {expect_head} (the events from the anchor back were deleted or altered)")
+    return VerifyResult(True, checked, head_seq=last_seq or None, head_hash=prev_hash)

@@ -31,7 +31,8 @@ def test_audit_rows_cannot_be_updated_or_deleted(live):
     assert _view(live).status_code == 200
     eng = create_engine(live.settings.database_url)
     try:
-        for stmt in ("UPDATE audit_event SET outcome = '0'", "DELETE FROM audit_event", "UPDATE audit_index SET value = 'x'", "DELETE FROM audit_index"):
+        for stmt in ("UPDATE audit_event SET outcome = '0'", "DELETE FROM audit_event", "UPDATE audit_index SET value = 'x'", "DELETE FROM audit_index",
+                     "UPDATE audit_head SET hash = 'x'", "DELETE FROM audit_head"):
             with eng.connect() as c:
                 with pytest.raises(DBAPIError) as err:
                     c.execute(text(stmt))
@@ -41,6 +42,9 @@ def test_audit_rows_cannot_be_updated_or_deleted(live):
             with eng.connect() as c:
                 with pytest.raises(DBAPIError):
                     c.execute(text("TRUNCATE audit_event"))
+            with eng.connect() as c:
+                with pytest.raises(DBAPIError):
+                    c.execute(text("TRUNCATE audit_head"))
     finally:
         eng.dispose()
     assert _audit_count(live.settings.database_url) == 1
@@ -97,6 +101,108 @@ def test_chain_verifies_and_names_the_first_broken_link(live, capsys):
     assert cli.main(["audit", "verify", "--database-url", live.settings.database_url]) == 1
     out = capsys.readouterr().out
     assert "BROKEN" in out and third.event_id in out and "2 events before it verified" in out
+
+
+def _as_attacker(url: str, *statements: tuple[str, dict]) -> None:
+    """Someone with database access: the append-only triggers bypassed, then the statements run."""
+    eng = create_engine(url)
+    try:
+        with eng.begin() as c:
+            for table in ("audit_event", "audit_index", "audit_head"):
+                if eng.dialect.name == "postgresql":
+                    c.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+                else:
+                    for action in ("update", "delete"):
+                        c.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_{action}"))
+            for stmt, params in statements:
+                c.execute(text(stmt), params)
+            if eng.dialect.name == "postgresql":
+                for table in ("audit_event", "audit_index", "audit_head"):
+                    c.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+    finally:
+        eng.dispose()
+
+
+def _verify(live, capsys, *extra: str) -> tuple[int, str]:
+    from app import cli
+
+    rc = cli.main(["audit", "verify", "--database-url", live.settings.database_url, *extra])
+    return rc, capsys.readouterr().out
+
+
+def test_verify_sees_searchable_columns_and_index_rows_that_disagree_with_the_body(live, capsys):
+    load_demo(live.base_url, live.settings)
+    for key in ("s1_infant", "s2_infant", "s3_infant"):
+        assert _view(live, key).status_code == 200
+    url = live.settings.database_url
+    assert _verify(live, capsys)[0] == 0
+    eng = create_engine(url)
+    try:
+        with eng.connect() as c:
+            first = c.execute(text("SELECT seq, recorded FROM audit_event ORDER BY seq LIMIT 1")).one()
+            second = c.execute(text("SELECT * FROM audit_event ORDER BY seq LIMIT 1 OFFSET 1")).mappings().one()
+            index = c.execute(text("SELECT pk, param, value FROM audit_index WHERE event_seq = :s ORDER BY pk"), {"s": second["seq"]}).all()
+    finally:
+        eng.dispose()
+    s = second["seq"]
+    assert second["purpose_of_use"] == "TREAT" and index
+    # each searchable column an IG search reads, edited so the event hides from it
+    for column, value in (("purpose_of_use", "BTG"), ("purpose_of_use", None), ("agent_sub", "someone-else"), ("agent_org", "RZZ99"),
+                          ("agent_role", "gp"), ("outcome", "4"), ("type_code", "x"), ("subtype_code", "x"), ("action", "R"),
+                          ("policy_version", "0"), ("review_required", not second["review_required"]), ("recorded", first.recorded)):
+        _as_attacker(url, (f"UPDATE audit_event SET {column} = :v WHERE seq = :s", {"v": value, "s": s}))
+        rc, out = _verify(live, capsys)
+        assert rc == 1 and "BROKEN" in out and f"#{s} ({second['event_id']})" in out, (column, out)
+        assert column in out or "does not match its hash" in out, (column, out)
+        _as_attacker(url, (f"UPDATE audit_event SET {column} = :v WHERE seq = :s", {"v": second[column], "s": s}))
+        assert _verify(live, capsys)[0] == 0, column
+    # the audit_index rows patient= and entity= search: edited, deleted, inserted
+    pk, param, value = index[0]
+    for tamper, undo in (
+        (("UPDATE audit_index SET value = 'x' WHERE pk = :pk", {"pk": pk}), ("UPDATE audit_index SET value = :v WHERE pk = :pk", {"v": value, "pk": pk})),
+        (("DELETE FROM audit_index WHERE pk = :pk", {"pk": pk}), ("INSERT INTO audit_index (pk, event_seq, param, value) VALUES (:pk, :s, :p, :v)", {"pk": pk, "s": s, "p": param, "v": value})),
+        (("INSERT INTO audit_index (event_seq, param, value) VALUES (:s, 'patient', '9434765919')", {"s": s}), ("DELETE FROM audit_index WHERE value = '9434765919'", {})),
+        (("INSERT INTO audit_index (event_seq, param, value) VALUES (:s, 'patient', '9434765919')", {"s": s + 1000}), ("DELETE FROM audit_index WHERE value = '9434765919'", {})),
+    ):
+        _as_attacker(url, tamper)
+        rc, out = _verify(live, capsys)
+        assert rc == 1 and "BROKEN" in out and "audit_index" in out, (tamper, out)
+        _as_attacker(url, undo)
+        assert _verify(live, capsys)[0] == 0, tamper
+
+
+def test_verify_sees_the_newest_events_deleted_and_checks_a_kept_anchor(live, capsys):
+    load_demo(live.base_url, live.settings)
+    for key in ("s1_infant", "s2_infant", "s3_infant"):
+        assert _view(live, key).status_code == 200
+    url = live.settings.database_url
+    rc, out = _verify(live, capsys)
+    assert rc == 0 and "intact: 3 events verified" in out
+    head = out.split("hash ", 1)[1].split()[0]
+    assert len(head) == 64 and _verify(live, capsys, "--expect-count", "3", "--expect-head", head)[0] == 0
+    assert _view(live, "s4_infant").status_code == 200  # the chain grows past the anchor: still good
+    assert _verify(live, capsys, "--expect-count", "3", "--expect-head", head)[0] == 0
+    eng = create_engine(url)
+    try:
+        with eng.connect() as c:
+            newest = c.execute(text("SELECT max(seq) FROM audit_event")).scalar()
+    finally:
+        eng.dispose()
+    # the newest event deleted
+    _as_attacker(url, ("DELETE FROM audit_event WHERE seq = :s", {"s": newest}))
+    rc, out = _verify(live, capsys)
+    assert rc == 1 and f"BROKEN at event #{newest}" in out and "newest events were deleted" in out, out
+    # every event deleted
+    _as_attacker(url, ("DELETE FROM audit_event", {}))
+    rc, out = _verify(live, capsys)
+    assert rc == 1 and "BROKEN" in out and "newest events were deleted" in out, out
+    # the head table bypassed too: only the anchor the IG officer kept shows it
+    _as_attacker(url, ("DELETE FROM audit_head", {}), ("DELETE FROM audit_index", {}))
+    assert _verify(live, capsys)[0] == 0
+    rc, out = _verify(live, capsys, "--expect-count", "3")
+    assert rc == 1 and "holds 0 events, fewer than the 3" in out
+    rc, out = _verify(live, capsys, "--expect-head", head)
+    assert rc == 1 and f"no event has the anchored head hash {head}" in out
 
 
 def test_audit_search_parameters(live):
