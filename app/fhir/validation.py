@@ -6,7 +6,12 @@ shape and confidentiality labels. References are checked against the store by in
 The rules are described for integrators as StructureDefinitions in fhir_profiles/."""
 from __future__ import annotations
 
+import datetime
+import decimal
 import re
+import types
+import typing
+from functools import lru_cache
 from typing import Any, Iterator
 
 import pydantic
@@ -160,6 +165,92 @@ def check_json_shape(resource: Any, res_type: str) -> None:
                 stack.append((v, depth + 1, here))
 
 
+# ---------------------------------------------------------------- JSON types of primitives
+# The models coerce in lax mode ("yes" and 1 pass as a boolean, "2" as an integer), but the
+# body is stored and returned as sent: FHIR JSON fixes each primitive's JSON type.
+
+_JSON_KINDS = {bool: "boolean", int: "integer", decimal.Decimal: "decimal", float: "decimal",
+               str: "string", datetime.date: "string", datetime.datetime: "string", datetime.time: "string"}
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """(the element type, whether it repeats) behind Optional, List and Annotated."""
+    repeats = False
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return None, repeats
+            annotation = args[0]
+        elif origin in (list, typing.List):
+            repeats = True
+            annotation = typing.get_args(annotation)[0]
+        else:
+            return annotation, repeats
+
+
+@lru_cache(maxsize=None)
+def _element_kinds(model_name: str) -> dict[str, tuple[str, str | None]]:
+    """JSON name -> ("boolean" | "integer" | "decimal" | "string", None) or ("complex", datatype)."""
+    try:
+        model = get_fhir_model_class(model_name)
+    except (KeyError, ValueError, AttributeError):
+        return {}
+    out: dict[str, tuple[str, str | None]] = {}
+    for name, f in model.model_fields.items():
+        alias = f.alias or name
+        if alias.startswith("_"):
+            continue
+        base, _ = _unwrap(f.annotation)
+        kind = _JSON_KINDS.get(base) if isinstance(base, type) else None
+        if kind:
+            out[alias] = (kind, None)
+        elif isinstance(base, type) and base.__name__.endswith("Type") and base.__name__ != "ResourceType":
+            out[alias] = ("complex", base.__name__[:-4])
+    return out
+
+
+_JSON_WANTED = {"boolean": "true or false", "integer": "a JSON number without a fraction",
+                "decimal": "a JSON number", "string": "a JSON string"}
+
+
+def _json_ok(value: Any, kind: str) -> bool:
+    if kind == "boolean":
+        return type(value) is bool
+    if kind == "integer":
+        return type(value) is int
+    if kind == "decimal":
+        return type(value) in (int, float)
+    return type(value) is str
+
+
+def check_json_types(resource: dict[str, Any], res_type: str) -> None:
+    """400 naming the first primitive sent as the wrong JSON type ("active": "yes")."""
+    stack: list[tuple[dict, str, str]] = [(resource, res_type, res_type)]
+    while stack:
+        node, model_name, expr = stack.pop()
+        kinds = _element_kinds(model_name)
+        for key, value in node.items():
+            spec = kinds.get(key)
+            if spec is None:
+                continue
+            kind, child = spec
+            items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+            for i, item in items:
+                here = f"{expr}.{key}" + (f"[{i}]" if i is not None else "")
+                if kind == "complex":
+                    if isinstance(item, dict):
+                        stack.append((item, child, here))
+                elif item is not None and not _json_ok(item, kind):
+                    raise FhirError(
+                        400, "structure", f"{here}: must be {_JSON_WANTED[kind]} (a FHIR {kind} in JSON)",
+                        expression=here, spine_code="INVALID_RESOURCE",
+                    )
+
+
 def validate_structure(resource: Any, *, expected_type: str | None = None) -> None:
     """400 unless the resource is a well-formed R4 resource of a type this gateway stores."""
     if not isinstance(resource, dict):
@@ -195,6 +286,7 @@ def validate_structure(resource: Any, *, expected_type: str | None = None) -> No
         raise FhirError(400, "structure", f"{res_type} is nested too deeply", expression=res_type, spine_code="INVALID_RESOURCE") from None
     except (ValueError, TypeError) as exc:  # pragma: no cover - defensive
         raise FhirError(400, "structure", f"{res_type} is not valid: {type(exc).__name__}", expression=res_type) from None
+    check_json_types(resource, res_type)
 
 
 def _iter_paths(node: Any, path: str, expr: str) -> Iterator[tuple[str, Any]]:

@@ -332,3 +332,37 @@ def test_unsupported_modifiers_are_400_and_not_negates(live):
         assert r.status_code == 400, (key, r.text)
         issue = _issue(r)
         assert issue["code"] == "not-supported" and issue["expression"] == [f"Patient?{key.split(':')[0]}"]
+
+
+# ---------------------------------------------------------------- D9: JSON types of primitives
+
+
+@pytest.mark.parametrize("resource, expression", [
+    ({"resourceType": "Patient", "active": "yes"}, "Patient.active"),
+    ({"resourceType": "Patient", "active": 1}, "Patient.active"),
+    ({"resourceType": "Patient", "deceasedBoolean": "on"}, "Patient.deceasedBoolean"),
+    ({"resourceType": "Patient", "multipleBirthInteger": "2"}, "Patient.multipleBirthInteger"),
+    ({"resourceType": "Patient", "multipleBirthInteger": 2.0}, "Patient.multipleBirthInteger"),
+    ({"resourceType": "Patient", "multipleBirthBoolean": "true"}, "Patient.multipleBirthBoolean"),
+    ({"resourceType": "Patient", "extension": [{"url": "http://x", "valueBoolean": "false"}]}, "Patient.extension[0].valueBoolean"),
+    ({"resourceType": "Patient", "communication": [{"language": {"text": "en"}, "preferred": "yes"}]}, "Patient.communication[0].preferred"),
+    ({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": "1.5"}}, "Observation.valueQuantity.value"),
+    ({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueInteger": True}, "Observation.valueInteger"),
+])
+def test_primitives_of_the_wrong_json_type_are_400_naming_the_element(live, resource, expression):
+    src = live.source(MATERNITY_ORG, "maternity")
+    r = src.post(f"/{resource['resourceType']}", json=resource, headers=CT)
+    assert r.status_code == 400, r.text
+    issue = _issue(r)
+    assert issue["code"] == "structure" and issue["expression"] == [expression]
+    assert src.get(f"/{resource['resourceType']}", params={"_count": 0}).json()["total"] == 0
+
+
+def test_primitives_of_the_right_json_type_are_kept_as_sent(live):
+    src = live.source(MATERNITY_ORG, "maternity")
+    p = {"resourceType": "Patient", "active": False, "multipleBirthInteger": 2, "deceasedBoolean": False,
+         "extension": [{"url": "http://x", "valueDecimal": 1.50}, {"url": "http://y", "valueDecimal": 3}, {"url": "http://z", "valueUnsignedInt": 0}]}
+    r = src.post("/Patient", json=p, headers=CT)
+    assert r.status_code == 201, r.text
+    got = src.get(f"/Patient/{r.json()['id']}").json()
+    assert got["active"] is False and got["multipleBirthInteger"] == 2 and got["extension"][1]["valueDecimal"] == 3
