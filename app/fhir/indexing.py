@@ -200,6 +200,8 @@ def _tokens(value: Any) -> Iterator[tuple[str | None, str]]:
 
 
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+# a dateTime to the hour, minute or second (fractions to nine digits), optionally zoned
+_DATETIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2})(?::(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?)?(Z|[+-]\d{2}:\d{2})?$")
 
 
 _MIN_INSTANT = datetime(1, 1, 1)
@@ -208,9 +210,12 @@ _MAX_INSTANT = datetime(9999, 12, 31, 23, 59, 59)
 
 def date_range(value: str) -> tuple[str, str]:
     """The [low, high] instant range a FHIR date/dateTime/instant covers, as UTC ISO strings.
-    Valid FHIR runs from 0001 to 9999 in its own time zone; moved to UTC it may fall outside
-    what Python represents, so the range is clamped to 0001-01-01T00:00:00..9999-12-31T23:59:59
-    (the bounds of an open Period). ValueError for a value that is not a date."""
+    The value's precision defines the range (FHIR search): a year, month or day covers all of
+    it, and so does a time to the hour (2026-11-26T12) or the minute (2026-11-26T12:50); a time
+    to the second covers that second. Valid FHIR runs from 0001 to 9999 in its own time zone;
+    moved to UTC it may fall outside what Python represents, so the range is clamped to
+    0001-01-01T00:00:00..9999-12-31T23:59:59 (the bounds of an open Period). ValueError for a
+    value that is not a FHIR date or dateTime (such as 2026-11-26 12:50 or 20261126)."""
     m = _DATE_RE.match(value)
     if m:
         year, month, day = int(m.group(1)), m.group(2), m.group(3)
@@ -223,15 +228,27 @@ def date_range(value: str) -> tuple[str, str]:
         else:
             low = high = datetime(year, int(month), int(day))
         return _fmt(low), _fmt(high.replace(hour=23, minute=59, second=59))
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if dt.tzinfo is not None:
-        offset = dt.utcoffset() or timedelta(0)
-        naive = dt.replace(tzinfo=None)
-        try:
-            dt = naive - offset
-        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before 0001-01-01 in UTC
-            dt = _MIN_INSTANT if offset > timedelta(0) else _MAX_INSTANT
-    return _fmt(dt), _fmt(dt)
+    m = _DATETIME_RE.match(value)
+    if not m:
+        raise ValueError(f"not a FHIR date or dateTime: {value!r}")
+    year, month, day, hour, minute, second, zone = m.groups()
+    low = datetime(int(year), int(month), int(day), int(hour), int(minute or 0), int(second or 0))
+    span = timedelta(0) if second else timedelta(seconds=59) if minute else timedelta(minutes=59, seconds=59)
+    high = low + span
+    if zone and zone != "Z":
+        hh, mm = int(zone[1:3]), int(zone[4:6])
+        if hh > 14 or mm > 59 or (hh == 14 and mm):
+            raise ValueError(f"not a time-zone offset: {zone!r}")
+        offset = timedelta(hours=hh, minutes=mm) * (1 if zone[0] == "+" else -1)
+        low, high = _to_utc(low, offset), _to_utc(high, offset)
+    return _fmt(low), _fmt(high)
+
+
+def _to_utc(naive: datetime, offset: timedelta) -> datetime:
+    try:
+        return naive - offset
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before 0001-01-01 in UTC
+        return _MIN_INSTANT if offset > timedelta(0) else _MAX_INSTANT
 
 
 def _fmt(dt: datetime) -> str:

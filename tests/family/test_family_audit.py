@@ -1,6 +1,8 @@
 """No audit, no disclosure; an append-only, hash-chained audit store that proves itself."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
@@ -226,3 +228,43 @@ def test_audit_search_parameters(live):
     assert ids(ig.get("/AuditEvent", params={"entity": withheld["what"]["reference"]})) == {e1}
     assert ig.get("/AuditEvent", params={"colour": "red"}).status_code == 400
     assert ig.get("/AuditEvent/nope").status_code == 404
+
+
+def test_audit_date_search_covers_the_minute_or_hour_given_and_refuses_what_is_not_a_date(live):
+    load_demo(live.base_url, live.settings)
+    for key in ("s1_infant", "s2_infant"):
+        assert _view(live, key).status_code == 200
+    ig = live.client("ig-officer", IG_ORG)
+    events = [e["resource"] for e in ig.get("/AuditEvent").json()["entry"]]
+    ids = lambda r: {e["resource"]["id"] for e in r.json().get("entry", [])}  # noqa: E731
+    recorded = events[0]["recorded"]  # e.g. 2026-11-26T12:50:07.123Z
+    minute, hour = recorded[:16], recorded[:13]
+    in_minute = {e["id"] for e in events if e["recorded"].startswith(minute)}
+    in_hour = {e["id"] for e in events if e["recorded"].startswith(hour)}
+    assert events[0]["id"] in in_minute
+    assert ids(ig.get("/AuditEvent", params={"date": minute})) == in_minute
+    assert ids(ig.get("/AuditEvent", params={"date": hour})) == in_hour
+    assert ids(ig.get("/AuditEvent", params={"date": minute + "Z"})) == in_minute
+    assert ids(ig.get("/AuditEvent", params={"date": f"ge{minute}"})) >= in_minute
+    assert ids(ig.get("/AuditEvent", params={"date": f"lt{minute}"})) & in_minute == set()
+    assert ids(ig.get("/AuditEvent", params={"date": f"le{hour}"})) >= in_hour
+    # the same minute given in another time zone
+    shifted = (datetime.fromisoformat(minute + ":00+00:00") + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M") + "+01:00"
+    assert ids(ig.get("/AuditEvent", params={"date": shifted})) == in_minute
+    for bad in (f"{recorded[:10]} {recorded[11:16]}", recorded[:10].replace("-", ""), f"{recorded[:13]}:5", "yesterday", f"ge{recorded[:10]}T25:00", f"{minute}+15:00"):
+        r = ig.get("/AuditEvent", params={"date": bad})
+        assert r.status_code == 400, bad
+        assert r.json()["resourceType"] == "OperationOutcome" and r.json()["issue"][0]["expression"] == ["AuditEvent?date"], bad
+
+
+def test_date_range_precision_defines_the_range():
+    from app.fhir.indexing import date_range
+
+    assert date_range("2026-11-26T12:50") == ("2026-11-26T12:50:00", "2026-11-26T12:50:59")
+    assert date_range("2026-11-26T12") == ("2026-11-26T12:00:00", "2026-11-26T12:59:59")
+    assert date_range("2026-11-26T12:50-05:00") == ("2026-11-26T17:50:00", "2026-11-26T17:50:59")
+    assert date_range("2026-11-26T12:50:07.123456789Z") == ("2026-11-26T12:50:07", "2026-11-26T12:50:07")
+    assert date_range("0001-01-01T00:00:00+14:00") == ("0001-01-01T00:00:00", "0001-01-01T00:00:00")
+    for bad in ("2026-11-26 12:50", "20261126", "2026-11-26T1", "2026-11-26T12:5", "2026-11-26T12:50+15:00", "2026-W48"):
+        with pytest.raises(ValueError):
+            date_range(bad)
