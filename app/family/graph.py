@@ -183,10 +183,21 @@ def find_subject(session: Session, *, res_id: str | None = None, identifier: str
         if not found:
             raise not_found(f"Patient/{res_id} is not known")
         return found[0]
+    # FHIR token semantics: `system|value` that system, `|value` no system, `value` any system
+    has_system = "|" in (identifier or "")
     system, _, value = (identifier or "").rpartition("|")
     if not value:
         raise FhirError(400, "required", "identifier must be system|value, e.g. https://fhir.nhs.uk/Id/nhs-number|9990001103", expression="identifier", spine_code="MISSING_VALUE")
-    stmt = _BY_IDENTIFIER.where(SearchToken.system == system) if system else _BY_IDENTIFIER
+    if system == NHS_NUMBER_SYSTEM and not is_valid_nhs_number(value):
+        # the wire contract's 422; the number itself is never echoed (nor logged)
+        raise FhirError(422, "business-rule", "identifier: not a valid NHS number (10 digits with a Modulus 11 check digit)",
+                        expression="identifier", spine_code="INVALID_NHS_NUMBER")
+    if system:
+        stmt = _BY_IDENTIFIER.where(SearchToken.system == system)
+    elif has_system:
+        stmt = _BY_IDENTIFIER.where(func.coalesce(SearchToken.system, "") == "")
+    else:
+        stmt = _BY_IDENTIFIER
     rows = session.connection().execute(stmt.limit(1), {"value": value}).all()
     if not rows:
         raise not_found("No patient with that identifier is known")
@@ -398,7 +409,9 @@ def _referenced_patients(session: Session, rps: list[Rec]) -> list[Rec]:
         ident = ref.get("identifier") or {}
         if ident.get("value"):
             try:
-                found.append(find_subject(session, identifier=f"{ident.get('system') or ''}|{ident['value']}"))
+                # a logical reference without a system names the value in any system
+                system = ident.get("system")
+                found.append(find_subject(session, identifier=f"{system}|{ident['value']}" if system else ident["value"]))
             except FhirError:
                 continue
     return found + load_records(session, literal)

@@ -59,6 +59,7 @@ class FamilyViewRequest:
     res_id: str | None = None
     identifier: str | None = None
     request_id: str = ""
+    problem: FhirError | None = None  # found while reading the request (a repeated parameter, a bad body): refused, audited
 
     @property
     def query(self) -> str:
@@ -158,7 +159,9 @@ class FamilyViewService:
     def run(self, req: FamilyViewRequest, today: date | None = None) -> FamilyViewResult:
         today = today or date.today()
         audit = FamilyViewAudit(
-            principal=self.principal, purpose=req.purpose, purpose_of_use=None, justification=req.justification,
+            principal=self.principal, purpose=req.purpose, justification=req.justification,
+            # a valid purpose is audited as given even when the request is refused before a decision
+            purpose_of_use=policy().purposes[PURPOSES[req.purpose].value].purpose_of_use if req.purpose in PURPOSES else None,
             query=req.query, outcome=OUTCOME_SUCCESS, outcome_desc="", request_id=req.request_id,
             policy_version=policy().version,
         )
@@ -176,6 +179,8 @@ class FamilyViewService:
     # ------------------------------------------------------------ the view
 
     def _view(self, req: FamilyViewRequest, today: date, audit: FamilyViewAudit) -> dict[str, Any]:
+        if req.problem is not None:
+            raise req.problem
         if req.res_id is None and not req.identifier:
             raise FhirError(400, "required", "Give the infant as Patient/{id}/$family-view or ?identifier=system|value", expression="identifier", spine_code="MISSING_VALUE")
         plan_once_per_statement(self.session.connection())

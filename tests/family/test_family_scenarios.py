@@ -257,7 +257,8 @@ def test_scenario_10_young_care_leaver_father_indicators_where_lawful(world):
     ({"identifier": f"{NHS}|{N['s1_infant']}", "purpose": "safeguarding"}, 400, "justification"),
     ({"identifier": f"{NHS}|{N['s1_infant']}", "purpose": "safeguarding", "justification": "   "}, 400, "justification"),
     ({"purpose": "direct-care"}, 400, "identifier"),
-    ({"identifier": f"{NHS}|9990009999", "purpose": "direct-care"}, 404, None),
+    ({"identifier": f"{NHS}|9990009996", "purpose": "direct-care"}, 404, None),  # a valid NHS number nobody sent
+    ({"identifier": f"{NHS}|9990009999", "purpose": "direct-care"}, 422, "identifier"),  # fails Modulus 11
     ({"identifier": f"{NHS}|{N['s1_mother']}", "purpose": "direct-care"}, 422, "Patient"),
 ])
 def test_bad_family_view_requests(world, params, status, expression):
