@@ -268,3 +268,25 @@ def test_date_range_precision_defines_the_range():
     for bad in ("2026-11-26 12:50", "20261126", "2026-11-26T1", "2026-11-26T12:5", "2026-11-26T12:50+15:00", "2026-W48"):
         with pytest.raises(ValueError):
             date_range(bad)
+
+
+def test_refused_requests_are_audited_with_the_valid_purpose_given(live):
+    load_demo(live.base_url, live.settings)
+    ig = live.client("ig-officer", IG_ORG)
+    params = {"identifier": f"{NHS}|{N['s2_infant']}"}
+    forbidden = ig.get("/Patient/$family-view", params={**params, "purpose": "direct-care"})
+    no_justification = _view(live, "s2_infant", "safeguarding")
+    no_identifier = live.client("health-visitor", HEALTH_VISITING.org).get("/Patient/$family-view", params={"purpose": "direct-care"})
+    bad_purpose = _view(live, "s2_infant", "curiosity")
+    assert (forbidden.status_code, no_justification.status_code, no_identifier.status_code, bad_purpose.status_code) == (403, 400, 400, 400)
+    e403, e400, e400b, ebad = (r.headers["x-audit-event"].split("/")[1] for r in (forbidden, no_justification, no_identifier, bad_purpose))
+    ids = lambda r: {e["resource"]["id"] for e in r.json().get("entry", [])}  # noqa: E731
+    assert ids(ig.get("/AuditEvent", params={"purpose": "TREAT"})) == {e403, e400b}
+    assert ids(ig.get("/AuditEvent", params={"purpose": "THREAT"})) == {e400}
+    event = ig.get(f"/AuditEvent/{e403}").json()
+    assert event["outcome"] == "4" and event["purposeOfEvent"][0]["coding"][0]["code"] == "TREAT"
+    assert event["agent"][0]["purposeOfUse"][0]["coding"][0]["code"] == "TREAT"
+    assert "purposeOfEvent" not in ig.get(f"/AuditEvent/{ebad}").json()
+    from app import cli
+
+    assert cli.main(["audit", "verify", "--database-url", live.settings.database_url]) == 0
