@@ -271,6 +271,8 @@ def validate_structure(resource: Any, *, expected_type: str | None = None) -> No
             msg = f"Unknown resource type {res_type!r}"
         raise FhirError(400, "not-supported", msg, expression=f"{res_type}.resourceType", spine_code="INVALID_RESOURCE")
     check_json_shape(resource, res_type)
+    if isinstance(resource.get("id"), str) and len(resource["id"]) > 64:  # FHIR ids are 1 to 64 characters
+        raise FhirError(400, "structure", f"{res_type}.id: an id is at most 64 characters", expression=f"{res_type}.id", spine_code="INVALID_RESOURCE")
     model = get_fhir_model_class(res_type)
     try:
         model.model_validate(resource)

@@ -366,3 +366,13 @@ def test_primitives_of_the_right_json_type_are_kept_as_sent(live):
     assert r.status_code == 201, r.text
     got = src.get(f"/Patient/{r.json()['id']}").json()
     assert got["active"] is False and got["multipleBirthInteger"] == 2 and got["extension"][1]["valueDecimal"] == 3
+
+
+def test_ids_longer_than_fhir_allows_are_400_on_both_databases(live):
+    src = live.source(MATERNITY_ORG, "maternity")
+    long_id = "b" * 65
+    r = src.put(f"/Patient/{long_id}", json={"resourceType": "Patient", "id": long_id}, headers=CT)
+    assert r.status_code == 400 and _issue(r)["expression"] == ["Patient.id"], r.text
+    assert src.get(f"/Patient/{long_id}").status_code == 404
+    ok_id = "b" * 64
+    assert src.put(f"/Patient/{ok_id}", json={"resourceType": "Patient", "id": ok_id}, headers=CT).status_code == 201
