@@ -376,3 +376,16 @@ def test_ids_longer_than_fhir_allows_are_400_on_both_databases(live):
     assert src.get(f"/Patient/{long_id}").status_code == 404
     ok_id = "b" * 64
     assert src.put(f"/Patient/{ok_id}", json={"resourceType": "Patient", "id": ok_id}, headers=CT).status_code == 201
+
+
+def test_database_errors_never_carry_sql_parameters_into_the_log(database):
+    """Names and identifiers are bound parameters: an unexpected database error (logged with
+    its traceback on the 500 path) must not print them."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    assert database.engine.hide_parameters
+    with pytest.raises(DBAPIError) as caught:
+        with database.session() as s:
+            s.execute(text("SELECT * FROM no_such_table WHERE x = :v"), {"v": "Secretname"})
+    assert "Secretname" not in str(caught.value)
