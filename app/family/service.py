@@ -24,6 +24,7 @@ from app.errors import SPINE_ERROR_SYSTEM, FhirError
 from app.family.graph import FamilyGraph, FamilyMember, Rec, assemble, find_subject, is_infant, route_people
 from app.family.relationship import legitimate_relationship, relationship_with_any
 from app.fhir.indexing import NHS_NUMBER_SYSTEM
+from app.linkage.service import level_rank
 
 FV = "https://familyview.example.nhs.uk/fhir"
 EXT_FAMILY_ROLE = f"{FV}/StructureDefinition/family-role"
@@ -40,6 +41,8 @@ NEVER_ROLES = ("ig-officer", "admin", "source-system")
 ROUTE_REFUSALS = ("no-relationship", "role-never-sees-clinical-data", "unknown-role", "justification-required")
 MOTHER_RESTRICTED = ("Withheld: the mother's record is restricted, so the address, contact and GP practice details "
                      "that the infant shares with her are not shown for the infant either.")
+MOTHER_SHARED_CONTACT = ("Withheld: the mother's record is restricted, so contact details recorded for this person "
+                         "that are also hers are not shown.")
 PURPOSES = {"direct-care": Purpose.DIRECT_CARE, "safeguarding": Purpose.SAFEGUARDING}
 YOUNG_PARENT_AGE = 20
 _POLICY = None
@@ -134,6 +137,46 @@ def _person_labels(member: FamilyMember) -> set[str]:
     for rec in member.records:
         labels |= _labels(rec)[1] & set(PERSON_CONFIDENTIALITY)
     return labels
+
+
+def _telecom_key(point: dict[str, Any]) -> tuple[str, str]:
+    """A contact point as compared for de-duplication: "07700 900101" and "07700-900101" are one number."""
+    value = str(point.get("value") or "")
+    system = str(point.get("system") or "")
+    if system in ("phone", "fax", "sms", "pager", ""):
+        value = "".join(ch for ch in value if ch.isdigit() or ch == "+")
+    return system, value.strip().lower()
+
+
+def contributing_records(member: FamilyMember) -> list[Rec]:
+    """The records of a member whose details are merged into the member's entry: the primary
+    record first, then every other record joined to it at level2 (a demographic match) or
+    surer. A level1 possible match, left to a reviewer, is never one of them."""
+    primary = member.primary
+    return [primary] + [r for r in member.records if r.ref != primary.ref and level_rank(r.assurance) >= level_rank("level2")]
+
+
+def merged_telecom(member: FamilyMember) -> list[dict[str, Any]]:
+    """Every contact point of the member's contributing records, the primary record's first, de-duplicated."""
+    out, seen = [], set()
+    for rec in contributing_records(member):
+        for point in rec.body.get("telecom") or []:
+            if not isinstance(point, dict) or not point.get("value"):
+                continue
+            key = _telecom_key(point)
+            if key not in seen:
+                seen.add(key)
+                out.append(point)
+    return out
+
+
+def _restricted_mothers_telecom(graph: FamilyGraph) -> set[tuple[str, str]]:
+    """The contact points, as compared, of every mother whose record is restricted (R) or very restricted (V)."""
+    out: set[tuple[str, str]] = set()
+    for member in graph.members:
+        if member.role == "mother" and member.records and _person_labels(member) & set(PERSON_CONFIDENTIALITY):
+            out |= {_telecom_key(t) for r in member.records for t in r.body.get("telecom") or [] if isinstance(t, dict) and t.get("value")}
+    return out
 
 
 def _record_date(rec: Rec) -> date | None:
@@ -270,6 +313,7 @@ class FamilyViewService:
                         notifications.setdefault(ob.target, []).append(reference)
 
         carried, carried_decision = self._carried_from_mother(graph, purpose, justification, relationship)
+        mothers_contact = _restricted_mothers_telecom(graph)
         for index, member in enumerate(graph.members):
             consents = tuple(ConsentRecord.from_fhir(c.body) for c in member.consents)
             decide_item = lambda item, m=member, c=consents: self._decide(m, c, purpose, justification, relationship, item)  # noqa: E731
@@ -301,6 +345,17 @@ class FamilyViewService:
                                    carried_decision, reason=MOTHER_RESTRICTED, role=member.role)
                 else:
                     note(contact, member.key + "#contact", member.key, "contact", contact.permitted)
+                shown = contact.permitted and "telecom" not in redact | set(contact.redacted_fields)
+                if shown and mothers_contact and member.role != "mother" and member is not graph.infant and resource.get("telecom"):
+                    # a number this person shares with the restricted mother (a household phone the
+                    # midwife recorded on his record) is hers too, and is not shown on his entry
+                    kept = [t for t in resource["telecom"] if _telecom_key(t) not in mothers_contact]
+                    if len(kept) < len(resource["telecom"]):
+                        resource["telecom"] = kept
+                        if not kept:
+                            resource.pop("telecom")
+                        suppressed.add(entry_index, who, "contact", "Contact details shared with the mother", identity,
+                                       reason=MOTHER_SHARED_CONTACT, role=member.role)
                 redact |= set(contact.redacted_fields)
                 if not contact.permitted:
                     redact |= {"address", "telecom"}
@@ -372,7 +427,7 @@ class FamilyViewService:
         primary = member.primary
         resource = copy.deepcopy(primary.body)
         identifiers, seen = [], set()
-        for rec in sorted(member.records, key=lambda r: r.ref != primary.ref):
+        for rec in contributing_records(member):
             for ident in rec.body.get("identifier") or []:
                 key = (ident.get("system"), ident.get("value"))
                 if key not in seen:
@@ -380,6 +435,11 @@ class FamilyViewService:
                     identifiers.append(ident)
         if identifiers:
             resource["identifier"] = identifiers
+        telecom = merged_telecom(member)
+        if telecom:
+            # contact recorded by any source (say, the father's mobile in the midwife's record while
+            # the entry is his GP's Patient); whether it is shown is decided for the person after this
+            resource["telecom"] = telecom
         weakest = member.weakest_assurance
         if weakest not in ("level3", "level4"):
             ext.append({"url": EXT_ASSURANCE, "valueCode": weakest})
