@@ -243,7 +243,13 @@ class FamilyViewService:
             self._refuse_without_route(FamilyMember(role="infant", unborn=True), subject.ref, purpose, req, route, audit)
         graph = assemble(self.session, subject, today)
         relationship = legitimate_relationship(self.principal, graph)
-        audit.subjects = [(m.key, m.role, [n for n in {r.nhs_number for r in m.records} if n]) for m in graph.members]
+        # every record of a member is named (subject access by any of them finds this request),
+        # the member's key record first with the NHS numbers
+        audit.subjects = [
+            subject for m in graph.members for subject in
+            [(m.key, m.role, [n for n in {r.nhs_number for r in m.records} if n])]
+            + [(r.ref, m.role, []) for r in (contributing_records(m)[1:] if m.records else [])]
+        ]
         return self._disclose(graph, purpose, (req.justification or "").strip() or None, relationship, today, audit)
 
     def _refuse_without_route(self, key: FamilyMember, asked_for: str, purpose: Purpose, req: FamilyViewRequest,
@@ -312,6 +318,20 @@ class FamilyViewService:
                     if ob.kind is ObligationKind.NOTIFY_DATA_CONTROLLER and ob.target:
                         notifications.setdefault(ob.target, []).append(reference)
 
+        merged: list[AuditItem] = []  # the member's other records whose details went into (or were kept from) the entry
+
+        def note_merged(member: FamilyMember, decision: DisclosureDecision, category: str, resource: dict[str, Any] | None) -> None:
+            """Name each other record of the member that the entry drew on, with the member's
+            decision: its identity (identifiers), and its contact when it holds any, shown only
+            if one of its contact points is in the entry."""
+            shown = {_telecom_key(t) for t in (resource or {}).get("telecom") or []}
+            for rec in contributing_records(member)[1:]:
+                if category == "identity":
+                    merged.append(AuditItem(rec.ref, member.key, "identity", decision.to_dict(), decision.permitted))
+                elif rec.body.get("telecom"):
+                    keys = {_telecom_key(t) for t in rec.body["telecom"] if isinstance(t, dict) and t.get("value")}
+                    merged.append(AuditItem(rec.ref + "#contact", member.key, "contact", decision.to_dict(), bool(keys & shown)))
+
         carried, carried_decision = self._carried_from_mother(graph, purpose, justification, relationship)
         mothers_contact = _restricted_mothers_telecom(graph)
         for index, member in enumerate(graph.members):
@@ -327,6 +347,8 @@ class FamilyViewService:
                     note(identity, member.key, member.key, "identity", False)
                     raise FhirError(403, "forbidden", f"No lawful route to this family: {identity.reason}", spine_code="ACCESS_DENIED")
             note(identity, member.key, member.key, "identity", identity.permitted)
+            if member.records:
+                note_merged(member, identity, "identity", None)
             if not identity.permitted:
                 suppressed.add(None, who, "identity", "The identity of a family member", identity, role=member.role)
                 continue
@@ -340,11 +362,13 @@ class FamilyViewService:
                     # the baby lives with its restricted mother: what was removed from her entry
                     # is not shown as the baby's either
                     note(carried_decision, member.key + "#contact", member.key, "contact", False)
+                    contact_decision = carried_decision
                     redact |= carried
                     suppressed.add(entry_index, who, "contact", "Address, contact and GP practice details shared with the mother",
                                    carried_decision, reason=MOTHER_RESTRICTED, role=member.role)
                 else:
                     note(contact, member.key + "#contact", member.key, "contact", contact.permitted)
+                    contact_decision = contact
                 shown = contact.permitted and "telecom" not in redact | set(contact.redacted_fields)
                 if shown and mothers_contact and member.role != "mother" and member is not graph.infant and resource.get("telecom"):
                     # a number this person shares with the restricted mother (a household phone the
@@ -363,6 +387,7 @@ class FamilyViewService:
                     suppressed.add(entry_index, who, "contact", "Address and contact details", contact if not contact.permitted else identity, role=member.role)
                 for fname in redact:
                     resource.pop(fname, None)
+                note_merged(member, contact_decision, "contact", resource)
             entries.append({"fullUrl": f"urn:familyview:{member.key}", "resource": resource})
             for rec in member.clinical:
                 categories, labels = _labels(rec)
@@ -395,6 +420,7 @@ class FamilyViewService:
         audit.review_required = review
         bases = sorted({basis_text(i.decision["lawful_basis"]) for i in audit.items if i.disclosed and i.decision.get("lawful_basis")})
         audit.outcome_desc = f"{len([i for i in audit.items if i.disclosed])} items disclosed, {len([i for i in audit.items if not i.disclosed])} withheld; basis: {'; '.join(bases) or 'none'}"
+        audit.items += merged  # named for subject access; the counts above are of the items decided
         for target, refs in sorted(notifications.items()):
             self.notify(self.session, target, self._notification(target, refs, audit, graph))
         bundle_entries = entries + records + [{"fullUrl": "urn:familyview:outcome", "resource": suppressed.outcome()}]
