@@ -41,6 +41,21 @@ def etag(version_id: int) -> str:
     return f'W/"{version_id}"'  # the same form resource_headers sends
 
 
+# What an administrator may read through the plain REST API: who people and organisations are
+# (to manage sources and review linkage), never clinical records ("admin" is under `never` in
+# the disclosure policy, consent/policy/baseline.yaml).
+ADMIN_READABLE = frozenset({"Patient", "RelatedPerson", "Organization", "Practitioner"})
+
+
+def check_reader(principal: Principal, res_type: str) -> None:
+    if principal.role == "admin" and res_type not in ADMIN_READABLE:
+        raise FhirError(
+            403, "forbidden",
+            f"Administrators do not read {res_type} resources: they manage the service and do not see clinical data",
+            spine_code="ACCESS_DENIED",
+        )
+
+
 def may_read(principal: Principal, row_source_org: str) -> bool:
     return principal.role == "admin" or principal.org == row_source_org
 
@@ -63,6 +78,7 @@ def get_current(session: Session, res_type: str, res_id: str) -> StoredResource 
 
 def read(session: Session, principal: Principal, res_type: str, res_id: str) -> StoredResource:
     check_type(res_type)
+    check_reader(principal, res_type)
     if CONTROL_CHARS.search(res_id):
         raise control_char_error(f"{res_type}.id", "the id")
     row = get_current(session, res_type, res_id)
@@ -271,6 +287,7 @@ def search(
     max_count: int,
 ) -> SearchResult:
     check_type(res_type)
+    check_reader(principal, res_type)
     conditions = [StoredResource.res_type == res_type, StoredResource.deleted == false()]
     vis = visible_to(principal)
     if vis is not None:

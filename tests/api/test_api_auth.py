@@ -121,6 +121,35 @@ def test_ig_officer_cannot_read_clinical_records(live):
     assert c.get("/Condition").status_code == 403
 
 
+def test_admin_manages_records_but_never_reads_clinical_ones(live):
+    """The disclosure policy lists admin under `never`: an administrator corrects and links
+    people, but reading a GP's substance-misuse Condition or a safeguarding Flag is refused,
+    through read, search, POST _search, history and a transaction's GET entry alike."""
+    gp = live.source(GP_ORG, "general-practice")
+    nhs = next_nhs()
+    r = gp.post("/Patient", json=patient("Clinic", "Cara", nhs=nhs), headers=CT)
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    cond = {"resourceType": "Condition", "subject": {"reference": f"Patient/{pid}"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "66590003"}]}}
+    r = gp.post("/Condition", json=cond, headers=CT)
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+    admin = live.client("admin", "X26")
+    assert admin.get(f"/Patient/{pid}").status_code == 200  # who the person is: yes
+    for resp in (admin.get(f"/Condition/{cid}"), admin.get("/Condition"), admin.get("/Flag"),
+                 admin.get(f"/Condition/{cid}/_history"),
+                 admin.post("/Condition/_search", content="", headers={"Content-Type": "application/x-www-form-urlencoded"}),
+                 admin.get("/Observation", params={"subject": f"Patient/{pid}"})):
+        assert resp.status_code == 403 and resp.json()["resourceType"] == "OperationOutcome", resp.text
+        assert "66590003" not in resp.text
+    r = admin.post("", json={"resourceType": "Bundle", "type": "batch",
+                             "entry": [{"request": {"method": "GET", "url": f"Condition/{cid}"}}]}, headers=CT)
+    assert r.status_code == 200 and r.json()["entry"][0]["response"]["status"].startswith("403"), r.text
+    assert "66590003" not in r.text
+    assert gp.get(f"/Condition/{cid}").status_code == 200  # the GP still reads its own
+
+
 def test_token_cli_mints_a_token_the_server_accepts(live, monkeypatch, capsys):
     from app import cli
     from app.settings import get_settings

@@ -53,8 +53,10 @@ class World:
             return HAPI_TOKEN, [("_tag", f"{TAG_SYSTEM}|{self.run_id}-{src.key}")]
         return self.upstream.token("source-system", src.org, src.service), []  # familyview scopes reads to the org
 
-    def admin(self) -> httpx.Client:
-        return self.local.client("admin", "X26")
+    def readers(self) -> list[httpx.Client]:
+        """One client per source: together they read every synced record (an administrator
+        reads no clinical records), each only its own source's."""
+        return [self.local.source(src.org, src.service) for src in SOURCES]
 
 
 def _tagged(bundle: dict[str, Any], tag: str) -> dict[str, Any]:

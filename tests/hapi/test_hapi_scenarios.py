@@ -25,24 +25,22 @@ def test_every_seeded_record_is_synced_once(world):
         for res_type, n in counts.items():
             assert summary.of(res_type).fetched == n, (key, res_type, summary.render())
             assert summary.of(res_type).created == n, (key, res_type, summary.render())
-    admin = world.admin()
     total_seeded = sum(sum(c.values()) for c in world.seeded.values())
-    assert sum(len(search_all(admin, t)) for t in SYNCED) == total_seeded
+    assert sum(len(search_all(reader, t)) for reader in world.readers() for t in SYNCED) == total_seeded
 
 
 def test_references_between_synced_records_resolve_locally(world):
-    admin = world.admin()
+    readers = world.readers()
     checked = 0
-    for res_type in SYNCED:
-        for r in search_all(admin, res_type):
-            assert r["meta"]["source"].startswith(world.upstream_fhir + "/")
-            for ref in _references(r):
-                literal = ref["reference"]
-                assert "://" not in literal, f"{res_type}/{r['id']}: {literal} was not resolved to a local record"
-                target_type, target_id = literal.split("/")[:2]
-                assert target_type in STORED_TYPES
-                assert admin.get(f"{target_type}/{target_id}").status_code == 200, literal
-                checked += 1
+    for res_type, r in ((t, r) for t in SYNCED for reader in readers for r in search_all(reader, t)):
+        assert r["meta"]["source"].startswith(world.upstream_fhir + "/")
+        for ref in _references(r):
+            literal = ref["reference"]
+            assert "://" not in literal, f"{res_type}/{r['id']}: {literal} was not resolved to a local record"
+            target_type, target_id = literal.split("/")[:2]
+            assert target_type in STORED_TYPES
+            assert any(c.get(f"{target_type}/{target_id}").status_code == 200 for c in readers), literal
+            checked += 1
     assert checked >= 30  # RelatedPerson.patient, EpisodeOfCare.patient, Condition/Flag.subject, Consent.patient …
 
 
@@ -51,10 +49,10 @@ def test_a_second_sync_changes_nothing(world):
     for key, summary in again.items():
         assert summary.ok, summary.render()
         assert summary.total("created") == 0 and summary.total("updated") == 0, summary.render()
-    admin = world.admin()
-    for res_type in SYNCED:
-        for r in search_all(admin, res_type):
-            assert history_len(admin, res_type, r["id"]) == 1, f"{res_type}/{r['id']} got a new version"
+    for reader in world.readers():
+        for res_type in SYNCED:
+            for r in search_all(reader, res_type):
+                assert history_len(reader, res_type, r["id"]) == 1, f"{res_type}/{r['id']} got a new version"
 
 
 # ------------------------------------------------------------------ the family views
