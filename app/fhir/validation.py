@@ -227,8 +227,31 @@ def _json_ok(value: Any, kind: str) -> bool:
     return type(value) is str
 
 
+def _json_types_ok(resource: dict[str, Any], res_type: str) -> bool:
+    """Whether every primitive has its JSON type; one walk without building paths (the
+    common case, a fine resource, pays only this)."""
+    stack: list[tuple[dict, str]] = [(resource, res_type)]
+    while stack:
+        node, model_name = stack.pop()
+        kinds = _element_kinds(model_name)
+        for key, value in node.items():
+            spec = kinds.get(key)
+            if spec is None:
+                continue
+            kind, child = spec
+            for item in (value if isinstance(value, list) else (value,)):
+                if kind == "complex":
+                    if isinstance(item, dict):
+                        stack.append((item, child))
+                elif item is not None and not _json_ok(item, kind):
+                    return False
+    return True
+
+
 def check_json_types(resource: dict[str, Any], res_type: str) -> None:
     """400 naming the first primitive sent as the wrong JSON type ("active": "yes")."""
+    if _json_types_ok(resource, res_type):
+        return
     stack: list[tuple[dict, str, str]] = [(resource, res_type, res_type)]
     while stack:
         node, model_name, expr = stack.pop()
