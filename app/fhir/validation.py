@@ -227,31 +227,10 @@ def _json_ok(value: Any, kind: str) -> bool:
     return type(value) is str
 
 
-def _json_types_ok(resource: dict[str, Any], res_type: str) -> bool:
-    """Whether every primitive has its JSON type; one walk without building paths (the
-    common case, a fine resource, pays only this)."""
-    stack: list[tuple[dict, str]] = [(resource, res_type)]
-    while stack:
-        node, model_name = stack.pop()
-        kinds = _element_kinds(model_name)
-        for key, value in node.items():
-            spec = kinds.get(key)
-            if spec is None:
-                continue
-            kind, child = spec
-            for item in (value if isinstance(value, list) else (value,)):
-                if kind == "complex":
-                    if isinstance(item, dict):
-                        stack.append((item, child))
-                elif item is not None and not _json_ok(item, kind):
-                    return False
-    return True
-
-
-def check_json_types(resource: dict[str, Any], res_type: str) -> None:
-    """400 naming the first primitive sent as the wrong JSON type ("active": "yes")."""
-    if _json_types_ok(resource, res_type):
-        return
+def _first_wrong_primitive(resource: dict[str, Any], res_type: str, paths: bool) -> tuple[str, str] | None:
+    """(where, the FHIR kind wanted) of the first primitive sent as the wrong JSON type, or
+    None. Without ``paths`` the walk builds no expression (a fine resource, the common case,
+    pays only that walk) and ``where`` is empty."""
     stack: list[tuple[dict, str, str]] = [(resource, res_type, res_type)]
     while stack:
         node, model_name, expr = stack.pop()
@@ -261,17 +240,25 @@ def check_json_types(resource: dict[str, Any], res_type: str) -> None:
             if spec is None:
                 continue
             kind, child = spec
-            items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
-            for i, item in items:
-                here = f"{expr}.{key}" + (f"[{i}]" if i is not None else "")
+            for i, item in (enumerate(value) if isinstance(value, list) else ((None, value),)):
+                here = (f"{expr}.{key}" + (f"[{i}]" if i is not None else "")) if paths else ""
                 if kind == "complex":
                     if isinstance(item, dict):
                         stack.append((item, child, here))
                 elif item is not None and not _json_ok(item, kind):
-                    raise FhirError(
-                        400, "structure", f"{here}: must be {_JSON_WANTED[kind]} (a FHIR {kind} in JSON)",
-                        expression=here, spine_code="INVALID_RESOURCE",
-                    )
+                    return here, kind
+    return None
+
+
+def check_json_types(resource: dict[str, Any], res_type: str) -> None:
+    """400 naming the first primitive sent as the wrong JSON type ("active": "yes")."""
+    if _first_wrong_primitive(resource, res_type, paths=False) is None:
+        return
+    here, kind = _first_wrong_primitive(resource, res_type, paths=True)
+    raise FhirError(
+        400, "structure", f"{here}: must be {_JSON_WANTED[kind]} (a FHIR {kind} in JSON)",
+        expression=here, spine_code="INVALID_RESOURCE",
+    )
 
 
 def validate_structure(resource: Any, *, expected_type: str | None = None) -> None:
