@@ -164,7 +164,8 @@ def _instant_condition(col, prefix: str, value: str, expr: str):
         p_low, p_high = date_range(value)
         lo = datetime.fromisoformat(p_low).replace(tzinfo=timezone.utc)
         hi = datetime.fromisoformat(p_high).replace(tzinfo=timezone.utc, microsecond=999999)
-        if p_low == p_high:  # an exact instant: compare to the instant itself, fractions included
+        if p_low == p_high and "." in value:  # fractions of a second: that instant, fractions included
+            # (to the second, as a server's lastUpdated is often quoted, the value covers its second)
             exact = datetime.fromisoformat(value.replace("Z", "+00:00"))
             if exact.tzinfo is not None:
                 try:

@@ -61,6 +61,19 @@ def test_last_updated_and_sort(live):
     assert [e["resource"]["id"] for e in r.json()["entry"]] == [second["id"], first["id"]]
 
 
+def test_last_updated_to_the_second_covers_that_second(live):
+    """A client quotes lastUpdated to the second (12:58:55Z for 12:58:55.976Z): FHIR search
+    takes a value's precision as its range, so the record is found, and gt that second is not."""
+    src = live.source(MATERNITY_ORG, "maternity")
+    p = src.post("/Patient", json=patient("Second", "Sid"), headers=CT).json()
+    stamp = p["meta"]["lastUpdated"]  # e.g. 2026-11-26T12:58:55.976Z
+    second = stamp.split(".")[0].rstrip("Z") + "Z"
+    assert _ids(src.get("/Patient", params={"_lastUpdated": second, "family": "second"})) == {p["id"]}
+    assert _ids(src.get("/Patient", params={"_lastUpdated": f"le{second}", "family": "second"})) == {p["id"]}
+    assert _ids(src.get("/Patient", params={"_lastUpdated": f"gt{second}", "family": "second"})) == set()
+    assert _ids(src.get("/Patient", params={"_lastUpdated": stamp, "family": "second"})) == {p["id"]}  # the instant itself
+
+
 def test_paging_links_walk_every_result_once(live):
     src = live.source(MATERNITY_ORG, "maternity")
     entries = [entry(patient("Page", f"P{i:02d}")) for i in range(23)]
