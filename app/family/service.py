@@ -144,8 +144,19 @@ def _telecom_key(point: dict[str, Any]) -> tuple[str, str]:
     value = str(point.get("value") or "")
     system = str(point.get("system") or "")
     if system in ("phone", "fax", "sms", "pager", ""):
+        # one number however it is written: +44 7700 900808, 0044…, 07700-900808; and a
+        # number is the same number whether recorded as phone, sms or fax
+        system = "phone"
         value = "".join(ch for ch in value if ch.isdigit() or ch == "+")
+        for prefix in ("+44", "0044"):
+            if value.startswith(prefix):
+                value = "0" + value[len(prefix):].lstrip("0")
     return system, value.strip().lower()
+
+
+def _postcode_key(address: Any) -> str | None:
+    code = address.get("postalCode") if isinstance(address, dict) else None
+    return "".join(str(code).split()).upper() or None if code else None
 
 
 def contributing_records(member: FamilyMember) -> list[Rec]:
@@ -170,13 +181,18 @@ def merged_telecom(member: FamilyMember) -> list[dict[str, Any]]:
     return out
 
 
-def _restricted_mothers_telecom(graph: FamilyGraph) -> set[tuple[str, str]]:
-    """The contact points, as compared, of every mother whose record is restricted (R) or very restricted (V)."""
-    out: set[tuple[str, str]] = set()
+def _restricted_mothers_contact(graph: FamilyGraph) -> tuple[set[tuple[str, str]], set[str]]:
+    """The contact points (as compared) and home postcodes of every mother whose record is
+    restricted (R) or very restricted (V): shown on another member's entry (the partner she
+    lives with), they would show hers."""
+    phones: set[tuple[str, str]] = set()
+    homes: set[str] = set()
     for member in graph.members:
         if member.role == "mother" and member.records and _person_labels(member) & set(PERSON_CONFIDENTIALITY):
-            out |= {_telecom_key(t) for r in member.records for t in r.body.get("telecom") or [] if isinstance(t, dict) and t.get("value")}
-    return out
+            for r in member.records:
+                phones |= {_telecom_key(t) for t in r.body.get("telecom") or [] if isinstance(t, dict) and t.get("value")}
+                homes |= {k for a in r.body.get("address") or [] if (k := _postcode_key(a))}
+    return phones, homes
 
 
 def _record_date(rec: Rec) -> date | None:
@@ -333,7 +349,7 @@ class FamilyViewService:
                     merged.append(AuditItem(rec.ref + "#contact", member.key, "contact", decision.to_dict(), bool(keys & shown)))
 
         carried, carried_decision = self._carried_from_mother(graph, purpose, justification, relationship)
-        mothers_contact = _restricted_mothers_telecom(graph)
+        mothers_contact, mothers_homes = _restricted_mothers_contact(graph)
         for index, member in enumerate(graph.members):
             consents = tuple(ConsentRecord.from_fhir(c.body) for c in member.consents)
             decide_item = lambda item, m=member, c=consents: self._decide(m, c, purpose, justification, relationship, item)  # noqa: E731
@@ -369,15 +385,22 @@ class FamilyViewService:
                 else:
                     note(contact, member.key + "#contact", member.key, "contact", contact.permitted)
                     contact_decision = contact
-                shown = contact.permitted and "telecom" not in redact | set(contact.redacted_fields)
-                if shown and mothers_contact and member.role != "mother" and member is not graph.infant and resource.get("telecom"):
-                    # a number this person shares with the restricted mother (a household phone the
-                    # midwife recorded on his record) is hers too, and is not shown on his entry
-                    kept = [t for t in resource["telecom"] if _telecom_key(t) not in mothers_contact]
-                    if len(kept) < len(resource["telecom"]):
-                        resource["telecom"] = kept
-                        if not kept:
-                            resource.pop("telecom")
+                if (mothers_contact or mothers_homes) and member.role != "mother" and member is not graph.infant:
+                    # a number or home this person shares with the restricted mother (the partner she
+                    # lives with, a household phone the midwife recorded on his record) is hers too,
+                    # and is not shown on his entry
+                    shared = False
+                    for fname, same in (("telecom", lambda t: _telecom_key(t) in mothers_contact),
+                                        ("address", lambda a: _postcode_key(a) in mothers_homes)):
+                        items = resource.get(fname) or []
+                        kept = [x for x in items if not (isinstance(x, dict) and same(x))]
+                        if len(kept) < len(items):
+                            shared = True
+                            if kept:
+                                resource[fname] = kept
+                            else:
+                                resource.pop(fname)
+                    if shared:
                         suppressed.add(entry_index, who, "contact", "Contact details shared with the mother", identity,
                                        reason=MOTHER_SHARED_CONTACT, role=member.role)
                 redact |= set(contact.redacted_fields)

@@ -6,7 +6,7 @@ The demo families are shared by every test in this module (one server per backen
 each test changes only the scenario it is about."""
 from __future__ import annotations
 
-from app.demo.scenarios import GP_FAMILY, MASH_ORG, MATERNITY, N, SOCIAL_CARE
+from app.demo.scenarios import GP_FAMILY, HEALTH_VISITING, MASH_ORG, MATERNITY, N, SOCIAL_CARE
 from tests.family.test_family_scenarios import FV, JUSTIFICATION, NHS, item_details, view
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -204,3 +204,27 @@ def test_a_withheld_member_is_not_reported_as_something_about_the_infant(world):
             role = next(c["code"] for c in issue["details"]["coding"] if c["system"] == f"{FV}/CodeSystem/family-role")
             (index,) = [n for n, e in enumerate(v.body["entry"]) if e["resource"] in v.people().get(role, [])]
             assert issue["expression"] == [f"Bundle.entry[{index}].resource"]
+
+
+def test_the_man_a_restricted_mother_lives_with_does_not_show_her_home_or_phone(world):
+    """Scenario 8 with scenario 4's shape: the health visitor records the mother's partner as
+    living with her, at her address and with her mobile written another way (+44, as sms).
+    Her record is restricted, so her home and number are not shown on his entry either."""
+    hv = world.source(HEALTH_VISITING.org, HEALTH_VISITING.service)
+    r = hv.post("/RelatedPerson", headers=FHIR_JSON, json={
+        "resourceType": "RelatedPerson",
+        "identifier": [{"system": "https://riverside-hv.example.nhs.uk/Id/record", "value": "s8-partner-home"}],
+        "patient": {"identifier": {"system": NHS, "value": N["s8_mother"]}},
+        "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "DOMPART"}]}],
+        "name": [{"family": "Lodge", "given": ["Rowan"]}], "gender": "male",
+        "address": [{"use": "home", "line": ["1 River Row"], "city": "Riverside", "postalCode": "ls85cc"}],
+        "telecom": [{"system": "sms", "value": "+44 7700 900808"}],
+    })
+    assert r.status_code == 201, r.text
+    v = view(world, "s8_infant")
+    assert v.status == 200
+    [carer] = [p for p in v.people().get("male-carer", []) if p.get("name", [{}])[0].get("family") == "Lodge"]
+    assert "address" not in carer and "telecom" not in carer
+    for secret in ("LS8 5CC", "ls85cc", "900808"):  # her postcode (the father, recorded apart, has his own) and mobile
+        assert secret not in v.r.text, secret
+    assert "contact" in v.suppressed_categories()
