@@ -7,8 +7,10 @@ import logging
 import re
 import traceback
 import uuid
+from urllib.parse import parse_qsl
 
 from app.errors import FhirError, operation_outcome, Issue
+from app.fhir.validation import CONTROL_CHARS, control_char_error
 
 log = logging.getLogger("familyview")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -18,6 +20,22 @@ _NHS_LIKE = re.compile(r"\b\d{3}\s?\d{3}\s?\d{4}\b")
 def scrub(text: str) -> str:
     """Logs never carry an NHS number in clear."""
     return _NHS_LIKE.sub("**********", text)
+
+
+def _control_char_in_url(scope) -> str | None:
+    """Where a control character sits in the URL, named as the handler would name it
+    (Patient.id, Patient?family), or None."""
+    path = scope.get("path", "")
+    parts = [p for p in path.split("/") if p]
+    fhir = bool(parts) and parts[0] == "fhir"
+    res_type = parts[1] if fhir and len(parts) > 1 else "the URL"
+    if CONTROL_CHARS.search(path):
+        return f"{res_type}.id" if fhir and len(parts) > 2 and CONTROL_CHARS.search(parts[2]) else "the URL path"
+    query = scope.get("query_string", b"").decode("latin-1")
+    for name, value in parse_qsl(query, keep_blank_values=True) if query else ():
+        if CONTROL_CHARS.search(name) or CONTROL_CHARS.search(value):
+            return f"{res_type}?{name.partition(':')[0]}"
+    return None
 
 
 class _BodyTooLarge(Exception):
@@ -64,6 +82,12 @@ class RequestContextMiddleware:
         too_large = FhirError(413, "too-costly", f"The request body is larger than this server accepts ({self.max_body_bytes} bytes)", spine_code="REQUEST_TOO_LARGE")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             await send_error(413, too_large.outcome())
+            return
+        where = _control_char_in_url(scope)
+        if where is not None:
+            # PostgreSQL cannot hold U+0000, and FHIR strings hold no control character: one
+            # 400 here for any path segment or query value, whichever handler it would reach
+            await send_error(400, control_char_error(where, "a path segment or query value").outcome())
             return
         received = 0
 

@@ -389,3 +389,22 @@ def test_database_errors_never_carry_sql_parameters_into_the_log(database):
         with database.session() as s:
             s.execute(text("SELECT * FROM no_such_table WHERE x = :v"), {"v": "Secretname"})
     assert "Secretname" not in str(caught.value)
+
+
+@pytest.mark.parametrize("role,org,path", [
+    ("health-visitor", "RHV01", "/Patient/$family-view?identifier=x|a%00b&purpose=direct-care"),
+    ("health-visitor", "RHV01", "/Patient/a%00b/$family-view?purpose=direct-care"),
+    ("health-visitor", "RHV01", "/Patient/$family-view?identifier=9990001103&purpose=direct-care&justification=a%01"),
+    ("admin", "X26", "/Person?_id=a%00"),
+    ("admin", "X26", "/Person?identifier=x|a%00"),
+    ("admin", "X26", "/Person/a%00b"),
+    ("ig-officer", "X26", "/AuditEvent?patient=a%00"),
+    ("ig-officer", "X26", "/AuditEvent/a%00"),
+    ("ig-officer", "X26", "/AuditEvent?agent%00=x"),
+])
+def test_a_control_character_anywhere_in_the_url_is_400_on_every_route(live, role, org, path):
+    """PostgreSQL cannot hold U+0000: the family view answered 503 ("audit could not be
+    written") and Person and AuditEvent 500. One check now answers 400 on every route."""
+    r = live.client(role, org).get(path)
+    assert r.status_code == 400, r.text
+    assert "control character" in _issue(r)["diagnostics"]
