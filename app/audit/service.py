@@ -195,7 +195,11 @@ def verify(session: Session, batch: int = 5000, *, expect_head: str | None = Non
     Each event's hash and link to the one before; each searchable column and each audit_index
     row against what the hash-chained body says; the head table against the events (the newest
     events deleted); and, when given, the anchor an IG officer kept from an earlier verify."""
-    prev_hash, checked, last_seq, last_id = GENESIS, 0, 0, None
+    if session.get_bind().dialect.name == "postgresql":
+        # one snapshot for the whole walk: at READ COMMITTED an event appended by the running
+        # service between two of its statements would look like a deleted newest event
+        session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+    prev_hash, checked, last_seq = GENESIS, 0, 0
     anchor_seen = expect_head is None or expect_head == GENESIS
 
     def broken(seq, event_id, problem):
@@ -239,7 +243,7 @@ def verify(session: Session, batch: int = 5000, *, expect_head: str | None = Non
                 return broken(r.seq, r.event_id, f"its searchable column {column} disagrees with its body (a column was altered)")
             if sorted(index.get(r.seq, [])) != index_from_body(body):
                 return broken(r.seq, r.event_id, "its audit_index search rows disagree with its body (index rows were altered, inserted or deleted)")
-            prev_hash, last_id = r.hash, r.event_id
+            prev_hash = r.hash
             anchor_seen = anchor_seen or r.hash == expect_head
             checked += 1
             last_seq = r.seq
@@ -247,7 +251,9 @@ def verify(session: Session, batch: int = 5000, *, expect_head: str | None = Non
     after = session.execute(select(func.min(AuditHead.seq), func.count()).where(AuditHead.seq > last_seq)).one()
     if after[1]:
         return broken(after[0], None, f"the head table records {after[1]} newer event(s) that are missing from the audit (the newest events were deleted)")
-    stray = session.execute(select(func.min(AuditIndex.event_seq)).where(AuditIndex.event_seq.not_in(select(AuditRecord.seq)))).scalar()
+    # index rows up to last_seq were compared batch by batch above; only rows beyond the last
+    # event can remain (a range query, not NOT IN, which PostgreSQL cannot plan as an anti-join)
+    stray = session.execute(select(func.min(AuditIndex.event_seq)).where(AuditIndex.event_seq > last_seq)).scalar()
     if stray is not None:
         return broken(stray, None, "audit_index holds search rows for an event that does not exist (index rows were inserted, or the event deleted)")
     if expect_count is not None and checked < expect_count:

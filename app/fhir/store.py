@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any, Iterable
 from urllib.parse import urlencode
 
-from sqlalchemy import and_, false, func, not_, or_, select
+from sqlalchemy import and_, exists, false, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from app.auth.tokens import Principal
@@ -200,7 +200,7 @@ def _check_indexed_length(value: str, expr: str) -> None:
             raise bad_request(f"The {what} searched for is longer than the {MAX_INDEXED} characters this server indexes", expression=expr)
 
 
-def _param_condition(session: Session, res_type: str, name: str, modifier: str | None, raw: str):
+def _param_condition(session: Session, res_type: str, name: str, modifier: str | None, raw: str, negate: bool = False):
     expr = f"{res_type}?{name}"
     param = SEARCH_PARAMS.get(res_type, {}).get(name)
     kind = {"_id": "token", "_lastUpdated": "date"}.get(name) or (param.kind if param else None)
@@ -212,9 +212,10 @@ def _param_condition(session: Session, res_type: str, name: str, modifier: str |
         allowed = ", ".join(":" + m for m in _MODIFIERS.get(kind, ())) or "none"
         raise bad_request(f"Modifier :{modifier} is not supported on {name} (supported: {allowed})", expression=expr, code="not-supported")
     if modifier == "not":  # every resource that does not match (including those without a value)
-        return not_(_param_condition(session, res_type, name, None, raw))
+        return _param_condition(session, res_type, name, None, raw, negate=True)
     if name == "_id":
-        return StoredResource.res_id.in_([v for v in raw.split(",") if v])
+        ids = [v for v in raw.split(",") if v]
+        return StoredResource.res_id.not_in(ids) if negate else StoredResource.res_id.in_(ids)
     if name == "_lastUpdated":
         prefix, value = _date_prefix(raw)
         return _instant_condition(StoredResource.last_updated, prefix, value, expr)
@@ -274,6 +275,11 @@ def _param_condition(session: Session, res_type: str, name: str, modifier: str |
                 for system, code in idents
             ]
             ors += [literal, *logical]
+    if negate:
+        # NOT EXISTS, which PostgreSQL plans as an anti-join (NOT IN over a subquery it cannot,
+        # and walks a materialised list per row)
+        return and_(*[~exists(select(1).where(table.res_type == StoredResource.res_type, table.res_id == StoredResource.res_id, cond))
+                      for cond in ors])
     # one indexed subquery per alternative: an OR inside one subquery defeats the indexes
     return or_(*[StoredResource.res_id.in_(select(table.res_id).where(table.res_type == res_type, cond)) for cond in ors])
 
