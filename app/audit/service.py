@@ -61,8 +61,7 @@ _APPEND_PG = text(
                encode(sha256(convert_to(prev.h || :suffix, 'UTF8')), 'hex')
         FROM prev
         RETURNING seq, hash
-    ),
-    head AS (INSERT INTO audit_head (seq, hash) SELECT seq, hash FROM ev)
+    )
     INSERT INTO audit_index (event_seq, param, value)
     SELECT ev.seq, v.param, v.value FROM ev, unnest(CAST(:params AS text[]), CAST(:vals AS text[])) AS v(param, value)
     """
@@ -89,7 +88,6 @@ def append(session: Session, event: dict[str, Any], columns: AuditColumns, index
         _INSERT_EVENT,
         {"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev_hash, "hash": digest, **columns.__dict__},
     ).scalar_one()
-    conn.execute(insert(AuditHead).values(seq=seq, hash=digest))
     if entries:
         conn.execute(insert(AuditIndex).values([{"event_seq": seq, "param": p, "value": v} for p, v in entries]))
 

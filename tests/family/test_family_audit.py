@@ -291,3 +291,23 @@ def test_refused_requests_are_audited_with_the_valid_purpose_given(live):
     from app import cli
 
     assert cli.main(["audit", "verify", "--database-url", live.settings.database_url]) == 0
+
+
+def test_an_event_appended_by_code_that_predates_the_head_table_is_still_anchored(live):
+    """During a rolling deploy a worker still on the old code appends events without knowing
+    audit_head. The database writes the head row itself (a trigger), so verify does not
+    report those events as inserted outside the gateway."""
+    assert "x-audit-event" in _view(live, "s1_infant").headers  # one audited request (a 404: no demo here)
+    eng = create_engine(live.settings.database_url)
+    try:
+        with eng.begin() as c:  # what the old append did: the event (and index rows) only
+            c.execute(text(
+                "INSERT INTO audit_event (event_id, recorded, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub,"
+                " agent_org, agent_role, review_required, policy_version, body, prev_hash, hash)"
+                " SELECT 'old-worker-event', recorded, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org,"
+                " agent_role, review_required, policy_version, body, prev_hash, 'f' || substr(hash, 2) FROM audit_event"
+                " WHERE seq = (SELECT max(seq) FROM audit_event)"))
+            seq, digest = c.execute(text("SELECT seq, hash FROM audit_event WHERE event_id = 'old-worker-event'")).one()
+            assert c.execute(text("SELECT hash FROM audit_head WHERE seq = :s"), {"s": seq}).scalar() == digest
+    finally:
+        eng.dispose()
