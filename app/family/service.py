@@ -24,6 +24,7 @@ from app.errors import SPINE_ERROR_SYSTEM, FhirError
 from app.family.graph import FamilyGraph, FamilyMember, Rec, assemble, find_subject, is_infant, route_people
 from app.family.relationship import legitimate_relationship, relationship_with_any
 from app.fhir.indexing import NHS_NUMBER_SYSTEM
+from app.linkage.matching import normalise_postcode
 from app.linkage.service import level_rank
 
 FV = "https://familyview.example.nhs.uk/fhir"
@@ -155,8 +156,7 @@ def _telecom_key(point: dict[str, Any]) -> tuple[str, str]:
 
 
 def _postcode_key(address: Any) -> str | None:
-    code = address.get("postalCode") if isinstance(address, dict) else None
-    return "".join(str(code).split()).upper() or None if code else None
+    return normalise_postcode(address.get("postalCode")) if isinstance(address, dict) else None
 
 
 def contributing_records(member: FamilyMember) -> list[Rec]:

@@ -129,6 +129,16 @@ def pair(a: str, b: str) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------ record normal form
+def settle_alone(link) -> bool:
+    """A record left alone in its person (the others moved, split or were unlinked) is that
+    person: level4, matched with no one, as a person's only record always is. True when that
+    changed the record (a Link row or the batch's row)."""
+    if link.assurance == "level4" and link.matched_ref is None:
+        return False
+    link.assurance, link.probability, link.matched_ref = "level4", 1.0, None
+    return True
+
+
 def features_json(rec: PersonRecord) -> str:
     return json.dumps(
         {
@@ -475,11 +485,10 @@ class LinkageService:
             self.session.connection().execute(_TOUCH, [{"b_id": p, "n": 1, "at": now} for p in pids])
 
     def reset_if_alone(self, person_id: str) -> None:
-        """A record left alone in its person (an admin took the others out) is that person:
-        level4, matched with no one, as a person's only record always is."""
+        """A record left alone in its person by an admin operation (settle_alone)."""
         members = self.members(person_id)
-        if len(members) == 1 and (members[0].assurance != "level4" or members[0].matched_ref is not None):
-            members[0].assurance, members[0].probability, members[0].matched_ref = "level4", 1.0, None
+        if len(members) == 1:
+            settle_alone(members[0])
 
     def _retire_if_empty(self, person_id: str, actor: str, reason: str) -> None:
         left = self.session.scalar(_ANY_MEMBER, {"pid": person_id})
@@ -759,9 +768,7 @@ class LinkageService:
             b.event(action, actor, reason, record=ref, from_person=current_id, to_person=target)
             b.touch(current_id, target)
             left = [links[r] for r in b.members[current_id] if r in links]
-            if len(left) == 1 and (left[0].assurance != "level4" or left[0].matched_ref is not None):
-                # the record left alone is its person: level4, matched with no one
-                left[0].assurance, left[0].probability, left[0].matched_ref = "level4", 1.0, None
+            if len(left) == 1 and settle_alone(left[0]):
                 b.founders[left[0].ref] = None
             if not b.members[current_id]:
                 b.retired[current_id] = None
