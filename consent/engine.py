@@ -35,8 +35,9 @@ import datetime as _dt
 from bisect import bisect_right
 from typing import Any, Iterable
 
-from .fhir_consent import DENY, PERMIT, ConsentFinding, ConsentRecord, MatchContext, as_instant, combine
+from .fhir_consent import DENY, PERMIT, ConsentFinding, ConsentRecord, MatchContext, _recency, as_instant, combine
 from .model import (
+    PERSON_CATEGORIES,
     REQUESTER_ROLES,
     ConsentRef,
     DataItem,
@@ -91,10 +92,10 @@ _DENY_CACHE: dict[tuple, DisclosureDecision] = {}
 
 def _deny(
     policy: Policy, code: str, purpose_of_use: str, rule: Rule | None = None, reason: str | None = None,
-    considered: tuple[str, ...] = (),
+    considered: tuple[str, ...] = (), conflict: bool = False,
 ) -> DisclosureDecision:
     reason = reason or REASONS[code]
-    key = (code, reason, policy.version, purpose_of_use, rule.id if rule else None, considered)
+    key = (code, reason, policy.version, purpose_of_use, rule.id if rule else None, considered, conflict)
     decision = _DENY_CACHE.get(key)
     if decision is None:  # decisions are immutable, so identical refusals can be shared
         decision = DisclosureDecision(
@@ -105,6 +106,7 @@ def _deny(
             purpose_of_use=purpose_of_use,
             rule=rule.id if rule else None,
             consents_considered=considered,
+            consent_conflict=conflict,
         )
         if len(_DENY_CACHE) > 8192:
             _DENY_CACHE.clear()
@@ -123,6 +125,13 @@ def consent_finding(
 
     Returns the governing finding (None when no Consent is in force and in scope) and a
     line per Consent for the audit: relied on, ignored and why.
+
+    Who may speak for a record: a Consent governs the records held by the organisation that
+    recorded it (:attr:`ConsentRecord.holder`). For a held record, only its holder's Consents
+    count. For what is about the person rather than one record (identity, contact,
+    relationship, and indicators the gateway derives), the Consents of every organisation that
+    holds a record of the person count, each holder's read on its own, and a refusal from any
+    of them withholds; Consents of different holders that disagree are marked as a conflict.
     """
     if not request.consents:
         return None, ()
@@ -130,7 +139,9 @@ def consent_finding(
     moment = as_instant(request.as_of)
     purpose = policy.purposes[_purpose(request.purpose).value]
     ctx = MatchContext(request.requester, item, purpose.consent_purposes, policy.consent_actions, moment)
-    findings: list[ConsentFinding] = []
+    about_person = item.category in PERSON_CATEGORIES or item.source_org is None
+    holders = request.subject.record_holders
+    by_holder: dict[str | None, list[ConsentFinding]] = {}
     considered: list[str] = []
     for record in _records(request.consents):
         if record.scopes and not (record.scopes & policy.consent_scopes):
@@ -140,12 +151,55 @@ def consent_finding(
         if not_in_force:
             considered.append(f"{record.reference}: ignored ({not_in_force})")
             continue
+        holder = record.holder
+        if holder is not None:
+            if about_person:
+                if holders and holder not in holders:
+                    considered.append(f"{record.reference}: ignored (recorded by {holder}, which holds no record of this person)")
+                    continue
+            elif holder != item.source_org:
+                considered.append(
+                    f"{record.reference}: ignored (recorded by {holder}; the record is held by {item.source_org or 'no organisation'})"
+                )
+                continue
         finding = record.evaluate(ctx)
-        findings.append(finding)
+        by_holder.setdefault(holder, []).append(finding)
         how = "addresses this" if finding.explicit else "does not address this; base policy"
         considered.append(f"{record.reference}: {finding.decision} at {finding.provision} ({how})")
+    if len(by_holder) <= 1:
+        considered.sort()
+        return combine(next(iter(by_holder.values()), []), policy.combine), tuple(considered)
+    # Several holders: each holder's own Consents are read together; then a refusal from any
+    # holder governs (it is that holder's record of the person being shared).
+    governing_each = [f for f in (combine(found, policy.combine) for found in by_holder.values()) if f is not None]
+    said = {f.decision for f in governing_each if f.explicit}
+    refusals = [f for f in governing_each if f.explicit and f.decision == DENY]
+    governing = max(refusals, key=_recency) if refusals else combine(governing_each, policy.combine)
+    if len(said) > 1 and governing is not None:
+        governing = governing._replace(conflict=True)
+        considered.append(
+            "conflict: Consents recorded by " + ", ".join(sorted(str(h) for h in by_holder if h)) +
+            f" disagree; {governing.consent.reference} ({governing.decision}) governs; queued for IG review"
+        )
     considered.sort()
-    return combine(findings, policy.combine), tuple(considered)
+    return governing, tuple(considered)
+
+
+def effective_category(request: DisclosureRequest, policy: Policy) -> str:
+    """The category a decision is taken on. A record no code list or term placed ("record")
+    about a father, male carer or other carer, held by an organisation other than the
+    requester's, is "unclassified": his GP's other records are not the baby's direct care, so
+    they are treated as confidential, never shown by default."""
+    item = request.item
+    if (
+        item.category == "record"
+        and policy.unclassified_category is not None
+        and request.subject.family_role in policy.unclassified_subjects
+        and item.source_org
+        and item.source_org != request.requester.org
+    ):
+        return policy.unclassified_category
+    return item.category
 
 
 def _purpose(value: object) -> Purpose:
@@ -356,7 +410,8 @@ def _finding(
             )
         return consent_finding(request, policy, item)
     moment = as_instant(request.as_of)
-    key = (request.requester, request.purpose, item, category, bisect_right(entry.boundaries, moment))
+    key = (request.requester, request.purpose, item, category, request.subject.record_holders,
+           bisect_right(entry.boundaries, moment))
     try:
         found = entry.findings.get(key)
     except TypeError:  # an unhashable part (labels given as a set): nothing to remember it by
@@ -396,11 +451,13 @@ def decide_uncached(request: DisclosureRequest, policy: Policy | None = None) ->
 def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> DisclosureDecision:
     requester, item = request.requester, request.item
     justification = request.justification
+    category = effective_category(request, policy)
+    recategorised = category if category != item.category else None
 
     # Checks 1 to 4, for this cell of the policy table.
     cell = (
         request.purpose, requester.role, bool((justification or "").strip()), bool(request.relationship.holds),
-        request.subject.family_role, item.category,
+        request.subject.family_role, category,
     )
     plan: _Plan | DisclosureDecision | None = None
     if cached:
@@ -422,12 +479,13 @@ def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> Disclos
     if plan.__class__ is not _Plan:
         return plan  # a refusal
 
-    # 5. Confidentiality labels on the record.
+    # 5. Confidentiality labels on the record. V is shown only for safeguarding, and then, as
+    # for R, without the person's address, telecom and GP practice.
     labels = item.security_labels
     very_restricted = "V" in labels
     if very_restricted and plan.very_restricted_refusal is not None:
         return plan.very_restricted_refusal
-    restricted = "R" in labels
+    restricted = "R" in labels or very_restricted
     if restricted and plan.restricted_refusal is not None:
         return plan.restricted_refusal
 
@@ -435,22 +493,25 @@ def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> Disclos
     relied_on: ConsentRef | None = None
     overridden: ConsentRef | None = None
     considered: tuple[str, ...] = ()
+    conflict = False
     mode = plan.consent
     if mode != "not-consulted":
-        finding, considered = _finding(request, policy, None, cached)
+        finding, considered = _finding(request, policy, recategorised, cached)
+        conflict = finding is not None and finding.conflict
         refused = _refused(finding)
         if mode == "refusal-withholds" and refused:
-            return _deny(policy, "consent-refused", plan.purpose_of_use, plan.rule, considered=considered)
+            return _deny(policy, "consent-refused", plan.purpose_of_use, plan.rule, considered=considered, conflict=conflict)
         if mode == "required":
             if refused:
-                return _deny(policy, "consent-refused", plan.purpose_of_use, plan.rule, considered=considered)
+                return _deny(policy, "consent-refused", plan.purpose_of_use, plan.rule, considered=considered, conflict=conflict)
             if not (
                 finding is not None
                 and finding.explicit
                 and finding.decision == PERMIT
                 and plan.rule.consent_must_name <= finding.names
             ):
-                return _deny(policy, "consent-required", plan.purpose_of_use, plan.rule, considered=considered)
+                return _deny(policy, "consent-required", plan.purpose_of_use, plan.rule, considered=considered,
+                             conflict=conflict)
             relied_on = _ref(finding)
         if mode == "overridden" and refused:
             overridden = _ref(finding)
@@ -463,17 +524,22 @@ def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> Disclos
         if restricted and plan.contact_restricted:
             contact_withheld = True
         elif plan.contact_consents and request.consents:
-            contact_withheld = _refused(_finding(request, policy, "contact", cached)[0])
+            contact_finding = _finding(request, policy, "contact", cached)[0]
+            contact_withheld = _refused(contact_finding)
+            conflict = conflict or (contact_finding is not None and contact_finding.conflict)
 
+    # R redacts wherever it is found (as before); V, shown only for safeguarding, redacts the
+    # person's own demographics.
+    pds_redaction = "R" in labels or (very_restricted and plan.category.name == "identity")
     source_org = item.source_org if plan.uses_source_org else None
     if not cached:
-        return _finish(policy, plan, very_restricted, restricted, source_org, relied_on, overridden, considered,
-                       contact_withheld)
-    key = (very_restricted, restricted, source_org, relied_on, overridden, considered, contact_withheld)
+        return _finish(policy, plan, very_restricted, pds_redaction, source_org, relied_on, overridden, considered,
+                       contact_withheld, conflict)
+    key = (very_restricted, pds_redaction, source_org, relied_on, overridden, considered, contact_withheld, conflict)
     decision = plan.finished.get(key)
     if decision is None:
-        decision = _finish(policy, plan, very_restricted, restricted, source_org, relied_on, overridden, considered,
-                           contact_withheld)
+        decision = _finish(policy, plan, very_restricted, pds_redaction, source_org, relied_on, overridden, considered,
+                           contact_withheld, conflict)
         if len(plan.finished) >= _FINISHED_KEPT:
             plan.finished.clear()
         plan.finished[key] = decision
@@ -483,6 +549,7 @@ def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> Disclos
 def _finish(
     policy: Policy, plan: _Plan, very_restricted: bool, restricted: bool, source_org: str | None,
     relied_on: ConsentRef | None, overridden: ConsentRef | None, considered: tuple[str, ...], contact_withheld: bool,
+    conflict: bool = False,
 ) -> DisclosureDecision:
     """The permit, with its basis, obligations, redactions and reason."""
     rule, category, purpose = plan.rule, plan.category, plan.purpose
@@ -539,6 +606,7 @@ def _finish(
         obligations=frozenset(obligations),
         rule=rule.id,
         consents_considered=considered,
+        consent_conflict=conflict,
     )
 
 

@@ -19,6 +19,7 @@ the original JSON again. The semantics, in the words an IG officer would use:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -443,12 +444,17 @@ class ConsentRecord:
     policy_rule: str | None
     period: Period | None
     provision: Provision | None
+    # ODS code of the organisation that recorded the Consent (the source that posted it, which
+    # ingest holds to Consent.organization). It governs the records that organisation holds;
+    # None (a Consent read without its origin) governs every record, as before holders were known.
+    holder: str | None = None
 
     @classmethod
-    def from_fhir(cls, resource: Any) -> "ConsentRecord":
-        """Adapt a ``fhir.resources.R4B.consent.Consent`` or a JSON dict."""
+    def from_fhir(cls, resource: Any, holder: str | None = None) -> "ConsentRecord":
+        """Adapt a ``fhir.resources.R4B.consent.Consent`` or a JSON dict; ``holder`` is the ODS
+        code of the organisation that recorded it."""
         if isinstance(resource, ConsentRecord):
-            return resource
+            return resource if holder is None or resource.holder == holder else dataclasses.replace(resource, holder=holder)
         if hasattr(resource, "model_dump"):
             raw = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
         elif isinstance(resource, Mapping):
@@ -474,6 +480,7 @@ class ConsentRecord:
             policy_rule=rules[0] if rules else None,
             period=period,
             provision=provision,
+            holder=holder,
         )
 
     @property
@@ -537,6 +544,7 @@ class ConsentFinding(NamedTuple):
     explicit: bool
     provision: str
     names: frozenset[str]
+    conflict: bool = False  # Consents of different holders disagreed (set by the engine)
 
 
 def _recency(finding: ConsentFinding) -> tuple:

@@ -19,6 +19,9 @@ REQUESTER_ROLES = frozenset(
     {"source-system", "midwife", "health-visitor", "gp", "mash", "ig-officer", "admin"}
 )
 FAMILY_ROLES = frozenset({"infant", "mother", "father", "male-carer", "other-carer"})
+#: Categories about the person rather than one organisation's record: a Consent recorded by any
+#: organisation that holds a record of the person speaks for them.
+PERSON_CATEGORIES = frozenset({"identity", "contact", "relationship"})
 
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 V3_CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
@@ -95,6 +98,10 @@ class DataSubject:
     reference: str
     family_role: str  # infant | mother | father | male-carer | other-carer
     identifiers: tuple[tuple[str, str], ...] = ()
+    # ODS codes of the organisations that hold any record of this person (their Patient or
+    # RelatedPerson records, and the clinical records about them). A Consent recorded by an
+    # organisation outside this set speaks for no record of theirs. Empty: not known.
+    record_holders: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +213,9 @@ class DisclosureDecision:
     rule: str | None = None  # id of the policy rule applied; None when no rule
     reason_code: str = ""  # stable machine code, e.g. no-rule, consent-required
     consents_considered: tuple[str, ...] = field(default=())
+    # Consents recorded by different organisations said different things about this request:
+    # the decision stands (a refusal wins), and the view is flagged for IG review.
+    consent_conflict: bool = False
 
     @property
     def permitted(self) -> bool:
@@ -242,4 +252,4 @@ class DisclosureDecision:
                 for o in sorted(self.obligations, key=lambda o: (o.kind.value, o.fields, o.target or ""))
             ],
             "consents_considered": list(self.consents_considered),
-        }
+        } | ({"consent_conflict": True} if self.consent_conflict else {})

@@ -92,6 +92,11 @@ class Policy:
     very_restricted_purposes: frozenset[str]
     very_restricted_obligations: tuple[ObligationKind, ...]
     rules: tuple[Rule, ...]
+    # Fail safe: a record no list or term places, about one of these family members and held by
+    # another organisation than the requester's, is decided as this category (see
+    # consent.engine.effective_category). None: such records stay ordinary records.
+    unclassified_category: str | None = None
+    unclassified_subjects: frozenset[str] = frozenset()
     _index: dict[tuple[str, str, str, str], Rule] = field(repr=False, compare=False, default_factory=dict)
     # The engine's working memory for this policy (compiled table cells, Consent evaluations),
     # bounded and filled on first use. Not an input: every entry can be recomputed from the
@@ -129,11 +134,12 @@ def check_policy_data(data: Any) -> list[str]:
     errors: list[str] = []
     if not isinstance(data, Mapping):
         return ["the policy file must be a mapping at the top level"]
-    allowed_top = {"policy", "consent_evaluation", "purposes", "categories", "bases", "never", "confidentiality", "rules"}
+    required_top = {"policy", "consent_evaluation", "purposes", "categories", "bases", "never", "confidentiality", "rules"}
+    allowed_top = required_top | {"unclassified"}
     for key in data:
         if key not in allowed_top:
             errors.append(f"{key}: unknown section (allowed: {', '.join(sorted(allowed_top))})")
-    for key in sorted(allowed_top):
+    for key in sorted(required_top):
         if key not in data:
             errors.append(f"{key}: section missing")
     if errors:
@@ -237,6 +243,20 @@ def check_policy_data(data: Any) -> list[str]:
         for kind in conf["very-restricted"].get("obligations", []) or []:
             if kind not in {k.value for k in ObligationKind}:
                 errors.append(f"confidentiality.very-restricted.obligations: unknown obligation {kind!r}")
+
+    unclassified = data.get("unclassified")
+    if unclassified is not None:
+        if not isinstance(unclassified, Mapping):
+            errors.append("unclassified: must be a mapping with `category` and `subjects`")
+        else:
+            category = unclassified.get("category")
+            if category not in categories:
+                errors.append(f"unclassified.category: unknown category {category!r}")
+            elif not (isinstance(categories[category], Mapping) and categories[category].get("sensitive") is True):
+                errors.append("unclassified.category: must be a sensitive category (it is never shown by default)")
+            subjects = unclassified.get("subjects")
+            if not _is_str_list(subjects) or not subjects or set(subjects) - FAMILY_ROLES:
+                errors.append("unclassified.subjects: must list family roles")
 
     rules = data["rules"]
     if not isinstance(rules, list) or not rules:
@@ -385,6 +405,8 @@ def policy_from_data(data: Any, source: str = "<data>") -> Policy:
         very_restricted_purposes=frozenset(conf["very-restricted"].get("disclose_only_for", [])),
         very_restricted_obligations=tuple(ObligationKind(k) for k in conf["very-restricted"].get("obligations", [])),
         rules=rules,
+        unclassified_category=(data.get("unclassified") or {}).get("category"),
+        unclassified_subjects=frozenset((data.get("unclassified") or {}).get("subjects") or ()),
         _index=index,
     )
 

@@ -90,6 +90,8 @@ SENSITIVE_LABELS = {
     "childhood-adversity": frozenset(),
     "care-leaver": frozenset(),
     "young-parent": frozenset(),
+    "sexual-health": frozenset({"HIV"}),
+    "child-safeguarding": frozenset(),
 }
 SENSITIVE_CATEGORIES = tuple(SENSITIVE_LABELS)
 CODES = {
@@ -100,6 +102,8 @@ CODES = {
     "childhood-adversity": ((LOCAL, "ACE"),),
     "care-leaver": ((LOCAL, "CARE-LEAVER"),),
     "young-parent": ((LOCAL, "YOUNG-PARENT"),),
+    "sexual-health": ((SNOMED, "86406008"),),  # Human immunodeficiency virus infection
+    "child-safeguarding": ((SNOMED, "342191000000101"),),  # Subject to child protection plan
 }
 
 

@@ -190,7 +190,7 @@ def test_policy_table_row(req, outcome, basis, obligations, reason_code):
     assert decision.lawful_basis == basis
     assert set(decision.obligations) == obligations
     assert decision.reason_code == reason_code
-    assert decision.policy_version == "1.2.0"
+    assert decision.policy_version == "2.0.0"
     assert decision.reason
 
 
@@ -214,8 +214,9 @@ def test_refusal_overridden_for_safeguarding_is_recorded():
 
 
 def test_no_rule_is_denied_with_that_reason():
-    # The father's non-sensitive GP record: nothing in the policy allows it.
-    decision = decide(request(about=FATHER, what=item("record")))
+    # The infant's relationship (a RelatedPerson about the infant as someone's relative): no
+    # rule names it for direct care, so it is denied.
+    decision = decide(request(about=INFANT, what=item("relationship")))
     assert decision.outcome is Outcome.DENY
     assert decision.reason_code == "no-rule"
     assert "no rule" in decision.reason

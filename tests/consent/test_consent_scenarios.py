@@ -164,7 +164,7 @@ def test_scenario_5_refusal_withholds_for_direct_care_but_not_safeguarding():
     audit = safeguarding.to_dict()
     assert audit["consent_overridden"]["decision"] == "deny"
     assert audit["lawful_basis"]["article9"] == "9(2)(g)"
-    assert audit["policy_version"] == "1.2.0"
+    assert audit["policy_version"] == "2.0.0"
     assert {o["kind"] for o in audit["obligations"]} == {"queue-ig-review", "notify-data-controller"}
 
 
@@ -178,7 +178,7 @@ def test_scenario_6_no_relationship_is_refused_and_auditable(purpose_, category)
     assert decision.outcome is Outcome.DENY
     assert decision.reason_code == "no-relationship"
     record = decision.to_dict()
-    assert record["outcome"] == "deny" and record["policy_version"] == "1.2.0"
+    assert record["outcome"] == "deny" and record["policy_version"] == "2.0.0"
     assert record["purpose_of_use"] == ("TREAT" if purpose_ is Purpose.DIRECT_CARE else "THREAT")
 
 
