@@ -7,6 +7,14 @@ from app.fhir.indexing import SEARCH_PARAMS, STORED_TYPES, WRITABLE_TYPES
 from app.settings import Settings
 
 _TYPE_FOR_KIND = {"token": "token", "string": "string", "date": "date", "reference": "reference"}
+_MEDICINE_DOC = (
+    "medication[x]: medicationCodeableConcept coded with dm+d (https://dmd.nhs.uk) or SNOMED CT "
+    "(http://snomed.info/sct), or medicationReference to a contained Medication (\"#id\") whose code "
+    "is searched by `code` and read by sensitivity labelling. A medicationReference to a Medication "
+    "held elsewhere is stored as sent, but its code is not seen: neither `code` nor labelling can "
+    "classify the record (this server stores no Medication on its own; contain it instead)."
+)
+_DOCUMENTATION = {"MedicationStatement": _MEDICINE_DOC, "MedicationRequest": _MEDICINE_DOC}
 
 
 def capability_statement(settings: Settings, *, operations: list[dict[str, Any]], extra_resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -29,9 +37,11 @@ def capability_statement(settings: Settings, *, operations: list[dict[str, Any]]
             "conditionalCreate": res_type in WRITABLE_TYPES,
             "conditionalUpdate": res_type in WRITABLE_TYPES,
             "conditionalDelete": "not-supported",
-            "referencePolicy": ["literal", "logical", "resolves"],
+            "referencePolicy": ["literal", "logical", "resolves", "local"],
             "searchParam": params,
         }
+        if res_type in _DOCUMENTATION:
+            entry["documentation"] = _DOCUMENTATION[res_type]
         if res_type == "Patient":
             entry["operation"] = [{"name": o["code"], "definition": o["url"]} for o in operations]
         resources.append(entry)

@@ -100,6 +100,30 @@ for _t, _status in (("Flag", "status"), ("Observation", "status"), ("Condition",
         _p("category", "token", "category"),
         _p("date", "date", {"Flag": "period", "Observation": "effectiveDateTime", "Condition": "recordedDate"}[_t]),
     )
+# Medicines (GP Connect sends both). The medicine is coded (dm+d https://dmd.nhs.uk or SNOMED CT)
+# in medicationCodeableConcept, or in a contained Medication that medicationReference names
+# ("#id"): `code` indexes either. A reference to a Medication held elsewhere carries no code
+# here, so `code` (and sensitivity labelling) cannot see it.
+_MEDICATION_CODE = ("medicationCodeableConcept", "medicationReference.resolve().code")
+_register(
+    "MedicationStatement",
+    _p("patient", "reference", "subject", targets=("Patient",)),
+    _p("subject", "reference", "subject", targets=("Patient",)),
+    _p("code", "token", *_MEDICATION_CODE, description="The medicine (medicationCodeableConcept, or the code of the contained Medication)"),
+    _p("status", "token", "status"),
+    _p("category", "token", "category"),
+    _p("effective", "date", "effectiveDateTime", "effectivePeriod", description="When the medicine is, was or will be taken (effective[x])"),
+)
+_register(
+    "MedicationRequest",
+    _p("patient", "reference", "subject", targets=("Patient",)),
+    _p("subject", "reference", "subject", targets=("Patient",)),
+    _p("code", "token", *_MEDICATION_CODE, description="The medicine (medicationCodeableConcept, or the code of the contained Medication)"),
+    _p("status", "token", "status"),
+    _p("intent", "token", "intent"),
+    _p("category", "token", "category"),
+    _p("authoredon", "date", "authoredOn", description="When the prescription was written"),
+)
 _register(
     "Organization",
     _p("name", "string", "name", "alias"),
@@ -127,7 +151,7 @@ _register(
 # Types that sources may write through the REST API and bundles.
 WRITABLE_TYPES = (
     "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam", "Flag", "Condition",
-    "Observation", "Organization", "Practitioner", "PractitionerRole",
+    "Observation", "MedicationStatement", "MedicationRequest", "Organization", "Practitioner", "PractitionerRole",
 )
 STORED_TYPES = WRITABLE_TYPES + ("Communication",)
 
@@ -137,9 +161,15 @@ STORED_TYPES = WRITABLE_TYPES + ("Communication",)
 def walk(node: Any, path: str) -> list[Any]:
     """Every value at a dotted path, flattening lists (a tiny FHIRPath subset). Level by
     level over lists rather than recursive generators: it runs for every search
-    parameter of every resource written."""
+    parameter of every resource written. `resolve()` turns a local reference ("#id") into
+    the resource contained in `node` with that id (other references resolve to nothing)."""
     values = [node]
     for part in _path_parts(path):
+        if part == "resolve()":
+            values = [c for v in values if isinstance(v, dict) for c in _contained(node, v.get("reference"))]
+            if not values:
+                return values
+            continue
         found = []
         for v in values:
             if isinstance(v, dict):
@@ -157,6 +187,16 @@ def walk(node: Any, path: str) -> list[Any]:
 @lru_cache(maxsize=None)
 def _path_parts(path: str) -> tuple[str, ...]:
     return tuple(path.split("."))
+
+
+def _contained(resource: Any, reference: Any) -> list[dict]:
+    """The contained resource a local reference ("#id") names, as a list of zero or one."""
+    if not isinstance(reference, str) or not reference.startswith("#") or not isinstance(resource, dict):
+        return []
+    for c in resource.get("contained") or []:
+        if isinstance(c, dict) and c.get("id") == reference[1:]:
+            return [c]
+    return []
 
 
 _FOLD = str.maketrans({"Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o", "ß": "ss", "Œ": "OE", "œ": "oe", "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "Þ": "TH", "þ": "th", "’": "'"})

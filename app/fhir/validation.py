@@ -45,6 +45,17 @@ REQUIRED_CODES: dict[str, dict[str, set[str]]] = {
     "Observation": {
         "status": {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"}
     },
+    "MedicationStatement": {
+        "status": {"active", "completed", "entered-in-error", "intended", "stopped", "on-hold", "unknown", "not-taken"},
+    },
+    "MedicationRequest": {
+        "status": {"active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown"},
+        "intent": {"proposal", "plan", "order", "original-order", "reflex-order", "filler-order", "instance-order", "option"},
+        "priority": {"routine", "urgent", "asap", "stat"},
+        "groupIdentifier.use": {"usual", "official", "temp", "secondary", "old"},  # an Identifier not named identifier
+    },
+    # not written on its own: checked where it is contained (a MedicationStatement's medicine)
+    "Medication": {"status": {"active", "inactive", "entered-in-error"}},
 }
 # CodeableConcepts with a required binding: path -> (system, allowed codes)
 REQUIRED_CONCEPTS: dict[str, dict[str, tuple[str, set[str]]]] = {
@@ -65,6 +76,10 @@ DATATYPE_CODES: dict[tuple[str, str], set[str]] = {
     ("address", "use"): {"home", "work", "temp", "old", "billing"},
     ("address", "type"): {"postal", "physical", "both"},
     ("text", "status"): {"generated", "extensions", "additional", "empty"},
+    # Timing.repeat (Dosage.timing of medicines, Observation.effectiveTiming)
+    ("repeat", "dayOfWeek"): {"mon", "tue", "wed", "thu", "fri", "sat", "sun"},
+    ("repeat", "durationUnit"): {"s", "min", "h", "d", "wk", "mo", "a"},
+    ("repeat", "periodUnit"): {"s", "min", "h", "d", "wk", "mo", "a"},
 }
 _DATATYPE_BY_ELEMENT: dict[str, list[tuple[str, set[str]]]] = {}
 for (_element, _attr), _allowed in DATATYPE_CODES.items():
@@ -236,6 +251,11 @@ def _first_wrong_primitive(resource: dict[str, Any], res_type: str, paths: bool)
         node, model_name, expr = stack.pop()
         kinds = _element_kinds(model_name)
         for key, value in node.items():
+            if key == "contained" and isinstance(value, list):
+                for i, item in enumerate(value):
+                    if isinstance(item, dict) and isinstance(item.get("resourceType"), str):
+                        stack.append((item, item["resourceType"], f"{expr}.contained[{i}]" if paths else ""))
+                continue
             spec = kinds.get(key)
             if spec is None:
                 continue
@@ -261,6 +281,55 @@ def check_json_types(resource: dict[str, Any], res_type: str) -> None:
     )
 
 
+# fhir.resources checks a choice element ("medication[x]": medicationCodeableConcept or
+# medicationReference) on the object that holds it, naming the alternatives but not the element
+_PRIMITIVE_RE = re.compile(r"^Value error, ([A-Za-z]{2,20}) value string does not match spec regex")
+_CHOICE_RE = re.compile(r"(Expect any of field value from this list|Any of one field value is expected from this list) \[([^\]]*)\]")
+
+
+def _choice_error(err: dict) -> tuple[str, str] | None:
+    """(the choice element as FHIR names it, e.g. "medication[x]", the message) for a
+    one-of-many error; None for any other error."""
+    if err.get("type") != "value_error":
+        return None
+    m = _CHOICE_RE.search(str(err.get("msg", "")))
+    if not m:
+        return None
+    names = [n.strip().strip("'\"") for n in m.group(2).split(",") if n.strip()]
+    if not names:
+        return None
+    stem = names[0]
+    for n in names[1:]:  # the common start of the alternatives: medicationCodeableConcept, medicationReference -> medication
+        while not n.startswith(stem):
+            stem = stem[:-1]
+    stem = stem.rstrip("_") or names[0]
+    if m.group(1).startswith("Expect"):
+        return f"{stem}[x]", f"{stem}[x] is required: give one of {', '.join(names)}"
+    return f"{stem}[x]", f"{stem}[x] takes one value: give only one of {', '.join(names)}"
+
+
+def _check_contained_types(resource: dict[str, Any], res_type: str) -> None:
+    """400 naming a contained resource whose resourceType is missing or unknown (the models
+    would fail on it with an error that is not a validation error)."""
+    contained = resource.get("contained")
+    if not isinstance(contained, list):
+        return
+    for i, item in enumerate(contained):
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("resourceType")
+        known = False
+        if isinstance(kind, str) and kind and kind[0].isupper() and kind.isalnum():
+            try:
+                get_fhir_model_class(kind)
+                known = True
+            except (KeyError, ValueError, AttributeError):
+                known = False
+        if not known:
+            where = f"{res_type}.contained[{i}].resourceType"
+            raise FhirError(400, "structure", f"{where}: not a FHIR R4 resource type", expression=where, spine_code="INVALID_RESOURCE")
+
+
 def validate_structure(resource: Any, *, expected_type: str | None = None) -> None:
     """400 unless the resource is a well-formed R4 resource of a type this gateway stores."""
     if not isinstance(resource, dict):
@@ -283,6 +352,7 @@ def validate_structure(resource: Any, *, expected_type: str | None = None) -> No
     check_json_shape(resource, res_type)
     if isinstance(resource.get("id"), str) and len(resource["id"]) > 64:  # FHIR ids are 1 to 64 characters
         raise FhirError(400, "structure", f"{res_type}.id: an id is at most 64 characters", expression=f"{res_type}.id", spine_code="INVALID_RESOURCE")
+    _check_contained_types(resource, res_type)
     model = get_fhir_model_class(res_type)
     try:
         model.model_validate(resource)
@@ -290,8 +360,15 @@ def validate_structure(resource: Any, *, expected_type: str | None = None) -> No
         issues = []
         for err in exc.errors()[:20]:
             expr = _loc_to_expression(res_type, err["loc"])
-            # the error message may echo the offending value; only ever name the element
-            msg = err["msg"].split(",", 1)[0] if err["type"] == "value_error" else err["msg"]
+            choice = _choice_error(err)
+            if choice:
+                expr, msg = f"{expr}.{choice[0]}", choice[1]
+            else:
+                # the error message may echo the offending value; only ever name the element
+                msg = err["msg"].split(",", 1)[0] if err["type"] == "value_error" else err["msg"]
+                bad_primitive = _PRIMITIVE_RE.search(str(err["msg"])) if err["type"] == "value_error" else None
+                if bad_primitive:  # "DateTime value string does not match spec regex": which kind, never the value
+                    msg = f"not a valid FHIR {bad_primitive.group(1)[:1].lower()}{bad_primitive.group(1)[1:]}"
             issues.append(Issue("structure", f"{expr}: {msg}", expression=[expr], spine_code="INVALID_RESOURCE"))
         raise FhirError(400, "structure", issues[0].diagnostics, issues=issues) from None
     except RecursionError:  # pragma: no cover - MAX_DEPTH keeps well below it
@@ -439,6 +516,13 @@ def check_business_rules(resource: dict[str, Any]) -> None:
             for i, coding in enumerate((value or {}).get("coding") or []):
                 if coding.get("system") == system and coding.get("code") not in allowed:
                     raise _code_error(f"{expr}.coding[{i}].code", coding.get("code"), allowed)
+    for i, item in enumerate(resource.get("contained") or []):
+        kind = item.get("resourceType") if isinstance(item, dict) else None
+        for path, allowed in REQUIRED_CODES.get(kind, {}).items():
+            for expr, value in _iter_paths(item, path, f"{res_type}.contained[{i}]"):
+                if value not in allowed:
+                    raise _code_error(expr, value, allowed)
+    _check_local_references(resource, res_type)
     if res_type == "Consent":
         for expr, prov in _provisions(resource, res_type):
             for path, allowed in _CONSENT_PROVISION.items():
@@ -451,6 +535,44 @@ def check_business_rules(resource: dict[str, Any]) -> None:
         error = _rule_error(node, expr)
         if error is not None:
             raise error
+
+
+# elements that must name a resource of one type when they point at a contained resource
+_LOCAL_TARGET_TYPES = {"medicationReference": "Medication"}
+
+
+def _check_local_references(resource: dict[str, Any], res_type: str) -> None:
+    """R4 ref-1: a local reference ("#id") names a resource contained in this one (a bare "#"
+    names the container, from inside a contained resource). A medicationReference to a
+    contained resource names a Medication. 400: the resource is not valid FHIR."""
+    contained = resource.get("contained")
+    ids = {c.get("id"): c.get("resourceType") for c in contained if isinstance(c, dict)} if isinstance(contained, list) else {}
+    stack: list[tuple[Any, str | None, bool]] = [(resource, None, False)]
+    found: list[tuple[dict, str | None, bool]] = []
+    while stack:  # cheap pass: most resources hold no local reference at all
+        node, key, inside = stack.pop()
+        if isinstance(node, list):
+            stack.extend((v, key, inside) for v in node)
+        elif isinstance(node, dict):
+            ref = node.get("reference")
+            if isinstance(ref, str) and ref.startswith("#"):
+                found.append((node, key, inside))
+            for k, v in node.items():
+                if isinstance(v, (dict, list)):
+                    stack.append((v, k, inside or (node is resource and k == "contained")))
+    for node, key, inside in found:
+        target = node["reference"][1:]
+        problem = None
+        if target == "":
+            if not inside:
+                problem = 'a bare "#" names the containing resource, and is allowed only inside a contained resource'
+        elif target not in ids:
+            problem = f"no contained resource has the id {target!r} (ref-1)" if len(target) <= 64 and not CONTROL_CHARS.search(target) else "no contained resource has that id (ref-1)"
+        elif key in _LOCAL_TARGET_TYPES and ids[target] != _LOCAL_TARGET_TYPES[key]:
+            problem = f"{key} must name a contained {_LOCAL_TARGET_TYPES[key]}, not a {ids[target]}"
+        if problem:
+            where = next((f"{e}.reference" for e, n in _walk_dicts(resource, res_type) if n is node), f"{res_type}")
+            raise FhirError(400, "invalid", f"{where}: {problem}", expression=where, spine_code="INVALID_REFERENCE")
 
 
 def validate_resource(resource: Any, *, expected_type: str | None = None) -> dict[str, Any]:

@@ -13,6 +13,12 @@ synced is fetched from the upstream first (Organization and Practitioner are syn
 "if referenced"); a reference that cannot be resolved becomes the absolute upstream URL, which is
 what it is in FHIR terms, and is reported as a warning. meta.source records the upstream URL.
 
+A MedicationStatement or MedicationRequest whose medicationReference names a Medication on the
+upstream gets that Medication as a contained resource ("#med"), as FHIR allows: the gateway stores
+no Medication on its own, and the medicine's code must be in the record for labelling (a
+methadone prescription is substance-misuse information) and for `code` searches. A Medication
+that cannot be fetched leaves the reference as the upstream URL, with a warning.
+
 The writes go through IngestService.transaction (validation, labelling and linkage hooks, history,
 search index, the no-op for an unchanged re-send), so a second run changes nothing."""
 from __future__ import annotations
@@ -41,10 +47,16 @@ from app.sync.models import SyncCursor, SyncLink, SyncUpstream
 log = logging.getLogger("familyview.sync")
 
 # Patients first, then what refers to them (issue 6).
-DEFAULT_TYPES = ("Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam", "Flag", "Condition", "Observation")
+DEFAULT_TYPES = (
+    "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam", "Flag", "Condition", "Observation",
+    "MedicationStatement", "MedicationRequest",
+)
 # The search parameter that restricts each type to given patients (for --identifier).
 PATIENT_PARAM = {t: "patient" for t in DEFAULT_TYPES if t != "Patient"}
 _SYNC_NS = uuid.UUID("6f0b8a52-6a43-4c1e-9a51-2f8d3b0c6e11")
+# Types whose medicationReference to an upstream Medication is brought in as a contained Medication.
+MEDICATION_USERS = ("MedicationStatement", "MedicationRequest")
+_CONTAINED_MEDICATION_ID = "med"
 _MAX_DEPENDENCY_DEPTH = 3
 
 # A page's look-ups bind each column's values as one list (an array on PostgreSQL) and keep
@@ -215,6 +227,7 @@ class Syncer:
         )
         self.summary = SyncSummary(self.base, source_org, service)
         self.upstream_id = self._upstream_row()
+        self._medications: dict[str, dict[str, Any] | None] = {}  # upstream Medication id -> body, fetched once a run
 
     # ------------------------------------------------------------------ bookkeeping rows
 
@@ -543,6 +556,8 @@ class Syncer:
             body["meta"] = meta
             body["id"] = it.local_id
             it.body = body
+            if it.res_type in MEDICATION_USERS:
+                self._contain_medication(it, body)
             for ref in _references(body):
                 target = self._target(ref["reference"])
                 if target is not None:
@@ -580,6 +595,49 @@ class Syncer:
                     self._problem(self.summary.warnings, it.res_type, f"{self.base}/{it.res_type}/{it.upstream_id}",
                                   f"reference {target[0]}/{target[1]} is not synced; kept as the upstream URL")
                 ref["reference"] = absolute
+
+    def _contain_medication(self, it: _Item, body: dict[str, Any]) -> None:
+        """medicationReference to a Medication on the upstream: fetch it (once a run) and carry
+        it as the contained resource "#med", so the record holds its medicine's code."""
+        ref = body.get("medicationReference")
+        if not isinstance(ref, dict) or not isinstance(ref.get("reference"), str):
+            return
+        target = self._target(ref["reference"])
+        if not target or target[0] != "Medication" or not target[1]:
+            return
+        med_id = target[1]
+        if med_id not in self._medications:
+            try:
+                med = self.client.get_json(f"Medication/{med_id}")
+            except UpstreamError as exc:
+                med = None
+                self._problem(self.summary.warnings, it.res_type, f"{self.base}/{it.res_type}/{it.upstream_id}",
+                              f"its Medication/{med_id} could not be fetched ({exc.diagnostics}): the medicine's code is not in the record", exc.status, exc.outcome)
+            self._medications[med_id] = med if isinstance(med, dict) and med.get("resourceType") == "Medication" else None
+        med = self._medications[med_id]
+        if med is None:
+            return  # left to the reference rewriting: the upstream URL, as for any record not synced
+        if med.get("contained"):  # FHIR allows no contained resource inside a contained one
+            self._problem(self.summary.warnings, it.res_type, f"{self.base}/{it.res_type}/{it.upstream_id}",
+                          f"its Medication/{med_id} has contained resources of its own and cannot be contained: the medicine's code is not in the record")
+            return
+        contained = [c for c in body.get("contained") or [] if isinstance(c, dict)]
+        taken = {c.get("id") for c in contained}
+        local_id = _CONTAINED_MEDICATION_ID
+        n = 1
+        while local_id in taken:
+            n += 1
+            local_id = f"{_CONTAINED_MEDICATION_ID}{n}"
+        inline = orjson.loads(orjson.dumps(med))
+        inline.pop("meta", None)  # a contained resource has no versionId or lastUpdated of its own
+        inline.pop("text", None)
+        inline["id"] = local_id
+        for inner in _references(inline):  # its own references stay pointing at the upstream
+            t = self._target(inner["reference"])
+            if t is not None:
+                inner["reference"] = f"{self.base}/{t[0]}/{t[1]}"
+        body["contained"] = contained + [inline]
+        ref["reference"] = f"#{local_id}"
 
     def _links(self, s: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """Local ids of upstream records already synced from this upstream, by any source (own first)."""

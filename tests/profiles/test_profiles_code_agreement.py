@@ -20,7 +20,7 @@ from app.fhir import validation as v
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM
 
 ROOT = Path(__file__).resolve().parents[2] / "fhir_profiles"
-PROFILED = ("Patient", "RelatedPerson", "Consent")
+PROFILED = ("Patient", "RelatedPerson", "Consent", "MedicationStatement", "MedicationRequest")
 INVARIANTS = {"fv-nhs-1", "fv-ods-1", "fv-conf-1"}
 # The Consent provision rules are private to validation.py; read them if they are there.
 CONSENT_PROVISION: dict[str, set[str]] = getattr(v, "_CONSENT_PROVISION", {})

@@ -210,6 +210,8 @@ PROFILES = {
     "Patient": "https://fhir.hl7.org.uk/StructureDefinition/UKCore-Patient",
     "RelatedPerson": "https://fhir.hl7.org.uk/StructureDefinition/UKCore-RelatedPerson",
     "Consent": "https://fhir.hl7.org.uk/StructureDefinition/UKCore-Consent",
+    "MedicationStatement": "https://fhir.hl7.org.uk/StructureDefinition/UKCore-MedicationStatement",
+    "MedicationRequest": "https://fhir.hl7.org.uk/StructureDefinition/UKCore-MedicationRequest",
 }
 
 
