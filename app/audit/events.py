@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from app.audit.service import AuditColumns
+from app.audit.service import AuditColumns, index_from_body
 from app.auth.tokens import Principal
 
 FV = "https://familyview.example.nhs.uk/fhir"
@@ -174,3 +174,74 @@ def _b64(text: str) -> str:
     import base64
 
     return base64.b64encode(text.encode()).decode()
+
+
+def consent_write_event(principal: Principal, written: list[Any]) -> tuple[dict[str, Any], AuditColumns, list[tuple[str, str]]]:  # noqa: E501
+    """One BALP create/update event for the Consents a write stored: a change to who may see a
+    person's records is an IG fact in its own right (which organisation recorded it, for whom,
+    permit or refusal), searchable by patient, entity and agent."""
+    now = datetime.now(timezone.utc)
+    created = all(w.created for w in written)
+    action = "C" if created else "U"
+    entities: list[dict[str, Any]] = []
+    for w in written:
+        body = w.resource
+        patient = body.get("patient") if isinstance(body.get("patient"), dict) else {}
+        ident = patient.get("identifier") or {}
+        provision = body.get("provision") or {}
+        rule = next((c.get("code") for c in (body.get("policyRule") or {}).get("coding") or [] if isinstance(c, dict)), None)
+        entities.append({
+            "what": {"reference": f"Consent/{w.res_id}"},
+            "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+            "role": {"system": ENTITY_ROLE, "code": "4", "display": "Domain Resource"},
+            "detail": [
+                {"type": "version", "valueString": str(w.version_id)},
+                {"type": "status", "valueString": str(body.get("status") or "")},
+                {"type": "recorded-by", "valueString": w.source_org},
+                {"type": "provision-type", "valueString": str(provision.get("type") or "(none)")},
+                {"type": "policy-rule", "valueString": str(rule or "(none)")},
+            ],
+        })
+        literal = str(patient.get("reference") or "")
+        person: dict[str, Any] = {"type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+                                  "role": {"system": ENTITY_ROLE, "code": "1", "display": "Patient"}}
+        if literal and not literal.startswith("Patient?"):
+            person["what"] = {"reference": literal}
+        elif ident.get("value"):
+            person["what"] = {"identifier": ident}
+        else:
+            continue
+        if ident.get("system") == "https://fhir.nhs.uk/Id/nhs-number" and ident.get("value"):
+            person["detail"] = [{"type": "nhs-number", "valueString": str(ident["value"])}]
+        entities.append(person)
+    event_id = str(uuid.uuid4())
+    event = {
+        "resourceType": "AuditEvent",
+        "id": event_id,
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
+        "subtype": [
+            {"system": "http://hl7.org/fhir/restful-interaction", "code": "create" if created else "update",
+             "display": "create" if created else "update"},
+            {"system": f"{FV}/CodeSystem/audit-subtype", "code": "consent-write", "display": "Consent recorded"},
+        ],
+        "action": action,
+        "recorded": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "outcome": OUTCOME_SUCCESS,
+        "outcomeDesc": f"{len(written)} Consent(s) recorded by {principal.org}",
+        "agent": [
+            {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "AUT", "display": "author"}]},
+             "role": [{"coding": [{"system": ROLE_SYSTEM, "code": principal.role}]}],
+             "who": {"identifier": {"system": f"{FV}/Id/user", "value": principal.sub}}, "requestor": True},
+            {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type", "code": "datacollector", "display": "data collector"}]},
+             "who": {"type": "Organization", "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": principal.org}},
+             "requestor": False},
+        ],
+        "source": {"site": "familyview", "observer": {"display": "familyview FHIR gateway"},
+                   "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
+        "entity": entities,
+    }
+    columns = AuditColumns(
+        type_code="rest", subtype_code="consent-write", action=action, outcome=OUTCOME_SUCCESS, purpose_of_use=None,
+        agent_sub=principal.sub, agent_org=principal.org, agent_role=principal.role, review_required=False, policy_version=None,
+    )
+    return event, columns, index_from_body(event)

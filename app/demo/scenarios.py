@@ -280,8 +280,9 @@ def build_scenarios(today: date | None = None) -> list[Scenario]:
     father_birth = date(today.year - 19, 1, 15) if (today.month, today.day) >= (1, 15) else date(today.year - 20, 1, 15)
     fth = _entry(_related(MATERNITY, "s10-rp-father", {"reference": inf["fullUrl"]}, "FTH", "Bennett", "Kyle", "male", father_birth, nhs=N["s10_father"], postcode="LS10 4DD"))
     father = _entry(_patient(GP_FATHERS, "s10-father", "Bennett", "Kyle", "male", father_birth, nhs=N["s10_father"], gp=GP_FATHERS.org, postcode="LS10 4DD"))
-    fref = {"reference": father["fullUrl"]}
-    consent = _entry(_consent(GP_FATHERS, "s10-father-consent", fref, {
+    # recorded by the social care service that holds the care-leaver record (a Consent speaks for
+    # the records its recorder holds); the young-parent indicator is the gateway's own
+    consent = _entry(_consent(SOCIAL_CARE, "s10-father-consent", _nhs_ref(N["s10_father"]), {
         "type": "permit",
         "period": {"start": str(today - timedelta(days=20))},
         "actor": [{"role": {"coding": [{"system": PARTICIPATION, "code": "IRCP"}]}, "reference": _org_ref(HEALTH_VISITING.org)}],
@@ -290,5 +291,32 @@ def build_scenarios(today: date | None = None) -> list[Scenario]:
     }, today - timedelta(days=20)))
     care_leaver = _entry(_flag(SOCIAL_CARE, "s10-father-care-leaver", _nhs_ref(N["s10_father"]), "CARE-LEAVER", "Care leaver", today - timedelta(days=700)))
     out.append(Scenario(10, "Young father who is a care leaver: both shown as indicators where lawful",
-                        [(MATERNITY, _bundle(inf, mum, mth, fth)), (HEALTH_VISITING, hv), (GP_FATHERS, _bundle(father, consent)), (SOCIAL_CARE, _bundle(care_leaver))]))
+                        [(MATERNITY, _bundle(inf, mum, mth, fth)), (HEALTH_VISITING, hv), (GP_FATHERS, _bundle(father)),
+                         (SOCIAL_CARE, _bundle(care_leaver, consent))]))
+    for scenario in out:
+        _describe_sources(scenario)
     return out
+
+
+def _organisation(src: Source) -> dict[str, Any]:
+    return {
+        "resourceType": "Organization",
+        "identifier": [{"system": ODS, "value": src.org}],
+        "active": True,
+        "name": src.name,
+    }
+
+
+def _describe_sources(scenario: Scenario) -> None:
+    """Each source's first bundle in a scenario also describes the source itself (conditional
+    create, so once however many scenarios are loaded): a practitioner is told which
+    organisation holds a withheld record by its name, not only its ODS code."""
+    described: set[str] = set()
+    for src, bundle in scenario.bundles:
+        if src.key in described:
+            continue
+        described.add(src.key)
+        bundle["entry"].append({
+            "fullUrl": _u(), "resource": _organisation(src),
+            "request": {"method": "POST", "url": "Organization", "ifNoneExist": f"identifier={ODS}|{src.org}"},
+        })

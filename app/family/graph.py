@@ -22,7 +22,7 @@ from app.fhir.validation import is_valid_nhs_number
 from app.linkage.service import level_rank, linked_records_many
 
 PERSON_TYPES = ("Patient", "RelatedPerson")
-RECORD_TYPES = ("Flag", "Condition", "Observation")
+RECORD_TYPES = ("Flag", "Condition", "Observation", "MedicationStatement", "MedicationRequest")
 PREGNANCY_SCT = "77386006"
 EDD_LOINC = "11778-8"
 SCT = "http://snomed.info/sct"
@@ -453,6 +453,30 @@ def _owner_of(rec: Rec, owner: dict[str, FamilyMember], by_ident: dict) -> Famil
         return owner[f"{parsed[0]}/{parsed[1]}"]
     ident = ref.get("identifier") or {}
     return by_ident.get((ident.get("system"), ident.get("value")))
+
+
+_ORGANISATIONS = (
+    select(SearchToken.code, StoredResource.body)
+    .join(StoredResource, and_(SearchToken.res_type == StoredResource.res_type, SearchToken.res_id == StoredResource.res_id))
+    .where(SearchToken.res_type == "Organization", SearchToken.param == "identifier", SearchToken.system == ODS_SYSTEM,
+           in_list(SearchToken.code, "codes"), StoredResource.deleted.is_(False))
+    .order_by(StoredResource.last_updated, StoredResource.res_id)
+)
+
+
+def organisation_names(session: Session, ods_codes: Iterable[str]) -> dict[str, str]:
+    """The name each organisation gave itself in its Organization resource, by ODS code (the
+    latest description), so that a practitioner is told who holds a
+    record, not only its code. An organisation no source has described is left out."""
+    codes = sorted({c for c in ods_codes if c})
+    if not codes:
+        return {}
+    names: dict[str, str] = {}
+    for code, body in session.connection().execute(_ORGANISATIONS, {"codes": codes}):
+        name = (json.loads(body) if isinstance(body, str) else body).get("name")
+        if isinstance(name, str) and name.strip():
+            names[code] = name.strip()
+    return names
 
 
 def organisations_of(rec: Rec, field_name: str) -> set[str]:

@@ -14,6 +14,8 @@ from consent import (
     ConsentRecord, DataItem, DataSubject, DisclosureDecision, DisclosureRequest, LegitimateRelationship,
     ObligationKind, Purpose, Requester, decide, load_policy,
 )
+from consent.engine import effective_category
+from consent.labels import _record_date as record_date
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit_store
@@ -21,7 +23,9 @@ from app.audit.events import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditItem, 
 from app.auth.tokens import Principal
 from app.db import plan_once_per_statement
 from app.errors import SPINE_ERROR_SYSTEM, FhirError
-from app.family.graph import FamilyGraph, FamilyMember, Rec, assemble, find_subject, is_infant, route_people
+from app.family.graph import (
+    FamilyGraph, FamilyMember, Rec, assemble, find_subject, is_infant, organisation_names, organisations_of, route_people,
+)
 from app.family.relationship import legitimate_relationship, relationship_with_any
 from app.fhir.indexing import NHS_NUMBER_SYSTEM
 from app.linkage.matching import normalise_postcode
@@ -45,6 +49,16 @@ MOTHER_RESTRICTED = ("Withheld: the mother's record is restricted, so the addres
 MOTHER_SHARED_CONTACT = ("Withheld: the mother's record is restricted, so contact details recorded for this person "
                          "that are also hers are not shown.")
 PURPOSES = {"direct-care": Purpose.DIRECT_CARE, "safeguarding": Purpose.SAFEGUARDING}
+# What a practitioner is told about a withheld record, by the decision's reason code: the same
+# words whatever the record is (the engine's own reasons are written for the audit and the IG team).
+_RECORD_REASONS = {
+    "consent-required": ("Withheld: a confidential record held by another organisation. It is shared for direct care "
+                         "only with the person's consent for your organisation and this purpose, and none is in force."),
+    "consent-refused": "Withheld: this person has asked that it is not shared with you.",
+    "very-restricted": "Withheld: this person's record is very restricted and is shown only for safeguarding.",
+    "restricted": "Withheld: this person's record is restricted.",
+    "no-rule": "Withheld: no rule in the disclosure policy allows this (no rule).",
+}
 YOUNG_PARENT_AGE = 20
 _POLICY = None
 
@@ -105,6 +119,31 @@ class _Suppressions:
         if member_entry is not None:
             issue["expression"] = [f"Bundle.entry[{member_entry}].resource"]
         self.issues.append(issue)
+
+    def add_record(self, member_entry: int, who: str, role: str, holder: str | None, holder_name: str | None,
+                   decision: DisclosureDecision) -> None:
+        """A withheld record, said only to exist: whose it is, which organisation holds it and how
+        to ask. Never its category, kind, code, display or text (those go to the audit only)."""
+        if holder:
+            org = f"{holder_name} (ODS {holder})" if holder_name else f"the organisation with ODS code {holder}"
+            route = (f"To ask for it, contact {org}; if a child may be at risk, make a safeguarding request with a "
+                     "justification.")
+        else:
+            org, route = "familyview (derived from recorded details)", (
+                "If a child may be at risk, make a safeguarding request with a justification.")
+        self.issues.append({
+            "severity": "information",
+            "code": "suppressed",
+            "details": {
+                "coding": [
+                    {"system": SPINE_ERROR_SYSTEM, "code": "ACCESS_DENIED", "display": "Access Denied"},
+                    {"system": FAMILY_ROLE_SYSTEM, "code": role},
+                ],
+                "text": f"A confidential record about the {who}, held by {org}, was withheld",
+            },
+            "diagnostics": f"{_RECORD_REASONS.get(decision.reason_code, 'Withheld.')} {route}",
+            "expression": [f"Bundle.entry[{member_entry}].resource"],
+        })
 
     def outcome(self) -> dict[str, Any]:
         issues = self.issues or [{"severity": "information", "code": "informational", "diagnostics": "Nothing known to this gateway about this family was withheld from you."}]
@@ -195,15 +234,24 @@ def _restricted_mothers_contact(graph: FamilyGraph) -> tuple[set[tuple[str, str]
     return phones, homes
 
 
+def member_consents(member: FamilyMember) -> tuple[ConsentRecord, ...]:
+    """The member's Consents, each with the organisation that recorded it (the posting source,
+    which ingest holds to Consent.organization): a Consent speaks for that holder's records."""
+    return tuple(ConsentRecord.from_fhir(c.body, holder=c.source_org) for c in member.consents)
+
+
+def record_holders(member: FamilyMember) -> frozenset[str]:
+    """Every organisation that holds a record of the member: the source of a Patient or
+    RelatedPerson record of them or of a clinical record about them, and the GP practice a
+    Patient record names as theirs (it holds their GP record, sent here or not)."""
+    holders = {r.source_org for r in (*member.records, *member.clinical) if r.source_org}
+    for rec in member.patient_records:
+        holders |= organisations_of(rec, "generalPractitioner")
+    return frozenset(holders)
+
+
 def _record_date(rec: Rec) -> date | None:
-    b = rec.body
-    for value in (b.get("recordedDate"), b.get("effectiveDateTime"), (b.get("period") or {}).get("start"), b.get("dateTime")):
-        if isinstance(value, str) and len(value) >= 10:
-            try:
-                return date.fromisoformat(value[:10])
-            except ValueError:
-                continue
-    return None
+    return record_date(rec.body)
 
 
 class FamilyViewService:
@@ -293,7 +341,7 @@ class FamilyViewService:
             labels = frozenset(_person_labels(member))
             if member.role != "mother" or not labels & set(PERSON_CONFIDENTIALITY):
                 continue
-            consents = tuple(ConsentRecord.from_fhir(c.body) for c in member.consents)
+            consents = member_consents(member)
             source = member.primary.source_org
             identity = self._decide(member, consents, purpose, justification, relationship, DataItem("identity", "Patient", labels, source, reference=member.key))
             if not identity.permitted:
@@ -306,15 +354,17 @@ class FamilyViewService:
                 return removed, contact if not contact.permitted else identity
         return set(), None
 
-    def _decide(self, member: FamilyMember, consents: tuple, purpose: Purpose, justification, relationship, item: DataItem) -> DisclosureDecision:
-        return decide(
-            DisclosureRequest(
-                requester=self.requester, purpose=purpose, justification=justification, relationship=relationship,
-                subject=DataSubject(member.key, member.role, tuple((NHS_NUMBER_SYSTEM, n) for n in {r.nhs_number for r in member.records} if n)),
-                item=item, consents=consents,
-            ),
-            policy(),
+    def _request(self, member: FamilyMember, consents: tuple, purpose: Purpose, justification, relationship,
+                 item: DataItem) -> DisclosureRequest:
+        return DisclosureRequest(
+            requester=self.requester, purpose=purpose, justification=justification, relationship=relationship,
+            subject=DataSubject(member.key, member.role, tuple((NHS_NUMBER_SYSTEM, n) for n in {r.nhs_number for r in member.records} if n),
+                                record_holders=record_holders(member)),
+            item=item, consents=consents,
         )
+
+    def _decide(self, member: FamilyMember, consents: tuple, purpose: Purpose, justification, relationship, item: DataItem) -> DisclosureDecision:
+        return decide(self._request(member, consents, purpose, justification, relationship, item), policy())
 
     def _disclose(self, graph: FamilyGraph, purpose: Purpose, justification: str | None, relationship: LegitimateRelationship,
                   today: date, audit: FamilyViewAudit) -> dict[str, Any]:
@@ -329,9 +379,12 @@ class FamilyViewService:
             audit.items.append(AuditItem(reference, subject, category, decision.to_dict(), disclosed))
             if disclosed and decision.obligation(ObligationKind.QUEUE_IG_REVIEW):
                 review = True
+            if decision.consent_conflict:  # Consents of different holders disagree: an IG officer looks
+                review = True
             if disclosed:
                 for ob in decision.obligations:
-                    if ob.kind is ObligationKind.NOTIFY_DATA_CONTROLLER and ob.target:
+                    # the requester's own organisation holds the record: there is nobody else to tell
+                    if ob.kind is ObligationKind.NOTIFY_DATA_CONTROLLER and ob.target and ob.target != self.principal.org:
                         notifications.setdefault(ob.target, []).append(reference)
 
         merged: list[AuditItem] = []  # the member's other records whose details went into (or were kept from) the entry
@@ -349,9 +402,10 @@ class FamilyViewService:
                     merged.append(AuditItem(rec.ref + "#contact", member.key, "contact", decision.to_dict(), bool(keys & shown)))
 
         carried, carried_decision = self._carried_from_mother(graph, purpose, justification, relationship)
+        holder_names = organisation_names(self.session, {r.source_org for m in graph.members for r in m.clinical})
         mothers_contact, mothers_homes = _restricted_mothers_contact(graph)
         for index, member in enumerate(graph.members):
-            consents = tuple(ConsentRecord.from_fhir(c.body) for c in member.consents)
+            consents = member_consents(member)
             decide_item = lambda item, m=member, c=consents: self._decide(m, c, purpose, justification, relationship, item)  # noqa: E731
             who = member.role.replace("-", " ") if not member.unborn else "unborn baby"
             primary = member.primary if member.records else None
@@ -415,22 +469,24 @@ class FamilyViewService:
             for rec in member.clinical:
                 categories, labels = _labels(rec)
                 items = [DataItem(c, rec.res_type, frozenset(labels), rec.source_org, _record_date(rec), rec.ref) for c in sorted(categories or {"record"})]
-                decisions = [(item.category, decide_item(item)) for item in items]
-                allowed = all(d.permitted for _, d in decisions)
-                for category, d in decisions:
+                decided = []
+                for item in items:
+                    request = self._request(member, consents, purpose, justification, relationship, item)
+                    decided.append((effective_category(request, policy()), decide(request, policy())))
+                allowed = all(d.permitted for _, d in decided)
+                for category, d in decided:
                     note(d, rec.ref, member.key, category, allowed)
                 if allowed:
                     copy_ = copy.deepcopy(rec.body)
-                    for _, d in decisions:
+                    for _, d in decided:
                         for fname in d.redacted_fields:
                             copy_.pop(fname, None)
                     if rec.assurance not in ("level3", "level4"):
                         copy_.setdefault("extension", []).append({"url": EXT_ASSURANCE, "valueCode": rec.assurance})
                     records.append({"fullUrl": f"urn:familyview:{rec.ref}", "resource": copy_})
                 else:
-                    category, d = next((c, d) for c, d in decisions if not d.permitted)
-                    kind = {"Flag": "A flag", "Condition": "A condition", "Observation": "An observation"}.get(rec.res_type, "A record")
-                    suppressed.add(entry_index, who, category, f"{kind} ({category}, held by {rec.source_org})", d, role=member.role)
+                    d = next(d for _, d in decided if not d.permitted)
+                    suppressed.add_record(entry_index, who, member.role, rec.source_org, holder_names.get(rec.source_org), d)
             for indicator in self._indicators(member, graph, today):
                 # computed here from the birth date: no source holds it, so no data controller to tell
                 d = decide_item(DataItem("young-parent", "Flag", frozenset(), None, today, indicator["id"]))
@@ -439,7 +495,7 @@ class FamilyViewService:
                     indicator["subject"] = {"reference": member.key}
                     records.append({"fullUrl": f"urn:familyview:Flag/{indicator['id']}", "resource": indicator})
                 else:
-                    suppressed.add(entry_index, who, "young-parent", "A young-parent indicator", d, role=member.role)
+                    suppressed.add_record(entry_index, who, member.role, None, None, d)
         audit.review_required = review
         bases = sorted({basis_text(i.decision["lawful_basis"]) for i in audit.items if i.disclosed and i.decision.get("lawful_basis")})
         audit.outcome_desc = f"{len([i for i in audit.items if i.disclosed])} items disclosed, {len([i for i in audit.items if not i.disclosed])} withheld; basis: {'; '.join(bases) or 'none'}"

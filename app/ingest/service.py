@@ -14,11 +14,15 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit_store
+from app.audit.events import consent_write_event
 from app.auth.tokens import Principal, require
 from app.db import in_list, insert_rows, new_id, plan_each_execution
 from app.errors import FhirError, bad_request, unprocessable
 from app.fhir import store
-from app.fhir.indexing import STORED_TYPES, WRITABLE_TYPES, IndexRows, identifiers_of, index_resource, parse_reference
+from app.fhir.indexing import (
+    ODS_SYSTEM, STORED_TYPES, WRITABLE_TYPES, IndexRows, identifiers_of, index_resource, parse_reference,
+)
 from app.fhir.models import (
     ResourceVersion, SearchDate, SearchReference, SearchString, SearchToken, SourceKey, StoredResource,
 )
@@ -202,6 +206,37 @@ def _check_no_overlap(plans: list[_Plan]) -> None:
             )
 
 
+def audit_consent_writes(session: Session, principal: Principal, written: list[Written]) -> None:
+    audit_store.append(session, *consent_write_event(principal, written))
+
+
+def check_consent_recorder(principal: Principal, consent: dict[str, Any], prefix: str) -> None:
+    """A Consent speaks for the records of the organisation that recorded it, so only a source
+    may post one, and only naming itself in Consent.organization (by ODS identifier, or a
+    conditional reference on it): otherwise a maternity system could lift a refusal the
+    person gave their GP. An administrator corrects records but does not speak for a person."""
+    if principal.role != "source-system":
+        raise FhirError(403, "forbidden", f"The {principal.role} role may not record a person's Consent; the organisation "
+                        "that holds the records records it", spine_code="ACCESS_DENIED")
+    named: set[str] = set()
+    for ref in consent.get("organization") or []:
+        if not isinstance(ref, dict):
+            continue
+        ident = ref.get("identifier") or {}
+        if ident.get("system") == ODS_SYSTEM and ident.get("value"):
+            named.add(str(ident["value"]))
+        text = ref.get("reference") or ""
+        if text.startswith(f"Organization?identifier={ODS_SYSTEM}|"):
+            named.add(text.rsplit("|", 1)[1])
+    if principal.org not in named:
+        raise unprocessable(
+            "Consent.organization must name the organisation recording the Consent (your ODS code "
+            f"{principal.org}, as an identifier of system {ODS_SYSTEM}): a Consent governs the records held by the "
+            "organisation that recorded it",
+            expression=f"{prefix or 'Consent.'}organization", spine_code="INVALID_VALUE",
+        )
+
+
 class IngestService:
     def __init__(self, session: Session, principal: Principal, settings: Settings, hooks: list[IngestHook] | None = None, *, base: str):
         self.base = base  # this server's FHIR base URL: absolute references to it become relative
@@ -340,6 +375,8 @@ class IngestService:
             validate_resource(req.resource, expected_type=res_type)
         except FhirError as err:
             raise err.prefixed(prefix, f"entry {req.index}") if req.in_bundle else err
+        if res_type == "Consent":
+            check_consent_recorder(self.principal, req.resource, prefix)
         plan = _Plan(req=req, res_type=res_type)
         if req.method == "POST":
             if len(parts) != 1 or query:
@@ -536,6 +573,9 @@ class IngestService:
         self._flush(creates, updates, versions, rows, new_keys, known_keys)
         for hook in self.hooks:
             hook.after_write(self.session, written)
+        consents = [w for w in written if w.res_type == "Consent"]
+        if consents:  # a change to who may see a person's records is itself audited, in this transaction
+            audit_consent_writes(self.session, self.principal, consents)
         return results
 
     def _flush(self, creates, updates, versions, rows: IndexRows, new_keys, known_keys: dict[tuple, str] | None) -> None:

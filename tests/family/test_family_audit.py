@@ -20,10 +20,11 @@ def _view(live, key="s2_infant", purpose="direct-care"):
 
 
 def _audit_count(url: str) -> int:
+    """Family-view events (loading the demo writes Consent-write events too)."""
     eng = create_engine(url)
     try:
         with eng.connect() as c:
-            return c.execute(text("SELECT count(*) FROM audit_event")).scalar()
+            return c.execute(text("SELECT count(*) FROM audit_event WHERE subtype_code = 'family-view'")).scalar()
     finally:
         eng.dispose()
 
@@ -50,6 +51,15 @@ def test_audit_rows_cannot_be_updated_or_deleted(live):
     finally:
         eng.dispose()
     assert _audit_count(live.settings.database_url) == 1
+
+
+def _all_events(url: str) -> int:
+    eng = create_engine(url)
+    try:
+        with eng.connect() as c:
+            return c.execute(text("SELECT count(*) FROM audit_event")).scalar()
+    finally:
+        eng.dispose()
 
 
 def test_when_the_audit_cannot_be_written_nothing_is_disclosed(live):
@@ -81,12 +91,13 @@ def test_when_the_audit_cannot_be_written_nothing_is_disclosed(live):
 
 def test_chain_verifies_and_names_the_first_broken_link(live, capsys):
     load_demo(live.base_url, live.settings)
+    consents = _all_events(live.settings.database_url)  # the demo's Consent writes are audited too
     for key in ("s1_infant", "s2_infant", "s3_infant", "s4_infant"):
         assert _view(live, key).status_code == 200
     from app import cli
 
     assert cli.main(["audit", "verify", "--database-url", live.settings.database_url]) == 0
-    assert "intact: 4 events" in capsys.readouterr().out
+    assert f"intact: {consents + 4} events" in capsys.readouterr().out
     # an administrator with the power to disable the triggers alters the third event
     eng = create_engine(live.settings.database_url)
     try:
@@ -104,6 +115,7 @@ def test_chain_verifies_and_names_the_first_broken_link(live, capsys):
     assert cli.main(["audit", "verify", "--database-url", live.settings.database_url]) == 1
     out = capsys.readouterr().out
     assert "BROKEN" in out and third.event_id in out and "2 events before it verified" in out
+    assert consents >= 3  # three Consents in the demo, each write audited
 
 
 def _as_attacker(url: str, *statements: tuple[str, dict]) -> None:
@@ -142,8 +154,9 @@ def test_verify_sees_searchable_columns_and_index_rows_that_disagree_with_the_bo
     eng = create_engine(url)
     try:
         with eng.connect() as c:
-            first = c.execute(text("SELECT seq, recorded FROM audit_event ORDER BY seq LIMIT 1")).one()
-            second = c.execute(text("SELECT * FROM audit_event ORDER BY seq LIMIT 1 OFFSET 1")).mappings().one()
+            views = "SELECT * FROM audit_event WHERE subtype_code = 'family-view' ORDER BY seq"
+            first = c.execute(text(views + " LIMIT 1")).mappings().one()
+            second = c.execute(text(views + " LIMIT 1 OFFSET 1")).mappings().one()
             index = c.execute(text("SELECT pk, param, value FROM audit_index WHERE event_seq = :s ORDER BY pk"), {"s": second["seq"]}).all()
     finally:
         eng.dispose()
@@ -152,7 +165,7 @@ def test_verify_sees_searchable_columns_and_index_rows_that_disagree_with_the_bo
     # each searchable column an IG search reads, edited so the event hides from it
     for column, value in (("purpose_of_use", "BTG"), ("purpose_of_use", None), ("agent_sub", "someone-else"), ("agent_org", "RZZ99"),
                           ("agent_role", "gp"), ("outcome", "4"), ("type_code", "x"), ("subtype_code", "x"), ("action", "R"),
-                          ("policy_version", "0"), ("review_required", not second["review_required"]), ("recorded", first.recorded)):
+                          ("policy_version", "0"), ("review_required", not second["review_required"]), ("recorded", first["recorded"])):
         _as_attacker(url, (f"UPDATE audit_event SET {column} = :v WHERE seq = :s", {"v": value, "s": s}))
         rc, out = _verify(live, capsys)
         assert rc == 1 and "BROKEN" in out and f"#{s} ({second['event_id']})" in out, (column, out)
@@ -179,12 +192,13 @@ def test_verify_sees_the_newest_events_deleted_and_checks_a_kept_anchor(live, ca
     for key in ("s1_infant", "s2_infant", "s3_infant"):
         assert _view(live, key).status_code == 200
     url = live.settings.database_url
+    count = str(_all_events(url))  # three views and the demo's audited Consent writes
     rc, out = _verify(live, capsys)
-    assert rc == 0 and "intact: 3 events verified" in out
+    assert rc == 0 and f"intact: {count} events verified" in out
     head = out.split("hash ", 1)[1].split()[0]
-    assert len(head) == 64 and _verify(live, capsys, "--expect-count", "3", "--expect-head", head)[0] == 0
+    assert len(head) == 64 and _verify(live, capsys, "--expect-count", count, "--expect-head", head)[0] == 0
     assert _view(live, "s4_infant").status_code == 200  # the chain grows past the anchor: still good
-    assert _verify(live, capsys, "--expect-count", "3", "--expect-head", head)[0] == 0
+    assert _verify(live, capsys, "--expect-count", count, "--expect-head", head)[0] == 0
     eng = create_engine(url)
     try:
         with eng.connect() as c:

@@ -188,6 +188,7 @@ def test_a_withheld_member_is_not_reported_as_something_about_the_infant(world):
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"identifier": {"system": NHS, "value": N["s4_mother"]}}, "dateTime": "2026-01-01",
+        "organization": [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": GP_FAMILY.org}}],
         "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
         "provision": {"type": "deny", "period": {"start": "2026-01-01"}},
     })

@@ -50,6 +50,14 @@ class View:
     def suppressed_categories(self) -> set[str]:
         return {c["code"] for i in self.suppressed() for c in i["details"]["coding"] if c["system"].endswith("data-category")}
 
+    def withheld_records(self) -> list[dict]:
+        """Suppressed issues for withheld records: they name whose record, its holder and how to
+        ask, and carry no data category (a withheld record is never described by kind)."""
+        return [i for i in self.suppressed() if i["details"]["text"].startswith("A confidential record")]
+
+    def holders_named(self) -> list[str]:
+        return [i["details"]["text"].split(", held by ", 1)[1] for i in self.withheld_records()]
+
     def audit(self) -> dict:
         header = self.r.headers["x-audit-event"]
         assert header.startswith("AuditEvent/")
@@ -118,8 +126,10 @@ def test_scenario_2_father_linked_by_demographics_gp_record_withheld_then_disclo
     assurance = [e for e in father["extension"] if e["url"].endswith("linkage-assurance")]
     assert assurance and assurance[0]["valueCode"] == "level2"  # inferred, and marked so
     assert "66214007" not in v.codes()
-    assert v.suppressed_categories() == {"substance-misuse"}
-    assert "Substance abuse" not in v.r.text  # the withheld content never appears
+    assert v.suppressed_categories() == set()  # nothing says what kind of record was withheld
+    assert v.holders_named() == [f"{GP_FATHERS.name} (ODS {GP_FATHERS.org}), was withheld"]
+    assert "safeguarding request" in v.withheld_records()[0]["diagnostics"]
+    assert "Substance" not in v.r.text and "substance" not in v.r.text  # the withheld content never appears
     event = v.audit()
     withheld = [i for i in item_details(event) if i["disclosed"] == "false"]
     assert [w["category"] for w in withheld] == ["substance-misuse"] and withheld[0]["decision"] == "deny"
@@ -148,14 +158,14 @@ def test_scenario_3_consent_permits_mental_health_not_substance_misuse(world):
     assert v.status == 200
     assert "35489007" in v.codes()  # depression: covered by his Consent (PSY, health visiting, TREAT)
     assert "15167005" not in v.codes()  # alcohol abuse: not covered
-    assert v.suppressed_categories() == {"substance-misuse"}
+    assert len(v.withheld_records()) == 1 and v.suppressed_categories() == set()
     event = v.audit()
     mh = next(i for i in item_details(event) if i["category"] == "mental-health")
     assert mh["disclosed"] == "true" and "consent-relied-on" in mh
     # the infant's GP practice is not named in his Consent: the same record is withheld from it
     m = view(world, "s3_infant", role="gp", org=GP_FAMILY.org)
     assert m.status == 200 and "35489007" not in m.codes()
-    assert {"mental-health", "substance-misuse"} <= m.suppressed_categories()
+    assert len(m.withheld_records()) == 2 and m.suppressed_categories() == set()
 
 
 def test_scenario_4_mothers_partner_is_a_male_carer_flag_withheld_then_disclosed(world):
@@ -163,7 +173,8 @@ def test_scenario_4_mothers_partner_is_a_male_carer_flag_withheld_then_disclosed
     assert v.status == 200
     assert v.nhs_numbers("male-carer") == {N["s4_partner"]}
     assert v.nhs_numbers("father") == {N["s4_father"]}
-    assert v.records("Flag") == [] and v.suppressed_categories() == {"domestic-abuse"}
+    assert v.records("Flag") == [] and len(v.withheld_records()) == 1 and v.suppressed_categories() == set()
+    assert "Domestic" not in v.r.text and "DA-PERPETRATOR" not in v.r.text
     s = view(world, "s4_infant", "safeguarding", justification=JUSTIFICATION)
     assert [c["code"] for f in s.records("Flag") for c in f["code"]["coding"]] == ["DA-PERPETRATOR"]
     assert s.suppressed() == []
@@ -174,7 +185,7 @@ def test_scenario_5_refusal_withholds_for_care_safeguarding_overrides_and_record
     assert v.status == 200 and v.nhs_numbers("father") == {N["s5_father"]}
     father = v.people()["father"][0]
     assert "telecom" not in father and "address" not in father  # his Consent refuses contact
-    assert {"mental-health", "contact"} <= v.suppressed_categories()
+    assert v.suppressed_categories() == {"contact"} and len(v.withheld_records()) == 1
     assert "197480006" not in v.codes()
     s = view(world, "s5_infant", "safeguarding", justification=JUSTIFICATION)
     assert "197480006" in s.codes()
@@ -248,7 +259,8 @@ def test_scenario_10_young_care_leaver_father_indicators_where_lawful(world):
     # a GP practice (not named in his Consent) sees neither for direct care
     g = view(world, "s10_infant", role="gp", org=GP_FAMILY.org)
     assert g.status == 200 and not ({"CARE-LEAVER", "YOUNG-PARENT"} & g.codes())
-    assert {"care-leaver", "young-parent"} <= g.suppressed_categories()
+    assert len(g.withheld_records()) == 2 and g.suppressed_categories() == set()
+    assert "Care leaver" not in g.r.text and "Young" not in g.r.text
 
 
 @pytest.mark.parametrize("params, status, expression", [
