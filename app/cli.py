@@ -138,6 +138,20 @@ def _cmd_policy(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _cmd_classify(args: argparse.Namespace) -> int:
+    import json
+
+    from consent.classification import explain_classification, format_classification
+
+    try:
+        result = explain_classification(" ".join(args.query))
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_classification(result))
+    return 0
+
+
 def _cmd_sync(args: argparse.Namespace) -> int:
     from app.sync.command import run_command
 
@@ -219,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["explain", "check"])
     p.add_argument("file", nargs="?")
     p.set_defaults(func=_cmd_policy)
+
+    p = sub.add_parser("classify", help="say how a code (system|code, or a SNOMED CT / dm+d id) or a text is classified, and why")
+    p.add_argument("query", nargs="+", help="system|code, a bare code, or free text (several words are one text)")
+    p.add_argument("--json", action="store_true", help="the explanation as JSON")
+    p.set_defaults(func=_cmd_classify)
     return parser
 
 

@@ -1,24 +1,50 @@
-"""Sensitivity labelling: from the codes on a record to meta.security labels and categories.
+"""Sensitivity labelling: from the codes and words on a record to meta.security labels and categories.
 
-Works like a security labelling service: at ingest each record's codes are looked up in
-one value set per sensitive category (consent/valuesets/*.yaml), and the record is
-stamped with the category's HL7 v3 ActCode labels (ETH, SUD, PSY, SDV, VIO) and a
-familyview data-category coding. Disclosure decisions then read the labels, not raw codes,
-so a new code only needs adding to a value set.
+Works like a security labelling service: at ingest each record's codes are looked up in the
+sensitive categories' value sets, and its texts in a term list, and the record is stamped
+with the HL7 v3 ActCode labels of what matched (ETH, SUD, PSY, SDV, VIO, HIV, STD) and a
+familyview data-category coding per category. Disclosure decisions then read the labels,
+not raw codes, so a new code only needs adding to a value set.
+
+Three sources, all data, read once at import:
+
+* the UK code lists (``valuesets/codelists/``: SNOMED CT condition lists and dm+d medicine
+  lists with their provenance, brought in by ``scripts/build_valuesets.py``; the manifest
+  gives each list its category, labels and the code systems it matches);
+* the hand-kept value sets (``valuesets/*.yaml``: practice-local codes, and the categories
+  no public list covers: care leaving, young parenthood, own childhood adversity);
+* the term backstop (``terms/terms.yaml``) for local codes, free text and concepts newer
+  than the lists.
+
+A record's categories are the union of all three. The labels are per entry, not per
+category: a sexual-health record gets HIV or STD according to the list (or term set) that
+placed it. Classifying a coding is one dict look-up; a text is normalised once and only
+the term sets whose first words occur in it are searched.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import hashlib
+import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
 from .model import DATA_CATEGORY_SYSTEM, V3_ACT_CODE, V3_CONFIDENTIALITY, DataItem
 
-VALUESET_DIR = Path(__file__).parent / "valuesets"
+PACKAGE_DIR = Path(__file__).parent
+VALUESET_DIR = PACKAGE_DIR / "valuesets"
+CODELIST_DIR = VALUESET_DIR / "codelists"
+TERMS_PATH = PACKAGE_DIR / "terms" / "terms.yaml"
+
+SNOMED_SYSTEM = "http://snomed.info/sct"
+DMD_SYSTEM = "https://dmd.nhs.uk"
+_HL7_TERMINOLOGY = "http://terminology.hl7.org/"
 
 ACT_CODE_DISPLAY = {
     "ETH": "substance abuse information sensitivity",
@@ -26,6 +52,8 @@ ACT_CODE_DISPLAY = {
     "PSY": "psychiatry information sensitivity",
     "SDV": "sexual assault, abuse, or domestic violence information sensitivity",
     "VIO": "violence information sensitivity",
+    "HIV": "HIV/AIDS information sensitivity",
+    "STD": "sexually transmitted disease information sensitivity",
 }
 
 IDENTITY_TYPES = frozenset({"Patient", "RelatedPerson", "Person"})
@@ -34,17 +62,76 @@ CARE_TEAM_TYPES = frozenset({"CareTeam", "EpisodeOfCare", "Practitioner", "Pract
 
 @dataclass(frozen=True, slots=True)
 class ValueSet:
-    """The codes that put a record into one sensitive category."""
+    """The codes that put a record into one sensitive category.
+
+    ``labels`` are all the labels a record of the category can get; which of them a record
+    gets depends on the entry that placed it (see :func:`label_resource`). ``sources`` names
+    the files the codes come from (value set YAML and code list CSVs)."""
 
     id: str
     version: str
     category: str
     labels: tuple[str, ...]
     codes: frozenset[tuple[str, str]]
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CodeList:
+    """One shipped code list (a CSV under ``valuesets/codelists``) as its manifest describes it."""
+
+    id: str
+    file: str
+    source_file: str
+    provenance: str
+    category: str
+    labels: tuple[str, ...]
+    systems: tuple[str, ...]
+    version: str
+    sha256: str
+    codes: Mapping[str, tuple[str, ...]]  # code -> the labels this code gives
+
+
+@dataclass(frozen=True, slots=True)
+class TermSet:
+    """Phrases that place a text in one category, with the false friends cut out first."""
+
+    id: str
+    category: str
+    labels: tuple[str, ...]
+    terms: tuple[str, ...]
+    false_friends: tuple[str, ...]
+    pattern: re.Pattern[str]
+    not_pattern: re.Pattern[str] | None
+    keys: frozenset[str]  # the first four letters of each term's first word
+
+
+@dataclass(frozen=True, slots=True)
+class TermHit:
+    """What a text matched in one term set (``phrase`` None: only false friends were found)."""
+
+    term_set: str
+    category: str
+    labels: tuple[str, ...]
+    phrase: str | None
+    removed: tuple[str, ...]
+
+
+def _check_labels(labels: Iterable[str], where: str) -> tuple[str, ...]:
+    labels = tuple(labels or ())
+    for label in labels:
+        if label not in ACT_CODE_DISPLAY:
+            raise ValueError(f"{where}: unknown sensitivity label {label!r}")
+    return labels
+
+
+# ---------------------------------------------------------------------------
+# Value sets kept by hand (YAML)
+# ---------------------------------------------------------------------------
 
 
 def load_value_sets(directory: Path = VALUESET_DIR) -> dict[str, ValueSet]:
-    """Read every value set file; a malformed file is an error, not a silent gap."""
+    """Read every hand-kept value set file; a malformed file is an error, not a silent gap."""
     sets: dict[str, ValueSet] = {}
     for path in sorted(directory.glob("*.yaml")):
         with open(path, encoding="utf-8") as handle:
@@ -57,48 +144,328 @@ def load_value_sets(directory: Path = VALUESET_DIR) -> dict[str, ValueSet]:
                 category=str(data["category"]),
                 labels=tuple(data.get("labels") or ()),
                 codes=codes,
+                sources=(path.name,),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path.name}: malformed value set ({exc})") from exc
-        for label in vs.labels:
-            if label not in ACT_CODE_DISPLAY:
-                raise ValueError(f"{path.name}: unknown sensitivity label {label!r}")
+        _check_labels(vs.labels, path.name)
         sets[vs.category] = vs
     return sets
 
 
-VALUE_SETS: dict[str, ValueSet] = load_value_sets()
+# ---------------------------------------------------------------------------
+# UK code lists (CSV + manifest, built by scripts/build_valuesets.py)
+# ---------------------------------------------------------------------------
 
-_CATEGORY_BY_CODE: dict[tuple[str, str], set[str]] = {}
-for _vs in VALUE_SETS.values():
-    for _code in _vs.codes:
-        _CATEGORY_BY_CODE.setdefault(_code, set()).add(_vs.category)
+
+def _label_rules(entry: Mapping[str, Any], where: str) -> list[tuple[str | None, re.Pattern[str] | None, tuple[str, ...]]]:
+    rules = []
+    for rule in entry.get("label_rules") or ():
+        term = rule.get("term_matches")
+        rules.append((rule.get("source_contains"), re.compile(term) if term else None, _check_labels(rule["labels"], where)))
+    return rules
+
+
+def load_code_lists(directory: Path = CODELIST_DIR) -> tuple[str, dict[str, CodeList]]:
+    """The manifest's version and every list it names, checked against its count and sha256."""
+    manifest_path = directory / "manifest.yaml"
+    with open(manifest_path, encoding="utf-8") as handle:
+        manifest = yaml.safe_load(handle)
+    version = str(manifest["version"])
+    lists: dict[str, CodeList] = {}
+    for entry in manifest["lists"]:
+        where = f"{directory.name}/{entry['file']}"
+        data = (directory / entry["file"]).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ValueError(f"{where}: differs from manifest.yaml (sha256); rebuild with scripts/build_valuesets.py")
+        labels = _check_labels(entry["labels"], where)
+        rules = _label_rules(entry, where)
+        reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+        if next(reader) != ["code", "term", "source"]:
+            raise ValueError(f"{where}: header must be code,term,source")
+        codes: dict[str, tuple[str, ...]] = {}
+        for code, term, source in reader:
+            if rules:
+                got = {
+                    label
+                    for contains, pattern, rule_labels in rules
+                    if (contains and contains in source) or (pattern is not None and pattern.search(term))
+                    for label in rule_labels
+                }
+                codes[code] = tuple(sorted(got)) if got else labels  # no rule met: every label
+            else:
+                codes[code] = labels
+        if len(codes) != entry["codes"]:
+            raise ValueError(f"{where}: {len(codes)} codes, manifest says {entry['codes']}")
+        lists[entry["id"]] = CodeList(
+            id=str(entry["id"]),
+            file=str(entry["file"]),
+            source_file=str(entry.get("source_file") or entry["file"]),
+            provenance=str(entry.get("provenance") or ""),
+            category=str(entry["category"]),
+            labels=labels,
+            systems=tuple(entry["systems"]),
+            version=version,
+            sha256=str(entry["sha256"]),
+            codes=codes,
+        )
+    return version, lists
+
+
+# ---------------------------------------------------------------------------
+# The term backstop
+# ---------------------------------------------------------------------------
+
+_NON_WORD = re.compile(r"[^a-z0-9]+")
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, every run of other characters one space: how texts and terms are compared."""
+    return _NON_WORD.sub(" ", text.lower()).strip()
+
+
+def _phrase_pattern(phrases: Iterable[str], where: str) -> tuple[re.Pattern[str], frozenset[str]]:
+    fragments, keys = [], set()
+    for phrase in phrases:
+        words: list[str] = []
+        for raw in phrase.split():
+            star = raw.endswith("*")
+            body = raw[:-1] if star else raw
+            pieces = normalise_text(body).split()
+            if "*" in body or not pieces or (star and not words and len(pieces) == 1 and len(pieces[0]) < 4):
+                raise ValueError(f"{where}: bad term {phrase!r} (* only ends a word; a starred first word has 4 letters or more)")
+            words += pieces[:-1] + [pieces[-1] + ("*" if star else "")]
+        parts = [re.escape(w[:-1]) + "[a-z0-9]*" if w.endswith("*") else re.escape(w) for w in words]
+        fragments.append(" ".join(parts))
+        keys.add(words[0].rstrip("*")[:4])
+    # Longest first, so the phrase reported is the fullest one that matched.
+    fragments.sort(key=lambda f: (-len(f), f))
+    return re.compile(r"(?<![a-z0-9])(?:" + "|".join(fragments) + r")(?![a-z0-9])"), frozenset(keys)
+
+
+def load_terms(path: Path = TERMS_PATH) -> tuple[str, dict[str, TermSet]]:
+    """The term file's version and its term sets, each compiled to one pattern (plus one for its false friends)."""
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    version = str(data["version"])
+    sets: dict[str, TermSet] = {}
+    for set_id, spec in data["term_sets"].items():
+        where = f"{path.name}: {set_id}"
+        terms = tuple(str(t) for t in spec["terms"])
+        not_terms = tuple(str(t) for t in spec.get("not") or ())
+        pattern, keys = _phrase_pattern(terms, where)
+        not_pattern = _phrase_pattern(not_terms, where)[0] if not_terms else None
+        sets[set_id] = TermSet(
+            id=set_id,
+            category=str(spec["category"]),
+            labels=_check_labels(spec.get("labels"), where),
+            terms=terms,
+            false_friends=not_terms,
+            pattern=pattern,
+            not_pattern=not_pattern,
+            keys=keys,
+        )
+    return version, sets
+
+
+def _match_normalised(norm: str, want_misses: bool = False) -> list[TermHit]:
+    candidates: set[str] = set()
+    for word in norm.split(" "):
+        ids = _SETS_BY_KEY.get(word[:4])
+        if ids:
+            candidates.update(ids)
+    hits = []
+    for set_id in sorted(candidates):
+        ts = TERM_SETS[set_id]
+        found = ts.pattern.search(norm)
+        if found is None:
+            continue
+        removed: tuple[str, ...] = ()
+        if ts.not_pattern is not None:
+            removed = tuple(m.group(0) for m in ts.not_pattern.finditer(norm))
+            if removed:
+                found = ts.pattern.search(ts.not_pattern.sub(" | ", norm))
+        if found is not None or (want_misses and removed):
+            hits.append(TermHit(set_id, ts.category, ts.labels, found.group(0) if found else None, removed))
+    return hits
+
+
+def match_terms(text: str, include_false_friends: bool = False) -> list[TermHit]:
+    """The term sets a text matches (with ``include_false_friends``, also those where only a
+    false friend was found, with ``phrase`` None)."""
+    norm = normalise_text(text)
+    return _match_normalised(norm, include_false_friends) if norm else []
+
+
+_TEXT_CACHE: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {}
+_TEXT_CACHE_MAX = 20_000
+_TEXT_CACHE_LONGEST = 200
+
+
+def _classify_text(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(category, labels) per matching term set; remembered, since displays repeat."""
+    got = _TEXT_CACHE.get(text)
+    if got is None:
+        norm = normalise_text(text)
+        got = tuple((h.category, h.labels) for h in _match_normalised(norm)) if norm else ()
+        if len(text) <= _TEXT_CACHE_LONGEST:  # displays and short texts; long notes are not kept
+            if len(_TEXT_CACHE) >= _TEXT_CACHE_MAX:
+                _TEXT_CACHE.clear()
+            _TEXT_CACHE[text] = got
+    return got
+
+
+# ---------------------------------------------------------------------------
+# Loaded once: the value sets by category and the code index
+# ---------------------------------------------------------------------------
+
+YAML_VALUE_SETS: dict[str, ValueSet] = load_value_sets()
+CODELISTS_VERSION, CODE_LISTS = load_code_lists()
+TERMS_VERSION, TERM_SETS = load_terms()
+
+_index: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+_labels_seen: dict[str, list[frozenset[str]]] = {}
+
+
+def _add(key: tuple[str, str], category: str, labels: tuple[str, ...]) -> None:
+    cats, labs = _index.setdefault(key, (set(), set()))
+    cats.add(category)
+    labs.update(labels)
+    _labels_seen.setdefault(category, []).append(frozenset(labels))
+
+
+for _vs in YAML_VALUE_SETS.values():
+    for _key in _vs.codes:
+        _add(_key, _vs.category, _vs.labels)
+for _cl in CODE_LISTS.values():
+    for _code, _code_labels in _cl.codes.items():
+        for _system in _cl.systems:
+            _add((_system, _code), _cl.category, _code_labels)
+
+_frozen: dict[tuple[frozenset[str], frozenset[str]], tuple[frozenset[str], frozenset[str]]] = {}
+#: (system, code) -> (categories, labels): one look-up per coding.
+_CODE_INDEX: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {}
+for _key, (_cats, _labs) in _index.items():
+    _value = (frozenset(_cats), frozenset(_labs))
+    _CODE_INDEX[_key] = _frozen.setdefault(_value, _value)
+#: Kept for callers of the old name: (system, code) -> categories.
+_CATEGORY_BY_CODE: dict[tuple[str, str], frozenset[str]] = {k: v[0] for k, v in _CODE_INDEX.items()}
+
+for _ts in TERM_SETS.values():
+    _labels_seen.setdefault(_ts.category, []).append(frozenset(_ts.labels))
+
+
+def _merge_value_sets() -> dict[str, ValueSet]:
+    merged: dict[str, ValueSet] = {}
+    categories = list(YAML_VALUE_SETS) + [cl.category for cl in CODE_LISTS.values()]
+    for category in dict.fromkeys(categories):
+        yaml_vs = YAML_VALUE_SETS.get(category)
+        lists = [cl for cl in CODE_LISTS.values() if cl.category == category]
+        codes = set(yaml_vs.codes if yaml_vs else ())
+        labels = list(yaml_vs.labels if yaml_vs else ())
+        for cl in lists:
+            codes.update((system, code) for code in cl.codes for system in cl.systems)
+            labels += [label for label in cl.labels if label not in labels]
+        versions = ([yaml_vs.version] if yaml_vs else []) + ([f"codelists {CODELISTS_VERSION}"] if lists else [])
+        merged[category] = ValueSet(
+            id=yaml_vs.id if yaml_vs else category,
+            version=" + ".join(versions),
+            category=category,
+            labels=tuple(labels),
+            codes=frozenset(codes),
+            sources=(yaml_vs.sources if yaml_vs else ()) + tuple(f"codelists/{cl.file}" for cl in lists),
+        )
+    return merged
+
+
+#: One value set per sensitive category: the hand-kept YAML and the code lists together.
+VALUE_SETS: dict[str, ValueSet] = _merge_value_sets()
+
+for _ts in TERM_SETS.values():
+    if _ts.category not in VALUE_SETS:
+        raise ValueError(f"terms.yaml: {_ts.id}: category {_ts.category!r} has no value set")
+    if set(_ts.labels) - set(VALUE_SETS[_ts.category].labels):
+        raise ValueError(f"terms.yaml: {_ts.id}: labels {_ts.labels} are not the category's {VALUE_SETS[_ts.category].labels}")
+
+#: The labels every entry of a category gives (ETH and SUD for substance misuse; none for
+#: sexual health, whose entries give HIV or STD): what an existing ActCode label implies.
+_COMMON_LABELS: dict[str, frozenset[str]] = {c: frozenset.intersection(*seen) for c, seen in _labels_seen.items()}
 
 #: A label already on a record, read back as the category it stands for.
 CATEGORY_BY_LABEL: dict[str, str] = {
     label: vs.category for vs in VALUE_SETS.values() for label in vs.labels
 }
 
+_SETS_BY_KEY: dict[str, tuple[str, ...]] = {}
+for _ts in TERM_SETS.values():
+    for _k in _ts.keys:
+        _SETS_BY_KEY[_k] = tuple(sorted(set(_SETS_BY_KEY.get(_k, ())) | {_ts.id}))
 
-def _walk_codings(node: Any, skip_meta: bool = True) -> list[tuple[str, str]]:
-    """Every (system, code) in a resource, except its meta (labels are read separately).
-    An explicit stack, not recursive generators: it runs on every resource ingested."""
-    found: list[tuple[str, str]] = []
-    stack = [node]
-    top = node if skip_meta else None
+del _index, _frozen, _labels_seen
+
+
+def classify_coding(system: str, code: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(categories, labels) a coding gives; both empty when no value set holds it."""
+    return _CODE_INDEX.get((system, code), (frozenset(), frozenset()))
+
+
+def classify_text(text: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(categories, labels) a text gives through the term backstop."""
+    cats: set[str] = set()
+    labels: set[str] = set()
+    for category, labs in _classify_text(text):
+        cats.add(category)
+        labels.update(labs)
+    return frozenset(cats), frozenset(labels)
+
+
+# ---------------------------------------------------------------------------
+# Reading a resource
+# ---------------------------------------------------------------------------
+
+#: Texts under these keys are names, addresses and the like, not clinical words.
+_NOT_CLINICAL_TEXT = frozenset({"name", "address", "telecom", "identifier", "photo", "extension", "modifierExtension"})
+
+
+def _scan(node: Any) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every (system, code) in a resource and every text the term backstop reads, except
+    its meta (labels are read separately). An explicit stack, not recursive generators: it
+    runs on every resource ingested."""
+    codings: list[tuple[str, str]] = []
+    texts: list[str] = []
+    stack: list[tuple[Any, Any]] = [(None, node)]
+    top = node
     while stack:
-        n = stack.pop()
+        parent, n = stack.pop()
         if isinstance(n, list):
-            stack.extend(n)
+            stack.extend((parent, v) for v in n)
         elif isinstance(n, dict) or isinstance(n, Mapping):  # dict first: the ABC check is slow
             code = n.get("code")
             if isinstance(code, str) and "system" in n:
-                found.append((str(n.get("system") or ""), code))
+                system = str(n.get("system") or "")
+                codings.append((system, code))
+                display = n.get("display")
+                if isinstance(display, str) and not system.startswith(_HL7_TERMINOLOGY) and system != DATA_CATEGORY_SYSTEM:
+                    texts.append(display)
+            elif "code" in n and isinstance(n.get("display"), str):  # a coding with no system: its words still count
+                texts.append(n["display"])
+            if parent not in _NOT_CLINICAL_TEXT:
+                text = n.get("text")
+                if isinstance(text, str):
+                    texts.append(text)
+                value = n.get("valueString")
+                if isinstance(value, str):
+                    texts.append(value)
             for key, value in n.items():
                 if isinstance(value, (dict, list)) or isinstance(value, Mapping):
                     if not (n is top and key == "meta"):
-                        stack.append(value)
-    return found
+                        stack.append((key, value))
+    return codings, texts
+
+
+def _walk_codings(node: Any, skip_meta: bool = True) -> list[tuple[str, str]]:
+    """Every (system, code) in a resource, except its meta."""
+    return _scan(node)[0] if skip_meta else _scan({"_": node})[0]
 
 
 def _security_codes(resource: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -110,24 +477,44 @@ def _security_codes(resource: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _analyse(resource: Mapping[str, Any]) -> tuple[set[str], set[str], list[tuple[str, str]], list[tuple[str, str]]]:
+    """(categories, ActCode labels wanted, codings, security codes present) for a resource."""
+    codings, texts = _scan(resource)
+    categories: set[str] = set()
+    labels: set[str] = set()
+    for coding in codings:
+        hit = _CODE_INDEX.get(coding)
+        if hit is not None:
+            categories.update(hit[0])
+            labels.update(hit[1])
+    for text in texts:
+        for category, labs in _classify_text(text):
+            categories.add(category)
+            labels.update(labs)
+    present = _security_codes(resource)
+    if present:
+        from_labels: set[str] = set()
+        labelled: set[str] = set()
+        for system, code in present:
+            if system == DATA_CATEGORY_SYSTEM and code in VALUE_SETS:
+                from_labels.add(code)
+            elif system in ("", V3_ACT_CODE) and code in CATEGORY_BY_LABEL:
+                from_labels.add(CATEGORY_BY_LABEL[code])
+                labelled.add(CATEGORY_BY_LABEL[code])
+        for category in from_labels - categories:
+            # Known only from labels already on the record: an ActCode label brings what every
+            # entry of its category gives; a bare data-category coding, all the category's labels.
+            labels.update(_COMMON_LABELS.get(category, ()) if category in labelled else VALUE_SETS[category].labels)
+        categories |= from_labels
+    return categories, labels, codings, present
+
+
 def sensitive_categories(resource: Mapping[str, Any]) -> set[str]:
-    """The sensitive categories a record falls into, from its codes and existing labels."""
-    found: set[str] = set()
-    for coding in _walk_codings(resource):
-        found.update(_CATEGORY_BY_CODE.get(coding, ()))
-    for system, code in _security_codes(resource):
-        if system == DATA_CATEGORY_SYSTEM and code in VALUE_SETS:
-            found.add(code)
-        elif system in ("", V3_ACT_CODE) and code in CATEGORY_BY_LABEL:
-            found.add(CATEGORY_BY_LABEL[code])
-    return found
+    """The sensitive categories a record falls into, from its codes, words and existing labels."""
+    return _analyse(resource)[0]
 
 
-def categories_for_resource(resource: Mapping[str, Any]) -> set[str]:
-    """The data categories of a resource: its sensitive ones, else what kind of record it is."""
-    found = sensitive_categories(resource)
-    if found:
-        return found
+def _kind_category(resource: Mapping[str, Any]) -> set[str]:
     kind = resource.get("resourceType")
     if kind in IDENTITY_TYPES:
         return {"identity"}
@@ -136,27 +523,33 @@ def categories_for_resource(resource: Mapping[str, Any]) -> set[str]:
     return {"record"}
 
 
-def label_resource(resource: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The security Codings to stamp into meta.security (existing labels not repeated).
+def categories_for_resource(resource: Mapping[str, Any]) -> set[str]:
+    """The data categories of a resource: its sensitive ones, else what kind of record it is."""
+    return sensitive_categories(resource) or _kind_category(resource)
 
-    One v3 ActCode coding per sensitivity label of each sensitive category found, and one
-    familyview data-category coding naming the category itself (so that categories without
-    an ActCode label, such as care-leaver, are labelled too). Sorted, so the result is stable.
-    """
-    present = set(_security_codes(resource))
-    wanted: set[tuple[str, str]] = set()
-    for category in sensitive_categories(resource):
-        for label in VALUE_SETS[category].labels:
-            wanted.add((V3_ACT_CODE, label))
-        wanted.add((DATA_CATEGORY_SYSTEM, category))
+
+def _label_codings(categories: set[str], labels: set[str], present: list[tuple[str, str]]) -> list[dict[str, str]]:
+    wanted = {(V3_ACT_CODE, label) for label in labels} | {(DATA_CATEGORY_SYSTEM, c) for c in categories}
     codings = []
-    for system, code in sorted(wanted - present):
+    for system, code in sorted(wanted - set(present)):
         coding = {"system": system, "code": code}
         display = ACT_CODE_DISPLAY.get(code) if system == V3_ACT_CODE else None
         if display:
             coding["display"] = display
         codings.append(coding)
     return codings
+
+
+def label_resource(resource: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The security Codings to stamp into meta.security (existing labels not repeated).
+
+    One v3 ActCode coding per label of what matched (a code list entry, a hand-kept value
+    set code, a term), and one familyview data-category coding per sensitive category found
+    (so that categories without an ActCode label, such as care-leaver, are labelled too).
+    Sorted, so the result is stable.
+    """
+    categories, labels, _codings, present = _analyse(resource)
+    return _label_codings(categories, labels, present)
 
 
 _DATE_FIELDS = (
@@ -188,13 +581,12 @@ def data_items_for_resource(resource: Mapping[str, Any], source_org: str | None 
     A record in two sensitive categories (say substance misuse and mental health) gives two
     items; disclose it only if every one is permitted.
     """
-    labels = {code for system, code in _security_codes(resource) if system in ("", V3_ACT_CODE, V3_CONFIDENTIALITY)}
-    for coding in label_resource(resource):
-        if coding["system"] == V3_ACT_CODE:
-            labels.add(coding["code"])
+    categories, wanted, codings, present = _analyse(resource)
+    labels = {code for system, code in present if system in ("", V3_ACT_CODE, V3_CONFIDENTIALITY)}
+    labels.update(wanted)
     kind = resource.get("resourceType")
     reference = f"{kind}/{resource['id']}" if resource.get("id") else None
-    codes = tuple(sorted(set(_walk_codings(resource))))
+    codes = tuple(sorted(set(codings)))
     return [
         DataItem(
             category=category,
@@ -205,5 +597,5 @@ def data_items_for_resource(resource: Mapping[str, Any], source_org: str | None 
             reference=reference,
             codes=codes,
         )
-        for category in sorted(categories_for_resource(resource))
+        for category in sorted(categories or _kind_category(resource))
     ]
