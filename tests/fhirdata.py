@@ -43,8 +43,9 @@ def bundle(entries: list[dict[str, Any]], kind: str = "transaction") -> dict[str
     return {"resourceType": "Bundle", "type": kind, "entry": entries}
 
 
-def family_bundle(nhs: str | None = None, suffix: str = "") -> dict[str, Any]:
-    """Patient + RelatedPerson + Consent linked by urn:uuid."""
+def family_bundle(nhs: str | None = None, suffix: str = "", org: str = "RMT01") -> dict[str, Any]:
+    """Patient + RelatedPerson + Consent linked by urn:uuid, as the source ``org`` records them
+    (the Consent names its recorder in Consent.organization)."""
     nhs = nhs or next_nhs()
     p = patient("Taylor" + suffix, "Amy", nhs=nhs, local_id="p-" + nhs)
     p_entry = entry(p)
@@ -64,6 +65,7 @@ def family_bundle(nhs: str | None = None, suffix: str = "") -> dict[str, Any]:
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": p_entry["fullUrl"]},
+        "organization": [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": org}}],
         "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
         "provision": {"type": "permit", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]},
     }

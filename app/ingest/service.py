@@ -210,33 +210,6 @@ def audit_consent_writes(session: Session, principal: Principal, written: list[W
     audit_store.append(session, *consent_write_event(principal, written))
 
 
-def check_consent_recorder(principal: Principal, consent: dict[str, Any], prefix: str) -> None:
-    """A Consent speaks for the records of the organisation that recorded it, so only a source
-    may post one, and only naming itself in Consent.organization (by ODS identifier, or a
-    conditional reference on it): otherwise a maternity system could lift a refusal the
-    person gave their GP. An administrator corrects records but does not speak for a person."""
-    if principal.role != "source-system":
-        raise FhirError(403, "forbidden", f"The {principal.role} role may not record a person's Consent; the organisation "
-                        "that holds the records records it", spine_code="ACCESS_DENIED")
-    named: set[str] = set()
-    for ref in consent.get("organization") or []:
-        if not isinstance(ref, dict):
-            continue
-        ident = ref.get("identifier") or {}
-        if ident.get("system") == ODS_SYSTEM and ident.get("value"):
-            named.add(str(ident["value"]))
-        text = ref.get("reference") or ""
-        if text.startswith(f"Organization?identifier={ODS_SYSTEM}|"):
-            named.add(text.rsplit("|", 1)[1])
-    if principal.org not in named:
-        raise unprocessable(
-            "Consent.organization must name the organisation recording the Consent (your ODS code "
-            f"{principal.org}, as an identifier of system {ODS_SYSTEM}): a Consent governs the records held by the "
-            "organisation that recorded it",
-            expression=f"{prefix or 'Consent.'}organization", spine_code="INVALID_VALUE",
-        )
-
-
 class IngestService:
     def __init__(self, session: Session, principal: Principal, settings: Settings, hooks: list[IngestHook] | None = None, *, base: str):
         self.base = base  # this server's FHIR base URL: absolute references to it become relative
@@ -344,7 +317,45 @@ class IngestService:
                 hook.prepare(resource)
             p.resource = resource
         self._check_exist(outside)
+        self._check_consent_recorders(plans)
         return self._store(plans, known_keys)
+
+    def _check_consent_recorders(self, plans: list[_Plan]) -> None:
+        """A Consent speaks for the records of the organisation that recorded it, so it must name
+        the posting source in Consent.organization: by ODS identifier, or by a reference (literal,
+        urn:uuid or conditional, resolved by now) to an Organization carrying that ODS code.
+        Otherwise a maternity system could lift a refusal the person gave their GP."""
+        consents = [p for p in plans if p.res_type == "Consent" and p.noop_result is None]
+        if not consents:
+            return
+        in_bundle = {f"Organization/{p.res_id}": p.resource or p.req.resource for p in plans if p.res_type == "Organization"}
+        for p in consents:
+            named: set[str] = set()
+            literal: set[tuple[str, str]] = set()
+            for ref in p.resource.get("organization") or []:
+                if not isinstance(ref, dict):
+                    continue
+                ident = ref.get("identifier") or {}
+                if ident.get("system") == ODS_SYSTEM and ident.get("value"):
+                    named.add(str(ident["value"]))
+                parsed = parse_reference(ref.get("reference") or "")
+                if parsed and parsed[0] == "Organization":
+                    target = in_bundle.get(f"Organization/{parsed[1]}")
+                    if target is not None:
+                        named |= {v for sys_, v in identifiers_of(target) if sys_ == ODS_SYSTEM}
+                    else:
+                        literal.add(parsed)
+            if literal and self.principal.org not in named:
+                for row in current_rows(self.session.connection(), literal):
+                    if not row.deleted:
+                        named |= {v for sys_, v in identifiers_of(json.loads(row.body)) if sys_ == ODS_SYSTEM}
+            if self.principal.org not in named:
+                raise unprocessable(
+                    "Consent.organization must name the organisation recording the Consent (your ODS code "
+                    f"{self.principal.org}, as an identifier of system {ODS_SYSTEM} or a reference to that Organization): "
+                    "a Consent governs the records held by the organisation that recorded it",
+                    expression=f"{p.req.expr_prefix or 'Consent.'}organization", spine_code="INVALID_VALUE",
+                )
 
     def _check_exist(self, outside: _Outside) -> None:
         """References to records outside the Bundle must resolve: one look-up for all of them;
@@ -375,8 +386,9 @@ class IngestService:
             validate_resource(req.resource, expected_type=res_type)
         except FhirError as err:
             raise err.prefixed(prefix, f"entry {req.index}") if req.in_bundle else err
-        if res_type == "Consent":
-            check_consent_recorder(self.principal, req.resource, prefix)
+        if res_type == "Consent" and self.principal.role != "source-system":
+            raise FhirError(403, "forbidden", f"The {self.principal.role} role may not record a person's Consent; the "
+                            "organisation that holds the records records it", spine_code="ACCESS_DENIED")
         plan = _Plan(req=req, res_type=res_type)
         if req.method == "POST":
             if len(parts) != 1 or query:
