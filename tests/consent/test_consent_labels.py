@@ -6,11 +6,20 @@ import pytest
 import yaml
 
 from consent import categories_for_resource, label_resource, load_policy
-from consent.labels import VALUE_SETS, VALUESET_DIR, data_items_for_resource
+from consent.labels import (
+    CODE_LISTS,
+    CODELIST_DIR,
+    TERM_SETS,
+    VALUE_SETS,
+    VALUESET_DIR,
+    YAML_VALUE_SETS,
+    data_items_for_resource,
+)
 from consent.model import DATA_CATEGORY_SYSTEM, V3_ACT_CODE
 from consent_testkit import GP_FATHER, LOCAL, SNOMED
 
-SENSITIVE = ["substance-misuse", "mental-health", "domestic-abuse", "violence", "childhood-adversity", "care-leaver", "young-parent"]
+HAND_KEPT = ["substance-misuse", "mental-health", "domestic-abuse", "violence", "childhood-adversity", "care-leaver", "young-parent"]
+SENSITIVE = HAND_KEPT + ["sexual-health", "child-safeguarding"]
 
 
 def condition(system: str, code: str, **extra) -> dict:
@@ -77,8 +86,10 @@ def test_label_output_is_sorted_and_stable():
 
 
 def test_every_value_set_file_is_complete_and_cited():
+    """The hand-kept YAML value sets (local codes, and the categories no public list covers)
+    and the shipped code lists together give every sensitive category its value set."""
     files = sorted(VALUESET_DIR.glob("*.yaml"))
-    assert {f.stem for f in files} == set(SENSITIVE)
+    assert {f.stem for f in files} == set(HAND_KEPT)
     for path in files:
         data = yaml.safe_load(path.read_text())
         assert data["category"] == path.stem and data["version"]
@@ -86,10 +97,28 @@ def test_every_value_set_file_is_complete_and_cited():
             assert entry["display"] and entry["source"], (path.name, entry)
             if entry["system"] == SNOMED:
                 assert entry["code"].isdigit() and 6 <= len(entry["code"]) <= 18
+    assert set(VALUE_SETS) == set(SENSITIVE)
+    for code_list in CODE_LISTS.values():
+        assert code_list.category in SENSITIVE
+        assert (CODELIST_DIR / code_list.file).is_file() and (CODELIST_DIR / code_list.provenance).is_file()
+        assert f"codelists/{code_list.file}" in VALUE_SETS[code_list.category].sources
 
 
 def test_value_set_labels_agree_with_the_policy():
+    """A policy category's labels are the union of the labels its value sets (hand-kept YAML,
+    code lists, term sets) can give; and every value set is a sensitive category of the policy."""
     policy = load_policy()
     for category in SENSITIVE:
-        assert policy.categories[category].sensitive
-        assert set(policy.categories[category].labels) == set(VALUE_SETS[category].labels), category
+        assert policy.categories[category].sensitive, category
+        assert policy.categories[category].value_set == category
+        given = set(YAML_VALUE_SETS[category].labels) if category in YAML_VALUE_SETS else set()
+        for code_list in CODE_LISTS.values():
+            if code_list.category == category:
+                given |= {label for labels in code_list.codes.values() for label in labels}
+        for term_set in TERM_SETS.values():
+            if term_set.category == category:
+                given |= set(term_set.labels)
+        assert set(policy.categories[category].labels) == given == set(VALUE_SETS[category].labels), category
+    for name, spec in policy.categories.items():
+        if spec.value_set:
+            assert spec.value_set in VALUE_SETS, name
