@@ -29,6 +29,7 @@ import datetime as _dt
 import hashlib
 import io
 import re
+from collections.abc import Mapping as _AbcMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -423,6 +424,8 @@ def classify_text(text: str) -> tuple[frozenset[str], frozenset[str]]:
 # Reading a resource
 # ---------------------------------------------------------------------------
 
+_SCALARS = (str, int, float, bool, type(None))
+
 #: Texts under these keys are names, addresses and the like, not clinical words.
 _NOT_CLINICAL_TEXT = frozenset({"name", "address", "telecom", "identifier", "photo", "extension", "modifierExtension"})
 
@@ -439,7 +442,7 @@ def _scan(node: Any) -> tuple[list[tuple[str, str]], list[str]]:
         parent, n = stack.pop()
         if isinstance(n, list):
             stack.extend((parent, v) for v in n)
-        elif isinstance(n, dict) or isinstance(n, Mapping):  # dict first: the ABC check is slow
+        elif isinstance(n, dict) or isinstance(n, _AbcMapping):  # dict first: the ABC check is slow
             code = n.get("code")
             if isinstance(code, str) and "system" in n:
                 system = str(n.get("system") or "")
@@ -457,7 +460,8 @@ def _scan(node: Any) -> tuple[list[tuple[str, str]], list[str]]:
                 if isinstance(value, str):
                     texts.append(value)
             for key, value in n.items():
-                if isinstance(value, (dict, list)) or isinstance(value, Mapping):
+                # dict and list first, scalars next: the Mapping ABC check is slow
+                if isinstance(value, (dict, list)) or (not isinstance(value, _SCALARS) and isinstance(value, _AbcMapping)):
                     if not (n is top and key == "meta"):
                         stack.append((key, value))
     return codings, texts
