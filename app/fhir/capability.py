@@ -11,8 +11,8 @@ _MEDICINE_DOC = (
     "medication[x]: medicationCodeableConcept coded with dm+d (https://dmd.nhs.uk) or SNOMED CT "
     "(http://snomed.info/sct), or medicationReference to a contained Medication (\"#id\") whose code "
     "is searched by `code` and read by sensitivity labelling. A medicationReference to a Medication "
-    "held elsewhere is stored as sent, but its code is not seen: neither `code` nor labelling can "
-    "classify the record (this server stores no Medication on its own; contain it instead)."
+    "held elsewhere is stored as sent, but its code is not seen: `code` searches miss it and labelling "
+    "reads only the record's own codes and texts (this server stores no Medication on its own; contain it instead)."
 )
 _DOCUMENTATION = {"MedicationStatement": _MEDICINE_DOC, "MedicationRequest": _MEDICINE_DOC}
 
