@@ -12,7 +12,7 @@ from typing import Any
 
 from consent import (
     ConsentRecord, DataItem, DataSubject, DisclosureDecision, DisclosureRequest, LegitimateRelationship,
-    ObligationKind, Purpose, Requester, decide, load_policy,
+    ObligationKind, Purpose, Requester, decide, label_resource, load_policy,
 )
 from consent.engine import effective_category
 from consent.labels import _record_date as record_date
@@ -159,6 +159,19 @@ def _labels(rec: Rec) -> tuple[set[str], set[str]]:
             categories.add(code)
         elif system in (ACT_CODE, CONFIDENTIALITY) and code:
             labels.add(code)
+    return categories, labels
+
+
+def _record_labels(rec: Rec) -> tuple[set[str], set[str]]:
+    """A clinical record's labels: those stamped at ingest, and those the code lists and terms in
+    force now give its codes and text. A record stored before a list gained its code (or a term
+    its words) is decided as the lists now read it, with no re-labelling run to forget."""
+    categories, labels = _labels(rec)
+    for c in label_resource(rec.body):
+        if c["system"] == DATA_CATEGORY:
+            categories.add(c["code"])
+        elif c["system"] == ACT_CODE:
+            labels.add(c["code"])
     return categories, labels
 
 
@@ -467,7 +480,7 @@ class FamilyViewService:
                 note_merged(member, contact_decision, "contact", resource)
             entries.append({"fullUrl": f"urn:familyview:{member.key}", "resource": resource})
             for rec in member.clinical:
-                categories, labels = _labels(rec)
+                categories, labels = _record_labels(rec)
                 items = [DataItem(c, rec.res_type, frozenset(labels), rec.source_org, _record_date(rec), rec.ref) for c in sorted(categories or {"record"})]
                 decided = []
                 for item in items:

@@ -323,3 +323,31 @@ def test_a_permit_from_another_organisation_does_not_override_the_gp_recorded_re
     assert DEPRESSION[0] in s.codes()
     dep = next(i for i in items(s.audit(world)) if i["what"].startswith("Condition/"))
     assert "consent-overridden" in dep and "(deny)" in dep["consent-overridden"]
+
+
+def test_a_record_stored_before_its_code_was_listed_is_decided_as_the_lists_now_read_it(world, families):
+    """A Condition stamped at ingest with no labels (as under an older list, which lacked its
+    code): the view reads it with the lists in force, so it is withheld as substance misuse,
+    not shown as an ordinary record."""
+    import json
+
+    from sqlalchemy import create_engine, text
+
+    family = Family("sandpiper")
+    family.gp(_condition(GP_FATHERS, "sandpiper-dx", family.man_ref, SCT, *OPIOID_DEPENDENCE, TODAY - timedelta(days=30)))
+    family.load(world)
+    gp = world.source(GP_FATHERS.org, GP_FATHERS.service)
+    stored = gp.get("/Condition", params={"identifier": f"{GP_FATHERS.local_system}|sandpiper-dx"}).json()["entry"][0]["resource"]
+    assert any(c["code"] == "substance-misuse" for c in stored["meta"]["security"])
+    engine = create_engine(world.settings.database_url)
+    try:
+        with engine.begin() as c:  # as it would have been stored before the list had the code
+            body = json.loads(c.execute(text("SELECT body FROM resource WHERE res_type = 'Condition' AND res_id = :i"), {"i": stored["id"]}).scalar())
+            body["meta"].pop("security")
+            c.execute(text("UPDATE resource SET body = :b WHERE res_type = 'Condition' AND res_id = :i"), {"b": json.dumps(body), "i": stored["id"]})
+    finally:
+        engine.dispose()
+    care = ask(world, family, role="gp", org=GP_FAMILY.org)  # a GP with a relationship, who holds no record of his
+    assert care.status == 200 and OPIOID_DEPENDENCE[0] not in care.codes() and len(care.withheld()) == 1
+    decided = next(i for i in items(care.audit(world)) if i["what"] == f"Condition/{stored['id']}")
+    assert decided["category"] == "substance-misuse" and decided["disclosed"] == "false"
