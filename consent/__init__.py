@@ -8,7 +8,8 @@ No web framework, database or network here: the policy is data, loaded once.
 
 from .engine import consent_finding, decide
 from .fhir_consent import ConsentRecord
-from .labels import categories_for_resource, data_items_for_resource, label_resource
+from .classification import explain_classification
+from .labels import categories_for_resource, classify_coding, classify_text, data_items_for_resource, label_resource
 from .model import (
     ConsentRef,
     DataItem,
@@ -42,9 +43,12 @@ __all__ = [
     "Purpose",
     "Requester",
     "categories_for_resource",
+    "classify_coding",
+    "classify_text",
     "consent_finding",
     "data_items_for_resource",
     "decide",
+    "explain_classification",
     "label_resource",
     "load_policy",
 ]
