@@ -100,6 +100,10 @@ FALSE_FRIENDS = [
     "Hearing aids",
     "Lithium battery ingestion",
     "Mashed potato diet",
+    "Depressed anterior fontanelle",
+    "Baby has drunk 60ml of formula",
+    "Substance use: none",
+    "No safeguarding concerns",
 ]
 
 
@@ -115,6 +119,7 @@ def test_a_false_friend_is_cut_out_but_a_real_mention_beside_it_still_counts():
     (hit,) = match_terms("ST depression on ECG; known depression")
     assert hit.phrase == "depression" and hit.removed == ("st depression",)
     assert categories_for_resource(text_only("Assault course injury; assaulted last week")) == {"violence"}
+    assert categories_for_resource(text_only("No safeguarding concerns now; child protection plan ended 2023")) == {"child-safeguarding"}
 
 
 def test_domestic_violence_is_domestic_abuse_not_also_violence():
