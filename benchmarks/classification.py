@@ -13,7 +13,8 @@ Record sets, each timed record by record (p50 and p95, microseconds), best of th
 
 Each set is timed twice: with the term cache cold (emptied before every record, so every
 text is matched afresh: the worst case) and warm (a display seen before is a dict look-up,
-as in a running service, where displays repeat). Every record is also checked: coded and
+as in a running service, where displays repeat; notes and free text are mostly unique, so
+for them the cold figures are the ones to read). Every record is also checked: coded and
 free-text records must be placed in their category, baseline records in none.
 
     .venv/bin/python benchmarks/classification.py [ROUNDS]
@@ -160,6 +161,7 @@ def main(rounds: int = 3) -> int:
         figures[name] = (pct(cold, 50), pct(cold, 95), pct(warm, 50), pct(warm, 95))
         print(f"{name:<42} {len(records):>6}   {figures[name][0]:>8.1f} {figures[name][1]:>8.1f}   "
               f"{figures[name][2]:>8.1f} {figures[name][3]:>8.1f}")
+    print("  (warm: every text seen before; displays repeat in practice, free text mostly does not: read its cold figures)")
     base = figures["unclassified baseline (everyday codes)"]
     for name, _records in sets[:-1]:
         f = figures[name]
