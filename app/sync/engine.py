@@ -46,9 +46,10 @@ from app.sync.models import SyncCursor, SyncLink, SyncUpstream
 
 log = logging.getLogger("familyview.sync")
 
-# Patients first, then what refers to them (issue 6).
+# The source's own Organization (its name tells a practitioner who holds a withheld record), then
+# Patients, then what refers to them (issue 6).
 DEFAULT_TYPES = (
-    "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam", "Flag", "Condition", "Observation",
+    "Organization", "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam", "Flag", "Condition", "Observation",
     "MedicationStatement", "MedicationRequest",
 )
 # The search parameter that restricts each type to given patients (for --identifier).

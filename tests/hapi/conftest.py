@@ -67,11 +67,17 @@ def _tagged(bundle: dict[str, Any], tag: str) -> dict[str, Any]:
 
 
 def _seed(world: World) -> None:
+    conditional: set[tuple[str, str]] = set()
     for scenario in build_scenarios():
         for src, bundle in scenario.bundles:
             counts = world.seeded.setdefault(src.key, {})
             for e in bundle["entry"]:
                 t = e["resource"]["resourceType"]
+                criteria = e["request"].get("ifNoneExist")
+                if criteria:  # a conditional create (a source describing itself) stores one record however often sent
+                    if (t, criteria) in conditional:
+                        continue
+                    conditional.add((t, criteria))
                 counts[t] = counts.get(t, 0) + 1
             if world.mode == "hapi":
                 headers = {"Content-Type": "application/fhir+json", **({"Authorization": f"Bearer {HAPI_TOKEN}"} if HAPI_TOKEN else {})}
