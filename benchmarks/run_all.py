@@ -12,6 +12,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ["ingest.py"],
     ["consent_decisions.py"],
+    ["classification.py"],
     ["linkage_febrl.py"],
     ["linkage_scale.py", "--sizes", "100000", "1000000", "--interleave"],
     ["family_view.py"],
