@@ -54,11 +54,20 @@ def explain(policy: Policy) -> str:
     ]
     for role, reason in sorted(policy.never.items()):
         lines.append(f"- {role}: never sees clinical data. {reason}")
+    if policy.unclassified_category:
+        lines.append(
+            f"- A record about a {', '.join(sorted(policy.unclassified_subjects))} held by another organisation than "
+            f"the requester's, that no code list or term places, is decided as `{policy.unclassified_category}`."
+        )
     lines += [
         "- Restricted (R) records: " + ", ".join(policy.restricted_redact_fields) + " removed; "
         + ", ".join(sorted(policy.restricted_withhold_categories)) + " withheld.",
-        "- Very restricted (V) records: withheld except for " + ", ".join(sorted(policy.very_restricted_purposes)) + ".",
-        f"- Several Consents of one person: {policy.combine} governs.",
+        "- Very restricted (V) records: withheld except for " + ", ".join(sorted(policy.very_restricted_purposes))
+        + ", and then without " + ", ".join(policy.restricted_redact_fields) + ".",
+        f"- Several Consents of one person: {policy.combine} governs, among the Consents of the organisation "
+        "that holds the record (a Consent speaks only for its recorder's records); for identity and contact, "
+        "a refusal recorded by any organisation holding the person's record withholds; disagreeing "
+        "organisations are queued for IG review.",
         "- Purpose of use in audit: "
         + ", ".join(f"{name} -> {p.purpose_of_use}" for name, p in sorted(policy.purposes.items())) + ".",
     ]
