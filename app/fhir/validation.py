@@ -14,6 +14,7 @@ import typing
 from functools import lru_cache
 from typing import Any, Iterator
 
+import orjson
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
@@ -545,6 +546,11 @@ def _check_local_references(resource: dict[str, Any], res_type: str) -> None:
     """R4 ref-1: a local reference ("#id") names a resource contained in this one (a bare "#"
     names the container, from inside a contained resource). A medicationReference to a
     contained resource names a Medication. 400: the resource is not valid FHIR."""
+    try:  # one C-speed serialisation says whether any string starts with "#": most resources hold none
+        if b'"#' not in orjson.dumps(resource):
+            return
+    except (TypeError, orjson.JSONEncodeError):
+        pass  # not plain JSON: walk it
     contained = resource.get("contained")
     ids = {c.get("id"): c.get("resourceType") for c in contained if isinstance(c, dict)} if isinstance(contained, list) else {}
     stack: list[tuple[Any, str | None, bool]] = [(resource, None, False)]
