@@ -72,6 +72,7 @@ def family(i: int, numbers) -> list[dict]:
            "birthDate": str(father_dob), "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "FTH"}]}],
            "name": [{"family": surname, "given": [dad_given]}], "address": addr}),
         e({"resourceType": "Consent", "identifier": ident("consent"), "status": "active", "patient": {"reference": mum},
+           "organization": [{"identifier": {"system": ODS, "value": "RMT01"}}],
            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
