@@ -6,10 +6,12 @@ DPA 2018 basis, relying on (or overriding) which Consent, with what obligations.
 No web framework, database or network here: the policy is data, loaded once.
 """
 
-from .engine import consent_finding, decide
+from .engine import consent_finding, decide, effective_category
 from .fhir_consent import ConsentRecord
 from .classification import explain_classification
-from .labels import categories_for_resource, classify_coding, classify_text, data_items_for_resource, label_resource
+from .labels import (
+    categories_for_resource, classify_coding, classify_text, data_items_for_resource, label_resource, record_date,
+)
 from .model import (
     ConsentRef,
     DataItem,
@@ -48,6 +50,8 @@ __all__ = [
     "consent_finding",
     "data_items_for_resource",
     "decide",
+    "effective_category",
+    "record_date",
     "explain_classification",
     "label_resource",
     "load_policy",

@@ -561,7 +561,8 @@ _DATE_FIELDS = (
 )
 
 
-def _record_date(resource: Mapping[str, Any]) -> _dt.date | None:
+def record_date(resource: Mapping[str, Any]) -> _dt.date | None:
+    """The date a record is about (recorded, effective, onset, authored...), for Consent dataPeriod."""
     for key in _DATE_FIELDS:
         value = resource.get(key)
         if isinstance(value, str) and len(value) >= 10:
@@ -597,7 +598,7 @@ def data_items_for_resource(resource: Mapping[str, Any], source_org: str | None 
             resource_type=kind,
             security_labels=frozenset(labels),
             source_org=source_org,
-            date=_record_date(resource),
+            date=record_date(resource),
             reference=reference,
             codes=codes,
         )

@@ -12,10 +12,8 @@ from typing import Any
 
 from consent import (
     ConsentRecord, DataItem, DataSubject, DisclosureDecision, DisclosureRequest, LegitimateRelationship,
-    ObligationKind, Purpose, Requester, decide, label_resource, load_policy,
+    ObligationKind, Purpose, Requester, decide, effective_category, label_resource, load_policy, record_date,
 )
-from consent.engine import effective_category
-from consent.labels import _record_date as record_date
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit_store
@@ -263,10 +261,6 @@ def record_holders(member: FamilyMember) -> frozenset[str]:
     return frozenset(holders)
 
 
-def _record_date(rec: Rec) -> date | None:
-    return record_date(rec.body)
-
-
 class FamilyViewService:
     def __init__(self, session: Session, principal: Principal, *, notify):
         self.session = session
@@ -481,7 +475,7 @@ class FamilyViewService:
             entries.append({"fullUrl": f"urn:familyview:{member.key}", "resource": resource})
             for rec in member.clinical:
                 categories, labels = _record_labels(rec)
-                items = [DataItem(c, rec.res_type, frozenset(labels), rec.source_org, _record_date(rec), rec.ref) for c in sorted(categories or {"record"})]
+                items = [DataItem(c, rec.res_type, frozenset(labels), rec.source_org, record_date(rec.body), rec.ref) for c in sorted(categories or {"record"})]
                 decided = []
                 for item in items:
                     request = self._request(member, consents, purpose, justification, relationship, item)

@@ -19,12 +19,13 @@ def _view(live, key="s2_infant", purpose="direct-care"):
     )
 
 
-def _audit_count(url: str) -> int:
-    """Family-view events (loading the demo writes Consent-write events too)."""
+def _audit_count(url: str, subtype: str | None = "family-view") -> int:
+    """Events of one subtype (loading the demo writes Consent-write events too), or all of them."""
     eng = create_engine(url)
     try:
         with eng.connect() as c:
-            return c.execute(text("SELECT count(*) FROM audit_event WHERE subtype_code = 'family-view'")).scalar()
+            where, params = (" WHERE subtype_code = :s", {"s": subtype}) if subtype else ("", {})
+            return c.execute(text("SELECT count(*) FROM audit_event" + where), params).scalar()
     finally:
         eng.dispose()
 
@@ -51,15 +52,6 @@ def test_audit_rows_cannot_be_updated_or_deleted(live):
     finally:
         eng.dispose()
     assert _audit_count(live.settings.database_url) == 1
-
-
-def _all_events(url: str) -> int:
-    eng = create_engine(url)
-    try:
-        with eng.connect() as c:
-            return c.execute(text("SELECT count(*) FROM audit_event")).scalar()
-    finally:
-        eng.dispose()
 
 
 def test_when_the_audit_cannot_be_written_nothing_is_disclosed(live):
@@ -91,7 +83,7 @@ def test_when_the_audit_cannot_be_written_nothing_is_disclosed(live):
 
 def test_chain_verifies_and_names_the_first_broken_link(live, capsys):
     load_demo(live.base_url, live.settings)
-    consents = _all_events(live.settings.database_url)  # the demo's Consent writes are audited too
+    consents = _audit_count(live.settings.database_url, None)  # the demo's Consent writes are audited too
     for key in ("s1_infant", "s2_infant", "s3_infant", "s4_infant"):
         assert _view(live, key).status_code == 200
     from app import cli
@@ -192,7 +184,7 @@ def test_verify_sees_the_newest_events_deleted_and_checks_a_kept_anchor(live, ca
     for key in ("s1_infant", "s2_infant", "s3_infant"):
         assert _view(live, key).status_code == 200
     url = live.settings.database_url
-    count = str(_all_events(url))  # three views and the demo's audited Consent writes
+    count = str(_audit_count(url, None))  # three views and the demo's audited Consent writes
     rc, out = _verify(live, capsys)
     assert rc == 0 and f"intact: {count} events verified" in out
     head = out.split("hash ", 1)[1].split()[0]

@@ -13,6 +13,7 @@ from app.demo.scenarios import (
     ACT_REASON, GP_FAMILY, GP_FATHERS, HEALTH_VISITING, IG_ORG, MASH_ORG, MATERNITY, PARTICIPATION, SCT,
     _bundle, _condition, _consent, _entry, _episode, _nhs_ref, _org_ref, _patient, _related,  # the demo's own builders
 )
+from tests.family.test_family_scenarios import item_details as items
 from tests.fhirdata import nhs_numbers
 
 _NHS = nhs_numbers(700_000)  # a block of its own: the demo's scenarios use 9990001103 and up
@@ -163,15 +164,6 @@ def ask(world, family: Family, purpose: str = "direct-care", *, role: str = "hea
     if purpose == "safeguarding":
         params["justification"] = JUSTIFICATION
     return Answer(world.client(role, org).get("/Patient/$family-view", params=params))
-
-
-def items(event: dict) -> list[dict[str, str]]:
-    out = []
-    for e in event["entity"]:
-        d = {x["type"]: x["valueString"] for x in e.get("detail", [])}
-        if "decision" in d:
-            out.append({"what": e["what"]["reference"], **d})
-    return out
 
 
 def review_required(event: dict) -> bool:
