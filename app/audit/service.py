@@ -12,6 +12,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from app.audit.models import AuditHead, AuditIndex, AuditRecord
+from app.db import insert_rows
 
 GENESIS = "0" * 64
 _CHAIN_LOCK_KEY = 7_274_220_261  # pg_advisory_xact_lock key serialising appends to the chain
@@ -88,8 +89,8 @@ def append(session: Session, event: dict[str, Any], columns: AuditColumns, index
         _INSERT_EVENT,
         {"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev_hash, "hash": digest, **columns.__dict__},
     ).scalar_one()
-    if entries:
-        conn.execute(insert(AuditIndex).values([{"event_seq": seq, "param": p, "value": v} for p, v in entries]))
+    # one executemany of a statement built once (a multi-row VALUES is compiled afresh per event)
+    insert_rows(conn, AuditIndex.__table__, [{"event_seq": seq, "param": p, "value": v} for p, v in entries])
 
 
 # ---------------------------------------------------------------- what the body says
