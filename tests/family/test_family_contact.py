@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from app.demo.scenarios import GP_FATHERS, MATERNITY, N
 from app.family.graph import FamilyMember, Rec
-from app.family.service import merged_telecom
+from app.family.plan import merged_telecom
 from tests.family.test_family_scenarios import JUSTIFICATION, NHS, item_details, view
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
