@@ -17,10 +17,9 @@ from consent import (
     ObligationKind, Policy, Purpose, Requester, decide, effective_category, label_resource, record_date,
 )
 
-from app.family.graph import FamilyGraph, FamilyMember, Rec, organisations_of
+from app.family.models import FamilyGraph, FamilyMember, Rec, organisations_of
 from app.fhir.indexing import NHS_NUMBER_SYSTEM
-from app.linkage.matching import normalise_postcode
-from app.linkage.service import level_rank
+from app.linkage.matching import level_rank, normalise_postcode
 
 FV = "https://familyview.example.nhs.uk/fhir"
 EXT_FAMILY_ROLE = f"{FV}/StructureDefinition/family-role"

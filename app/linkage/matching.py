@@ -102,6 +102,18 @@ _OF_PARENT = re.compile(r"^\s*of\b", re.IGNORECASE)
 _BABY_OF_PARENT = re.compile(r"^\s*(?:baby|infant|newborn|child)[\s-]*of\b", re.IGNORECASE)
 
 
+# --------------------------------------------------------------------------- assurance
+#: FHIR Person.link.assurance, weakest first: level1 a possible match left to a reviewer,
+#: level2 a demographic match, level3 a valid NHS number (or a link a source recorded),
+#: level4 the record itself.
+LEVELS = ("level1", "level2", "level3", "level4")
+
+
+def level_rank(level: str | None) -> int:
+    """1 (level1) to 4 (level4); 0 for no level."""
+    return LEVELS.index(level) + 1 if level in LEVELS else 0
+
+
 # --------------------------------------------------------------------------- NHS number
 def nhs_number_is_valid(value: str | None) -> bool:
     """Modulus 11 check of a 10-digit NHS number (spaces/hyphens ignored)."""

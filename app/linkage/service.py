@@ -79,30 +79,23 @@ from sqlalchemy.orm import Session
 
 from app.db import in_list, insert_rows, new_id
 from app.ingest.hooks import Written
+from app.linkage.choice import (
+    LEVELS, Candidate, Choice, Current, Member, choose, level_rank, persons_to_check, score_candidate,
+)
 from app.linkage.matching import (
     level_for_label,
-    LINK,
-    NON_MATCH,
     MatchParams,
-    MatchScore,
     PersonRecord,
-    birth_orders_conflict,
     Thresholds,
     blocking_keys,
-    decide,
     load_params,
-    score,
 )
 from app.linkage.models import BlockingKey, Link, LinkageEvent, LinkedPerson, ManualDecision, ReviewCandidate
+from app.linkage.matching import LEVELS, level_rank  # noqa: F401  (re-exported: admin and api read them here)
 from app.linkage.queue import enqueue
 
 LINKED_TYPES = ("Patient", "RelatedPerson")
-LEVELS = ("level1", "level2", "level3", "level4")
 AUTO_ACTOR = "linkage:auto"
-
-
-def level_rank(level: str | None) -> int:
-    return LEVELS.index(level) + 1 if level in LEVELS else 0
 
 
 def _weaker(a: str, b: str) -> str:
@@ -274,14 +267,15 @@ def linked_records_many(session: Session, refs: Iterable[tuple[str, str]], min_a
 
 # ------------------------------------------------------------------ linking
 @dataclass
-class _Scored:
-    ref: str
-    person_id: str
-    rec: PersonRecord
-    score: MatchScore
-    label: str
-    level: str | None
-    reason: str | None = None  # the rule that set the label, if one did (matching.decide)
+class _Found:
+    """What the candidate search found for one record (``LinkageService._search``)."""
+
+    existing: "_Row | None"  # its link row before this write
+    candidates: list[Candidate]  # scored, in the order found (co-members of its person last)
+    current: Current | None
+    decisions: dict[str, str]
+    person_of: dict[str, str]
+    members: dict[str, list[Member]]
 
 
 @dataclass
@@ -617,8 +611,18 @@ class LinkageService:
     # -------------------------------------------------------------- one record
     def _link_one(self, conn, b: _Batch, res_type: str, res_id: str, rec: PersonRecord, hashes: list[int],
                   source_org: str, actor: str) -> LinkResult:
+        """Link one record: the candidate search, the pure choice (``app.linkage.choice``), the write."""
         ref = f"{res_type}/{res_id}"
         now = _now()
+        found = self._search(conn, b, ref, rec, hashes)
+        choice = choose(ref, rec, found.candidates, current=found.current, decisions=found.decisions,
+                        person_of=found.person_of, members=found.members)
+        return self._apply(conn, b, ref, res_type, res_id, rec, source_org, actor, now, found, choice)
+
+    def _search(self, conn, b: _Batch, ref: str, rec: PersonRecord, hashes: list[int]) -> _Found:
+        """The candidate search: the records sharing a blocking key with ``rec`` and the other
+        records of its person, scored against it; the decisions on it; the records of every
+        person it could join. Files the record's new keys in the batch's key index."""
         existing = b.links.get(ref)
 
         # 1. candidates through the blocking keys: start-of-call key rows (less the old keys of
@@ -652,87 +656,55 @@ class LinkageService:
         for h in hashes:
             done_by_hash.setdefault(h, []).append(ref)
 
-        scored: dict[str, _Scored] = {}
+        # 3. score the candidates, then the other records of its person
+        scored: dict[str, Candidate] = {}
         params, thresholds, max_candidates = self.params, self.thresholds, self.max_candidates
 
         def consider(other_ref: str, person_id: str, features: str) -> None:
             if other_ref == ref or other_ref in scored or len(scored) >= max_candidates:
                 return
-            other = b.record(other_ref, features)
-            sc = score(rec, other, params)
-            decision = decide(sc, thresholds)
-            label = decision.label
-            scored[other_ref] = _Scored(other_ref, person_id, other, sc, label, pair_level(rec, other, label), decision.reason)
+            scored[other_ref] = score_candidate(rec, other_ref, person_id, b.record(other_ref, features), params, thresholds)
 
         links = b.links
         for r in cand:
             row = links[r]
             consider(r, row.person_id, row.features)
-        current_id = existing.person_id if existing is not None else None
-        co_members: list[_Row] = []
-        if current_id is not None:
+        current = None
+        if existing is not None:
+            current_id = existing.person_id
             self._ensure_members(conn, b, [current_id])
             co_members = [links[r] for r in b.members[current_id] if r != ref]
             for m in co_members:
                 consider(m.ref, m.person_id, m.features)
+            current = Current(current_id, existing.how, existing.assurance, existing.probability, existing.matched_ref,
+                              tuple(m.ref for m in co_members))
 
+        # 4. what can bar a person: the decisions on the record, the records of the persons it could join
         decisions = b.decisions.get(ref, {})
-        barred_refs = {o for o, d in decisions.items() if d == "no-match"}
-        held_refs = {o for o, d in decisions.items() if d == "match"}
-        barred_persons = {links[r].person_id for r in barred_refs if r in links}
-        linkable = {c.person_id for c in scored.values() if c.label == LINK and c.ref not in barred_refs}
+        person_of = {r: links[r].person_id for r in decisions if r in links}
+        candidates = list(scored.values())
+        check = persons_to_check(rec, candidates, decisions)
+        members: dict[str, list[Member]] = {}
+        if check:
+            self._ensure_members(conn, b, check)
+            orders = rec.birth_order is not None
+            for pid in check:
+                members[pid] = [
+                    Member(r, links[r].nhs_number,
+                           b.record(r, links[r].features).birth_order if orders and r != ref else None)
+                    for r in b.members[pid]]
+        return _Found(existing, candidates, current, decisions, person_of, members)
 
-        def rules_out(r: str) -> bool:
-            """A member that bars its person: another valid NHS number, or another birth
-            order (Twin 1 / Twin 2)."""
-            row = links[r]
-            if rec.nhs_number and row.nhs_number is not None and row.nhs_number != rec.nhs_number:
-                return True
-            return rec.birth_order is not None and r != ref and birth_orders_conflict(rec, b.record(r, row.features))
-
-        if linkable and (rec.nhs_number or rec.birth_order is not None):
-            self._ensure_members(conn, b, linkable)
-            for pid in linkable:
-                if any(rules_out(r) for r in b.members[pid]):
-                    barred_persons.add(pid)
-
-        best_by_person: dict[str, _Scored] = {}
-        for c in scored.values():
-            if c.label != LINK or c.ref in barred_refs or c.person_id in barred_persons:
-                continue
-            bp = best_by_person.get(c.person_id)
-            if bp is None or (level_rank(c.level), c.score.match_weight) > (level_rank(bp.level), bp.score.match_weight):
-                best_by_person[c.person_id] = c
-
-        # 3. decide where the record belongs
+    def _apply(self, conn, b: _Batch, ref: str, res_type: str, res_id: str, rec: PersonRecord, source_org: str,
+               actor: str, now: datetime, found: _Found, choice: Choice) -> LinkResult:
+        """The write (into the batch; ``_write`` sends it): the link row, the founder's level,
+        the persons left behind, the events and the review queue."""
+        existing, links = found.existing, b.links
+        current_id = existing.person_id if existing is not None else None
+        action, via = choice.action, choice.via
+        level, prob, matched, how = choice.assurance, choice.probability, choice.matched_ref, choice.how
+        target = choice.person_id if choice.person_id is not None else b.new_person()
         features = features_json(rec)
-        action, target, via = "create", None, None
-        stays = False
-        if current_id is not None and co_members:
-            co_refs = {m.ref for m in co_members}
-            stays = existing.how == "manual" or bool(held_refs & co_refs) or current_id in best_by_person
-        others = [c for pid, c in best_by_person.items() if pid != current_id]
-        best_other = max(others, key=lambda c: (level_rank(c.level), c.score.match_weight), default=None)
-        if stays:
-            action, target, via = "stay", current_id, best_by_person.get(current_id)
-        elif best_other is not None:
-            action, target, via = ("join" if existing is None else "move"), best_other.person_id, best_other
-        elif current_id is not None and not co_members:
-            action, target = "stay", current_id
-        elif current_id is not None:
-            action, target = "split", b.new_person()
-        else:
-            target = b.new_person()
-
-        if via is not None:
-            level, prob, matched = via.level, via.score.probability, via.ref
-        elif action == "stay" and existing is not None and existing.how == "manual":
-            level, prob, matched = existing.assurance, existing.probability, existing.matched_ref
-        elif action == "stay" and co_members:  # held by a manual match decision
-            level, prob, matched = "level2", 1.0, sorted(held_refs)[0] if held_refs else None
-        else:
-            level, prob, matched = "level4", 1.0, None
-        how = existing.how if (existing is not None and action == "stay") else "auto"
 
         self._ensure_members(conn, b, [target])
         if via is not None and action in ("join", "move"):
@@ -758,7 +730,7 @@ class LinkageService:
         why = via.score.explain() if via is not None else ""
         if action == "create":
             b.event("create", actor, "no auto-link match among candidates", record=ref, to_person=target,
-                    detail={"candidates": len(scored)})
+                    detail={"candidates": len(found.candidates)})
         elif action == "join":
             b.event("join", actor, f"auto-link with {via.ref} ({level}): {why}", record=ref, to_person=target)
             b.touch(target)
@@ -776,17 +748,12 @@ class LinkageService:
         elif existing is not None:
             b.touch(target)
 
-        # 4. review queue: possible pairs (and auto-link pairs that were not taken) outside the person
-        queued = self._queue(b, ref, target, scored, decisions, now)
-        return LinkResult(ref, target, action, level, len(scored), queued)
+        # review queue: possible pairs (and auto-link pairs that were not taken) outside the person
+        queued = self._queue(b, ref, choice.review, now)
+        return LinkResult(ref, target, action, level, len(found.candidates), queued)
 
-    def _queue(self, b: _Batch, ref: str, target: str, scored: dict[str, _Scored], decisions: dict[str, str],
-               now: datetime) -> list[str]:
-        want: dict[tuple[str, str], _Scored] = {}
-        for c in scored.values():
-            if c.person_id == target or c.ref in decisions or c.label == NON_MATCH:
-                continue
-            want[pair(ref, c.ref)] = c
+    def _queue(self, b: _Batch, ref: str, review: Iterable[Candidate], now: datetime) -> list[str]:
+        want: dict[tuple[str, str], Candidate] = {pair(ref, c.ref): c for c in review}
         existing = {key: b.reviews[key] for key in b.reviews_by_ref.get(ref, ())}
 
         def dirty(row: dict) -> None:
