@@ -13,9 +13,10 @@ from app.db import Database
 from app.errors import FhirError, Issue, operation_outcome
 from app.fhir.capability import capability_statement
 from app.fhir.http import FhirResponse
-from app.ingest.labelling import SecurityLabelHook
 from app.middleware import RequestContextMiddleware
 from app.settings import Settings, get_settings
+from app.wiring import database as open_database
+from app.wiring import ingest_hooks
 
 log = logging.getLogger("familyview")
 
@@ -41,9 +42,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.db = database or Database(settings.database_url)
+    app.state.db = database or open_database(settings)
     app.state.verifier = TokenVerifier(settings)
-    app.state.ingest_hooks = [SecurityLabelHook()]  # labels first: later hooks and every decision read them
+    app.state.ingest_hooks = ingest_hooks(settings)
     operations: list[dict[str, Any]] = []
     extra_resources: list[dict[str, Any]] = []
     for module in _domain_modules():

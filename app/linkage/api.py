@@ -40,7 +40,7 @@ from app.fhir.models import SearchToken
 from app.linkage.admin import LinkageAdmin, candidate_json, persons_of
 from app.linkage.models import Link, LinkageEvent, LinkedPerson, ReviewCandidate
 from app.linkage.queue import linkage_settled
-from app.linkage.service import LINKED_TYPES, LinkageHook
+from app.linkage.service import LINKED_TYPES
 
 PERSON_READERS = ("admin", "ig-officer", "source-system")
 CANDIDATE_STATUSES = ("open", "confirmed", "rejected", "superseded")
@@ -343,5 +343,4 @@ PERSON_CAPABILITY = {
 def install(app, *, operations: list[dict[str, Any]], extra_resources: list[dict[str, Any]]) -> None:
     app.include_router(fhir_router)
     app.include_router(admin_router)
-    app.state.ingest_hooks.append(LinkageHook(app.state.settings))
     extra_resources.append(PERSON_CAPABILITY)

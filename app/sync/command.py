@@ -11,20 +11,21 @@ from app.settings import Settings
 from app.sync.client import UpstreamClient
 from app.sync.engine import DEFAULT_TYPES, SyncSummary, Syncer
 from app.sync.progress import Progress
+from app.wiring import database as open_database
+from app.wiring import ingest_hooks
 
 
 def build_syncer(settings: Settings, base_url: str, source_org: str, service: str, *, progress=None, page_size: int | None = None,
                  extra_params: Iterable[tuple[str, str]] = (), client: UpstreamClient | None = None, app=None, **kw) -> Syncer:
+    """A Syncer over the same database and ingest hooks (labelling, linkage) the API runs: a
+    running app's (``app``, as the rest-hook receiver and the tests pass), or its own."""
     if not is_valid_ods_code(source_org):
         raise ValueError("--source-org must be an ODS code (upper-case letters and digits)")
     if service not in SERVICES:
         raise ValueError(f"--service must be one of {', '.join(SERVICES)}")
-    if app is None:
-        from app.main import create_app
-
-        app = create_app(settings)  # the same database and ingest hooks (labelling, linkage) the API runs
     client = client or UpstreamClient(base_url, settings)
-    return Syncer(app.state.db, settings, client, source_org=source_org, service=service, hooks=app.state.ingest_hooks,
+    db, hooks = (app.state.db, app.state.ingest_hooks) if app is not None else (open_database(settings), ingest_hooks(settings))
+    return Syncer(db, settings, client, source_org=source_org, service=service, hooks=hooks,
                   progress=progress, page_size=page_size, extra_params=extra_params, **kw)
 
 
