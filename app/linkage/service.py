@@ -79,9 +79,7 @@ from sqlalchemy.orm import Session
 
 from app.db import in_list, insert_rows, new_id
 from app.ingest.hooks import Written
-from app.linkage.choice import (
-    LEVELS, Candidate, Choice, Current, Member, choose, level_rank, persons_to_check, score_candidate,
-)
+from app.linkage.choice import Candidate, Choice, Current, Member, choose, persons_to_check, score_candidate
 from app.linkage.matching import (
     level_for_label,
     MatchParams,
