@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 DB_URL ?= sqlite:///$(CURDIR)/var/familyview.db
 
-.PHONY: run test serve migrate openapi bench clean
+.PHONY: run test hapi serve migrate openapi bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -25,8 +25,14 @@ run: $(STAMP)
 	FAMILYVIEW_DATABASE_URL=$(DB_URL) $(BIN)/familyview migrate
 	FAMILYVIEW_DATABASE_URL=$(DB_URL) $(BIN)/familyview serve --with-demo --host 127.0.0.1 --port 8000
 
+# The whole suite, with a throwaway PostgreSQL and a HAPI FHIR JPA server (tests/hapi/server,
+# built by Maven the first time) for the HAPI suite. Java 17 and Maven are required.
 test: $(DEV_STAMP)
-	FAMILYVIEW_REQUIRE_POSTGRES=1 scripts/with-postgres.sh scripts/run-tests.sh $(BIN)/python
+	FAMILYVIEW_REQUIRE_POSTGRES=1 FAMILYVIEW_REQUIRE_HAPI=1 scripts/with-postgres.sh scripts/with-hapi.sh scripts/run-tests.sh $(BIN)/python
+
+# Build the HAPI FHIR test server only (tests/hapi/server/target; Maven caches HAPI in ~/.m2).
+hapi:
+	scripts/with-hapi.sh --build-only
 
 openapi: $(STAMP)
 	$(BIN)/familyview openapi

@@ -1,11 +1,17 @@
 """The HAPI suite's world: the DESIGN.md scenarios seeded into an upstream FHIR server as the
 sources' transaction Bundles, then synced into a familyview by `familyview sync`, source by source.
 
-The upstream is the HAPI FHIR JPA server at HAPI_FHIR_BASE_URL when that is set (e.g. the
-docker-compose one; see docs/hapi.md), else a SECOND familyview started on another port with its
-own database: a real FHIR server over real HTTP, so `make test` exercises the suite every time."""
+Two upstreams, every test run against each (and each on both familyview databases):
+- "hapi": the HAPI FHIR JPA server at HAPI_FHIR_BASE_URL. `make test` builds and starts one
+  (tests/hapi/server, scripts/with-hapi.sh) and sets FAMILYVIEW_REQUIRE_HAPI=1, so a missing HAPI
+  fails the suite rather than skipping it. Outside `make test` the HAPI cases are skipped.
+- "familyview": a SECOND familyview started on another port with its own database, the fast
+  extra case.
+Either way a familyview where the sources posted their Bundles directly ("direct") is there to
+compare the synced views with."""
 from __future__ import annotations
 
+import copy
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +26,22 @@ from tests.conftest import BACKENDS, LiveServer, make_settings, new_database_url
 from tests.sync.sync_support import syncer_for, upstream_server
 
 HAPI_BASE = os.environ.get("HAPI_FHIR_BASE_URL", "").rstrip("/")
+REQUIRE_HAPI = os.environ.get("FAMILYVIEW_REQUIRE_HAPI") == "1"
+UPSTREAMS = ["hapi", "familyview"]
+
+
+def need_hapi() -> str:
+    """HAPI's FHIR base; skips the test without one, fails it when `make test` promised one."""
+    if not HAPI_BASE:
+        if REQUIRE_HAPI:
+            pytest.fail("FAMILYVIEW_REQUIRE_HAPI=1 but HAPI_FHIR_BASE_URL is not set: run the suite with `make test` (scripts/with-hapi.sh)")
+        pytest.skip("HAPI FHIR tests run under `make test` (HAPI_FHIR_BASE_URL is not set)")
+    return HAPI_BASE
+
+
+def hapi_headers() -> dict[str, str]:
+    return {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json",
+            **({"Authorization": f"Bearer {HAPI_TOKEN}"} if HAPI_TOKEN else {})}
 HAPI_TOKEN = os.environ.get("HAPI_FHIR_BEARER_TOKEN")
 TAG_SYSTEM = "https://familyview.example.nhs.uk/fhir/CodeSystem/hapi-suite-run"
 
@@ -30,6 +52,7 @@ class World:
     upstream_fhir: str
     upstream: LiveServer | None  # the second familyview, when that is the upstream
     local: LiveServer
+    direct: LiveServer | None = None  # where the sources posted directly (the upstream familyview, or one beside HAPI)
     seeded: dict[str, dict[str, int]] = field(default_factory=dict)  # source key -> type -> count
     runs: list[dict[str, SyncSummary]] = field(default_factory=list)
     run_id: str = ""
@@ -66,7 +89,9 @@ def _tagged(bundle: dict[str, Any], tag: str) -> dict[str, Any]:
     return bundle
 
 
-def _seed(world: World) -> None:
+def _seed(world: World, *, upstream: bool = True) -> None:
+    """Post every scenario's Bundles to the familyview that ingests them directly and (unless
+    already done this session, as HAPI is) to the upstream, counting the records each source holds."""
     conditional: set[tuple[str, str]] = set()
     for scenario in build_scenarios():
         for src, bundle in scenario.bundles:
@@ -79,35 +104,40 @@ def _seed(world: World) -> None:
                         continue
                     conditional.add((t, criteria))
                 counts[t] = counts.get(t, 0) + 1
-            if world.mode == "hapi":
-                headers = {"Content-Type": "application/fhir+json", **({"Authorization": f"Bearer {HAPI_TOKEN}"} if HAPI_TOKEN else {})}
-                r = httpx.post(world.upstream_fhir, json=_tagged(bundle, f"{world.run_id}-{src.key}"), headers=headers, timeout=60)
-            else:
-                with world.upstream.source(src.org, src.service) as c:
-                    r = c.post("", json=bundle, headers={"Content-Type": "application/fhir+json"})
+            with world.direct.source(src.org, src.service) as c:
+                r = c.post("", json=bundle, headers={"Content-Type": "application/fhir+json"})
             assert r.status_code == 200, f"scenario {scenario.number} ({src.name}): {r.status_code} {r.text[:1000]}"
+            if world.mode == "hapi" and upstream:
+                r = httpx.post(world.upstream_fhir, json=_tagged(copy.deepcopy(bundle), f"{world.run_id}-{src.key}"), headers=hapi_headers(), timeout=60)
+                assert r.status_code == 200, f"scenario {scenario.number} ({src.name}) to HAPI: {r.status_code} {r.text[:1000]}"
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+_HAPI_RUN: dict[str, str] = {}  # HAPI holds the scenarios once per session (their conditional references would match twice)
+
+
+@pytest.fixture(scope="module", params=[(b, u) for u in UPSTREAMS for b in BACKENDS], ids=lambda p: f"{p[0]}-{p[1]}")
 def world(request, tmp_path_factory, key_path, sqlite_template, pg_template):
-    backend = request.param
+    backend, kind = request.param
+    hapi = need_hapi() if kind == "hapi" else None
+    if backend == "postgres" and pg_template is None:
+        pytest.skip("PostgreSQL tests run under `make test` (FAMILYVIEW_TEST_POSTGRES_URL is not set)")
     tmp = tmp_path_factory.mktemp("hapi")
     url, drop = new_database_url(backend, tmp, sqlite_template, pg_template)
     settings = make_settings(url, key_path)
     base, app, server, stop = start_server(settings)
     local = LiveServer(base, settings, app, server)
     try:
-        if HAPI_BASE:
-            w = World("hapi", HAPI_BASE, None, local, run_id=uuid.uuid4().hex[:12])
-            _seed(w)
+        # the upstream familyview, or (beside HAPI) the familyview the sources post to directly
+        with upstream_server(backend, tmp, sqlite_template, pg_template, key_path) as up:
+            if hapi:
+                first = hapi not in _HAPI_RUN
+                w = World("hapi", hapi, None, local, direct=up, run_id=_HAPI_RUN.setdefault(hapi, uuid.uuid4().hex[:12]))
+                _seed(w, upstream=first)
+            else:
+                w = World("familyview", up.fhir, up, local, direct=up)
+                _seed(w)
             w.sync_all()
             yield w
-        else:
-            with upstream_server(backend, tmp, sqlite_template, pg_template, key_path) as up:
-                w = World("familyview", up.fhir, up, local)
-                _seed(w)
-                w.sync_all()
-                yield w
     finally:
         stop()
         drop()
