@@ -1,6 +1,7 @@
 """How the parts are put together, for the web app and the commands alike: the database and the
 ingest pipeline's hooks. A command (sync, demo, the linkage worker) gets the same pipeline as
 the API without building the web app."""
+
 from __future__ import annotations
 
 from app.db import Database
@@ -12,7 +13,7 @@ from app.settings import Settings
 def ingest_hooks(settings: Settings) -> list[IngestHook]:
     """The ingest pipeline's hooks, in order: sensitivity labels first (record linkage and every
     disclosure decision read them), then record linkage (inline, or queued to run after commit)."""
-    from app.linkage.service import LinkageHook
+    from app.linkage.hooks import LinkageHook
 
     return [SecurityLabelHook(), LinkageHook(settings)]
 

@@ -42,6 +42,7 @@ from app.db import Database, in_list, insert_rows, plan_each_execution
 from app.fhir.models import StoredResource
 from app.ingest.hooks import Written
 from app.linkage.models import QueuedRecord
+from app.linkage.service import LinkageService
 
 log = logging.getLogger("familyview")
 
@@ -75,8 +76,6 @@ def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch
     ``wait=False`` (the worker) skips entries another drainer holds. ``wait=True`` (a
     reader) waits for that drainer's transaction, so when it returns every entry up to
     ``up_to`` is linked. On SQLite, writers are serialised by BEGIN IMMEDIATE anyway."""
-    from app.linkage.service import LinkageService  # not at the top: the service imports enqueue from here
-
     done = 0
     query = _SEL_BATCH.limit(batch).with_for_update(skip_locked=not wait)
     if up_to is not None:
@@ -144,7 +143,6 @@ def run_worker(settings) -> None:
 def worker_main(settings, exit_with: int | None = None) -> None:
     """`familyview linkage-worker`: the process `serve` starts (``exit_with`` its pid), or one
     an operator runs on its own; any number may run against one database."""
-    from app.linkage.service import LinkageService  # noqa: F401  (imported before the freeze)
     from app.runtime import collect_garbage_rarely
 
     collect_garbage_rarely()

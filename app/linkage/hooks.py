@@ -1,0 +1,37 @@
+"""Record linkage in the ingest pipeline: the hook that links each written Patient and
+RelatedPerson, in the write's transaction (inline) or right after it (queued).
+
+It sits above both ways of linking: the service (``app.linkage.service``, which links) and
+the queue (``app.linkage.queue``, which names records for the worker and links them with
+the service), so neither of those imports the other's caller: the queue imports the
+service, and the service imports neither.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.ingest.hooks import Written
+from app.linkage.queue import enqueue
+from app.linkage.service import LINKED_TYPES, LinkageService
+
+
+class LinkageHook:
+    """Ingest hook: links every written Patient/RelatedPerson in the write's transaction, or
+    (queued mode) names it in the linkage queue there (``app.linkage.queue``)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def prepare(self, resource: dict[str, Any]) -> None:  # nothing to stamp
+        return None
+
+    def after_write(self, session: Session, written: list[Written]) -> None:
+        mine = [w for w in written if w.res_type in LINKED_TYPES]
+        if not mine:
+            return
+        if self.settings.linkage_queued:
+            enqueue(session, mine)
+        else:
+            LinkageService.from_settings(session, self.settings).link_written(mine)
