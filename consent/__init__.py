@@ -10,7 +10,12 @@ from .engine import consent_finding, decide, effective_category
 from .fhir_consent import ConsentRecord
 from .classification import explain_classification
 from .labels import (
-    categories_for_resource, classify_coding, classify_text, data_items_for_resource, label_resource, record_date,
+    categories_for_resource,
+    classify_coding,
+    classify_text,
+    data_items_for_resource,
+    label_resource,
+    record_date,
 )
 from .model import (
     ConsentRef,

@@ -34,7 +34,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 UNCLASSIFIED_NOTE = (
     "No code list, value set or term places this. For a father, male carer or other carer, "
     "a record held by another organisation that nothing places is treated as confidential "
-    "(\"unclassified\"): disclosed for direct care only with his Consent, and reached by "
+    '("unclassified"): disclosed for direct care only with his Consent, and reached by '
     "safeguarding with the same obligations as a sensitive record."
 )
 
@@ -70,7 +70,7 @@ def _codings_to_try(query: str) -> tuple[str, list[tuple[str, str]]]:
 
 
 def _code_matches(codings: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    found: dict[tuple[str, str], dict[str, Any]] = {}
+    found: dict[tuple[str, ...], dict[str, Any]] = {}
     for system, code in codings:
         for cl in CODE_LISTS.values():
             if system in cl.systems and code in cl.codes:
@@ -78,20 +78,34 @@ def _code_matches(codings: list[tuple[str, str]]) -> list[dict[str, Any]]:
                 if entry is None:
                     term, source = _list_rows(cl.id)[code]
                     entry = found[("list", cl.id)] = {
-                        "via": "code list", "code": code, "systems": [], "list": cl.id,
-                        "file": f"consent/valuesets/codelists/{cl.file}", "source_file": cl.source_file,
-                        "provenance": cl.provenance, "version": cl.version, "term": term, "source": source,
-                        "category": cl.category, "labels": list(cl.codes[code]),
+                        "via": "code list",
+                        "code": code,
+                        "systems": [],
+                        "list": cl.id,
+                        "file": f"consent/valuesets/codelists/{cl.file}",
+                        "source_file": cl.source_file,
+                        "provenance": cl.provenance,
+                        "version": cl.version,
+                        "term": term,
+                        "source": source,
+                        "category": cl.category,
+                        "labels": list(cl.codes[code]),
                     }
                 entry["systems"].append(system)
         for vs in YAML_VALUE_SETS.values():
             if (system, code) in vs.codes:
                 spec = _yaml_entries(vs.category)[(system, code)]
                 found[("yaml", vs.id, system)] = {
-                    "via": "value set", "code": code, "systems": [system], "value_set": vs.id,
-                    "file": f"consent/valuesets/{vs.sources[0]}", "version": vs.version,
-                    "term": str(spec.get("display") or ""), "source": str(spec.get("source") or ""),
-                    "category": vs.category, "labels": list(vs.labels),
+                    "via": "value set",
+                    "code": code,
+                    "systems": [system],
+                    "value_set": vs.id,
+                    "file": f"consent/valuesets/{vs.sources[0]}",
+                    "version": vs.version,
+                    "term": str(spec.get("display") or ""),
+                    "source": str(spec.get("source") or ""),
+                    "category": vs.category,
+                    "labels": list(vs.labels),
                 }
     return list(found.values())
 
@@ -105,14 +119,19 @@ def explain_classification(query: str) -> dict[str, Any]:
         raise ValueError("nothing to classify: give system|code, a code, or a text")
     read_as, codings = _codings_to_try(query)
     matches = _code_matches(codings)
-    false_friends = []
+    false_friends: list[dict[str, Any]] = []
     if read_as != "coding":
         for hit in match_terms(query, include_false_friends=True):
             ts = _labels.TERM_SETS[hit.term_set]
             entry = {
-                "via": "term", "term_set": hit.term_set, "file": "consent/terms/" + TERMS_PATH.name,
-                "version": TERMS_VERSION, "phrase": hit.phrase, "false_friends_removed": list(hit.removed),
-                "category": ts.category, "labels": list(ts.labels),
+                "via": "term",
+                "term_set": hit.term_set,
+                "file": "consent/terms/" + TERMS_PATH.name,
+                "version": TERMS_VERSION,
+                "phrase": hit.phrase,
+                "false_friends_removed": list(hit.removed),
+                "category": ts.category,
+                "labels": list(ts.labels),
             }
             (matches if hit.phrase else false_friends).append(entry)
     categories = sorted({m["category"] for m in matches})
@@ -133,8 +152,10 @@ def explain_classification(query: str) -> dict[str, Any]:
 
 def format_classification(result: dict[str, Any]) -> str:
     """The explanation as an IG officer reads it."""
-    lines = [f"{result['input']!r} read as {result['read_as']}"
-             + (f" (tried {', '.join(result['tried'])})" if result["tried"] else "")]
+    lines = [
+        f"{result['input']!r} read as {result['read_as']}"
+        + (f" (tried {', '.join(result['tried'])})" if result["tried"] else "")
+    ]
     for m in result["matches"]:
         labels = ", ".join(m["labels"]) or "none (the category is the label)"
         if m["via"] == "code list":

@@ -11,7 +11,10 @@ from .policies import Policy, check_policy_data, load_policy, read_policy_file
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
@@ -26,17 +29,19 @@ def explain(policy: Policy) -> str:
     rows = []
     for rule in policy.rules:
         words = consent_words[rule.consent].format(names=", ".join(sorted(rule.consent_must_name)) or "it")
-        rows.append([
-            rule.id,
-            rule.design_row or "-",
-            ", ".join(rule.subjects),
-            ", ".join(rule.categories),
-            rule.purpose,
-            ", ".join(rule.requesters),
-            words,
-            str(rule.basis),
-            ", ".join(k.value for k in rule.obligations) or "-",
-        ])
+        rows.append(
+            [
+                rule.id,
+                rule.design_row or "-",
+                ", ".join(rule.subjects),
+                ", ".join(rule.categories),
+                rule.purpose,
+                ", ".join(rule.requesters),
+                words,
+                str(rule.basis),
+                ", ".join(k.value for k in rule.obligations) or "-",
+            ]
+        )
     headers = ["rule", "DESIGN row", "subject", "data", "purpose", "requester", "consent", "basis", "obligations"]
     sg = policy.purposes["safeguarding"]
     lines = [
@@ -60,16 +65,23 @@ def explain(policy: Policy) -> str:
             f"the requester's, that no code list or term places, is decided as `{policy.unclassified_category}`."
         )
     lines += [
-        "- Restricted (R) records: " + ", ".join(policy.restricted_redact_fields) + " removed; "
-        + ", ".join(sorted(policy.restricted_withhold_categories)) + " withheld.",
-        "- Very restricted (V) records: withheld except for " + ", ".join(sorted(policy.very_restricted_purposes))
-        + ", and then without " + ", ".join(policy.restricted_redact_fields) + ".",
+        "- Restricted (R) records: "
+        + ", ".join(policy.restricted_redact_fields)
+        + " removed; "
+        + ", ".join(sorted(policy.restricted_withhold_categories))
+        + " withheld.",
+        "- Very restricted (V) records: withheld except for "
+        + ", ".join(sorted(policy.very_restricted_purposes))
+        + ", and then without "
+        + ", ".join(policy.restricted_redact_fields)
+        + ".",
         f"- Several Consents of one person: {policy.combine} governs, among the Consents of the organisation "
         "that holds the record (a Consent speaks only for its recorder's records); for identity and contact, "
         "a refusal recorded by any organisation holding the person's record withholds; disagreeing "
         "organisations are queued for IG review.",
         "- Purpose of use in audit: "
-        + ", ".join(f"{name} -> {p.purpose_of_use}" for name, p in sorted(policy.purposes.items())) + ".",
+        + ", ".join(f"{name} -> {p.purpose_of_use}" for name, p in sorted(policy.purposes.items()))
+        + ".",
     ]
     return "\n".join(lines)
 

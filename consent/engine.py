@@ -63,9 +63,7 @@ REASONS = {
         "is no safeguarding route open to your role. This request has been recorded."
     ),
     "no-rule": "Withheld: no rule in the disclosure policy allows this (no rule).",
-    "very-restricted": (
-        "Withheld: this record is marked very restricted and is shown only for safeguarding."
-    ),
+    "very-restricted": ("Withheld: this record is marked very restricted and is shown only for safeguarding."),
     "restricted": "Withheld: this person's record is restricted, so contact details are not shown.",
     "consent-refused": "Withheld: this person has asked that this is not shared with you.",
     "consent-required": (
@@ -87,12 +85,17 @@ REASONS = {
 }
 
 
-_DENY_CACHE: dict[tuple, DisclosureDecision] = {}
+_DENY_CACHE: dict[tuple[Any, ...], DisclosureDecision] = {}
 
 
 def _deny(
-    policy: Policy, code: str, purpose_of_use: str, rule: Rule | None = None, reason: str | None = None,
-    considered: tuple[str, ...] = (), conflict: bool = False,
+    policy: Policy,
+    code: str,
+    purpose_of_use: str,
+    rule: Rule | None = None,
+    reason: str | None = None,
+    considered: tuple[str, ...] = (),
+    conflict: bool = False,
 ) -> DisclosureDecision:
     reason = reason or REASONS[code]
     key = (code, reason, policy.version, purpose_of_use, rule.id if rule else None, considered, conflict)
@@ -155,7 +158,9 @@ def consent_finding(
         if holder is not None:
             if about_person:
                 if holders and holder not in holders:
-                    considered.append(f"{record.reference}: ignored (recorded by {holder}, which holds no record of this person)")
+                    considered.append(
+                        f"{record.reference}: ignored (recorded by {holder}, which holds no record of this person)"
+                    )
                     continue
             elif holder != item.source_org:
                 considered.append(
@@ -178,8 +183,9 @@ def consent_finding(
     if len(said) > 1 and governing is not None:
         governing = governing._replace(conflict=True)
         considered.append(
-            "conflict: Consents recorded by " + ", ".join(sorted(str(h) for h in by_holder if h)) +
-            f" disagree; {governing.consent.reference} ({governing.decision}) governs; queued for IG review"
+            "conflict: Consents recorded by "
+            + ", ".join(sorted(str(h) for h in by_holder if h))
+            + f" disagree; {governing.consent.reference} ({governing.decision}) governs; queued for IG review"
         )
     considered.sort()
     return governing, tuple(considered)
@@ -237,13 +243,32 @@ class _Plan:
     """
 
     __slots__ = (
-        "rule", "purpose", "purpose_of_use", "break_glass", "category", "consent",
-        "very_restricted_refusal", "restricted_refusal", "contact_fields", "contact_restricted",
-        "contact_consents", "uses_source_org", "finished",
+        "rule",
+        "purpose",
+        "purpose_of_use",
+        "break_glass",
+        "category",
+        "consent",
+        "very_restricted_refusal",
+        "restricted_refusal",
+        "contact_fields",
+        "contact_restricted",
+        "contact_consents",
+        "uses_source_org",
+        "finished",
     )
 
-    def __init__(self, policy: Policy, rule: Rule, purpose: Purpose, purpose_of_use: str, break_glass: bool,
-                 family_role: str, category: str, role: str) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        rule: Rule,
+        purpose: Purpose,
+        purpose_of_use: str,
+        break_glass: bool,
+        family_role: str,
+        category: str,
+        role: str,
+    ) -> None:
         self.rule = rule
         self.purpose = purpose
         self.purpose_of_use = purpose_of_use
@@ -252,12 +277,14 @@ class _Plan:
         self.consent = rule.consent
         # 5. Confidentiality labels: the refusal to give when the item carries V or R.
         self.very_restricted_refusal = (
-            None if purpose.value in policy.very_restricted_purposes
+            None
+            if purpose.value in policy.very_restricted_purposes
             else _deny(policy, "very-restricted", purpose_of_use, rule)
         )
         self.restricted_refusal = (
             _deny(policy, "restricted", purpose_of_use, rule)
-            if self.category.name in policy.restricted_withhold_categories else None
+            if self.category.name in policy.restricted_withhold_categories
+            else None
         )
         # An identity record carries contact details: how the contact rule would withhold them.
         self.contact_fields: tuple[str, ...] = ()
@@ -270,9 +297,10 @@ class _Plan:
                 self.contact_restricted = "contact" in policy.restricted_withhold_categories
                 self.contact_consents = contact_rule.consent in ("refusal-withholds", "required")
         self.uses_source_org = ObligationKind.NOTIFY_DATA_CONTROLLER in (
-            *rule.obligations, *policy.very_restricted_obligations
+            *rule.obligations,
+            *policy.very_restricted_obligations,
         )
-        self.finished: dict[tuple, DisclosureDecision] = {}
+        self.finished: dict[tuple[Any, ...], DisclosureDecision] = {}
 
 
 def _plan(
@@ -340,7 +368,7 @@ class _ConsentSet:
                 if period.end < _MAX_INSTANT:
                     points.add(period.end + _ONE_MICROSECOND)  # and out of force just after its end
         self.boundaries = tuple(sorted(points))
-        self.findings: dict[tuple, tuple[ConsentFinding | None, tuple[str, ...]]] = {}
+        self.findings: dict[tuple[Any, ...], tuple[ConsentFinding | None, tuple[str, ...]]] = {}
 
 
 def _periods(record: ConsentRecord) -> Iterable[Any]:
@@ -364,7 +392,7 @@ _PLANS_KEPT = 4096  # table cells (the baseline policy has under 1,500 reachable
 _FINISHED_KEPT = 64  # decisions per cell: labels x source x Consent outcome
 
 
-def _consent_set(policy: Policy, consents: tuple) -> _ConsentSet | None:
+def _consent_set(policy: Policy, consents: tuple[Any, ...]) -> _ConsentSet | None:
     """The remembered set for this tuple of parsed Consents.
 
     None when the tuple holds raw JSON (dicts and models can change under us, so they are
@@ -406,12 +434,24 @@ def _finding(
     if entry is None:
         if category is not None:
             item = DataItem(
-                category, item.resource_type, item.security_labels, item.source_org, item.date, item.reference, item.codes
+                category,
+                item.resource_type,
+                item.security_labels,
+                item.source_org,
+                item.date,
+                item.reference,
+                item.codes,
             )
         return consent_finding(request, policy, item)
     moment = as_instant(request.as_of)
-    key = (request.requester, request.purpose, item, category, request.subject.record_holders,
-           bisect_right(entry.boundaries, moment))
+    key = (
+        request.requester,
+        request.purpose,
+        item,
+        category,
+        request.subject.record_holders,
+        bisect_right(entry.boundaries, moment),
+    )
     try:
         found = entry.findings.get(key)
     except TypeError:  # an unhashable part (labels given as a set): nothing to remember it by
@@ -419,7 +459,13 @@ def _finding(
     if found is None:
         if category is not None:
             item = DataItem(
-                category, item.resource_type, item.security_labels, item.source_org, item.date, item.reference, item.codes
+                category,
+                item.resource_type,
+                item.security_labels,
+                item.source_org,
+                item.date,
+                item.reference,
+                item.codes,
             )
         found = consent_finding(request, policy, item)
         if len(entry.findings) >= _FINDINGS_KEPT:
@@ -456,8 +502,12 @@ def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> Disclos
 
     # Checks 1 to 4, for this cell of the policy table.
     cell = (
-        request.purpose, requester.role, bool((justification or "").strip()), bool(request.relationship.holds),
-        request.subject.family_role, category,
+        request.purpose,
+        requester.role,
+        bool((justification or "").strip()),
+        bool(request.relationship.holds),
+        request.subject.family_role,
+        category,
     )
     plan: _Plan | DisclosureDecision | None = None
     if cached:
@@ -476,7 +526,7 @@ def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> Disclos
                 plans[cell] = plan
     else:
         plan = _plan(policy, *cell)
-    if plan.__class__ is not _Plan:
+    if not isinstance(plan, _Plan):
         return plan  # a refusal
 
     # 5. Confidentiality labels on the record. V is shown only for safeguarding, and then, as
@@ -500,20 +550,25 @@ def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> Disclos
         conflict = finding is not None and finding.conflict
         refused = _refused(finding)
         if mode == "refusal-withholds" and refused:
-            return _deny(policy, "consent-refused", plan.purpose_of_use, plan.rule, considered=considered, conflict=conflict)
+            return _deny(
+                policy, "consent-refused", plan.purpose_of_use, plan.rule, considered=considered, conflict=conflict
+            )
         if mode == "required":
             if refused:
-                return _deny(policy, "consent-refused", plan.purpose_of_use, plan.rule, considered=considered, conflict=conflict)
+                return _deny(
+                    policy, "consent-refused", plan.purpose_of_use, plan.rule, considered=considered, conflict=conflict
+                )
             if not (
                 finding is not None
                 and finding.explicit
                 and finding.decision == PERMIT
                 and plan.rule.consent_must_name <= finding.names
             ):
-                return _deny(policy, "consent-required", plan.purpose_of_use, plan.rule, considered=considered,
-                             conflict=conflict)
+                return _deny(
+                    policy, "consent-required", plan.purpose_of_use, plan.rule, considered=considered, conflict=conflict
+                )
             relied_on = _ref(finding)
-        if mode == "overridden" and refused:
+        if mode == "overridden" and refused and finding is not None:
             overridden = _ref(finding)
 
     # An identity record carries contact details: withhold them where contact would be withheld.
@@ -533,13 +588,33 @@ def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> Disclos
     pds_redaction = "R" in labels or (very_restricted and plan.category.name == "identity")
     source_org = item.source_org if plan.uses_source_org else None
     if not cached:
-        return _finish(policy, plan, very_restricted, pds_redaction, source_org, relied_on, overridden, considered,
-                       contact_withheld, conflict)
+        return _finish(
+            policy,
+            plan,
+            very_restricted,
+            pds_redaction,
+            source_org,
+            relied_on,
+            overridden,
+            considered,
+            contact_withheld,
+            conflict,
+        )
     key = (very_restricted, pds_redaction, source_org, relied_on, overridden, considered, contact_withheld, conflict)
     decision = plan.finished.get(key)
     if decision is None:
-        decision = _finish(policy, plan, very_restricted, pds_redaction, source_org, relied_on, overridden, considered,
-                           contact_withheld, conflict)
+        decision = _finish(
+            policy,
+            plan,
+            very_restricted,
+            pds_redaction,
+            source_org,
+            relied_on,
+            overridden,
+            considered,
+            contact_withheld,
+            conflict,
+        )
         if len(plan.finished) >= _FINISHED_KEPT:
             plan.finished.clear()
         plan.finished[key] = decision
@@ -547,8 +622,15 @@ def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> Disclos
 
 
 def _finish(
-    policy: Policy, plan: _Plan, very_restricted: bool, restricted: bool, source_org: str | None,
-    relied_on: ConsentRef | None, overridden: ConsentRef | None, considered: tuple[str, ...], contact_withheld: bool,
+    policy: Policy,
+    plan: _Plan,
+    very_restricted: bool,
+    restricted: bool,
+    source_org: str | None,
+    relied_on: ConsentRef | None,
+    overridden: ConsentRef | None,
+    considered: tuple[str, ...],
+    contact_withheld: bool,
     conflict: bool = False,
 ) -> DisclosureDecision:
     """The permit, with its basis, obligations, redactions and reason."""
@@ -560,7 +642,8 @@ def _finish(
     held = source_org is not None
     if very_restricted:
         obligations.update(
-            _obligation(kind, source_org) for kind in policy.very_restricted_obligations
+            _obligation(kind, source_org)
+            for kind in policy.very_restricted_obligations
             if held or kind is not ObligationKind.NOTIFY_DATA_CONTROLLER
         )
     if restricted and not category.sensitive:
@@ -574,7 +657,9 @@ def _finish(
 
     # Obligations: the rule's own, and IG review of every break-glass disclosure.
     obligations.update(
-        _obligation(kind, source_org) for kind in rule.obligations if held or kind is not ObligationKind.NOTIFY_DATA_CONTROLLER
+        _obligation(kind, source_org)
+        for kind in rule.obligations
+        if held or kind is not ObligationKind.NOTIFY_DATA_CONTROLLER
     )
     if plan.break_glass:
         obligations.add(_obligation(ObligationKind.QUEUE_IG_REVIEW, source_org))

@@ -137,7 +137,7 @@ def _codings(raw: Any) -> Iterable[Mapping[str, Any]]:
         return ()
     if isinstance(raw, Mapping):
         raw = [raw]
-    out = []
+    out: list[Mapping[str, Any]] = []
     for entry in raw:
         if not isinstance(entry, Mapping):
             continue
@@ -192,8 +192,8 @@ class Actor:
         roles = _code_pairs(raw.get("role"))
         requester_role = next((code for system, code in roles if system == REQUESTER_ROLE_SYSTEM), None)
         codes = {code for _, code in roles}
-        recipient = requester_role is not None or not (codes & SOURCE_ACTOR_ROLES) or bool(
-            codes & RECIPIENT_ACTOR_ROLES
+        recipient = (
+            requester_role is not None or not (codes & SOURCE_ACTOR_ROLES) or bool(codes & RECIPIENT_ACTOR_ROLES)
         )
         refs, idents = _reference_keys(raw.get("reference"))
         return cls(recipient, requester_role, refs, idents)
@@ -236,11 +236,14 @@ class Provision:
         classes = _code_pairs(raw.get("class")) or None
         codes = _code_pairs(raw.get("code")) or None
         labels = _code_pairs(raw.get("securityLabel")) or None
-        data = tuple(
-            (str(d.get("meaning") or "instance"), *_reference_keys(d.get("reference")))
-            for d in raw.get("data") or ()
-            if isinstance(d, Mapping)
-        ) or None
+        data = (
+            tuple(
+                (str(d.get("meaning") or "instance"), *_reference_keys(d.get("reference")))
+                for d in raw.get("data") or ()
+                if isinstance(d, Mapping)
+            )
+            or None
+        )
         recipients = tuple(a for a in actors if a.recipient)
         names = set()
         if recipients:
@@ -321,7 +324,11 @@ class Provision:
             if ctx.item_first is None:
                 if deciding != DENY:
                     return False
-            elif not (ctx.item_first <= self.data_period.end and ctx.item_last >= self.data_period.start):
+            elif not (
+                ctx.item_first <= self.data_period.end
+                and ctx.item_last is not None
+                and ctx.item_last >= self.data_period.start
+            ):
                 return False
         if self.data is not None:
             for data in self.data:
@@ -371,8 +378,19 @@ class MatchContext:
     """The request, pre-digested once for matching against every provision."""
 
     __slots__ = (
-        "moment", "requester_role", "requester_refs", "requester_idents", "source_idents",
-        "source_refs", "actions", "purposes", "item", "labels", "confidentiality", "item_first", "item_last",
+        "moment",
+        "requester_role",
+        "requester_refs",
+        "requester_idents",
+        "source_idents",
+        "source_refs",
+        "actions",
+        "purposes",
+        "item",
+        "labels",
+        "confidentiality",
+        "item_first",
+        "item_last",
     )
 
     def __init__(
@@ -387,7 +405,7 @@ class MatchContext:
         self.requester_role = requester.role
         self.requester_refs, self.requester_idents = _requester_keys(requester)
         self.source_idents = frozenset({(ODS_SYSTEM, item.source_org)}) if item.source_org else frozenset()
-        self.source_refs = frozenset()
+        self.source_refs: frozenset[str] = frozenset()
         self.actions = actions
         self.purposes = purposes
         self.item = item
@@ -454,7 +472,11 @@ class ConsentRecord:
         """Adapt a ``fhir.resources.R4B.consent.Consent`` or a JSON dict; ``holder`` is the ODS
         code of the organisation that recorded it."""
         if isinstance(resource, ConsentRecord):
-            return resource if holder is None or resource.holder == holder else dataclasses.replace(resource, holder=holder)
+            return (
+                resource
+                if holder is None or resource.holder == holder
+                else dataclasses.replace(resource, holder=holder)
+            )
         if hasattr(resource, "model_dump"):
             raw = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
         elif isinstance(resource, Mapping):
@@ -520,9 +542,7 @@ def _descend(
         child_decision = child.type or decision
         if not child.matches(ctx, child_decision):
             continue
-        finding = _descend(
-            consent, child, child_decision, explicit or child.type is not None, names | child.names, ctx
-        )
+        finding = _descend(consent, child, child_decision, explicit or child.type is not None, names | child.names, ctx)
         if best is None or (finding.decision == DENY and best.decision != DENY):
             best = finding
     if best is not None:
@@ -547,7 +567,7 @@ class ConsentFinding(NamedTuple):
     conflict: bool = False  # Consents of different holders disagreed (set by the engine)
 
 
-def _recency(finding: ConsentFinding) -> tuple:
+def _recency(finding: ConsentFinding) -> tuple[_dt.datetime, bool, str]:
     # Newest first; between Consents recorded at the same moment, deny first, then by name,
     # so that the answer never depends on the order the Consents were passed in.
     recorded = finding.consent.recorded or _MIN

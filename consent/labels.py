@@ -159,11 +159,15 @@ def load_value_sets(directory: Path = VALUESET_DIR) -> dict[str, ValueSet]:
 # ---------------------------------------------------------------------------
 
 
-def _label_rules(entry: Mapping[str, Any], where: str) -> list[tuple[str | None, re.Pattern[str] | None, tuple[str, ...]]]:
+def _label_rules(
+    entry: Mapping[str, Any], where: str
+) -> list[tuple[str | None, re.Pattern[str] | None, tuple[str, ...]]]:
     rules = []
     for rule in entry.get("label_rules") or ():
         term = rule.get("term_matches")
-        rules.append((rule.get("source_contains"), re.compile(term) if term else None, _check_labels(rule["labels"], where)))
+        rules.append(
+            (rule.get("source_contains"), re.compile(term) if term else None, _check_labels(rule["labels"], where))
+        )
     return rules
 
 
@@ -234,7 +238,9 @@ def _phrase_pattern(phrases: Iterable[str], where: str) -> tuple[re.Pattern[str]
             body = raw[:-1] if star else raw
             pieces = normalise_text(body).split()
             if "*" in body or not pieces or (star and not words and len(pieces) == 1 and len(pieces[0]) < 4):
-                raise ValueError(f"{where}: bad term {phrase!r} (* only ends a word; a starred first word has 4 letters or more)")
+                raise ValueError(
+                    f"{where}: bad term {phrase!r} (* only ends a word; a starred first word has 4 letters or more)"
+                )
             words += pieces[:-1] + [pieces[-1] + ("*" if star else "")]
         parts = [re.escape(w[:-1]) + "[a-z0-9]*" if w.endswith("*") else re.escape(w) for w in words]
         fragments.append(" ".join(parts))
@@ -329,10 +335,10 @@ _labels_seen: dict[str, list[frozenset[str]]] = {}
 
 
 def _add(key: tuple[str, str], category: str, labels: tuple[str, ...]) -> None:
-    cats, labs = _index.setdefault(key, (set(), set()))
+    cats, labs = _index.setdefault(key, (set(), set()))  # noqa: F821 (module-level, deleted after the index is built)
     cats.add(category)
     labs.update(labels)
-    _labels_seen.setdefault(category, []).append(frozenset(labels))
+    _labels_seen.setdefault(category, []).append(frozenset(labels))  # noqa: F821
 
 
 for _vs in YAML_VALUE_SETS.values():
@@ -386,16 +392,16 @@ for _ts in TERM_SETS.values():
     if _ts.category not in VALUE_SETS:
         raise ValueError(f"terms.yaml: {_ts.id}: category {_ts.category!r} has no value set")
     if set(_ts.labels) - set(VALUE_SETS[_ts.category].labels):
-        raise ValueError(f"terms.yaml: {_ts.id}: labels {_ts.labels} are not the category's {VALUE_SETS[_ts.category].labels}")
+        raise ValueError(
+            f"terms.yaml: {_ts.id}: labels {_ts.labels} are not the category's {VALUE_SETS[_ts.category].labels}"
+        )
 
 #: The labels every entry of a category gives (ETH and SUD for substance misuse; none for
 #: sexual health, whose entries give HIV or STD): what an existing ActCode label implies.
 _COMMON_LABELS: dict[str, frozenset[str]] = {c: frozenset.intersection(*seen) for c, seen in _labels_seen.items()}
 
 #: A label already on a record, read back as the category it stands for.
-CATEGORY_BY_LABEL: dict[str, str] = {
-    label: vs.category for vs in VALUE_SETS.values() for label in vs.labels
-}
+CATEGORY_BY_LABEL: dict[str, str] = {label: vs.category for vs in VALUE_SETS.values() for label in vs.labels}
 
 _SETS_BY_KEY: dict[str, tuple[str, ...]] = {}
 for _ts in TERM_SETS.values():
@@ -448,7 +454,11 @@ def _scan(node: Any) -> tuple[list[tuple[str, str]], list[str]]:
                 system = str(n.get("system") or "")
                 codings.append((system, code))
                 display = n.get("display")
-                if isinstance(display, str) and not system.startswith(_HL7_TERMINOLOGY) and system != DATA_CATEGORY_SYSTEM:
+                if (
+                    isinstance(display, str)
+                    and not system.startswith(_HL7_TERMINOLOGY)
+                    and system != DATA_CATEGORY_SYSTEM
+                ):
                     texts.append(display)
             elif "code" in n and isinstance(n.get("display"), str):  # a coding with no system: its words still count
                 texts.append(n["display"])
@@ -461,7 +471,9 @@ def _scan(node: Any) -> tuple[list[tuple[str, str]], list[str]]:
                     texts.append(value)
             for key, value in n.items():
                 # dict and list first, scalars next: the Mapping ABC check is slow
-                if isinstance(value, (dict, list)) or (not isinstance(value, _SCALARS) and isinstance(value, _AbcMapping)):
+                if isinstance(value, (dict, list)) or (
+                    not isinstance(value, _SCALARS) and isinstance(value, _AbcMapping)
+                ):
                     if not (n is top and key == "meta"):
                         stack.append((key, value))
     return codings, texts
@@ -557,7 +569,13 @@ def label_resource(resource: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 _DATE_FIELDS = (
-    "recordedDate", "effectiveDateTime", "onsetDateTime", "issued", "authoredOn", "date", "dateTime",
+    "recordedDate",
+    "effectiveDateTime",
+    "onsetDateTime",
+    "issued",
+    "authoredOn",
+    "date",
+    "dateTime",
 )
 
 

@@ -15,9 +15,7 @@ from typing import Any
 # Vocabularies
 # ---------------------------------------------------------------------------
 
-REQUESTER_ROLES = frozenset(
-    {"source-system", "midwife", "health-visitor", "gp", "mash", "ig-officer", "admin"}
-)
+REQUESTER_ROLES = frozenset({"source-system", "midwife", "health-visitor", "gp", "mash", "ig-officer", "admin"})
 FAMILY_ROLES = frozenset({"infant", "mother", "father", "male-carer", "other-carer"})
 #: Categories about the person rather than one organisation's record: a Consent recorded by any
 #: organisation that holds a record of the person speaks for them.
@@ -248,8 +246,7 @@ class DisclosureDecision:
             "consent_relied_on": self.consent_relied_on.to_dict() if self.consent_relied_on else None,
             "consent_overridden": self.consent_overridden.to_dict() if self.consent_overridden else None,
             "obligations": [
-                o.to_dict()
-                for o in sorted(self.obligations, key=lambda o: (o.kind.value, o.fields, o.target or ""))
+                o.to_dict() for o in sorted(self.obligations, key=lambda o: (o.kind.value, o.fields, o.target or ""))
             ],
             "consents_considered": list(self.consents_considered),
         } | ({"consent_conflict": True} if self.consent_conflict else {})

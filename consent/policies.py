@@ -134,7 +134,16 @@ def check_policy_data(data: Any) -> list[str]:
     errors: list[str] = []
     if not isinstance(data, Mapping):
         return ["the policy file must be a mapping at the top level"]
-    required_top = {"policy", "consent_evaluation", "purposes", "categories", "bases", "never", "confidentiality", "rules"}
+    required_top = {
+        "policy",
+        "consent_evaluation",
+        "purposes",
+        "categories",
+        "bases",
+        "never",
+        "confidentiality",
+        "rules",
+    }
     allowed_top = required_top | {"unclassified"}
     for key in data:
         if key not in allowed_top:
@@ -151,7 +160,7 @@ def check_policy_data(data: Any) -> list[str]:
     else:
         for key in ("id", "version"):
             if not isinstance(meta.get(key), str) or not meta.get(key):
-                errors.append(f"policy.{key}: required text (quote version numbers, e.g. \"1.0.0\")")
+                errors.append(f'policy.{key}: required text (quote version numbers, e.g. "1.0.0")')
 
     evaluation = data["consent_evaluation"]
     if not isinstance(evaluation, Mapping):
@@ -210,13 +219,17 @@ def check_policy_data(data: Any) -> list[str]:
         errors.append("bases: must be a non-empty mapping")
         bases = {}
     for name, spec in bases.items():
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("article6"), str) or not spec["article6"].startswith("6(1)("):
-            errors.append(f"bases.{name}.article6: required, e.g. \"6(1)(e)\"")
+        if (
+            not isinstance(spec, Mapping)
+            or not isinstance(spec.get("article6"), str)
+            or not spec["article6"].startswith("6(1)(")
+        ):
+            errors.append(f'bases.{name}.article6: required, e.g. "6(1)(e)"')
             continue
         if spec.get("article9") is not None and not str(spec["article9"]).startswith("9(2)("):
-            errors.append(f"bases.{name}.article9: must look like \"9(2)(h)\"")
+            errors.append(f'bases.{name}.article9: must look like "9(2)(h)"')
         if spec.get("dpa2018_schedule1") is not None and not str(spec["dpa2018_schedule1"]).startswith("Sch 1 para "):
-            errors.append(f"bases.{name}.dpa2018_schedule1: must look like \"Sch 1 para 18\"")
+            errors.append(f'bases.{name}.dpa2018_schedule1: must look like "Sch 1 para 18"')
 
     never = data["never"]
     if not isinstance(never, Mapping):
@@ -229,8 +242,10 @@ def check_policy_data(data: Any) -> list[str]:
                 errors.append(f"never.{role}: needs a reason")
 
     conf = data["confidentiality"]
-    if not isinstance(conf, Mapping) or not isinstance(conf.get("restricted"), Mapping) or not isinstance(
-        conf.get("very-restricted"), Mapping
+    if (
+        not isinstance(conf, Mapping)
+        or not isinstance(conf.get("restricted"), Mapping)
+        or not isinstance(conf.get("very-restricted"), Mapping)
     ):
         errors.append("confidentiality: needs `restricted` and `very-restricted` sections")
     else:

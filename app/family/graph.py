@@ -5,7 +5,6 @@ looks across organisations, and what it finds is disclosed only item by item."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import date
 from typing import Any, Iterable
 

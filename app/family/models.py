@@ -1,6 +1,7 @@
 """The family as data: records, members, their relationships and the graph, as assembled from
 the store by :mod:`app.family.graph` and decided on by :mod:`app.family.plan`. Plain
 dataclasses with no database, so that a family can be built by hand (tests, what-if questions)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -100,7 +101,9 @@ class FamilyMember:
 
     @property
     def birth_date(self) -> date | None:
-        return next((r.birth_date for r in sorted(self.records, key=lambda r: -level_rank(r.assurance)) if r.birth_date), None)
+        return next(
+            (r.birth_date for r in sorted(self.records, key=lambda r: -level_rank(r.assurance)) if r.birth_date), None
+        )
 
 
 @dataclass

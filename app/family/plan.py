@@ -5,6 +5,7 @@ Pure: a :class:`ViewPlan` is made from the assembled :class:`FamilyGraph` (plain
 requester and the purpose, with no database, HTTP or clock of its own, so that a test (or an IG
 officer's question) can take any family through the policy without a server. The service reads
 the store before and writes the audit after; :mod:`app.family.render` turns the plan into FHIR."""
+
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,20 @@ from datetime import date
 from typing import Any, Callable
 
 from consent import (
-    ConsentRecord, DataItem, DataSubject, DisclosureDecision, DisclosureRequest, LegitimateRelationship,
-    ObligationKind, Policy, Purpose, Requester, decide, effective_category, label_resource, record_date,
+    ConsentRecord,
+    DataItem,
+    DataSubject,
+    DisclosureDecision,
+    DisclosureRequest,
+    LegitimateRelationship,
+    ObligationKind,
+    Policy,
+    Purpose,
+    Requester,
+    decide,
+    effective_category,
+    label_resource,
+    record_date,
 )
 
 from app.family.models import FamilyGraph, FamilyMember, Rec, organisations_of
@@ -27,16 +40,24 @@ EXT_ASSURANCE = f"{FV}/StructureDefinition/linkage-assurance"
 EXT_INFERRED = f"{FV}/StructureDefinition/inferred-relationship"
 EXT_EDD = f"{FV}/StructureDefinition/expected-delivery-date"
 DATA_CATEGORY = f"{FV}/CodeSystem/data-category"
-DERIVED_TAG = {"system": f"{FV}/CodeSystem/provenance", "code": "derived", "display": "Derived by familyview, not recorded by a source"}
+DERIVED_TAG = {
+    "system": f"{FV}/CodeSystem/provenance",
+    "code": "derived",
+    "display": "Derived by familyview, not recorded by a source",
+}
 LOCAL_SAFEGUARDING = f"{FV}/CodeSystem/local-safeguarding"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 PERSON_CONFIDENTIALITY = ("R", "V")  # labels that belong to the person, not to one copy of their record
 YOUNG_PARENT_AGE = 20
-MOTHER_RESTRICTED = ("Withheld: the mother's record is restricted, so the address, contact and GP practice details "
-                     "that the infant shares with her are not shown for the infant either.")
-MOTHER_SHARED_CONTACT = ("Withheld: the mother's record is restricted, so contact details recorded for this person "
-                         "that are also hers are not shown.")
+MOTHER_RESTRICTED = (
+    "Withheld: the mother's record is restricted, so the address, contact and GP practice details "
+    "that the infant shares with her are not shown for the infant either."
+)
+MOTHER_SHARED_CONTACT = (
+    "Withheld: the mother's record is restricted, so contact details recorded for this person "
+    "that are also hers are not shown."
+)
 
 
 # ---------------------------------------------------------------- the plan
@@ -87,8 +108,15 @@ class ViewPlan:
     purpose_of_use: str | None = None
     refusal: DisclosureDecision | None = None  # no lawful route to the family: nothing else was decided
 
-    def note(self, decision: DisclosureDecision, reference: str, subject: str, category: str, disclosed: bool,
-             requester_org: str) -> None:
+    def note(
+        self,
+        decision: DisclosureDecision,
+        reference: str,
+        subject: str,
+        category: str,
+        disclosed: bool,
+        requester_org: str,
+    ) -> None:
         self.items.append(DecidedItem(reference, subject, category, decision, disclosed))
         if disclosed and decision.obligation(ObligationKind.QUEUE_IG_REVIEW):
             self.review_required = True
@@ -154,7 +182,7 @@ def telecom_key(point: dict[str, Any]) -> tuple[str, str]:
         value = "".join(ch for ch in value if ch.isdigit() or ch == "+")
         for prefix in ("+44", "0044"):
             if value.startswith(prefix):
-                value = "0" + value[len(prefix):].lstrip("0")
+                value = "0" + value[len(prefix) :].lstrip("0")
     return system, value.strip().lower()
 
 
@@ -167,7 +195,9 @@ def contributing_records(member: FamilyMember) -> list[Rec]:
     record first, then every other record joined to it at level2 (a demographic match) or
     surer. A level1 possible match, left to a reviewer, is never one of them."""
     primary = member.primary
-    return [primary] + [r for r in member.records if r.ref != primary.ref and level_rank(r.assurance) >= level_rank("level2")]
+    return [primary] + [
+        r for r in member.records if r.ref != primary.ref and level_rank(r.assurance) >= level_rank("level2")
+    ]
 
 
 def merged_telecom(member: FamilyMember) -> list[dict[str, Any]]:
@@ -193,7 +223,9 @@ def restricted_mothers_contact(graph: FamilyGraph) -> tuple[set[tuple[str, str]]
     for member in graph.members:
         if member.role == "mother" and member.records and person_labels(member) & set(PERSON_CONFIDENTIALITY):
             for r in member.records:
-                phones |= {telecom_key(t) for t in r.body.get("telecom") or [] if isinstance(t, dict) and t.get("value")}
+                phones |= {
+                    telecom_key(t) for t in r.body.get("telecom") or [] if isinstance(t, dict) and t.get("value")
+                }
                 homes |= {k for a in r.body.get("address") or [] if (k := postcode_key(a))}
     return phones, homes
 
@@ -220,15 +252,18 @@ def record_holders(member: FamilyMember) -> frozenset[str]:
 def person_resource(member: FamilyMember, graph: FamilyGraph) -> dict[str, Any]:
     """The member's entry before any redaction: the primary record with every identifier and
     contact point of their contributing records, the family role and how surely they were joined."""
-    ext = [{"url": EXT_FAMILY_ROLE, "valueCode": member.role}]
+    ext: list[dict[str, Any]] = [{"url": EXT_FAMILY_ROLE, "valueCode": member.role}]
     if member.unborn:
         mother = graph.members[1] if len(graph.members) > 1 else None
-        family = ((mother.primary.body.get("name") or [{}])[0].get("family") if mother and mother.records else None) or ""
+        family = (
+            (mother.primary.body.get("name") or [{}])[0].get("family") if mother and mother.records else None
+        ) or ""
         return {
             "resourceType": "Patient",
             "id": f"unborn-{graph.subject.res_id}",
             "meta": {"tag": [DERIVED_TAG]},
-            "extension": ext + ([{"url": EXT_EDD, "valueDate": member.expected_delivery}] if member.expected_delivery else []),
+            "extension": ext
+            + ([{"url": EXT_EDD, "valueDate": member.expected_delivery}] if member.expected_delivery else []),
             "name": [{"use": "temp", "text": f"Unborn baby {family}".strip()}],
             "link": [{"other": {"reference": graph.subject.ref}, "type": "seealso"}],
         }
@@ -250,12 +285,22 @@ def person_resource(member: FamilyMember, graph: FamilyGraph) -> dict[str, Any]:
     weakest = member.weakest_assurance
     if weakest not in ("level3", "level4"):
         ext.append({"url": EXT_ASSURANCE, "valueCode": weakest})
-        ext.append({"url": EXT_INFERRED, "extension": [
-            {"url": "inferred", "valueBoolean": True},
-            {"url": "assurance", "valueCode": weakest},
-            {"url": "basis", "valueString": "records joined by a demographic match (name, date of birth, sex, postcode), not by NHS number"},
-        ]})
-    resource["extension"] = [e for e in resource.get("extension") or [] if e.get("url") not in (EXT_FAMILY_ROLE, EXT_ASSURANCE, EXT_INFERRED)] + ext
+        ext.append(
+            {
+                "url": EXT_INFERRED,
+                "extension": [
+                    {"url": "inferred", "valueBoolean": True},
+                    {"url": "assurance", "valueCode": weakest},
+                    {
+                        "url": "basis",
+                        "valueString": "records joined by a demographic match (name, date of birth, sex, postcode), not by NHS number",
+                    },
+                ],
+            }
+        )
+    resource["extension"] = [
+        e for e in resource.get("extension") or [] if e.get("url") not in (EXT_FAMILY_ROLE, EXT_ASSURANCE, EXT_INFERRED)
+    ] + ext
     return resource
 
 
@@ -270,15 +315,23 @@ def indicators(member: FamilyMember, graph: FamilyGraph, today: date) -> list[di
     age = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
     if age >= YOUNG_PARENT_AGE:
         return []
-    return [{
-        "resourceType": "Flag",
-        "id": f"young-parent-{member.primary.res_id}",
-        "meta": {"tag": [DERIVED_TAG], "security": [{"system": DATA_CATEGORY, "code": "young-parent"}]},
-        "status": "active",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category", "code": "clinical"}]}],
-        "code": {"coding": [{"system": LOCAL_SAFEGUARDING, "code": "YOUNG-PARENT", "display": "Young parent (under 20)"}],
-                 "text": f"Young {member.role}: {age} at the {'birth' if graph.mode == 'infant' else 'time of this view'}"},
-    }]
+    return [
+        {
+            "resourceType": "Flag",
+            "id": f"young-parent-{member.primary.res_id}",
+            "meta": {"tag": [DERIVED_TAG], "security": [{"system": DATA_CATEGORY, "code": "young-parent"}]},
+            "status": "active",
+            "category": [
+                {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category", "code": "clinical"}]}
+            ],
+            "code": {
+                "coding": [
+                    {"system": LOCAL_SAFEGUARDING, "code": "YOUNG-PARENT", "display": "Young parent (under 20)"}
+                ],
+                "text": f"Young {member.role}: {age} at the {'birth' if graph.mode == 'infant' else 'time of this view'}",
+            },
+        }
+    ]
 
 
 # ---------------------------------------------------------------- the decisions
@@ -294,15 +347,23 @@ class Asker:
     relationship: LegitimateRelationship
     policy: Policy
 
-    def request(self, member: FamilyMember, consents: tuple, item: DataItem) -> DisclosureRequest:
+    def request(self, member: FamilyMember, consents: tuple[ConsentRecord, ...], item: DataItem) -> DisclosureRequest:
         return DisclosureRequest(
-            requester=self.requester, purpose=self.purpose, justification=self.justification, relationship=self.relationship,
-            subject=DataSubject(member.key, member.role, tuple((NHS_NUMBER_SYSTEM, n) for n in {r.nhs_number for r in member.records} if n),
-                                record_holders=record_holders(member)),
-            item=item, consents=consents,
+            requester=self.requester,
+            purpose=self.purpose,
+            justification=self.justification,
+            relationship=self.relationship,
+            subject=DataSubject(
+                member.key,
+                member.role,
+                tuple((NHS_NUMBER_SYSTEM, n) for n in {r.nhs_number for r in member.records} if n),
+                record_holders=record_holders(member),
+            ),
+            item=item,
+            consents=consents,
         )
 
-    def decide(self, member: FamilyMember, consents: tuple, item: DataItem) -> DisclosureDecision:
+    def decide(self, member: FamilyMember, consents: tuple[ConsentRecord, ...], item: DataItem) -> DisclosureDecision:
         return decide(self.request(member, consents, item), self.policy)
 
 
@@ -323,7 +384,9 @@ def carried_from_mother(graph: FamilyGraph, asker: Asker) -> tuple[set[str], Dis
         identity = asker.decide(member, consents, DataItem("identity", "Patient", labels, source, reference=member.key))
         if not identity.permitted:
             return restricted_fields, identity
-        contact = asker.decide(member, consents, DataItem("contact", "Patient", labels, source, reference=member.key + "#contact"))
+        contact = asker.decide(
+            member, consents, DataItem("contact", "Patient", labels, source, reference=member.key + "#contact")
+        )
         removed = set(identity.redacted_fields) & restricted_fields
         if not contact.permitted and contact.reason_code in ("restricted", "very-restricted"):
             removed |= {"address", "telecom"}
@@ -342,7 +405,9 @@ def plan_view(graph: FamilyGraph, asker: Asker, today: date, holder_names: dict[
     carried, carried_decision = carried_from_mother(graph, asker)
     mothers_contact, mothers_homes = restricted_mothers_contact(graph)
 
-    def note_merged(member: FamilyMember, decision: DisclosureDecision, category: str, resource: dict[str, Any] | None) -> None:
+    def note_merged(
+        member: FamilyMember, decision: DisclosureDecision, category: str, resource: dict[str, Any] | None
+    ) -> None:
         """Name each other record of the member that the entry drew on, with the member's
         decision: its identity (identifiers), and its contact when it holds any, shown only
         if one of its contact points is in the entry."""
@@ -352,16 +417,21 @@ def plan_view(graph: FamilyGraph, asker: Asker, today: date, holder_names: dict[
                 plan.merged.append(DecidedItem(rec.ref, member.key, "identity", decision, decision.permitted))
             elif rec.body.get("telecom"):
                 keys = {telecom_key(t) for t in rec.body["telecom"] if isinstance(t, dict) and t.get("value")}
-                plan.merged.append(DecidedItem(rec.ref + "#contact", member.key, "contact", decision, bool(keys & shown)))
+                plan.merged.append(
+                    DecidedItem(rec.ref + "#contact", member.key, "contact", decision, bool(keys & shown))
+                )
 
     for index, member in enumerate(graph.members):
         consents = member_consents(member)
-        decide_item: Callable[[DataItem], DisclosureDecision] = (
-            lambda item, m=member, c=consents: asker.decide(m, c, item))  # type: ignore[misc]
+        decide_item: Callable[[DataItem], DisclosureDecision] = lambda item, m=member, c=consents: asker.decide(
+            m, c, item
+        )  # type: ignore[misc]
         who = member.role.replace("-", " ") if not member.unborn else "unborn baby"
         primary = member.primary if member.records else None
         labels = frozenset(person_labels(member))
-        identity = decide_item(DataItem("identity", "Patient", labels, primary.source_org if primary else None, reference=member.key))
+        identity = decide_item(
+            DataItem("identity", "Patient", labels, primary.source_org if primary else None, reference=member.key)
+        )
         if index == 0:
             plan.purpose_of_use = identity.purpose_of_use
             if not identity.permitted:
@@ -372,38 +442,71 @@ def plan_view(graph: FamilyGraph, asker: Asker, today: date, holder_names: dict[
         if member.records:
             note_merged(member, identity, "identity", None)
         if not identity.permitted:
-            plan.withheld.append(Withheld("person", None, who, member.role, identity, "identity", "The identity of a family member"))
+            plan.withheld.append(
+                Withheld("person", None, who, member.role, identity, "identity", "The identity of a family member")
+            )
             continue
         entry = len(plan.people)
         resource = person_resource(member, graph)
         redact = set(identity.redacted_fields)
-        if not member.unborn:
-            contact = decide_item(DataItem("contact", "Patient", labels, primary.source_org, reference=member.key + "#contact"))
+        if primary is not None:  # the unborn baby has no record and no contact details
+            contact = decide_item(
+                DataItem("contact", "Patient", labels, primary.source_org, reference=member.key + "#contact")
+            )
             shares = carried & set(resource) if member is graph.infant else set()
-            if shares:
+            contact_decision: DisclosureDecision = contact
+            if shares and carried_decision is not None:
                 # the baby lives with its restricted mother: what was removed from her entry
                 # is not shown as the baby's either
                 plan.note(carried_decision, member.key + "#contact", member.key, "contact", False, org)
                 contact_decision = carried_decision
                 redact |= carried
-                plan.withheld.append(Withheld("person", entry, who, member.role, carried_decision, "contact",
-                                              "Address, contact and GP practice details shared with the mother", MOTHER_RESTRICTED))
+                plan.withheld.append(
+                    Withheld(
+                        "person",
+                        entry,
+                        who,
+                        member.role,
+                        carried_decision,
+                        "contact",
+                        "Address, contact and GP practice details shared with the mother",
+                        MOTHER_RESTRICTED,
+                    )
+                )
             else:
                 plan.note(contact, member.key + "#contact", member.key, "contact", contact.permitted, org)
-                contact_decision = contact
             if (mothers_contact or mothers_homes) and member.role != "mother" and member is not graph.infant:
                 # a number or home this person shares with the restricted mother (the partner she
                 # lives with, a household phone the midwife recorded on his record) is hers too,
                 # and is not shown on his entry
                 if _drop_mothers(resource, mothers_contact, mothers_homes):
-                    plan.withheld.append(Withheld("person", entry, who, member.role, identity, "contact",
-                                                  "Contact details shared with the mother", MOTHER_SHARED_CONTACT))
+                    plan.withheld.append(
+                        Withheld(
+                            "person",
+                            entry,
+                            who,
+                            member.role,
+                            identity,
+                            "contact",
+                            "Contact details shared with the mother",
+                            MOTHER_SHARED_CONTACT,
+                        )
+                    )
             redact |= set(contact.redacted_fields)
             if not contact.permitted:
                 redact |= {"address", "telecom"}
             if not shares and redact & {"address", "telecom"} and (resource.get("address") or resource.get("telecom")):
-                plan.withheld.append(Withheld("person", entry, who, member.role, contact if not contact.permitted else identity,
-                                              "contact", "Address and contact details"))
+                plan.withheld.append(
+                    Withheld(
+                        "person",
+                        entry,
+                        who,
+                        member.role,
+                        contact if not contact.permitted else identity,
+                        "contact",
+                        "Address and contact details",
+                    )
+                )
             for name in redact:
                 resource.pop(name, None)
             note_merged(member, contact_decision, "contact", resource)
@@ -426,9 +529,13 @@ def _drop_mothers(resource: dict[str, Any], phones: set[tuple[str, str]], homes:
     """Remove from a member's entry the contact points and homes that are the restricted
     mother's; whether any was removed."""
     dropped = False
-    for name, same in (("telecom", lambda t: telecom_key(t) in phones), ("address", lambda a: postcode_key(a) in homes)):
+
+    def same(name: str, value: dict[str, Any]) -> bool:
+        return telecom_key(value) in phones if name == "telecom" else postcode_key(value) in homes
+
+    for name in ("telecom", "address"):
         values = resource.get(name) or []
-        kept = [x for x in values if not (isinstance(x, dict) and same(x))]
+        kept = [x for x in values if not (isinstance(x, dict) and same(name, x))]
         if len(kept) < len(values):
             dropped = True
             if kept:
@@ -438,15 +545,26 @@ def _drop_mothers(resource: dict[str, Any], phones: set[tuple[str, str]], homes:
     return dropped
 
 
-def _plan_record(plan: ViewPlan, asker: Asker, member: FamilyMember, consents: tuple, rec: Rec, entry: int, who: str,
-                 holder_names: dict[str, str]) -> None:
+def _plan_record(
+    plan: ViewPlan,
+    asker: Asker,
+    member: FamilyMember,
+    consents: tuple[ConsentRecord, ...],
+    rec: Rec,
+    entry: int,
+    who: str,
+    holder_names: dict[str, str],
+) -> None:
     """One clinical record: decided once per category it falls in, shown only if every one is
     permitted, and then as sent less what the decisions redact."""
     categories, labels = clinical_labels(rec)
     decided = []
     for category in sorted(categories or {"record"}):
-        request = asker.request(member, consents, DataItem(category, rec.res_type, frozenset(labels), rec.source_org,
-                                                           record_date(rec.body), rec.ref))
+        request = asker.request(
+            member,
+            consents,
+            DataItem(category, rec.res_type, frozenset(labels), rec.source_org, record_date(rec.body), rec.ref),
+        )
         decided.append((effective_category(request, asker.policy), decide(request, asker.policy)))
     allowed = all(d.permitted for _, d in decided)
     for category, d in decided:
@@ -461,5 +579,14 @@ def _plan_record(plan: ViewPlan, asker: Asker, member: FamilyMember, consents: t
         plan.records.append((rec.ref, shown))
     else:
         refusal = next(d for _, d in decided if not d.permitted)
-        plan.withheld.append(Withheld("record", entry, who, member.role, refusal, holder=rec.source_org,
-                                      holder_name=holder_names.get(rec.source_org)))
+        plan.withheld.append(
+            Withheld(
+                "record",
+                entry,
+                who,
+                member.role,
+                refusal,
+                holder=rec.source_org,
+                holder_name=holder_names.get(rec.source_org),
+            )
+        )

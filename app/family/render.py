@@ -1,6 +1,7 @@
 """The family view as FHIR: a plan (:mod:`app.family.plan`) rendered as the wire contract's
 Bundle of type collection, with one OperationOutcome whose suppressed issues say what was
 withheld about whom, which organisation holds it and how to ask, never what it is."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -11,13 +12,18 @@ from app.family.plan import DATA_CATEGORY, FV, ViewPlan, Withheld
 
 FAMILY_ROLE_SYSTEM = f"{FV}/CodeSystem/family-role"
 ACCESS_DENIED = {"system": SPINE_ERROR_SYSTEM, "code": "ACCESS_DENIED", "display": "Access Denied"}
-NOTHING_WITHHELD = {"severity": "information", "code": "informational",
-                    "diagnostics": "Nothing known to this gateway about this family was withheld from you."}
+NOTHING_WITHHELD = {
+    "severity": "information",
+    "code": "informational",
+    "diagnostics": "Nothing known to this gateway about this family was withheld from you.",
+}
 # What a practitioner is told about a withheld record, by the decision's reason code: the same
 # words whatever the record is (the engine's own reasons are written for the audit and the IG team).
 RECORD_REASONS = {
-    "consent-required": ("Withheld: a confidential record held by another organisation. It is shared for direct care "
-                         "only with the person's consent for your organisation and this purpose, and none is in force."),
+    "consent-required": (
+        "Withheld: a confidential record held by another organisation. It is shared for direct care "
+        "only with the person's consent for your organisation and this purpose, and none is in force."
+    ),
     "consent-refused": "Withheld: this person has asked that it is not shared with you.",
     "very-restricted": "Withheld: this person's record is very restricted and is shown only for safeguarding.",
     "restricted": "Withheld: this person's record is restricted.",
@@ -36,20 +42,31 @@ def issue(w: Withheld) -> dict[str, Any]:
             org = f"{w.holder_name} (ODS {w.holder})" if w.holder_name else f"the organisation with ODS code {w.holder}"
             route = f"To ask for it, contact {org}; if a child may be at risk, make a safeguarding request with a justification."
         else:
-            org, route = "familyview (derived from recorded details)", "If a child may be at risk, make a safeguarding request with a justification."
+            org, route = (
+                "familyview (derived from recorded details)",
+                "If a child may be at risk, make a safeguarding request with a justification.",
+            )
         return {
             "severity": "information",
             "code": "suppressed",
-            "details": {"coding": [ACCESS_DENIED, {"system": FAMILY_ROLE_SYSTEM, "code": w.role}],
-                        "text": f"A confidential record about the {w.who}, held by {org}, was withheld"},
+            "details": {
+                "coding": [ACCESS_DENIED, {"system": FAMILY_ROLE_SYSTEM, "code": w.role}],
+                "text": f"A confidential record about the {w.who}, held by {org}, was withheld",
+            },
             "diagnostics": f"{RECORD_REASONS.get(w.decision.reason_code, 'Withheld.')} {route}",
             "expression": [f"Bundle.entry[{w.entry}].resource"],
         }
     out: dict[str, Any] = {
         "severity": "information",
         "code": "suppressed",
-        "details": {"coding": [{"system": DATA_CATEGORY, "code": w.category}, ACCESS_DENIED, {"system": FAMILY_ROLE_SYSTEM, "code": w.role}],
-                    "text": f"{w.what} about the {w.who} withheld"},
+        "details": {
+            "coding": [
+                {"system": DATA_CATEGORY, "code": w.category},
+                ACCESS_DENIED,
+                {"system": FAMILY_ROLE_SYSTEM, "code": w.role},
+            ],
+            "text": f"{w.what} about the {w.who} withheld",
+        },
         "diagnostics": w.reason or w.decision.reason,
     }
     if w.entry is not None:
@@ -67,8 +84,10 @@ def bundle(plan: ViewPlan, bundle_id: str, mode: str) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
         "id": bundle_id,
-        "meta": {"lastUpdated": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                 "tag": [{"system": f"{FV}/CodeSystem/family-view-mode", "code": mode}]},
+        "meta": {
+            "lastUpdated": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "tag": [{"system": f"{FV}/CodeSystem/family-view-mode", "code": mode}],
+        },
         "type": "collection",
         "timestamp": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "entry": entries,
