@@ -33,6 +33,18 @@ GP_ORG = "A99001"
 OTHER_ORG = "RZZ99"
 
 
+# Fixtures every database-backed test stands on (a migrated template, SQLite or PostgreSQL):
+# a test that uses any of them, directly or through another fixture, is marked `db`, so that
+# `make test-fast` (-m "not db") runs the rest (the consent engine, code lists, plan, profiles).
+DB_FIXTURES = frozenset({"sqlite_template", "pg_template"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if DB_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.db)
+
+
 def pytest_configure(config):
     if REQUIRE_PG and not PG_URL:
         raise pytest.UsageError("FAMILYVIEW_REQUIRE_POSTGRES=1 but no FAMILYVIEW_TEST_POSTGRES_URL: run the suite with `make test`")
