@@ -30,6 +30,7 @@ The rules :func:`choose` applies, in order:
 * review: every pair outside the chosen person that no decision settled and that is not
   a non-match, in the order found.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,13 +63,15 @@ class Candidate:
     reason: str | None = None  # the rule that set the label, if one did (matching.decide)
 
 
-def score_candidate(rec: PersonRecord, other_ref: str, person_id: str, other: PersonRecord, params: MatchParams,
-                    thresholds: Thresholds) -> Candidate:
+def score_candidate(
+    rec: PersonRecord, other_ref: str, person_id: str, other: PersonRecord, params: MatchParams, thresholds: Thresholds
+) -> Candidate:
     """Score and decide one pair (pure)."""
     sc = score(rec, other, params)
     decision = decide(sc, thresholds)
-    return Candidate(other_ref, person_id, other, sc, decision.label, level_for_label(rec, other, decision.label),
-                     decision.reason)
+    return Candidate(
+        other_ref, person_id, other, sc, decision.label, level_for_label(rec, other, decision.label), decision.reason
+    )
 
 
 @dataclass(frozen=True)
@@ -121,17 +124,25 @@ def _rules_out(ref: str, rec: PersonRecord, m: Member) -> bool:
     """A member that bars its person: another valid NHS number, or another birth order."""
     if rec.nhs_number and m.nhs_number is not None and m.nhs_number != rec.nhs_number:
         return True
-    return (rec.birth_order is not None and m.ref != ref and m.birth_order is not None
-            and m.birth_order != rec.birth_order)
+    return (
+        rec.birth_order is not None and m.ref != ref and m.birth_order is not None and m.birth_order != rec.birth_order
+    )
 
 
 def _rank(c: Candidate) -> tuple[int, float]:
     return level_rank(c.level), c.score.match_weight
 
 
-def choose(ref: str, rec: PersonRecord, candidates: Sequence[Candidate], *, current: Current | None = None,
-           decisions: Mapping[str, str] | None = None, person_of: Mapping[str, str] | None = None,
-           members: Mapping[str, Sequence[Member]] | None = None) -> Choice:
+def choose(
+    ref: str,
+    rec: PersonRecord,
+    candidates: Sequence[Candidate],
+    *,
+    current: Current | None = None,
+    decisions: Mapping[str, str] | None = None,
+    person_of: Mapping[str, str] | None = None,
+    members: Mapping[str, Sequence[Member]] | None = None,
+) -> Choice:
     """Where the record ``ref`` (normal form ``rec``) belongs.
 
     ``candidates``: the scored pairs, each stored record once, in the order found (co-members
@@ -191,6 +202,5 @@ def choose(ref: str, rec: PersonRecord, candidates: Sequence[Candidate], *, curr
         level, prob, matched = "level4", 1.0, None
     how = current.how if (current is not None and action == "stay") else "auto"
 
-    review = tuple(c for c in candidates
-                   if not (c.person_id == target or c.ref in decisions or c.label == NON_MATCH))
+    review = tuple(c for c in candidates if not (c.person_id == target or c.ref in decisions or c.label == NON_MATCH))
     return Choice(action, target, level, prob, matched, how, via, review)

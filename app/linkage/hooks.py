@@ -6,6 +6,7 @@ the queue (``app.linkage.queue``, which names records for the worker and links t
 the service), so neither of those imports the other's caller: the queue imports the
 service, and the service imports neither.
 """
+
 from __future__ import annotations
 
 from typing import Any
