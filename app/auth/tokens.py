@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.errors import FhirError, unauthorized
-from app.fhir.validation import is_valid_ods_code
+from app.identifiers import is_valid_ods_code
 from app.settings import Settings
 
 ROLES = ("source-system", "midwife", "health-visitor", "gp", "mash", "ig-officer", "admin")

@@ -12,8 +12,9 @@ from functools import lru_cache
 from datetime import datetime, timedelta
 from typing import Any, Iterator
 
-NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+# one place for the identifier systems (app.identifiers), re-exported
+from app.identifiers import NHS_NUMBER_SYSTEM as NHS_NUMBER_SYSTEM
+from app.identifiers import ODS_SYSTEM as ODS_SYSTEM
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
 from app.errors import FhirError, Issue
+# one identifier module (app.identifiers), re-exported for the modules that validate through this one
+from app.identifiers import ODS_CODE_RE as ODS_CODE_RE
+from app.identifiers import is_valid_nhs_number as is_valid_nhs_number
+from app.identifiers import is_valid_ods_code as is_valid_ods_code
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM, WRITABLE_TYPES
 
 CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
@@ -88,25 +92,6 @@ for (_element, _attr), _allowed in DATATYPE_CODES.items():
 _DATATYPE_ELEMENTS = frozenset(_DATATYPE_BY_ELEMENT)
 _CONSENT_PROVISION = {"type": {"deny", "permit"}, "data.meaning": {"instance", "related", "dependents", "authoredby"}}
 _CONFIDENTIALITY_CODES = {"U", "L", "M", "N", "R", "V"}
-ODS_CODE_RE = re.compile(r"^[A-Z0-9]{3,10}$")
-_NHS_RE = re.compile(r"^[0-9]{10}$")  # ASCII digits only: \d would admit other scripts
-
-
-def is_valid_nhs_number(value: str) -> bool:
-    """10 digits whose last is the Modulus 11 check digit of the first nine."""
-    if not isinstance(value, str) or not _NHS_RE.match(value):
-        return False
-    total = sum(int(d) * w for d, w in zip(value[:9], range(10, 1, -1)))
-    check = 11 - total % 11
-    if check == 11:
-        check = 0
-    return check != 10 and check == int(value[9])
-
-
-
-
-def is_valid_ods_code(value: str) -> bool:
-    return isinstance(value, str) and bool(ODS_CODE_RE.match(value))
 
 
 def _loc_to_expression(res_type: str, loc: tuple) -> str:

@@ -43,6 +43,7 @@ import jellyfish
 from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA, JaroWinkler, Levenshtein
 
+from app.identifiers import is_valid_nhs_number
 from app.linkage.nicknames import are_nicknames, canonical_forms
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -116,26 +117,17 @@ def level_rank(level: str | None) -> int:
 
 # --------------------------------------------------------------------------- NHS number
 def nhs_number_is_valid(value: str | None) -> bool:
-    """Modulus 11 check of a 10-digit NHS number (spaces/hyphens ignored)."""
-    digits = normalise_nhs_number(value)
-    if digits is None:
-        return False
-    total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1)))
-    check = 11 - total % 11
-    if check == 11:
-        check = 0
-    if check == 10:
-        return False
-    return check == int(digits[9])
+    """Modulus 11 check of a 10-digit NHS number, as ingest checks it (app.identifiers): ASCII
+    digits only, no spaces or hyphens."""
+    return is_valid_nhs_number(value)
 
 
 def normalise_nhs_number(value: str | None) -> str | None:
+    """The NHS number as a record carries it (10 ASCII digits), or None."""
     if value is None:
         return None
-    digits = re.sub(r"[\s-]", "", str(value))
-    if len(digits) != 10 or not digits.isdigit():
-        return None
-    return digits
+    value = str(value)
+    return value if len(value) == 10 and value.isascii() and value.isdigit() else None
 
 
 # --------------------------------------------------------------------------- normalisation

@@ -5,7 +5,7 @@ import sys
 from typing import Iterable
 
 from app.auth.tokens import SERVICES
-from app.fhir.validation import is_valid_ods_code
+from app.identifiers import is_valid_ods_code
 from app.linkage.queue import linking_alongside
 from app.settings import Settings
 from app.sync.client import UpstreamClient
