@@ -65,6 +65,12 @@ Design (why it is what it is)
   had been linked in its own transaction); then each table gets one executemany. Statements
   are built once at import and run on ``session.connection()`` (Core, no ORM unit of work);
   candidates are taken in linkage_key index order (hash, record), as the per-record query did.
+* One record is linked in three steps (``_link_one``): ``_search``, the candidate search (the
+  batch's state and, when it lacks them, the database), scoring each candidate; ``choose``
+  (``app.linkage.choice``, pure: no database), which decides where the record belongs and
+  which pairs go to review; ``_apply``, the write into the batch.
+* The ingest hook (``app.linkage.hooks.LinkageHook``) sits above this module and the queue:
+  the queue imports this module, and this module imports neither.
 """
 from __future__ import annotations
 
