@@ -45,7 +45,8 @@ from app.db import Database  # noqa: E402
 from app.ingest.hooks import Written  # noqa: E402
 from app.linkage.matching import PersonRecord, blocking_keys  # noqa: E402
 from app.linkage.nicknames import _groups  # noqa: E402
-from app.linkage.service import LinkageHook, features_json, key_hash, linked_person_id  # noqa: E402
+from app.linkage.hooks import LinkageHook  # noqa: E402
+from app.linkage.service import features_json, key_hash, linked_person_id  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
 from app.settings import Settings  # noqa: E402
 

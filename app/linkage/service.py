@@ -78,7 +78,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Any, Iterable
+from typing import Iterable
 
 from sqlalchemy import Integer, bindparam, delete, insert, or_, select, text, union_all, update
 from sqlalchemy.orm import Session
@@ -833,16 +833,3 @@ class LinkageService:
                 dict(b_id=row["id"], status=row["status"], probability=row["probability"], match_weight=row["match_weight"],
                      explanation=row["explanation"], updated_at=row["updated_at"])
                 for row in b.review_update.values()])
-
-
-
-def __getattr__(name: str) -> Any:
-    """``LinkageHook`` lives in ``app.linkage.hooks`` (above both this module and the queue);
-    the old name here is kept, looked up only when asked for, for the importers that still
-    use it (tests/linkage/test_linkage_service.py, test_linkage_queue.py,
-    benchmarks/linkage_scale.py)."""
-    if name == "LinkageHook":
-        from app.linkage.hooks import LinkageHook
-
-        return LinkageHook
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

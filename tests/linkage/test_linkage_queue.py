@@ -20,7 +20,8 @@ from app.db import Database
 from app.ingest.service import EntryRequest, IngestService
 from app.linkage.models import Link, QueuedRecord
 from app.linkage.queue import drain, settle
-from app.linkage.service import LinkageHook, linked_person_id
+from app.linkage.hooks import LinkageHook
+from app.linkage.service import linked_person_id
 from app.settings import PROJECT_ROOT, Settings
 from tests.conftest import FHIR_JSON, GP_ORG, MATERNITY_ORG, PG_URL, free_port, make_settings, start_server
 from tests.fhirdata import next_nhs

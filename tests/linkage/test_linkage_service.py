@@ -12,7 +12,8 @@ from app.ingest.service import EntryRequest, IngestService
 from app.linkage.matching import PersonRecord, blocking_keys
 from app.linkage.models import BlockingKey, LinkedPerson, ReviewCandidate
 from app.linkage.queue import drain, settle
-from app.linkage.service import LinkageHook, LinkageService, key_hash, linked_person_id, linked_records
+from app.linkage.hooks import LinkageHook
+from app.linkage.service import LinkageService, key_hash, linked_person_id, linked_records
 from tests.conftest import GP_ORG, MATERNITY_ORG, make_settings
 from tests.fhirdata import next_nhs
 from tests.linkage.linkage_testkit import person
