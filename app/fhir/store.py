@@ -9,25 +9,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Iterable
-from urllib.parse import urlencode
 
-from sqlalchemy import and_, exists, false, func, not_, or_, select
+from sqlalchemy import and_, exists, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.auth.tokens import Principal
 from app.errors import FhirError, bad_request, not_found
-from app.fhir.indexing import SEARCH_PARAMS, STORED_TYPES, date_range, normalise_string
+from app.fhir import search as q
+from app.fhir.indexing import SEARCH_PARAMS, STORED_TYPES, normalise_string
+from app.fhir.search import CONTROL_PARAMS as CONTROL_PARAMS
+from app.fhir.search import MAX_OFFSET as MAX_OFFSET
 from app.fhir.validation import CONTROL_CHARS, MAX_INDEXED, control_char_error
 from app.fhir.models import ResourceVersion, SearchDate, SearchReference, SearchString, SearchToken, StoredResource
 
-# Parameters that shape the result rather than filter it.
-CONTROL_PARAMS = {"_count", "_offset", "_sort", "_format", "_pretty", "_total", "_totalMethod", "_summary", "_elements"}
 _INDEX_TABLES = {"token": SearchToken, "string": SearchString, "date": SearchDate, "reference": SearchReference}
-MAX_OFFSET = 2**31 - 1  # beyond what either database takes as an OFFSET, and beyond any store
 MAX_VERSION = 2**31 - 1  # resource_version.version_id is a 32-bit integer
-# search modifiers understood per kind of parameter (reference also takes a target type)
-_MODIFIERS = {"token": ("not",), "string": ("exact", "contains"), "date": (), "reference": ("identifier",)}
-_DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 
 
 @lru_cache(maxsize=1024)  # a Bundle stamps every entry with the same instant, twice
@@ -120,68 +116,6 @@ class SearchResult:
     count: int
 
 
-def _split_token(value: str) -> tuple[str | None, str | None, bool]:
-    """'system|code' -> (system, code, system_given); '|code' -> ('', code); 'code' -> (None, code)."""
-    if "|" in value:
-        system, code = value.split("|", 1)
-        return system, code or None, True
-    return None, value, False
-
-
-def _date_prefix(value: str) -> tuple[str, str]:
-    if value[:2] in _DATE_PREFIXES and value[2:3].isdigit():
-        return value[:2], value[2:]
-    return "eq", value
-
-
-def _date_condition(low_col, high_col, prefix: str, value: str, expr: str):
-    try:
-        p_low, p_high = date_range(value)
-    except (ValueError, OverflowError):
-        raise bad_request(f"Invalid date parameter value for {expr}", expression=expr) from None
-    if prefix in ("eq", "ap"):
-        return and_(low_col >= p_low, high_col <= p_high)
-    if prefix == "ne":
-        return not_(and_(low_col >= p_low, high_col <= p_high))
-    if prefix == "lt":
-        return low_col < p_low
-    if prefix == "gt":
-        return high_col > p_high
-    if prefix == "le":
-        return low_col <= p_high
-    if prefix == "ge":
-        return high_col >= p_low
-    if prefix == "sa":
-        return low_col > p_high
-    if prefix == "eb":
-        return high_col < p_low
-    raise bad_request(f"Unsupported date prefix {prefix}", expression=expr)  # pragma: no cover
-
-
-def _instant_condition(col, prefix: str, value: str, expr: str):
-    """_lastUpdated against the resource's instant column."""
-    try:
-        p_low, p_high = date_range(value)
-        lo = datetime.fromisoformat(p_low).replace(tzinfo=timezone.utc)
-        hi = datetime.fromisoformat(p_high).replace(tzinfo=timezone.utc, microsecond=999999)
-        if p_low == p_high and "." in value:  # fractions of a second: that instant, fractions included
-            # (to the second, as a server's lastUpdated is often quoted, the value covers its second)
-            exact = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            if exact.tzinfo is not None:
-                try:
-                    lo = hi = exact.astimezone(timezone.utc)
-                except OverflowError:  # beyond 0001..9999 in UTC: date_range clamped it already
-                    lo = hi = datetime.fromisoformat(p_low).replace(tzinfo=timezone.utc)
-            else:
-                lo = hi = exact.replace(tzinfo=timezone.utc)
-    except (ValueError, OverflowError):
-        raise bad_request("Invalid _lastUpdated value", expression=expr) from None
-    return {
-        "eq": and_(col >= lo, col <= hi), "ap": and_(col >= lo, col <= hi), "ne": or_(col < lo, col > hi),
-        "lt": col < lo, "gt": col > hi, "le": col <= hi, "ge": col >= lo, "sa": col > hi, "eb": col < lo,
-    }[prefix]
-
-
 def _identifiers_of_target(session: Session, target_type: str, target_id: str) -> list[tuple[str | None, str]]:
     return [
         (r.system, r.code)
@@ -194,7 +128,7 @@ def _identifiers_of_target(session: Session, target_type: str, target_id: str) -
 
 
 def _check_indexed_length(value: str, expr: str) -> None:
-    system, code, _ = _split_token(value)
+    system, code, _ = q.split_token(value)
     for part, what in ((system, "system"), (code, "value")):
         if part and len(part) > MAX_INDEXED:
             raise bad_request(f"The {what} searched for is longer than the {MAX_INDEXED} characters this server indexes", expression=expr)
@@ -205,20 +139,16 @@ def _param_condition(session: Session, res_type: str, name: str, modifier: str |
     param = SEARCH_PARAMS.get(res_type, {}).get(name)
     kind = {"_id": "token", "_lastUpdated": "date"}.get(name) or (param.kind if param else None)
     if param is None and kind is None:
-        supported = ", ".join(sorted(["_id", "_lastUpdated", *SEARCH_PARAMS.get(res_type, {})]))
-        raise bad_request(f"Unknown search parameter '{name}' for {res_type}. Supported: {supported}", expression=expr, code="not-supported")
-    if modifier is not None and modifier not in _MODIFIERS.get(kind, ()) and not (kind == "reference" and modifier in param.targets):
-        # a modifier the server does not understand SHALL be refused, never dropped
-        allowed = ", ".join(":" + m for m in _MODIFIERS.get(kind, ())) or "none"
-        raise bad_request(f"Modifier :{modifier} is not supported on {name} (supported: {allowed})", expression=expr, code="not-supported")
+        raise q.unknown_parameter(res_type, name, sorted(["_id", "_lastUpdated", *SEARCH_PARAMS.get(res_type, {})]))
+    if modifier is not None and modifier not in q.MODIFIERS.get(kind, ()) and not (kind == "reference" and modifier in param.targets):
+        raise q.unsupported_modifier(name, modifier, q.MODIFIERS.get(kind, ()), expr)
     if modifier == "not":  # every resource that does not match (including those without a value)
         return _param_condition(session, res_type, name, None, raw, negate=True)
     if name == "_id":
         ids = [v for v in raw.split(",") if v]
         return StoredResource.res_id.not_in(ids) if negate else StoredResource.res_id.in_(ids)
     if name == "_lastUpdated":
-        prefix, value = _date_prefix(raw)
-        return _instant_condition(StoredResource.last_updated, prefix, value, expr)
+        return q.instant_condition(StoredResource.last_updated, raw, expr, "Invalid _lastUpdated value")
     table = _INDEX_TABLES[param.kind]
     ors = []
     for value in [v for v in raw.split(",") if v != ""] or [""]:
@@ -227,7 +157,7 @@ def _param_condition(session: Session, res_type: str, name: str, modifier: str |
         if param.kind == "token" or (param.kind == "reference" and modifier == "identifier"):
             _check_indexed_length(value, expr)
         if param.kind == "token":
-            system, code, system_given = _split_token(value)
+            system, code, system_given = q.split_token(value)
             cond = [table.param == name]
             if code is not None:
                 cond.append(table.code == code)
@@ -246,11 +176,10 @@ def _param_condition(session: Session, res_type: str, name: str, modifier: str |
             else:
                 raise bad_request(f"Modifier :{modifier} is not supported on {name}", expression=expr, code="not-supported")
         elif param.kind == "date":
-            prefix, v = _date_prefix(value)
-            ors.append(and_(table.param == name, _date_condition(table.low, table.high, prefix, v, expr)))
+            ors.append(and_(table.param == name, q.date_condition(table.low, table.high, value, expr)))
         elif param.kind == "reference":
             if modifier == "identifier":
-                system, code, system_given = _split_token(value)
+                system, code, system_given = q.split_token(value)
                 cond = [table.param == name, table.ident_value == code]
                 if system_given and system:
                     cond.append(table.ident_system == system)
@@ -299,18 +228,13 @@ def search(
     vis = visible_to(principal)
     if vis is not None:
         conditions.append(vis)
-    count, offset, sort = default_count, 0, None
+    paging, sort = q.Paging.start(default_count, max_count), None
     for key, value in params:
         name, _, modifier = key.partition(":")
         if CONTROL_CHARS.search(key) or CONTROL_CHARS.search(value):
             raise control_char_error(f"{res_type}?{name}", "the search parameter")
         if name in CONTROL_PARAMS:
-            if name == "_count":
-                count = _non_negative_int(value, "_count")
-                count = min(count, max_count)
-            elif name == "_offset":
-                offset = _non_negative_int(value, "_offset", maximum=MAX_OFFSET)
-            elif name == "_sort":
+            if not paging.take(name, value) and name == "_sort":
                 sort = value
             continue
         conditions.append(_param_condition(session, res_type, name, modifier or None, value))
@@ -326,40 +250,16 @@ def search(
         order = fields + [StoredResource.res_id]
     where = and_(*conditions)
     total = session.scalar(select(func.count()).select_from(StoredResource).where(where)) or 0
-    rows = list(session.scalars(select(StoredResource).where(where).order_by(*order).offset(offset).limit(count))) if count else []
-    return SearchResult(total=total, rows=rows, offset=offset, count=count)
+    rows = list(session.scalars(select(StoredResource).where(where).order_by(*order).offset(paging.offset).limit(paging.count))) if paging.count else []
+    return SearchResult(total=total, rows=rows, offset=paging.offset, count=paging.count)
 
 
-def _non_negative_int(value: str, name: str, maximum: int | None = None) -> int:
-    value = value.strip()
-    if not value.isascii() or not value.lstrip("-").isdigit():  # int() also takes "1_000" and other scripts' digits
-        raise bad_request(f"{name} must be a whole number", expression=name)
-    n = int(value)
-    if n < 0:
-        raise bad_request(f"{name} must not be negative", expression=name)
-    if maximum is not None and n > maximum:
-        raise bad_request(f"{name} must be at most {maximum}", expression=name)
-    return n
+_non_negative_int = q.whole_number  # the name the linkage API used
 
 
 def searchset_bundle(
     result: SearchResult, *, base: str, res_type: str, params: list[tuple[str, str]]
 ) -> dict[str, Any]:
-    filters = [(k, v) for k, v in params if k not in ("_offset", "_count")]
-
-    def link(relation: str, offset: int) -> dict[str, str]:
-        q = urlencode(filters + [("_count", str(result.count)), ("_offset", str(offset))])
-        return {"relation": relation, "url": f"{base}/{res_type}?{q}"}
-
-    links = [link("self", result.offset)]
-    if result.count and result.offset + result.count < result.total:
-        links.append(link("next", result.offset + result.count))
-    if result.offset > 0:
-        links.append(link("previous", max(0, result.offset - result.count)))
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": result.total, "link": links}
-    if result.rows:  # FHIR JSON has no empty arrays
-        bundle["entry"] = [
-            {"fullUrl": f"{base}/{r.res_type}/{r.res_id}", "resource": json.loads(r.body), "search": {"mode": "match"}}
-            for r in result.rows
-        ]
-    return bundle
+    paging = q.Paging(count=result.count, offset=result.offset)
+    return q.searchset(f"{base}/{res_type}", params, paging, result.total,
+                       ((f"{base}/{r.res_type}/{r.res_id}", json.loads(r.body)) for r in result.rows))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import func, or_, select
@@ -33,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from app.auth.deps import get_principal
 from app.auth.tokens import Principal
 from app.errors import FhirError, bad_request, not_found
-from app.fhir import store
+from app.fhir import search, store
 from app.fhir.http import FhirContext, FhirResponse, fhir_context
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, parse_reference
 from app.fhir.models import SearchToken
@@ -43,6 +42,7 @@ from app.linkage.queue import linkage_settled
 from app.linkage.service import LINKED_TYPES
 
 PERSON_READERS = ("admin", "ig-officer", "source-system")
+PERSON_SEARCH_PARAMS = ("_id", "link", "identifier")
 CANDIDATE_STATUSES = ("open", "confirmed", "rejected", "superseded")
 
 # every reader of linkage links what is still queued first (app.linkage.queue)
@@ -126,28 +126,24 @@ def _person_ids_for(session, principal: Principal, name: str, value: str) -> set
             SearchToken.res_type.in_(LINKED_TYPES), SearchToken.param == "identifier", or_(*conds))
         sq = sub.subquery()
         return set(session.scalars(select(Link.person_id).join(sq, (Link.res_type == sq.c.res_type) & (Link.res_id == sq.c.res_id)).where(*own)))
-    raise bad_request(f"Unknown search parameter '{name}' for Person (supported: _id, link, identifier, _count, _offset)", expression=expr)
+    raise search.unknown_parameter("Person", name, PERSON_SEARCH_PARAMS + ("_count", "_offset"))
 
 
 @fhir_router.get("/Person", summary="Search linked persons by _id, link or identifier")
 def search_person(request: Request, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     _check_person_access(ctx.principal, "s")
     params = list(request.query_params.multi_items())
-    count, offset = ctx.settings.default_page_size, 0
+    paging = search.Paging.start(ctx.settings.default_page_size, ctx.settings.max_page_size)
     filters = []
     for key, value in params:
         name, _, modifier = key.partition(":")
-        if name == "_count":
-            count = min(store._non_negative_int(value, "_count"), ctx.settings.max_page_size)
-        elif name == "_offset":
-            offset = store._non_negative_int(value, "_offset", maximum=store.MAX_OFFSET)
-        elif name in ("_format", "_pretty"):
+        if paging.take(key, value) or key in search.FORMAT_PARAMS:
             continue
-        elif modifier:
-            raise bad_request(f"The modifier ':{modifier}' is not supported on Person?{name}",
-                              expression=f"Person.{name}", code="not-supported")
-        else:
-            filters.append((name, value))
+        if name not in PERSON_SEARCH_PARAMS:
+            raise search.unknown_parameter("Person", name, PERSON_SEARCH_PARAMS + ("_count", "_offset"))
+        if modifier:
+            raise search.unsupported_modifier(name, modifier, (), f"Person?{name}")
+        filters.append((name, value))
     with ctx.db.session(readonly=True) as session:
         ids: set[str] | None = None
         for name, value in filters:
@@ -165,22 +161,10 @@ def search_person(request: Request, ctx: FhirContext = Depends(fhir_context)) ->
         else:
             total = session.scalar(select(func.count()).select_from(LinkedPerson).where(*where)) or 0
             persons = list(session.scalars(
-                select(LinkedPerson).where(*where).order_by(LinkedPerson.id).offset(offset).limit(count))) if count else []
+                select(LinkedPerson).where(*where).order_by(LinkedPerson.id).offset(paging.offset).limit(paging.count))) if paging.count else []
         bodies = [b for b in (person_resource(session, p, ctx.principal) for p in persons) if b is not None]
-    kept = [(k, v) for k, v in params if k not in ("_count", "_offset")]
-
-    def page(relation: str, at: int) -> dict[str, str]:
-        return {"relation": relation, "url": f"{ctx.base}/Person?{urlencode(kept + [('_count', count), ('_offset', at)])}"}
-
-    links = [page("self", offset)]
-    if count and offset + count < total:
-        links.append(page("next", offset + count))
-    if offset > 0:
-        links.append(page("previous", max(0, offset - count)))
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links}
-    if bodies:  # FHIR JSON has no empty arrays
-        bundle["entry"] = [{"fullUrl": f"{ctx.base}/Person/{b['id']}", "resource": b, "search": {"mode": "match"}} for b in bodies]
-    return FhirResponse(bundle)
+    return FhirResponse(search.searchset(f"{ctx.base}/Person", params, paging, total,
+                                         ((f"{ctx.base}/Person/{b['id']}", b) for b in bodies)))
 
 
 # ------------------------------------------------------------------ admin operations
@@ -227,17 +211,15 @@ def _person_id(value: str, name: str) -> str:
     return i
 
 
-def _int_param(request: Request, name: str, default: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"{name} must be a whole number", expression=name) from None
-    if value < 0:
-        raise bad_request(f"{name} must not be negative", expression=name)
-    return min(value, high)
+def _paging(request: Request, default: int, max_count: int, allowed: tuple[str, ...]) -> search.Paging:
+    """_count and _offset as every search endpoint reads them (app.fhir.search); 400 for a
+    parameter the endpoint does not take."""
+    paging = search.Paging.start(default, max_count)
+    for name, value in request.query_params.multi_items():
+        if not paging.take(name, value) and name not in allowed and name not in search.FORMAT_PARAMS:
+            raise bad_request(f"Unknown parameter '{name}' (supported: {', '.join(allowed + ('_count', '_offset'))})",
+                              expression=name, code="not-supported")
+    return paging
 
 
 @admin_router.get("/candidates", summary="The review queue (possible matches, level1)")
@@ -245,8 +227,8 @@ def list_candidates(request: Request, principal: Principal = Depends(admin_princ
     status = request.query_params.get("status", "open")
     if status not in CANDIDATE_STATUSES + ("all",):
         raise bad_request(f"status must be one of {', '.join(CANDIDATE_STATUSES)}, all", expression="status")
-    count = _int_param(request, "_count", 50, 500)
-    offset = _int_param(request, "_offset", 0, 10**9)
+    paging = _paging(request, 50, 500, ("status",))
+    count, offset = paging.count, paging.offset
     db = request.app.state.db
     with db.session(readonly=True) as session:
         where = [] if status == "all" else [ReviewCandidate.status == status]
@@ -302,7 +284,7 @@ async def merge(request: Request, principal: Principal = Depends(admin_principal
 
 @admin_router.get("/events", summary="The linkage event log")
 def events(request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
-    count = _int_param(request, "_count", 100, 1000)
+    count = _paging(request, 100, 1000, ("record", "person")).count
     where = []
     if (rec := request.query_params.get("record")) is not None:
         where.append(LinkageEvent.record_ref == _record_ref(rec, "record"))

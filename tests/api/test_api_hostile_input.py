@@ -408,3 +408,87 @@ def test_a_control_character_anywhere_in_the_url_is_400_on_every_route(live, rol
     r = live.client(role, org).get(path)
     assert r.status_code == 400, r.text
     assert "control character" in _issue(r)["diagnostics"]
+
+
+# ---------------------------------------------------------------- every search endpoint, one search layer
+
+# (who asks, the endpoint, a date parameter it takes): every search endpoint of the gateway
+SEARCH_ENDPOINTS = {
+    "Patient": ("source-system", MATERNITY_ORG, "maternity", "GET", "/fhir/Patient", "birthdate"),
+    "Patient-_lastUpdated": ("source-system", MATERNITY_ORG, "maternity", "GET", "/fhir/Patient", "_lastUpdated"),
+    "Patient-_search": ("source-system", MATERNITY_ORG, "maternity", "POST", "/fhir/Patient/_search", "birthdate"),
+    "AuditEvent": ("ig-officer", "X26", None, "GET", "/fhir/AuditEvent", "date"),
+    "Person": ("admin", "X26", None, "GET", "/fhir/Person", None),
+    "linkage-candidates": ("admin", "X26", None, "GET", "/linkage/candidates", None),
+    "linkage-events": ("admin", "X26", None, "GET", "/linkage/events", None),
+}
+HOSTILE_PAGING = [
+    ("_count", "\u00b2"), ("_offset", "\u00b2"), ("_offset", "99999999999999999999999"), ("_count", "-1"),
+    ("_offset", "-1"), ("_count", "1_000"), ("_offset", "1_000"), ("_count", "\u0665"), ("_offset", "\u0665"),
+    ("_offset", "9223372036854775808"), ("_count", "1e3"), ("_count", ""), ("_offset", "9" * 5000), ("_count", "0x10"),
+]
+HOSTILE_DATES = ["\u00b2", "2026-13-01", "9999-99-99", "ge2024-01-01T25:00", "\u0662\u0660\u0662\u0664-01-01",
+                 "2024-01-01T10:00+15:00", "yesterday", "ge", "2024-01-01\n"]
+HOSTILE_PARAMS = [("colour", "red"), ("_id:sounds", "x"), ("date:missing", "true")]
+
+
+def _search(live, endpoint: str, params: list[tuple[str, str]]):
+    role, org, service, method, path, _ = SEARCH_ENDPOINTS[endpoint]
+    import httpx
+
+    headers = {"Authorization": f"Bearer {live.token(role, org, service)}", "Accept": "application/fhir+json"}
+    with httpx.Client(base_url=live.base_url, headers=headers, timeout=30) as c:
+        if method == "POST":
+            from urllib.parse import urlencode
+
+            return c.post(path, content=urlencode(params), headers=FORM)
+        return c.get(path, params=params)
+
+
+def _refused(r, name: str):
+    assert r.status_code == 400, r.text
+    issue = _issue(r)
+    assert any(name in e for e in issue.get("expression", [])), issue
+
+
+@pytest.mark.parametrize("endpoint", SEARCH_ENDPOINTS)
+def test_every_search_endpoint_refuses_hostile_paging_with_400(live, endpoint):
+    """One search layer (app/fhir/search.py): `_count=²`, `_offset=²` and a huge offset were
+    500 on /fhir/AuditEvent; now every search endpoint answers 400 naming the parameter."""
+    assert _search(live, endpoint, []).status_code == 200
+    for name, value in HOSTILE_PAGING:
+        _refused(_search(live, endpoint, [(name, value)]), name)
+    # valid paging still works, a large _count is clamped
+    assert _search(live, endpoint, [("_count", "100000"), ("_offset", "0")]).status_code == 200
+
+
+@pytest.mark.parametrize("endpoint", [e for e, spec in SEARCH_ENDPOINTS.items() if spec[5]])
+def test_every_date_search_refuses_hostile_dates_with_400(live, endpoint):
+    date_param = SEARCH_ENDPOINTS[endpoint][5]
+    assert _search(live, endpoint, [(date_param, "ge2024-01-01")]).status_code == 200
+    for value in HOSTILE_DATES:
+        _refused(_search(live, endpoint, [(date_param, value)]), date_param)
+
+
+@pytest.mark.parametrize("endpoint", SEARCH_ENDPOINTS)
+def test_every_search_endpoint_refuses_unknown_parameters_and_modifiers_with_400(live, endpoint):
+    for name, value in HOSTILE_PARAMS:
+        r = _search(live, endpoint, [(name, value)])
+        assert r.status_code == 400, (name, r.text)
+        assert _issue(r)["code"] in ("not-supported", "invalid"), r.text
+
+
+@pytest.mark.parametrize("endpoint", ["Patient", "AuditEvent", "Person"])
+def test_every_searchset_has_the_same_paging_links(live, endpoint):
+    r = _search(live, endpoint, [("_count", "1"), ("_offset", "1")])
+    assert r.status_code == 200, r.text
+    links = {link["relation"]: link["url"] for link in r.json()["link"]}
+    assert "_count=1" in links["self"] and "_offset=1" in links["self"]
+    assert "_offset=0" in links["previous"]
+
+
+@pytest.mark.parametrize("params", [{"_count": "\u00b2"}, {"_offset": "\u00b2"}, {"_offset": "99999999999999999999999"}])
+def test_the_audit_search_paging_that_was_a_500_is_400(live, params):
+    r = live.client("ig-officer", "X26").get("/AuditEvent", params=params)
+    assert r.status_code == 400, r.text
+    assert _issue(r)["expression"] == [next(iter(params))]
