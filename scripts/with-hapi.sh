@@ -66,6 +66,7 @@ echo "with-hapi: $SOFTWARE (CapabilityStatement.software) at $BASE, started in $
 
 export HAPI_FHIR_BASE_URL="$BASE"
 export HAPI_FHIR_LOG="$LOG"
+export HAPI_FHIR_DISPOSABLE=1  # started for this command alone: the suite may $expunge it
 set +e
 "$@"
 status=$?

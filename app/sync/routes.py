@@ -14,6 +14,11 @@ it is compared in constant time.
   each named record is re-read from the upstream by type and id (the upstream stays the
   authority; the payload is not trusted as content) and written SYNCHRONOUSLY through the
   ingest path; the answer is 200 with an OperationOutcome of what happened.
+- PUT (or POST) /subscriptions/rest-hook/{name}/{type}/{id}: how HAPI FHIR delivers a payload
+  (a FHIR update of the changed record at the endpoint); handled as a resource payload naming
+  that record.
+An upstream's optional "params" (a query string, e.g. "_tag=system|code") are added to every
+search its incremental syncs make, as `familyview sync --param` does.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import json
 import logging
 import threading
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, BackgroundTasks, Request
 from starlette.concurrency import run_in_threadpool
@@ -72,7 +78,10 @@ def _syncer(app, up: dict[str, Any]):
 
     settings = app.state.settings
     client = UpstreamClient(up["base_url"], settings, bearer_token=up.get("bearer_token"))
-    return Syncer(app.state.db, settings, client, source_org=up["source_org"], service=up["service"], hooks=app.state.ingest_hooks)
+    params = up.get("params") or ""
+    extra = parse_qsl(params) if isinstance(params, str) else list(params.items()) if isinstance(params, dict) else [tuple(p) for p in params]
+    return Syncer(app.state.db, settings, client, source_org=up["source_org"], service=up["service"], hooks=app.state.ingest_hooks,
+                  extra_params=extra)
 
 
 def _incremental(app, name: str, up: dict[str, Any]) -> None:
@@ -146,7 +155,21 @@ async def rest_hook(name: str, request: Request, background: BackgroundTasks) ->
     if not refs:
         background.add_task(_incremental, app, name, up)
         return FhirResponse(operation_outcome([Issue("informational", f"No record named; incremental sync of {name} started", severity="information")]), status_code=202)
+    return await _sync_named(app, name, up, refs)
 
+
+@router.api_route("/rest-hook/{name}/{res_type}/{res_id}", methods=["PUT", "POST"],
+                  summary="FHIR R4 rest-hook receiver, HAPI FHIR's payload style: the changed record PUT at {endpoint}/{type}/{id}")
+async def rest_hook_record(name: str, res_type: str, res_id: str, request: Request) -> FhirResponse:
+    app = request.app
+    up = _upstream(app.state.settings, name)
+    _authenticate(request, app.state.settings, up)
+    if res_type not in WRITABLE_TYPES:
+        raise FhirError(404, "not-supported", f"{res_type} records are not synced", spine_code="INVALID_RESOURCE")
+    return await _sync_named(app, name, up, [(res_type, res_id)])
+
+
+async def _sync_named(app, name: str, up: dict[str, Any], refs: list[tuple[str, str]]) -> FhirResponse:
     def work():
         syncer = _syncer(app, up)
         try:

@@ -109,7 +109,16 @@ def _seed(world: World, *, upstream: bool = True) -> None:
             assert r.status_code == 200, f"scenario {scenario.number} ({src.name}): {r.status_code} {r.text[:1000]}"
             if world.mode == "hapi" and upstream:
                 r = httpx.post(world.upstream_fhir, json=_tagged(copy.deepcopy(bundle), f"{world.run_id}-{src.key}"), headers=hapi_headers(), timeout=60)
+                if r.status_code == 412 and "Multiple resources match" in r.text:
+                    pytest.fail(f"HAPI at {world.upstream_fhir} already holds the DESIGN.md scenarios (an earlier run's): the suite needs "
+                                "a HAPI without them (`make test` starts a fresh one; else $expunge it)")
                 assert r.status_code == 200, f"scenario {scenario.number} ({src.name}) to HAPI: {r.status_code} {r.text[:1000]}"
+
+
+def _expunge_everything(hapi: str) -> None:
+    body = {"resourceType": "Parameters", "parameter": [{"name": "expungeEverything", "valueBoolean": True}]}
+    r = httpx.post(f"{hapi}/$expunge", json=body, headers=hapi_headers(), timeout=300)
+    assert r.status_code == 200, f"$expunge on HAPI: {r.status_code} {r.text[:500]}"
 
 
 _HAPI_RUN: dict[str, str] = {}  # HAPI holds the scenarios once per session (their conditional references would match twice)
@@ -131,6 +140,8 @@ def world(request, tmp_path_factory, key_path, sqlite_template, pg_template):
         with upstream_server(backend, tmp, sqlite_template, pg_template, key_path) as up:
             if hapi:
                 first = hapi not in _HAPI_RUN
+                if first and os.environ.get("HAPI_FHIR_DISPOSABLE") == "1":  # ours (scripts/with-hapi.sh): start it empty
+                    _expunge_everything(hapi)
                 w = World("hapi", hapi, None, local, direct=up, run_id=_HAPI_RUN.setdefault(hapi, uuid.uuid4().hex[:12]))
                 _seed(w, upstream=first)
             else:
