@@ -7,7 +7,8 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy import and_, func, select
 
 from app.audit.models import AuditIndex, AuditRecord
-from app.errors import FhirError, not_found
+from app.auth.access import AuditReader
+from app.errors import not_found
 from app.fhir import search
 from app.fhir.http import FhirContext, FhirResponse, fhir_context
 
@@ -16,14 +17,8 @@ SEARCH_PARAMS = ("patient", "agent", "date", "entity", "type", "subtype", "outco
 DEFAULT_COUNT, MAX_COUNT = 50, 500
 
 
-def _require_ig(ctx: FhirContext) -> None:
-    if ctx.principal.role != "ig-officer":
-        raise FhirError(403, "forbidden", "Only IG officers may read the audit", spine_code="ACCESS_DENIED")
-
-
 @router.get("/{event_id}", summary="Read one AuditEvent (IG officers)")
-def read_event(event_id: str, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
-    _require_ig(ctx)
+def read_event(event_id: str, _: AuditReader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     with ctx.db.session(readonly=True) as s:
         row = s.execute(select(AuditRecord).where(AuditRecord.event_id == event_id)).scalar_one_or_none()
         if row is None:
@@ -39,8 +34,7 @@ DATE_MESSAGE = "date must be a FHIR date or dateTime, optionally with a prefix (
 
 
 @router.get("", summary="Search the audit (IG officers): patient, agent, date, entity, type, subtype, outcome, purpose")
-def search_events(request: Request, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
-    _require_ig(ctx)
+def search_events(request: Request, _: AuditReader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     params = list(request.query_params.multi_items())
     conds = []
     paging = search.Paging.start(DEFAULT_COUNT, MAX_COUNT)

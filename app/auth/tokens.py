@@ -14,14 +14,13 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.errors import FhirError, unauthorized
+from app.errors import unauthorized
 from app.identifiers import is_valid_ods_code
 from app.settings import Settings
 
 ROLES = ("source-system", "midwife", "health-visitor", "gp", "mash", "ig-officer", "admin")
 SERVICES = ("maternity", "health-visiting", "general-practice", "social-care")
-CLINICAL_ROLES = ("midwife", "health-visitor", "gp", "mash")
-WRITER_ROLES = ("source-system", "admin")
+# who may do what is one table: app.auth.access
 
 DEFAULT_SCOPES = {
     "source-system": "system/*.cruds",
@@ -72,7 +71,9 @@ class Principal:
 
     @property
     def writes(self) -> bool:
-        return self.role in WRITER_ROLES
+        from app.auth.access import allowed
+
+        return allowed("fhir.write", self.role)
 
 
 def _load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
@@ -208,10 +209,8 @@ def bearer_token(authorization: str | None) -> str:
 
 
 def require(principal: Principal, resource_type: str, op: str) -> None:
-    """403 unless the role may do this and a granted scope covers it."""
-    if op in "cud" and not principal.writes:
-        raise FhirError(403, "forbidden", f"The {principal.role} role may not write records", spine_code="ACCESS_DENIED")
-    if not principal.may(resource_type, op):
-        raise FhirError(
-            403, "forbidden", f"No granted scope allows '{op}' on {resource_type}", spine_code="ACCESS_DENIED"
-        )
+    """403 unless the access table lets the role do this and a granted scope covers it
+    (app.auth.access.require)."""
+    from app.auth.access import require as _require
+
+    _require(principal, resource_type, op)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.auth.access import FamilyViewer  # its refusal of the policy's `never` roles is made, and audited, by the service
 from app.auth.tokens import Principal, Scope
 from app.errors import FhirError
 from app.family.service import FamilyViewRequest, FamilyViewService
@@ -118,6 +119,7 @@ _POST_BODY = {"requestBody": {"required": True, "description": "A FHIR Parameter
 @router.get("/$family-view", summary="The infant-family view, by the infant's identifier (e.g. NHS number)")
 def family_view_by_identifier(
     request: Request,
+    _: FamilyViewer,
     identifier: str | None = Query(None, description="system|value, e.g. https://fhir.nhs.uk/Id/nhs-number|9990001103"),
     purpose: str | None = _PURPOSE,
     justification: str | None = _JUSTIFICATION,
@@ -127,7 +129,7 @@ def family_view_by_identifier(
 
 
 @router.post("/$family-view", summary="The infant-family view by identifier, parameters in a Parameters body", openapi_extra=_POST_BODY)
-async def family_view_by_identifier_post(request: Request, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+async def family_view_by_identifier_post(request: Request, _: FamilyViewer, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     req = await _posted(request, None)
     return await run_in_threadpool(_run, ctx, request, req)
 
@@ -136,6 +138,7 @@ async def family_view_by_identifier_post(request: Request, ctx: FhirContext = De
 def family_view_by_id(
     patient_id: str,
     request: Request,
+    _: FamilyViewer,
     purpose: str | None = _PURPOSE,
     justification: str | None = _JUSTIFICATION,
     ctx: FhirContext = Depends(fhir_context),
@@ -144,6 +147,6 @@ def family_view_by_id(
 
 
 @router.post("/{patient_id}/$family-view", summary="The infant-family view of Patient/{id}, parameters in a Parameters body", openapi_extra=_POST_BODY)
-async def family_view_by_id_post(patient_id: str, request: Request, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+async def family_view_by_id_post(patient_id: str, request: Request, _: FamilyViewer, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     req = await _posted(request, patient_id)
     return await run_in_threadpool(_run, ctx, request, req)

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 from sqlalchemy import and_, exists, false, func, or_, select
 from sqlalchemy.orm import Session
 
+from app.auth import access
 from app.auth.tokens import Principal
 from app.errors import FhirError, bad_request, not_found
 from app.fhir import search as q
@@ -37,28 +38,18 @@ def etag(version_id: int) -> str:
     return f'W/"{version_id}"'  # the same form resource_headers sends
 
 
-# What an administrator may read through the plain REST API: who people and organisations are
-# (to manage sources and review linkage), never clinical records ("admin" is under `never` in
-# the disclosure policy, consent/policy/baseline.yaml).
-ADMIN_READABLE = frozenset({"Patient", "RelatedPerson", "Organization", "Practitioner"})
-
-
 def check_reader(principal: Principal, res_type: str) -> None:
-    if principal.role == "admin" and res_type not in ADMIN_READABLE:
-        raise FhirError(
-            403, "forbidden",
-            f"Administrators do not read {res_type} resources: they manage the service and do not see clinical data",
-            spine_code="ACCESS_DENIED",
-        )
+    """The access table's resource-type column (an administrator reads people, not clinical records)."""
+    access.check_type(principal, "fhir.read", res_type)
 
 
 def may_read(principal: Principal, row_source_org: str) -> bool:
-    return principal.role == "admin" or principal.org == row_source_org
+    return access.sees_all_orgs(principal, "fhir.read") or principal.org == row_source_org
 
 
 def visible_to(principal: Principal):
     """SQL filter for what this requester may read through the plain REST API."""
-    if principal.role == "admin":
+    if access.sees_all_orgs(principal, "fhir.read"):
         return None
     return StoredResource.source_org == principal.org
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+from app.auth.access import BundlePoster, Public, Reader, Writer
 from app.auth.tokens import require
 from app.db import Database
 from app.errors import FhirError, bad_request
@@ -46,40 +47,40 @@ def _written(ctx: FhirContext, request: Request, body: Any, make_req) -> FhirRes
 
 
 @router.get("/metadata", summary="CapabilityStatement (public)")
-def metadata(request: Request) -> FhirResponse:
+def metadata(request: Request, _: Public) -> FhirResponse:
     return FhirResponse(request.app.state.capability_statement)
 
 
 @router.post("", summary="Process a transaction or batch Bundle")
 @router.post("/", include_in_schema=False)
-def post_bundle(request: Request, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
+def post_bundle(request: Request, _: BundlePoster, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
     return FhirResponse(run_write(ctx.db, lambda s, b: process_bundle(ctx.ingest(s), b, ctx.settings), body, request.state.raw_body))
 
 
 @router.post("/{res_type}", summary="Create a resource (conditional with If-None-Exist)")
-def create(res_type: str, request: Request, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
+def create(res_type: str, request: Request, _: Writer, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
     return _written(ctx, request, body, lambda b: EntryRequest(0, "POST", res_type, b, if_none_exist=request.headers.get("if-none-exist"), in_bundle=False))
 
 
 @router.put("/{res_type}/{res_id}", summary="Update (or create with this id); If-Match for version checks")
-def update(res_type: str, res_id: str, request: Request, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
+def update(res_type: str, res_id: str, request: Request, _: Writer, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
     return _written(ctx, request, body, lambda b: EntryRequest(0, "PUT", f"{res_type}/{res_id}", b, if_match=request.headers.get("if-match"), in_bundle=False))
 
 
 @router.put("/{res_type}", summary="Conditional update, e.g. Patient?identifier=system|value")
-def conditional_update(res_type: str, request: Request, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
+def conditional_update(res_type: str, request: Request, _: Writer, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
     if not request.url.query:
         raise bad_request("PUT to a type needs search criteria, e.g. ?identifier=system|value", expression=res_type)
     return _written(ctx, request, body, lambda b: EntryRequest(0, "PUT", f"{res_type}?{request.url.query}", b, if_match=request.headers.get("if-match"), in_bundle=False))
 
 
 @router.get("/{res_type}", summary="Search")
-def search_get(res_type: str, request: Request, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+def search_get(res_type: str, request: Request, _: Reader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     return _search(ctx, res_type, list(request.query_params.multi_items()))
 
 
 @router.post("/{res_type}/_search", summary="Search with form parameters")
-async def search_post(res_type: str, request: Request, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+async def search_post(res_type: str, request: Request, _: Reader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if ctype != "application/x-www-form-urlencoded":
         raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded", spine_code="UNSUPPORTED_MEDIA_TYPE")
@@ -100,7 +101,7 @@ def _search(ctx: FhirContext, res_type: str, params: list[tuple[str, str]]) -> F
 
 
 @router.get("/{res_type}/{res_id}", summary="Read")
-def read(res_type: str, res_id: str, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+def read(res_type: str, res_id: str, _: Reader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
     with ctx.db.session(readonly=True) as session:
@@ -109,7 +110,7 @@ def read(res_type: str, res_id: str, ctx: FhirContext = Depends(fhir_context)) -
 
 
 @router.get("/{res_type}/{res_id}/_history", summary="History of one resource")
-def instance_history(res_type: str, res_id: str, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+def instance_history(res_type: str, res_id: str, _: Reader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
     with ctx.db.session(readonly=True) as session:
@@ -127,7 +128,7 @@ def instance_history(res_type: str, res_id: str, ctx: FhirContext = Depends(fhir
 
 
 @router.get("/{res_type}/{res_id}/_history/{vid}", summary="Read one version")
-def version_read(res_type: str, res_id: str, vid: str, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+def version_read(res_type: str, res_id: str, vid: str, _: Reader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
     with ctx.db.session(readonly=True) as session:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit_store
 from app.audit.events import consent_write_event
+from app.auth import access
 from app.auth.tokens import Principal, require
 from app.db import in_list, insert_rows, new_id, plan_each_execution
 from app.errors import FhirError, bad_request, unprocessable
@@ -386,9 +387,7 @@ class IngestService:
             validate_resource(req.resource, expected_type=res_type)
         except FhirError as err:
             raise err.prefixed(prefix, f"entry {req.index}") if req.in_bundle else err
-        if res_type == "Consent" and self.principal.role != "source-system":
-            raise FhirError(403, "forbidden", f"The {self.principal.role} role may not record a person's Consent; the "
-                            "organisation that holds the records records it", spine_code="ACCESS_DENIED")
+        access.check_type(self.principal, "fhir.write", res_type)  # e.g. only a source system records a Consent
         plan = _Plan(req=req, res_type=res_type)
         if req.method == "POST":
             if len(parts) != 1 or query:
@@ -548,7 +547,7 @@ class IngestService:
             resource = p.resource
             existing = p.existing
             if existing is not None:
-                if self.principal.role != "admin" and existing.source_org != self.principal.org:
+                if not access.sees_all_orgs(self.principal, "fhir.write") and existing.source_org != self.principal.org:
                     raise FhirError(403, "forbidden", f"{p.res_type}/{p.res_id} was sent by another organisation; a source may only update its own records", spine_code="ACCESS_DENIED")
                 if p.req.if_match and p.req.if_match.strip() not in (store.etag(existing.version_id), f'"{existing.version_id}"', str(existing.version_id)):
                     raise FhirError(412, "conflict", f"Version conflict: {p.res_type}/{p.res_id} is at version {existing.version_id}", spine_code="PRECONDITION_FAILED")

@@ -29,7 +29,8 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy import func, or_, select
 from starlette.concurrency import run_in_threadpool
 
-from app.auth.deps import get_principal
+from app.auth import access
+from app.auth.access import LinkageAdministrator, PersonReader
 from app.auth.tokens import Principal
 from app.errors import FhirError, bad_request, not_found
 from app.fhir import search, store
@@ -41,7 +42,6 @@ from app.linkage.models import Link, LinkageEvent, LinkedPerson, ReviewCandidate
 from app.linkage.queue import linkage_settled
 from app.linkage.service import LINKED_TYPES
 
-PERSON_READERS = ("admin", "ig-officer", "source-system")
 PERSON_SEARCH_PARAMS = ("_id", "link", "identifier")
 CANDIDATE_STATUSES = ("open", "confirmed", "rejected", "superseded")
 
@@ -52,16 +52,14 @@ admin_router = APIRouter(prefix="/linkage", tags=["Record linkage administration
 
 # ------------------------------------------------------------------ FHIR Person
 def _check_person_access(principal: Principal, op: str) -> None:
-    if principal.role not in PERSON_READERS:
-        raise FhirError(403, "forbidden", f"The {principal.role} role may not read linked persons", spine_code="ACCESS_DENIED")
-    if not principal.may("Person", op):
-        raise FhirError(403, "forbidden", f"No granted scope allows '{op}' on Person", spine_code="ACCESS_DENIED")
+    access.check(principal, "person.read")
+    access.check_scope(principal, "Person", op)
 
 
 def person_resource(session, person: LinkedPerson, principal: Principal) -> dict[str, Any] | None:
     """The FHIR Person, with the links this requester may see; None when it may see none."""
     links = list(session.scalars(select(Link).where(Link.person_id == person.id).order_by(Link.res_type, Link.res_id)))
-    sees_all = principal.role in ("admin", "ig-officer")
+    sees_all = access.sees_all_orgs(principal, "person.read")
     visible = links if sees_all else [l for l in links if l.source_org == principal.org]
     if not person.active and not sees_all:
         return None
@@ -84,7 +82,7 @@ def person_resource(session, person: LinkedPerson, principal: Principal) -> dict
 
 
 @fhir_router.get("/Person/{person_id}", summary="Read a linked person")
-def read_person(person_id: str, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+def read_person(person_id: str, _: PersonReader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     _check_person_access(ctx.principal, "r")
     with ctx.db.session(readonly=True) as session:
         person = session.get(LinkedPerson, person_id)
@@ -99,7 +97,7 @@ def read_person(person_id: str, ctx: FhirContext = Depends(fhir_context)) -> Fhi
 def _person_ids_for(session, principal: Principal, name: str, value: str) -> set[str]:
     """Person ids matching one parameter; a source system matches only through its own records."""
     expr = f"Person.{name}"
-    own = [] if principal.role in ("admin", "ig-officer") else [Link.source_org == principal.org]
+    own = [] if access.sees_all_orgs(principal, "person.read") else [Link.source_org == principal.org]
     if name == "_id":
         return {v for v in value.split(",") if v}
     if name == "link":
@@ -130,7 +128,7 @@ def _person_ids_for(session, principal: Principal, name: str, value: str) -> set
 
 
 @fhir_router.get("/Person", summary="Search linked persons by _id, link or identifier")
-def search_person(request: Request, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
+def search_person(request: Request, _: PersonReader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     _check_person_access(ctx.principal, "s")
     params = list(request.query_params.multi_items())
     paging = search.Paging.start(ctx.settings.default_page_size, ctx.settings.max_page_size)
@@ -151,7 +149,7 @@ def search_person(request: Request, ctx: FhirContext = Depends(fhir_context)) ->
             ids = found if ids is None else ids & found
         # what this requester may see, in SQL, so that total and paging count only that
         where = [] if ids is None else [LinkedPerson.id.in_(sorted(ids))]
-        if ctx.principal.role not in ("admin", "ig-officer"):
+        if not access.sees_all_orgs(ctx.principal, "person.read"):
             where += [LinkedPerson.active.is_(True),
                       LinkedPerson.id.in_(select(Link.person_id).where(Link.source_org == ctx.principal.org))]
         elif ids is None:
@@ -168,10 +166,7 @@ def search_person(request: Request, ctx: FhirContext = Depends(fhir_context)) ->
 
 
 # ------------------------------------------------------------------ admin operations
-def admin_principal(principal: Principal = Depends(get_principal)) -> Principal:
-    if principal.role != "admin":
-        raise FhirError(403, "forbidden", "Linkage administration is for the admin role only", spine_code="ACCESS_DENIED")
-    return principal
+admin_principal = access.Access("linkage.admin")  # the table's row; LinkageAdministrator is its Annotated form
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -223,7 +218,7 @@ def _paging(request: Request, default: int, max_count: int, allowed: tuple[str, 
 
 
 @admin_router.get("/candidates", summary="The review queue (possible matches, level1)")
-def list_candidates(request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+def list_candidates(request: Request, principal: LinkageAdministrator) -> FhirResponse:
     status = request.query_params.get("status", "open")
     if status not in CANDIDATE_STATUSES + ("all",):
         raise bad_request(f"status must be one of {', '.join(CANDIDATE_STATUSES)}, all", expression="status")
@@ -241,7 +236,7 @@ def list_candidates(request: Request, principal: Principal = Depends(admin_princ
 
 
 @admin_router.get("/candidates/{cid}", summary="One review candidate")
-def get_candidate(cid: int, request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+def get_candidate(cid: int, request: Request, principal: LinkageAdministrator) -> FhirResponse:
     with request.app.state.db.session(readonly=True) as session:
         c = LinkageAdmin(session, principal.sub).candidate(cid)
         return FhirResponse(candidate_json(c, persons_of(session, {c.a_ref, c.b_ref})))
@@ -254,19 +249,19 @@ def _run(request: Request, principal: Principal, work) -> FhirResponse:
 
 
 @admin_router.post("/candidates/{cid}/confirm", summary="Confirm a possible match (the two records are one person)")
-async def confirm_candidate(cid: int, request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+async def confirm_candidate(cid: int, request: Request, principal: LinkageAdministrator) -> FhirResponse:
     reason = _text(await _json_body(request), "reason")
     return await run_in_threadpool(_run, request, principal, lambda a: a.confirm(cid, reason))
 
 
 @admin_router.post("/candidates/{cid}/reject", summary="Reject a possible match (two different people)")
-async def reject_candidate(cid: int, request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+async def reject_candidate(cid: int, request: Request, principal: LinkageAdministrator) -> FhirResponse:
     reason = _text(await _json_body(request), "reason")
     return await run_in_threadpool(_run, request, principal, lambda a: a.reject(cid, reason))
 
 
 @admin_router.post("/unlink", summary="Take a record out of its linked person")
-async def unlink(request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+async def unlink(request: Request, principal: LinkageAdministrator) -> FhirResponse:
     body = await _json_body(request)
     ref = _record_ref(_text(body, "record"), "record")
     reason = _text(body, "reason")
@@ -274,7 +269,7 @@ async def unlink(request: Request, principal: Principal = Depends(admin_principa
 
 
 @admin_router.post("/merge", summary="Merge one linked person into another")
-async def merge(request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+async def merge(request: Request, principal: LinkageAdministrator) -> FhirResponse:
     body = await _json_body(request)
     src = _person_id(_text(body, "from"), "from")
     dst = _person_id(_text(body, "into"), "into")
@@ -283,7 +278,7 @@ async def merge(request: Request, principal: Principal = Depends(admin_principal
 
 
 @admin_router.get("/events", summary="The linkage event log")
-def events(request: Request, principal: Principal = Depends(admin_principal)) -> FhirResponse:
+def events(request: Request, principal: LinkageAdministrator) -> FhirResponse:
     count = _paging(request, 100, 1000, ("record", "person")).count
     where = []
     if (rec := request.query_params.get("record")) is not None:

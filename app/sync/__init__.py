@@ -5,6 +5,10 @@ from typing import Any
 
 
 def install(app, *, operations: list[dict[str, Any]], extra_resources: list[dict[str, Any]]) -> None:
+    from fastapi import Depends
+
+    from app.auth.access import Access
     from app.sync.routes import router
 
-    app.include_router(router)
+    # the access table's row: no bearer token; the upstream's shared secret (routes._authenticate)
+    app.include_router(router, dependencies=[Depends(Access("sync.rest-hook"))])

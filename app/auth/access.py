@@ -1,0 +1,240 @@
+"""Who may do what: one declarative table of operation x role (x resource type, x purpose),
+the authorisation matrix every router applies and the tests iterate.
+
+Each route names its operation with an ``Access`` dependency (or one of the ``Annotated``
+aliases below); a route without one fails tests/api/test_api_access_matrix.py. A role the
+row does not allow gets a 403 OperationOutcome (ACCESS_DENIED) before anything else is read.
+SMART scopes (``Principal.may``) still apply on top, in the routes and the store.
+
+The roles that never see clinical data are read from the disclosure policy
+(consent/policy/baseline.yaml, ``never:``), not repeated here.
+
+Checked later than the route, where the answer needs the request read first:
+- the resource type (an administrator reads people and organisations, not clinical records;
+  only a source system records a Consent): ``check_type`` from the store and the ingest;
+- the family view's refusal of the policy's ``never`` roles, which the family-view service
+  makes after reading the request so that it is audited (``refused("family-view", role)``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Annotated, Any, Mapping
+
+from fastapi import Depends
+
+from app.auth.deps import get_principal
+from app.auth.tokens import ROLES, Principal
+from app.errors import FhirError
+
+ANY_TYPE = None  # a role allowed on every resource type of the operation
+
+
+class AllBut(frozenset):
+    """A role allowed on every resource type but these."""
+
+
+@lru_cache(maxsize=1)
+def never_roles() -> frozenset[str]:
+    """The roles the disclosure policy says never see clinical data."""
+    from consent import load_policy
+
+    return frozenset(load_policy().never)
+
+
+@lru_cache(maxsize=1)
+def policy_purposes() -> tuple[str, ...]:
+    from consent import load_policy
+
+    return tuple(load_policy().purposes)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row: which roles may (on which resource types: None any, a set only those, AllBut
+    all but those), for which purposes, and which of them see every organisation's records
+    (the others see what their own organisation sent)."""
+
+    operation: str
+    what: str
+    roles: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
+    purposes: tuple[str, ...] = ()
+    all_orgs: frozenset[str] = frozenset()
+    public: bool = False  # no bearer token (capability, documentation; the rest-hook has its own secret)
+    audited_refusal: bool = False  # refused by the service after the request is read, so the refusal is audited
+    refusal: str = "The {role} role may not {what}"
+    type_refusal: str = "The {role} role may not {what} on {res_type} resources"
+
+    def allows(self, role: str) -> bool:
+        return self.public or role in self.roles
+
+    def allows_type(self, role: str, res_type: str) -> bool:
+        if self.public:
+            return True
+        if role not in self.roles:
+            return False
+        types = self.roles[role]
+        if types is None:
+            return True
+        return res_type not in types if isinstance(types, AllBut) else res_type in types
+
+
+def _all(roles, types=ANY_TYPE) -> dict[str, frozenset[str] | None]:
+    return {r: types for r in roles}
+
+
+# What an administrator may read through the plain REST API: who people and organisations are
+# (to manage sources and review linkage), never clinical records (admin is under `never` in the
+# disclosure policy).
+ADMIN_READABLE = frozenset({"Patient", "RelatedPerson", "Organization", "Practitioner"})
+
+
+def _table() -> dict[str, Rule]:
+    never = never_roles()
+    rules = [
+        Rule("capability", "read the CapabilityStatement", public=True),
+        Rule("docs", "read the API documentation", public=True),
+        Rule("sync.rest-hook", "notify a sync", public=True),  # the upstream's shared secret, not a token
+        # a Bundle's entries are checked one by one, as fhir.write and fhir.read
+        Rule("fhir.bundle", "post a transaction or batch", roles=_all(ROLES)),
+        Rule("fhir.write", "write records",
+             roles={"source-system": ANY_TYPE, "admin": AllBut({"Consent"})}, all_orgs=frozenset({"admin"}),
+             refusal="The {role} role may not write records",
+             type_refusal="The {role} role may not record a person's {res_type}; the organisation that holds "
+                          "the records records it"),
+        Rule("fhir.read", "read records (read, vread, history, search)",
+             roles={**_all(r for r in ROLES if r not in ("ig-officer", "admin")), "admin": ADMIN_READABLE},
+             all_orgs=frozenset({"admin"}),
+             type_refusal="Administrators do not read {res_type} resources: they manage the service and do not "
+                          "see clinical data"),
+        Rule("family-view", "receive the infant-family view",
+             roles=_all(r for r in ROLES if r not in never), purposes=policy_purposes(), audited_refusal=True,
+             refusal="The {role} role does not receive clinical data; IG officers use the audit search"),
+        Rule("audit.read", "read the audit (AuditEvent read and search)", roles=_all(["ig-officer"]),
+             all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may read the audit"),
+        Rule("person.read", "read linked persons (Person read and search)",
+             roles=_all(["admin", "ig-officer", "source-system"]), all_orgs=frozenset({"admin", "ig-officer"}),
+             refusal="The {role} role may not read linked persons"),
+        Rule("linkage.admin", "administer record linkage (review queue, confirm, reject, unlink, merge, events)",
+             roles=_all(["admin"]), all_orgs=frozenset({"admin"}), refusal="Linkage administration is for the admin role only"),
+    ]
+    return {r.operation: r for r in rules}
+
+
+@lru_cache(maxsize=1)
+def table() -> dict[str, Rule]:
+    return _table()
+
+
+def denied(message: str) -> FhirError:
+    return FhirError(403, "forbidden", message, spine_code="ACCESS_DENIED")
+
+
+def rule(operation: str) -> Rule:
+    return table()[operation]
+
+
+def allowed(operation: str, role: str, res_type: str | None = None, purpose: str | None = None) -> bool:
+    r = rule(operation)
+    if not r.allows(role):
+        return False
+    if res_type is not None and not r.allows_type(role, res_type):
+        return False
+    return purpose is None or not r.purposes or purpose in r.purposes
+
+
+def refused(operation: str, role: str) -> bool:
+    """For a service that refuses after reading the request (the family view)."""
+    return not rule(operation).allows(role)
+
+
+def refusal(operation: str, role: str) -> FhirError:
+    r = rule(operation)
+    return denied(r.refusal.format(role=role, what=r.what))
+
+
+def sees_all_orgs(principal: Principal, operation: str) -> bool:
+    """Whether this role sees every organisation's records in this operation (else its own)."""
+    return principal.role in rule(operation).all_orgs
+
+
+def check(principal: Principal, operation: str) -> None:
+    """403 unless the table lets this role do the operation."""
+    if not rule(operation).allows(principal.role):
+        raise refusal(operation, principal.role)
+
+
+def check_type(principal: Principal, operation: str, res_type: str) -> None:
+    """403 unless the table lets this role do the operation on this resource type."""
+    check(principal, operation)
+    r = rule(operation)
+    if not r.allows_type(principal.role, res_type):
+        raise denied(r.type_refusal.format(role=principal.role, what=r.what, res_type=res_type))
+
+
+def check_scope(principal: Principal, resource_type: str, op: str) -> None:
+    """SMART v2 scopes on top of the table: op is one of c r u d s."""
+    if not principal.may(resource_type, op):
+        raise denied(f"No granted scope allows '{op}' on {resource_type}")
+
+
+def require(principal: Principal, resource_type: str, op: str) -> None:
+    """A REST interaction (op one of c r u d s): the table's role, then the granted scopes.
+    The resource type's column is checked where the type is known to exist (the store, ingest)."""
+    check(principal, "fhir.write" if op in ("c", "u", "d") else "fhir.read")
+    check_scope(principal, resource_type, op)
+
+
+class AccessDependency:
+    operation: str
+
+    def __repr__(self) -> str:
+        return f"Access({self.operation!r})"
+
+
+class _PublicAccess(AccessDependency):
+    def __init__(self, operation: str):
+        self.operation = operation
+
+    def __call__(self) -> None:
+        return None
+
+
+class _TokenAccess(AccessDependency):
+    def __init__(self, operation: str):
+        self.operation = operation
+
+    def __call__(self, principal: Principal = Depends(get_principal)) -> Principal:
+        if not rule(self.operation).audited_refusal:
+            check(principal, self.operation)
+        return principal
+
+
+def Access(operation: str) -> AccessDependency:  # noqa: N802 - reads as the dependency it makes
+    """The dependency a route declares: ``Depends(Access("audit.read"))``. Checks the role
+    against the table (unless the row is public, or refused later by an audited service)."""
+    if operation not in table():
+        raise KeyError(f"no row for {operation!r} in the access table")
+    return _PublicAccess(operation) if rule(operation).public else _TokenAccess(operation)
+
+
+def operation_of(dependant: Any) -> str | None:
+    """The operation a route declares (its Access dependency), walking its dependencies."""
+    for dep in getattr(dependant, "dependencies", ()):
+        if isinstance(dep.call, AccessDependency):
+            return dep.call.operation
+        found = operation_of(dep)
+        if found:
+            return found
+    return None
+
+
+# Annotated dependencies for the routers, e.g. `principal: AuditReader`
+Public = Annotated[None, Depends(Access("capability"))]
+Writer = Annotated[Principal, Depends(Access("fhir.write"))]
+Reader = Annotated[Principal, Depends(Access("fhir.read"))]
+BundlePoster = Annotated[Principal, Depends(Access("fhir.bundle"))]
+AuditReader = Annotated[Principal, Depends(Access("audit.read"))]
+PersonReader = Annotated[Principal, Depends(Access("person.read"))]
+LinkageAdministrator = Annotated[Principal, Depends(Access("linkage.admin"))]
+FamilyViewer = Annotated[Principal, Depends(Access("family-view"))]
+RestHook = Annotated[None, Depends(Access("sync.rest-hook"))]
