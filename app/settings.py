@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     def fhir_base(self, request_base_url: str) -> str:
-        return (self.public_base_url or request_base_url).rstrip("/") + "/fhir"
+        from app.urls import fhir_base
+
+        return fhir_base(self.public_base_url, request_base_url)
 
     @property
     def is_sqlite(self) -> bool:

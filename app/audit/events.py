@@ -13,8 +13,9 @@ from typing import Any
 
 from app.audit.service import AuditColumns, index_from_body
 from app.auth.tokens import Principal
+from app.urls import CANONICAL_BASE
 
-FV = "https://familyview.example.nhs.uk/fhir"
+FV = CANONICAL_BASE
 EXT_JUSTIFICATION = f"{FV}/StructureDefinition/audit-justification"
 EXT_POLICY_VERSION = f"{FV}/StructureDefinition/audit-policy-version"
 EXT_IG_REVIEW = f"{FV}/StructureDefinition/audit-ig-review-required"

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.audit.models import AuditHead, AuditIndex, AuditRecord
 from app.db import insert_rows
+from app.urls import CANONICAL_BASE
 
 GENESIS = "0" * 64
 _CHAIN_LOCK_KEY = 7_274_220_261  # pg_advisory_xact_lock key serialising appends to the chain
@@ -95,7 +96,7 @@ def append(session: Session, event: dict[str, Any], columns: AuditColumns, index
 
 # ---------------------------------------------------------------- what the body says
 
-_FV = "https://familyview.example.nhs.uk/fhir"
+_FV = CANONICAL_BASE
 _EXT_IG_REVIEW = f"{_FV}/StructureDefinition/audit-ig-review-required"
 _EXT_POLICY_VERSION = f"{_FV}/StructureDefinition/audit-policy-version"
 

@@ -10,16 +10,18 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from app.urls import CANONICAL_BASE
+
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 SCT = "http://snomed.info/sct"
-LOCAL = "https://familyview.example.nhs.uk/fhir/CodeSystem/local-safeguarding"
+LOCAL = f"{CANONICAL_BASE}/CodeSystem/local-safeguarding"
 ROLE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 UKCORE_ROLE = "https://fhir.hl7.org.uk/CodeSystem/UKCore-AdditionalRelatedPersonRole"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
-DATA_CATEGORY = "https://familyview.example.nhs.uk/fhir/CodeSystem/data-category"
+DATA_CATEGORY = f"{CANONICAL_BASE}/CodeSystem/data-category"
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 
 

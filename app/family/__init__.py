@@ -1,6 +1,8 @@
 """Where the family is assembled and disclosed: the infant-family view ($family-view)."""
 
-FAMILY_VIEW_OPERATION = {"code": "family-view", "url": "https://familyview.example.nhs.uk/fhir/OperationDefinition/family-view"}
+from app.urls import CANONICAL_BASE
+
+FAMILY_VIEW_OPERATION = {"code": "family-view", "url": f"{CANONICAL_BASE}/OperationDefinition/family-view"}
 
 
 def install(app, *, operations: list, extra_resources: list) -> None:

@@ -33,8 +33,9 @@ from consent import (
 from app.family.models import FamilyGraph, FamilyMember, Rec, organisations_of
 from app.fhir.indexing import NHS_NUMBER_SYSTEM
 from app.linkage.matching import level_rank, normalise_postcode
+from app.urls import CANONICAL_BASE
 
-FV = "https://familyview.example.nhs.uk/fhir"
+FV = CANONICAL_BASE
 EXT_FAMILY_ROLE = f"{FV}/StructureDefinition/family-role"
 EXT_ASSURANCE = f"{FV}/StructureDefinition/linkage-assurance"
 EXT_INFERRED = f"{FV}/StructureDefinition/inferred-relationship"
