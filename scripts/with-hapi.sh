@@ -33,21 +33,30 @@ build() {
   echo "with-hapi: built in $((SECONDS - start))s" >&2
 }
 
+# one build at a time (two `make test`s in one tree), and each server runs from its own copy of
+# the jar, so a rebuild never pulls classes from under a running HAPI
+exec 9>"$SERVER_DIR/.build.lock"
+flock 9
 build
 if [ "${1:-}" = "--build-only" ]; then exit 0; fi
+RUN_DIR=$(mktemp -d /tmp/familyview-hapi.XXXXXX)
+cp "$JAR" "$RUN_DIR/server.jar"
+cp "$CLASSPATH_FILE" "$RUN_DIR/classpath.txt"
+flock -u 9
+exec 9>&-
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
-LOG=$(mktemp /tmp/familyview-hapi.XXXXXX.log)
+LOG="$RUN_DIR/hapi.log"
 start=$SECONDS
 java ${HAPI_JAVA_OPTS:--Xms512m -Xmx3g -XX:+UseParallelGC -XX:TieredStopAtLevel=1} -Dhapi.port="$PORT" \
-  -cp "$JAR:$(cat "$CLASSPATH_FILE")" uk.nhs.familyview.hapi.HapiTestServer >"$LOG" 2>&1 &
+  -cp "$RUN_DIR/server.jar:$(cat "$RUN_DIR/classpath.txt")" uk.nhs.familyview.hapi.HapiTestServer >"$LOG" 2>&1 &
 HAPI_PID=$!
 
 cleanup() {
   kill "$HAPI_PID" 2>/dev/null || true
   for _ in $(seq 1 50); do kill -0 "$HAPI_PID" 2>/dev/null || break; sleep 0.2; done
   kill -9 "$HAPI_PID" 2>/dev/null || true
-  if [ "${KEEP_HAPI_LOG:-0}" = "1" ]; then echo "with-hapi: HAPI log kept at $LOG" >&2; else rm -f "$LOG"; fi
+  if [ "${KEEP_HAPI_LOG:-0}" = "1" ]; then rm -f "$RUN_DIR/server.jar"; echo "with-hapi: HAPI log kept at $LOG" >&2; else rm -rf "$RUN_DIR"; fi
 }
 trap cleanup EXIT INT TERM
 
