@@ -61,7 +61,16 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 BASE="http://127.0.0.1:$PORT/fhir"
-until curl -sf -o /dev/null "$BASE/metadata"; do
+# the CapabilityStatement's software name and version, once HAPI answers (python3: no curl needed)
+metadata() {
+  python3 - "$BASE/metadata" <<'PY'
+import json, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+    s = json.load(r).get("software", {})
+print(s.get("name", "?"), s.get("version", "?"))
+PY
+}
+until SOFTWARE=$(metadata 2>/dev/null); do
   if ! kill -0 "$HAPI_PID" 2>/dev/null; then
     echo "with-hapi: the HAPI FHIR server exited while starting; its log:" >&2; tail -n 60 "$LOG" >&2; exit 1
   fi
@@ -70,7 +79,6 @@ until curl -sf -o /dev/null "$BASE/metadata"; do
   fi
   sleep 0.5
 done
-SOFTWARE=$(curl -sf "$BASE/metadata" | python3 -c 'import json,sys; s=json.load(sys.stdin).get("software",{}); print(s.get("name","?"), s.get("version","?"))')
 echo "with-hapi: $SOFTWARE (CapabilityStatement.software) at $BASE, started in $((SECONDS - start))s" >&2
 
 export HAPI_FHIR_BASE_URL="$BASE"
