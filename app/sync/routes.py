@@ -14,9 +14,9 @@ it is compared in constant time.
   each named record is re-read from the upstream by type and id (the upstream stays the
   authority; the payload is not trusted as content) and written SYNCHRONOUSLY through the
   ingest path; the answer is 200 with an OperationOutcome of what happened.
-- PUT (or POST) /subscriptions/rest-hook/{name}/{type}/{id}: how HAPI FHIR delivers a payload
-  (a FHIR update of the changed record at the endpoint); handled as a resource payload naming
-  that record.
+- PUT /subscriptions/rest-hook/{name}/{type}/{id}: how HAPI FHIR delivers a payload (a FHIR
+  update of the changed record at the endpoint); handled as a resource payload naming that
+  record. DELETE there (a deletion upstream) is acknowledged (200) and not synced.
 An upstream's optional "params" (a query string, e.g. "_tag=system|code") are added to every
 search its incremental syncs make, as `familyview sync --param` does.
 """
@@ -158,8 +158,8 @@ async def rest_hook(name: str, request: Request, background: BackgroundTasks) ->
     return await _sync_named(app, name, up, refs)
 
 
-@router.api_route("/rest-hook/{name}/{res_type}/{res_id}", methods=["PUT", "POST"],
-                  summary="FHIR R4 rest-hook receiver, HAPI FHIR's payload style: the changed record PUT at {endpoint}/{type}/{id}")
+@router.put("/rest-hook/{name}/{res_type}/{res_id}",
+            summary="FHIR R4 rest-hook receiver, HAPI FHIR's payload style: the changed record PUT at {endpoint}/{type}/{id}")
 async def rest_hook_record(name: str, res_type: str, res_id: str, request: Request) -> FhirResponse:
     app = request.app
     up = _upstream(app.state.settings, name)
@@ -167,6 +167,17 @@ async def rest_hook_record(name: str, res_type: str, res_id: str, request: Reque
     if res_type not in WRITABLE_TYPES:
         raise FhirError(404, "not-supported", f"{res_type} records are not synced", spine_code="INVALID_RESOURCE")
     return await _sync_named(app, name, up, [(res_type, res_id)])
+
+
+@router.delete("/rest-hook/{name}/{res_type}/{res_id}",
+               summary="FHIR R4 rest-hook receiver, HAPI FHIR's payload style for a deletion: acknowledged, not synced")
+async def rest_hook_deleted(name: str, res_type: str, res_id: str, request: Request) -> FhirResponse:
+    """Deletions upstream are not synced (a sync never deletes); acknowledged so the upstream does not retry."""
+    app = request.app
+    up = _upstream(app.state.settings, name)
+    _authenticate(request, app.state.settings, up)
+    return FhirResponse(operation_outcome([Issue("informational", f"{res_type}/{res_id} was deleted upstream; deletions are not synced",
+                                                 severity="information")]), status_code=200)
 
 
 async def _sync_named(app, name: str, up: dict[str, Any], refs: list[tuple[str, str]]) -> FhirResponse:
