@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit_store
 from app.audit.events import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditItem, FamilyViewAudit, basis_text
+from app.auth import access
 from app.auth.tokens import Principal
 from app.db import plan_once_per_statement
 from app.errors import FhirError
@@ -24,7 +25,6 @@ from app.family.models import FamilyGraph, FamilyMember
 from app.family.plan import FV, Asker, contributing_records, plan_view
 from app.family.relationship import legitimate_relationship, relationship_with_any
 
-NEVER_ROLES = ("ig-officer", "admin", "source-system")
 ROUTE_REFUSALS = ("no-relationship", "role-never-sees-clinical-data", "unknown-role", "justification-required")
 PURPOSES = {"direct-care": Purpose.DIRECT_CARE, "safeguarding": Purpose.SAFEGUARDING}
 _POLICY = None
@@ -103,8 +103,8 @@ class FamilyViewService:
             raise FhirError(400, "required" if not req.purpose else "value", "purpose must be direct-care or safeguarding", expression="purpose", spine_code="MISSING_VALUE" if not req.purpose else "INVALID_VALUE")
         if purpose is Purpose.SAFEGUARDING and not (req.justification or "").strip():
             raise FhirError(400, "required", "A safeguarding request needs a justification (why the child may be at risk)", expression="justification", spine_code="MISSING_VALUE")
-        if self.principal.role in NEVER_ROLES:
-            raise FhirError(403, "forbidden", f"The {self.principal.role} role does not receive clinical data; IG officers use the audit search", spine_code="ACCESS_DENIED")
+        if access.refused("family-view", self.principal.role):  # the policy's `never` roles, from the access table
+            raise access.refusal("family-view", self.principal.role)
         if not is_infant(subject, today):
             # the route first: whether she is pregnant (a 422 or a pre-birth view) is told only
             # to a requester with a relationship or a lawful route; everyone else gets the same 403
