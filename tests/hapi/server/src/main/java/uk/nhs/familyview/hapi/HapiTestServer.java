@@ -158,7 +158,7 @@ public class HapiTestServer {
 	public DatabaseBackedPagingProvider databaseBackedPagingProvider() {
 		DatabaseBackedPagingProvider p = new DatabaseBackedPagingProvider();
 		p.setDefaultPageSize(20);
-		p.setMaximumPageSize(200);
+		p.setMaximumPageSize(500);  // as familyview's own maximum _count
 		return p;
 	}
 
