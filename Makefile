@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 DB_URL ?= sqlite:///$(CURDIR)/var/familyview.db
 
-.PHONY: run test hapi serve migrate openapi bench clean
+.PHONY: run test test-fast hapi serve migrate openapi bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -29,6 +29,11 @@ run: $(STAMP)
 # built by Maven the first time) for the HAPI suite. Java 17 and Maven are required.
 test: $(DEV_STAMP)
 	FAMILYVIEW_REQUIRE_POSTGRES=1 FAMILYVIEW_REQUIRE_HAPI=1 scripts/with-postgres.sh scripts/with-hapi.sh scripts/run-tests.sh $(BIN)/python
+
+# The tests that need no database, PostgreSQL or HAPI (consent engine, code lists, the family
+# plan, profiles, lint, types and import layers): about a minute.
+test-fast: $(DEV_STAMP)
+	scripts/run-tests.sh $(BIN)/python -m "not db" -n 2
 
 # Build the HAPI FHIR test server only (tests/hapi/server/target; Maven caches HAPI in ~/.m2).
 hapi:
