@@ -587,37 +587,24 @@ def _decide(request: DisclosureRequest, policy: Policy, cached: bool) -> Disclos
     # person's own demographics.
     pds_redaction = "R" in labels or (very_restricted and plan.category.name == "identity")
     source_org = item.source_org if plan.uses_source_org else None
+    finishing = (
+        very_restricted,
+        pds_redaction,
+        source_org,
+        relied_on,
+        overridden,
+        considered,
+        contact_withheld,
+        conflict,
+    )
     if not cached:
-        return _finish(
-            policy,
-            plan,
-            very_restricted,
-            pds_redaction,
-            source_org,
-            relied_on,
-            overridden,
-            considered,
-            contact_withheld,
-            conflict,
-        )
-    key = (very_restricted, pds_redaction, source_org, relied_on, overridden, considered, contact_withheld, conflict)
-    decision = plan.finished.get(key)
+        return _finish(policy, plan, *finishing)
+    decision = plan.finished.get(finishing)
     if decision is None:
-        decision = _finish(
-            policy,
-            plan,
-            very_restricted,
-            pds_redaction,
-            source_org,
-            relied_on,
-            overridden,
-            considered,
-            contact_withheld,
-            conflict,
-        )
+        decision = _finish(policy, plan, *finishing)
         if len(plan.finished) >= _FINISHED_KEPT:
             plan.finished.clear()
-        plan.finished[key] = decision
+        plan.finished[finishing] = decision
     return decision
 
 

@@ -69,12 +69,6 @@ class Principal:
         """SMART v2 scope check: op is one of c r u d s."""
         return any(s.resource_type in ("*", resource_type) and op in s.ops for s in self.scopes)
 
-    @property
-    def writes(self) -> bool:
-        from app.auth.access import allowed
-
-        return allowed("fhir.write", self.role)
-
 
 def _load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
     if path.exists():
@@ -206,11 +200,3 @@ def bearer_token(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("The Authorization header must be 'Bearer <token>'")
     return token.strip()
-
-
-def require(principal: Principal, resource_type: str, op: str) -> None:
-    """403 unless the access table lets the role do this and a granted scope covers it
-    (app.auth.access.require)."""
-    from app.auth.access import require as _require
-
-    _require(principal, resource_type, op)

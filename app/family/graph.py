@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.db import in_list
 from app.errors import FhirError, not_found
 from app.family import roles
-from app.family.models import FamilyGraph, FamilyMember, KeyPerson, Rec, Relationship
+from app.family.members import FamilyGraph, FamilyMember, KeyPerson, Rec, Relationship
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM, parse_reference
 from app.fhir.models import SearchReference, SearchToken, StoredResource
 from app.fhir.validation import is_valid_nhs_number

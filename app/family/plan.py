@@ -30,7 +30,7 @@ from consent import (
     record_date,
 )
 
-from app.family.models import FamilyGraph, FamilyMember, Rec, organisations_of
+from app.family.members import FamilyGraph, FamilyMember, Rec, organisations_of
 from app.fhir.indexing import NHS_NUMBER_SYSTEM
 from app.linkage.matching import level_rank, normalise_postcode
 from app.urls import CANONICAL_BASE
@@ -348,18 +348,25 @@ class Asker:
     relationship: LegitimateRelationship
     policy: Policy
 
+    _subjects: dict[str, DataSubject] = field(default_factory=dict, repr=False)
+
+    def subject(self, member: FamilyMember) -> DataSubject:
+        """The member as a data subject, made once per member: every item of theirs is decided
+        about the same person, with the same identifiers and record holders."""
+        found = self._subjects.get(member.key)
+        if found is None:
+            nhs_numbers = tuple((NHS_NUMBER_SYSTEM, n) for n in {r.nhs_number for r in member.records} if n)
+            found = DataSubject(member.key, member.role, nhs_numbers, record_holders=record_holders(member))
+            self._subjects[member.key] = found
+        return found
+
     def request(self, member: FamilyMember, consents: tuple[ConsentRecord, ...], item: DataItem) -> DisclosureRequest:
         return DisclosureRequest(
             requester=self.requester,
             purpose=self.purpose,
             justification=self.justification,
             relationship=self.relationship,
-            subject=DataSubject(
-                member.key,
-                member.role,
-                tuple((NHS_NUMBER_SYSTEM, n) for n in {r.nhs_number for r in member.records} if n),
-                record_holders=record_holders(member),
-            ),
+            subject=self.subject(member),
             item=item,
             consents=consents,
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from consent import LegitimateRelationship
 
 from app.auth.tokens import Principal
-from app.family.models import FamilyGraph, KeyPerson, Rec, organisations_of
+from app.family.members import FamilyGraph, KeyPerson, Rec, organisations_of
 from app.fhir.indexing import ODS_SYSTEM
 
 

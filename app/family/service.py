@@ -21,7 +21,7 @@ from app.db import plan_once_per_statement
 from app.errors import FhirError
 from app.family import render
 from app.family.graph import assemble, find_subject, is_infant, organisation_names, route_people
-from app.family.models import FamilyGraph, FamilyMember
+from app.family.members import FamilyGraph, FamilyMember
 from app.family.plan import FV, Asker, contributing_records, plan_view
 from app.family.relationship import legitimate_relationship, relationship_with_any
 

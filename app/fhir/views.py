@@ -11,7 +11,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.access import BundlePoster, Public, Reader, Writer
-from app.auth.tokens import require
+from app.auth.access import require
 from app.db import Database
 from app.errors import FhirError, bad_request
 from app.fhir import store

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit_store
 from app.audit.events import consent_write_event
 from app.auth import access
-from app.auth.tokens import Principal, require
+from app.auth.access import require
+from app.auth.tokens import Principal
 from app.db import in_list, insert_rows, new_id, plan_each_execution
 from app.errors import FhirError, bad_request, unprocessable
 from app.fhir import store

@@ -9,7 +9,7 @@ each test changes only the scenario it is about."""
 from __future__ import annotations
 
 from app.demo.scenarios import GP_FATHERS, MATERNITY, N
-from app.family.models import FamilyMember, Rec
+from app.family.members import FamilyMember, Rec
 from app.family.plan import merged_telecom
 from tests.family.test_family_scenarios import JUSTIFICATION, NHS, item_details, view
 

@@ -9,7 +9,7 @@ import pytest
 
 from consent import LegitimateRelationship, Purpose, Requester, load_policy
 from app.family import render
-from app.family.models import FamilyGraph, FamilyMember, Rec
+from app.family.members import FamilyGraph, FamilyMember, Rec
 from app.family.plan import Asker, ViewPlan, plan_view
 
 TODAY = date(2026, 6, 1)
