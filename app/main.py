@@ -73,4 +73,17 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         return FhirResponse(operation_outcome([Issue(code, msg, spine_code=spine)]), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    _describe_api(app)
     return app
+
+
+def _describe_api(app: FastAPI) -> None:
+    """/openapi.json from app.openapi_doc (FHIR bodies, errors, security), built once on first request."""
+    from app.openapi_doc import describe
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
