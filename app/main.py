@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth.tokens import TokenVerifier
@@ -57,6 +58,16 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     @app.exception_handler(FhirError)
     async def _fhir_error(request: Request, exc: FhirError) -> FhirResponse:
         return FhirResponse(exc.outcome(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_unavailable(request: Request, exc: Exception) -> FhirResponse:
+        # the database restarting or unreachable: the transaction rolled back with its connection
+        # (or, cut during COMMIT, its outcome is unknown), so a retry is the client's move, as the
+        # 503 says; never a bare 500
+        log.warning("database unavailable request_id=%s: %s", getattr(request.state, "request_id", ""), type(getattr(exc, "orig", exc)).__name__)
+        outcome = operation_outcome([Issue("transient", "The database is unavailable, so the request was not completed. Retry after a moment.", spine_code="SERVICE_UNAVAILABLE")])
+        return FhirResponse(outcome, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> FhirResponse:
