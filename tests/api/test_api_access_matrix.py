@@ -18,13 +18,11 @@ from app.main import create_app
 from app.openapi_doc import app_routes
 from app.settings import Settings
 from consent import load_policy
-from tests.conftest import GP_ORG, HV_ORG, MATERNITY_ORG
+from tests.conftest import ROLE_ORG, ROLE_SERVICE
 from tests.fhirdata import next_nhs
 
 CT = {"Content-Type": "application/fhir+json"}
-ORG = {"source-system": MATERNITY_ORG, "midwife": MATERNITY_ORG, "health-visitor": HV_ORG, "gp": GP_ORG,
-       "mash": "LA001", "ig-officer": "X26", "admin": "X26"}
-SERVICE = {"source-system": "maternity"}
+ORG, SERVICE = ROLE_ORG, ROLE_SERVICE
 
 
 @pytest.fixture(scope="module")
