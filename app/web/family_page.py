@@ -12,6 +12,14 @@ from app.web.genogram import ROLE_WORDS, GenoPerson
 
 RECORD_TYPES = ("Flag", "Condition", "Observation", "MedicationStatement", "MedicationRequest")
 _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
+# v3 RoleCode and UK Core role codes in words, where the source sent no display
+RELATIONSHIP_WORDS = {
+    "MTH": "mother", "NMTH": "natural mother", "GESTM": "gestational mother", "FTH": "father", "NFTH": "natural father",
+    "NFTHF": "father of the unborn baby", "STPFTH": "stepfather", "FTHFOST": "foster father", "ADOPTF": "adoptive father",
+    "PRN": "parent", "NPRN": "natural parent", "SIGOTHR": "significant other", "DOMPART": "domestic partner",
+    "HUSB": "husband", "SPS": "spouse", "FMRSPS": "former spouse", "FAMMEMB": "family member", "ROOM": "household member",
+    "Carer": "carer",
+}
 ASSURANCE_WORDS = {"level1": "low (level 1)", "level2": "medium (level 2)", "level3": "high (level 3)", "level4": "very high (level 4)"}
 
 
@@ -146,8 +154,10 @@ class FamilyPage:
         out = {}
         for p in self.people:
             if p.role in ("male-carer", "other-carer"):
-                codes = {r.code for r in p.relationships}
-                out[p.anchor] = "household" if codes & {"ROOM", "FAMMEMB", "Carer"} and not codes & {"DOMPART", "SIGOTHR", "HUSB", "SPS"} else "partner"
+                words = {r.code for r in p.relationships}
+                household = {RELATIONSHIP_WORDS[k] for k in ("ROOM", "FAMMEMB", "Carer")}
+                partner = {RELATIONSHIP_WORDS[k] for k in ("DOMPART", "SIGOTHR", "HUSB", "SPS")}
+                out[p.anchor] = "household" if words & household and not words & partner else "partner"
         return out
 
     def genogram_people(self) -> list[GenoPerson]:
@@ -163,11 +173,13 @@ def _person(n: int, res: dict[str, Any], role: str) -> PersonView:
     rels = []
     for prov in _ext(res, c.EXT_RELATIONSHIP_PROVENANCE):
         coding = _sub(prov, c.PROV_RELATIONSHIP) or {}
-        rels.append(RelationshipView(coding.get("display") or coding.get("code") or "", _sub(prov, c.PROV_RECORDED_ON) or "",
+        code = coding.get("code") or ""
+        rels.append(RelationshipView(coding.get("display") or RELATIONSHIP_WORDS.get(code, code), _sub(prov, c.PROV_RECORDED_ON) or "",
                                      _org(_sub(prov, c.PROV_SOURCE)), str(_sub(prov, c.PROV_RECORDED) or "")[:10]))
     if not rels and res.get("resourceType") == "RelatedPerson":  # as the source recorded it, without provenance
         for rel in res.get("relationship") or []:
-            rels.append(RelationshipView(_text(rel), "", "", ""))
+            code = next((cd.get("code") for cd in rel.get("coding") or []), "") or ""
+            rels.append(RelationshipView(rel.get("text") or RELATIONSHIP_WORDS.get(code) or _text(rel), "", "", ""))
     inferred = next(iter(_ext(res, c.EXT_INFERRED)), None)
     assurance = next((e.get("valueCode") for e in _ext(res, c.EXT_ASSURANCE)), None)
     nhs = next((i.get("value") for i in res.get("identifier") or [] if i.get("system") == c.NHS_NUMBER_SYSTEM), None)

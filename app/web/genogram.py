@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-W, H = 720, 330
+W, H = 720, 360
 SIZE = 56  # a symbol's width and height
 TOP, BOTTOM = 60, 220  # the centre lines of the adults' and the children's rows
 
@@ -35,7 +35,7 @@ class GenoPerson:
     def alt(self) -> str:
         role = ROLE_WORDS.get(self.role, self.role)
         sex = {"square": "male", "circle": "female", "diamond": "sex not known", "triangle": "pregnancy"}[self.symbol]
-        parts = [f"{role}: {self.label}", sex]
+        parts = [f"{role} {self.label}", sex]
         if self.relation:
             parts.append(self.relation)
         if self.inferred:
@@ -69,8 +69,9 @@ def _person(p: GenoPerson, cx: float, cy: float) -> str:
         f'<a class="fv-geno-person" href="#{escape(p.anchor)}" data-role="{escape(p.role)}" '
         f'data-inferred="{str(p.inferred).lower()}" aria-label="{escape(p.alt)}">'
         f"<title>{escape(p.alt)}</title>{_shape(p, cx, cy)}"
-        f'<text x="{cx}" y="{cy + SIZE / 2 + 20}" text-anchor="middle" font-size="15" font-weight="600" fill="#212b32">{escape(role)}</text>'
-        f'<text x="{cx}" y="{cy + SIZE / 2 + 38}" text-anchor="middle" font-size="14" fill="#212b32">{escape(label)}</text>'
+        # one text, so that its words read "Role Name", as the text alternative begins
+        f'<text x="{cx}" y="{cy + SIZE / 2 + 20}" text-anchor="middle" font-size="15" fill="#212b32">'
+        f'<tspan font-weight="600">{escape(role)}</tspan> <tspan x="{cx}" dy="18">{escape(label)}</tspan></text>'
         "</a>"
     )
 
@@ -116,17 +117,10 @@ def draw(people: list[GenoPerson], *, title: str, carer_lines: dict[str, str] | 
                                between=f"parents {c.anchor}"))
     for c in carers:
         kind = carer_lines.get(c.anchor, "partner")
-        anchor_x = pos[mother.anchor][0] + SIZE / 2 if mother else W / 2
-        # below the couple line, so a carer's line never reads as the parents'
-        y = y_adult + SIZE / 2 + 4 if fathers else y_adult
-        if fathers and mother:
-            mx = pos[mother.anchor][0]
-            dash = ' stroke-dasharray="8 6"' if c.inferred else (' stroke-dasharray="2 5"' if kind == "household" else "")
-            parts.append(f'<path class="fv-geno-line" data-line="{kind}" data-between="{escape(mother.anchor)} {escape(c.anchor)}" '
-                         f'data-inferred="{str(c.inferred).lower()}" d="M {mx} {y_adult + SIZE / 2} V {y + 14} H {pos[c.anchor][0]} V {y_adult + SIZE / 2}" '
-                         f'fill="none" stroke="#425563" stroke-width="3"{dash}/>')
-        else:
-            parts.append(_line(kind, anchor_x, y, pos[c.anchor][0] - SIZE / 2, y, inferred=c.inferred, between=f"{mother.anchor if mother else ''} {c.anchor}"))
+        # from the mother's other side: never along the parents' line, which joins her to the father
+        x1 = pos[mother.anchor][0] + SIZE / 2 if mother else W / 2
+        parts.append(_line(kind, x1, y_adult, pos[c.anchor][0] - SIZE / 2, y_adult, inferred=c.inferred,
+                           between=f"{mother.anchor if mother else ''} {c.anchor}"))
     for p in adults + children:
         parts.append(_person(p, *pos[p.anchor]))
     legend = (
