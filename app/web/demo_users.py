@@ -25,11 +25,11 @@ ROLE_PLAIN = {"health-visitor": "health visitor", "midwife": "midwife", "gp": "G
               "ig-officer": "IG officer", "admin": "administrator", "source-system": "source system"}
 
 DEMO_USERS = (
-    DemoUser("hv", "Hannah Hughes", "health-visitor", s.HEALTH_VISITING.org, s.HEALTH_VISITING.name,
+    DemoUser("hv", "Sam Okafor", "health-visitor", s.HEALTH_VISITING.org, s.HEALTH_VISITING.name,
              "Health visitor for the demo families"),
     DemoUser("midwife", "Maya Patel", "midwife", s.MATERNITY.org, s.MATERNITY.name),
     DemoUser("gp", "Dr Gareth Price", "gp", s.GP_FAMILY.org, s.GP_FAMILY.name),
-    DemoUser("mash", "Sam Okafor", "mash", s.MASH_ORG, "Riverside Multi-Agency Safeguarding Hub",
+    DemoUser("mash", "Morgan Ellis", "mash", s.MASH_ORG, "Riverside Multi-Agency Safeguarding Hub",
              "Reaches a family only on a safeguarding basis"),
     DemoUser("unrelated", "Uma Reid", "health-visitor", s.UNRELATED_ORG, "Northgate Community Health Trust",
              "An organisation with no relationship to the demo families"),

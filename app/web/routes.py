@@ -64,6 +64,8 @@ def _nhs_format(value: str | None) -> str:
 _env.filters.update(uk_date=_uk_date, nhs_format=_nhs_format)
 _env.globals.update(
     role_words=lambda r: ROLE_PLAIN.get(r, r),
+    override_words=(("refusal-overridden", "Refusal overridden"), ("break-glass", "Break-glass"),
+                    ("ig-review-queued", "IG review queued"), ("holder-notified", "Record holders told")),
     role_colour=lambda r: {"infant": "green", "mother": "purple", "father": "blue", "male-carer": "orange"}.get(r, "grey"),
 )
 SECURITY_HEADERS = {
@@ -285,8 +287,31 @@ async def find_submit(request: Request) -> Response:
     if problem:
         return render(request, "find.html", 400, errors={"nhs-number": problem}, form=form)
     digits = re.sub(r"[\s-]", "", form["nhs_number"])
-    req = FamilyViewRequest("direct-care", None, identifier=f"{NHS_NUMBER_SYSTEM}|{digits}")
-    return await run_in_threadpool(_family, request, current, req, form)
+    purpose = form.get("purpose") or "direct-care"
+    if purpose not in ("direct-care", "safeguarding"):
+        return render(request, "ask.html", 400, action="/find", hidden={"by": "nhs-number", "nhs_number": digits},
+                      errors={"purpose": "Choose why you are asking"}, form=form)
+    justification = form.get("justification", "").strip() if purpose == "safeguarding" else None
+    req = FamilyViewRequest(purpose, justification, identifier=f"{NHS_NUMBER_SYSTEM}|{digits}")
+    return await run_in_threadpool(_family, request, current, req, form, "purpose" in form)
+
+
+@router.post("/find/ask")
+async def find_ask(request: Request) -> Response:
+    """The purpose chooser for a family found by NHS number (say, by the MASH, which has no
+    relationship of its own and reaches a family only on a safeguarding basis)."""
+    current = _signed_in(request)
+    if current is None:
+        return _to_sign_in()
+    form = await _form(request)
+    if not web_session.csrf_ok(current, form.get("csrf_token")):
+        return _bad_form(request)
+    problem = nhs_number_problem(form.get("nhs_number", ""))
+    if problem:
+        return render(request, "find.html", 400, errors={"nhs-number": problem}, form=form)
+    digits = re.sub(r"[\s-]", "", form["nhs_number"])
+    return render(request, "ask.html", action="/find", hidden={"by": "nhs-number", "nhs_number": digits},
+                  form={"purpose": "safeguarding"})
 
 
 def _find_by_name(request: Request, current: web_session.WebSession, form: dict[str, str]) -> Response:
@@ -345,12 +370,15 @@ def _family(request: Request, current: web_session.WebSession, req: FamilyViewRe
     if ask_form and result.status == 400:
         field = "justification" if "justification" in message else "purpose"
         text = "Enter why the child may be at risk: a safeguarding request needs a justification" if field == "justification" else message
+        extra = {"action": "/find", "hidden": {"by": "nhs-number", "nhs_number": (form or {}).get("nhs_number", "")}} if req.res_id is None else {}
         return render(request, "ask.html", 400, subject_id=req.res_id, errors={field: text}, form=form or {},
-                      audit_event=result.audit_event_id)
+                      audit_event=result.audit_event_id, **extra)
     if result.status == 403:
         return render(request, "refused.html", 403, heading="You cannot see this family", summary="No lawful route to this family",
                       reason=message, audit_event=audit_ref,
-                      route="If you believe a child is at risk, contact your safeguarding lead or the multi-agency safeguarding hub (MASH).")
+                      route="If you believe a child is at risk, contact your safeguarding lead or the multi-agency safeguarding hub (MASH), "
+                            "or ask on a safeguarding basis with a justification.",
+                      ask_nhs=re.sub(r"[\s-]", "", (form or {}).get("nhs_number", "")) if req.purpose != "safeguarding" and form else None)
     infants = family_page.choose_infant(body) if result.status == 422 else []
     if infants:
         return render(request, "choose.html", infants=infants)

@@ -19,11 +19,6 @@ from tests.web.conftest import assert_accessible, find_by_nhs_number, screenshot
 
 pytestmark = pytest.mark.browser
 
-# Content the `$family-view` API gains in issue 16 item 6 (branch famapi; docs/family-view-content.md):
-# until it lands these tests are expected to fail, and say why. Remove the marker when it has.
-NEEDS_FAMAPI = pytest.mark.xfail(reason="needs the family-view content of issue 16 item 6 (famapi): "
-                                        "open by the mother's NHS number, other names, relationship provenance, "
-                                        "override statement, antenatal contact", strict=False)
 
 
 def _person(page, role: str):
@@ -38,14 +33,13 @@ def test_demo_sign_in_is_marked_and_the_header_names_the_user_and_organisation(p
     screenshot(page, "sign-in")
     sign_in_demo(page, "hv")
     header = page.get_by_test_id("signed-in-user")
-    assert "Hannah Hughes" in header.inner_text()
+    assert "Sam Okafor" in header.inner_text()
     assert HEALTH_VISITING.name in header.inner_text()
     assert "Demo sign-in" in header.inner_text()
     assert_accessible(page)
     screenshot(page, "find")
 
 
-@NEEDS_FAMAPI
 def test_scenario_2_from_the_mothers_nhs_number_shows_the_father_and_the_withheld_gp_record(page):
     sign_in_demo(page, "hv")
     find_by_nhs_number(page, N["s2_mother"])
@@ -62,7 +56,6 @@ def test_scenario_2_from_the_mothers_nhs_number_shows_the_father_and_the_withhel
     screenshot(page, "family-scenario-2")
 
 
-@NEEDS_FAMAPI
 def test_scenario_2_other_names_and_who_recorded_the_relationship(page):
     sign_in_demo(page, "hv")
     find_by_nhs_number(page, N["s2_infant"])
@@ -95,7 +88,6 @@ def test_safeguarding_is_refused_without_a_justification_and_disclosed_with_one(
     screenshot(page, "family-safeguarding")
 
 
-@NEEDS_FAMAPI
 def test_safeguarding_view_states_the_override(page):
     """The override statement (IG review queued, holder told) is the API's, from famapi's content."""
     sign_in_demo(page, "hv")
@@ -105,8 +97,11 @@ def test_safeguarding_view_states_the_override(page):
     page.get_by_label("Why may the child be at risk?").fill("Bruising seen on the baby")
     page.get_by_role("button", name="View the family").click()
     statement = page.get_by_test_id("override-statement").inner_text()
-    assert "IG review" in statement
-    assert "Hill Street Practice" in statement
+    assert "Information Governance review of this disclosure has been queued" in statement
+    assert "have been told: Hill Street Practice" in statement
+    tags = page.get_by_test_id("override-tags").inner_text()
+    assert "IG review queued" in tags and "Record holders told" in tags
+    assert_accessible(page)
 
 
 def test_a_practitioner_of_an_unrelated_organisation_is_refused(page):
@@ -120,7 +115,6 @@ def test_a_practitioner_of_an_unrelated_organisation_is_refused(page):
     screenshot(page, "refused-unrelated-organisation")
 
 
-@NEEDS_FAMAPI
 def test_scenario_7_pre_birth_family_opens_for_the_health_visitor_with_an_antenatal_contact(page, world):
     src = world.source(HEALTH_VISITING.org, HEALTH_VISITING.service)
     encounter = {"resourceType": "Encounter", "status": "finished",
@@ -253,3 +247,55 @@ def test_sign_out_ends_the_session_and_sign_in_and_out_are_audited(page, world):
     for action in ("login", "logout"):
         bundle = ig.get("/AuditEvent", params={"subtype": action, "agent": "demo:gp@A99001"}).json()
         assert bundle.get("entry"), (action, bundle)
+
+
+def test_scenario_1_from_the_mothers_number_names_the_gp_practice_and_the_care_team(page):
+    sign_in_demo(page, "hv")
+    find_by_nhs_number(page, N["s1_mother"])
+    assert "Meadow Lane Surgery" in _person(page, "infant").get_by_test_id("gp").inner_text()
+    team = page.get_by_test_id("care-team").inner_text()
+    assert "Sam Okafor" in team and "Riverside Health Visiting Service" in team
+    assert "Riverside Maternity Unit" in _person(page, "father").get_by_test_id("relationship").inner_text()
+    assert page.get_by_test_id("nothing-withheld").is_visible()
+    assert_accessible(page)
+    screenshot(page, "family-scenario-1-care-team")
+
+
+def test_no_father_known_prompts_the_practitioner_to_ask_and_record_him(page, world):
+    from datetime import timedelta
+
+    from app.demo.scenarios import HEALTH_VISITING as HVS, MATERNITY, _bundle, _entry, _episode, _nhs_ref, _patient, _related
+    from tests.fhirdata import nhs_numbers
+
+    mum_nhs, baby_nhs = (n for n, _ in zip(nhs_numbers(720_000), range(2)))
+    baby = _entry(_patient(MATERNITY, "web-lone-baby", "Yarrowby", "Isla", "female", date.today() - timedelta(days=40),
+                           nhs=baby_nhs, postcode="LS6 2AB"))
+    mum = _entry(_patient(MATERNITY, "web-lone-mother", "Yarrowby", "Petra", "female", "1994-06-07", nhs=mum_nhs, postcode="LS6 2AB"))
+    mth = _entry(_related(MATERNITY, "web-lone-rp-mother", {"reference": baby["fullUrl"]}, "MTH", "Yarrowby", "Petra", "female",
+                          "1994-06-07", nhs=mum_nhs, postcode="LS6 2AB"))
+    assert world.source(MATERNITY.org, MATERNITY.service).post("/", json=_bundle(baby, mum, mth)).status_code == 200
+    ep = _entry(_episode(HVS, "web-lone-ep", _nhs_ref(baby_nhs), date.today() - timedelta(days=30), "Health visiting"))
+    assert world.source(HVS.org, HVS.service).post("/", json=_bundle(ep)).status_code == 200
+    sign_in_demo(page, "hv")
+    find_by_nhs_number(page, baby_nhs)
+    prompt = page.get_by_test_id("no-father-prompt").inner_text()
+    assert "No father or man in a caring role is recorded" in prompt and "record him" in prompt
+    assert page.locator("svg.fv-genogram a[data-role=father], svg.fv-genogram a[data-role=male-carer]").count() == 0
+    assert_accessible(page)
+    screenshot(page, "family-no-father-known")
+
+
+def test_break_glass_by_the_mash_is_stated(page):
+    sign_in_demo(page, "mash")
+    find_by_nhs_number(page, N["s5_infant"])
+    assert page.get_by_role("heading", level=1).inner_text() == "You cannot see this family"  # no relationship: no direct care
+    page.get_by_role("button", name="Ask on a safeguarding basis").click()
+    page.get_by_label("Safeguarding: a child may be at risk of harm").check()
+    page.get_by_role("button", name="View the family").click()
+    assert "justification" in page.locator(".nhsuk-error-summary").inner_text()  # refused without one
+    page.get_by_label("Why may the child be at risk?").fill("Referral from police: domestic incident at the address")
+    page.get_by_role("button", name="View the family").click()
+    tags = page.get_by_test_id("override-tags").inner_text()
+    assert "Break-glass" in tags and "Refusal overridden" in tags and "IG review queued" in tags
+    assert_accessible(page)
+    screenshot(page, "family-safeguarding-break-glass")
