@@ -204,7 +204,8 @@ def _record(res: dict[str, Any]) -> RecordView:
     return RecordView({"MedicationStatement": "Medicine", "MedicationRequest": "Prescription"}.get(kind, kind), text or "(no text)", str(when)[:10], status)
 
 
-def _care(res: dict[str, Any]) -> CareView:
+def _care(res: dict[str, Any], names: dict[str, str]) -> CareView:
+    """names: a Practitioner's name by its reference and by each of its identifiers' values."""
     kind = res["resourceType"]
     if kind == "Practitioner":
         return CareView("Named professional", ", ".join(_human(n) for n in res.get("name") or []) or "(no name recorded)")
@@ -215,7 +216,8 @@ def _care(res: dict[str, Any]) -> CareView:
     parts = [res.get("name") or "Care team"]
     for p in res.get("participant") or []:
         member = p.get("member") or {}
-        who = member.get("display") or _org(member)
+        ident = (member.get("identifier") or {}).get("value")
+        who = member.get("display") or names.get(str(member.get("reference"))) or (names.get(ident) if ident else None) or _org(member)
         role = ", ".join(_text(r) for r in p.get("role") or [])
         if who or role:
             parts.append(f"{who} ({role})" if role and who else who or role)
@@ -228,7 +230,7 @@ def read(bundle: dict[str, Any], audit_event: str | None) -> FamilyPage:
     people: list[PersonView] = []
     by_index: dict[int, PersonView] = {}
     by_ref: dict[str, PersonView] = {}
-    care: list[CareView] = []
+    care_resources: list[dict[str, Any]] = []
     outcome: dict[str, Any] = {}
     records: list[tuple[dict[str, Any], int]] = []
     for i, entry in enumerate(entries):
@@ -245,11 +247,19 @@ def read(bundle: dict[str, Any], audit_event: str | None) -> FamilyPage:
                 if ref:
                     by_ref.setdefault(ref, person)
         elif kind in c.CARE_TYPES:
-            care.append(_care(res))
+            care_resources.append(res)
         elif kind == "OperationOutcome":
             outcome = res
         elif kind in RECORD_TYPES:
             records.append((res, i))
+    names: dict[str, str] = {}
+    for res in care_resources:
+        if res["resourceType"] == "Practitioner":
+            name = ", ".join(_human(n) for n in res.get("name") or [])
+            if name:
+                names[f"Practitioner/{res.get('id')}"] = name
+                names.update({str(i["value"]): name for i in res.get("identifier") or [] if i.get("value")})
+    care = [_care(res, names) for res in care_resources]
     other: list[WithheldView] = []
     for res, _ in records:
         ref = ((res.get("subject") or res.get("patient") or {}).get("reference")) or ""

@@ -255,6 +255,7 @@ def test_scenario_1_from_the_mothers_number_names_the_gp_practice_and_the_care_t
     assert "Meadow Lane Surgery" in _person(page, "infant").get_by_test_id("gp").inner_text()
     team = page.get_by_test_id("care-team").inner_text()
     assert "Sam Okafor" in team and "Riverside Health Visiting Service" in team
+    assert "Practitioner/" not in team  # the team's members by name, not by reference
     assert "Riverside Maternity Unit" in _person(page, "father").get_by_test_id("relationship").inner_text()
     assert page.get_by_test_id("nothing-withheld").is_visible()
     assert_accessible(page)

@@ -132,3 +132,25 @@ def test_the_shipped_nhsuk_frontend_is_the_pinned_npm_build():
     css = (dist / "nhsuk-frontend.min.css").read_text().replace("url(/assets/images/", "url(/static/nhsuk/images/")
     assert css == (shipped / "nhsuk-frontend.min.css").read_text()
     assert "MIT" in (shipped / "LICENSE.txt").read_text()
+
+
+def test_caseload_search_finds_only_the_requesters_own_caseload_and_is_audited(live):
+    from app.demo.loader import load_demo
+    from app.demo.scenarios import build_scenarios
+
+    load_demo(live.base_url, live.settings)
+    infant = next(p for s in build_scenarios() if s.number == 4 for _, b in s.bundles for p in (e["resource"] for e in b["entry"])
+                  if p["resourceType"] == "Patient" and any(i.get("value") == N["s4_infant"] for i in p.get("identifier") or []))
+    y, m, d = infant["birthDate"].split("-")
+    form = {"by": "name", "family": infant["name"][0]["family"].upper(), "dob_day": d, "dob_month": m, "dob_year": y}
+    hv = _signed_in(live, "hv")
+    r = hv.post("/find", data={**form, "csrf_token": _csrf(hv)})
+    assert r.status_code == 200 and N["s4_infant"][:3] + " " + N["s4_infant"][3:6] in r.text
+    other = _signed_in(live, "unrelated")
+    r = other.post("/find", data={**form, "csrf_token": _csrf(other)})
+    assert r.status_code == 200 and 'data-testid="no-matches"' in r.text and N["s4_infant"][6:] not in r.text
+    bad = hv.post("/find", data={**form, "dob_month": "13", "csrf_token": _csrf(hv)})
+    assert bad.status_code == 400 and "real date of birth" in bad.text
+    ig = httpx.Client(base_url=live.fhir, headers={"Authorization": f"Bearer {live.token('ig-officer', 'X26')}"})
+    events = ig.get("/AuditEvent", params={"subtype": "caseload-search"}).json()["entry"]
+    assert {e["resource"]["agent"][1]["who"]["identifier"]["value"] for e in events} == {"RHV01", "RZZ99"}
