@@ -104,7 +104,7 @@ class PersonView:
 
     @property
     def role_words(self) -> str:
-        return ROLE_WORDS.get(self.role, self.role)
+        return "Unborn baby" if self.unborn else ROLE_WORDS.get(self.role, self.role)
 
     @property
     def name(self) -> str:
