@@ -312,8 +312,14 @@ def assemble(session: Session, subject: Rec, today: date) -> FamilyGraph:
             continue
         (member.consents if rec.res_type == "Consent" else member.clinical).append(rec)
     professionals = load_records(session, {ref for rec in care for ref in professional_refs(rec)})
-    professionals += find_by_identifiers(session, ("Practitioner", "PractitionerRole"),
+    professionals += find_by_identifiers(session, PROFESSIONAL_TYPES,
                                          {i for rec in care for i in professional_identifiers(rec)}, {p.ref for p in professionals})
+    # a PractitionerRole names the person in the role: the practitioner too
+    roles_of = [p for p in professionals if p.res_type == "PractitionerRole"]
+    known = {p.ref for p in professionals}
+    professionals += [p for p in load_records(session, {ref for r in roles_of for ref in professional_refs(r)}) if p.ref not in known]
+    known = {p.ref for p in professionals}
+    professionals += find_by_identifiers(session, ("Practitioner",), {i for r in roles_of for i in professional_identifiers(r)}, known)
     return FamilyGraph(subject=subject, mode=mode, members=members, care=care, birth_or_due=key_date, contacts=contacts,
                        professionals=professionals, pregnancy_since=since)
 
@@ -427,6 +433,8 @@ def _professional_references(rec: Rec) -> list[dict]:
     refs = [p.get("member") for p in body.get("participant") or [] if isinstance(p, dict)] if rec.res_type == "CareTeam" else []
     if rec.res_type == "EpisodeOfCare":
         refs.append(body.get("careManager"))
+    if rec.res_type == "PractitionerRole":
+        refs.append(body.get("practitioner"))
     return [r for r in refs if isinstance(r, dict)]
 
 

@@ -733,7 +733,9 @@ def care_resource(rec: Rec, org_names: dict[str, str]) -> dict[str, Any]:
 
 
 def _names_professional(care: dict[str, Any], prof: Rec) -> bool:
-    refs = [p.get("member") for p in care.get("participant") or [] if isinstance(p, dict)] + [care.get("careManager")]
+    """Whether a care record (or a PractitionerRole) shown names this professional, literally or by identifier."""
+    refs = [p.get("member") for p in care.get("participant") or [] if isinstance(p, dict)]
+    refs += [care.get("careManager"), care.get("practitioner")]
     idents = set(prof.identifiers)
     for ref in refs:
         if not isinstance(ref, dict):
@@ -777,21 +779,22 @@ def _plan_care(
             shape=lambda r: care_resource(r, org_names),
         ):
             shown_care.append(rec.body)
-    for prof in graph.professionals:
-        if any(_names_professional(care, prof) for care in shown_care):
-            _plan_record(
-                plan,
-                asker,
-                member,
-                consents,
-                prof,
-                entry,
-                who,
-                org_names,
-                default="care-team",
-                into=plan.care,
-                shape=lambda r: care_resource(r, org_names),
-            )
+    # roles first, then the practitioners that the care records or the roles shown name
+    for prof in sorted(graph.professionals, key=lambda r: r.res_type != "PractitionerRole"):
+        if any(_names_professional(care, prof) for care in shown_care) and _plan_record(
+            plan,
+            asker,
+            member,
+            consents,
+            prof,
+            entry,
+            who,
+            org_names,
+            default="care-team",
+            into=plan.care,
+            shape=lambda r: care_resource(r, org_names),
+        ):
+            shown_care.append(prof.body)
 
 
 def _override(plan: ViewPlan, asker: Asker, org_names: dict[str, str]) -> Override | None:

@@ -89,18 +89,25 @@ def lone_mother(world):
     mth = _entry(_related(MATERNITY, "fa-lone-rp-mother", {"reference": baby["fullUrl"]}, "MTH", "Ueberroth", "Marisol", "female",
                           "1990-10-10", nhs=mum_nhs, postcode="LS3 1XY"))
     post(world, MATERNITY, baby, mum, mth)
-    # the health visitor's care team lists a professional and, as some systems do, the mother herself
+    # the health visitor's care team lists a professional by SDS id, a named nursery nurse in her
+    # role, and, as some systems do, the mother herself
+    nurse = _entry({"resourceType": "Practitioner", "identifier": [{"system": HEALTH_VISITING.local_system, "value": "fa-nurse"}],
+                    "name": [{"family": "Adeyemi-Frost", "given": ["Ngozi"]}]})
+    role = _entry({"resourceType": "PractitionerRole", "identifier": [{"system": HEALTH_VISITING.local_system, "value": "fa-nurse-role"}],
+                   "active": True, "practitioner": {"reference": nurse["fullUrl"]}, "code": [{"text": "Community nursery nurse"}],
+                   "organization": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": HEALTH_VISITING.org}}})
     team = {
         "resourceType": "CareTeam", "identifier": [{"system": HEALTH_VISITING.local_system, "value": "fa-lone-team"}], "status": "active",
         "subject": _nhs_ref(baby_nhs),
         "participant": [
             {"member": {"type": "Practitioner", "identifier": {"system": "https://fhir.nhs.uk/Id/sds-user-id", "value": "555000100001"}}},
             {"member": {"type": "RelatedPerson", "identifier": {"system": NHS, "value": mum_nhs}, "display": "Marisol Ueberroth"}},
+            {"member": {"reference": role["fullUrl"]}},
         ],
         "managingOrganization": [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": HEALTH_VISITING.org}}],
     }
     post(world, HEALTH_VISITING, _entry(_episode(HEALTH_VISITING, "fa-lone-ep", _nhs_ref(baby_nhs), TODAY - timedelta(days=60), "Health visiting")),
-         _entry(team))
+         nurse, role, _entry(team))
     return {"mother": mum_nhs, "baby": baby_nhs}
 
 
@@ -244,9 +251,11 @@ def test_care_team_and_named_professionals(world):
 def test_a_care_team_never_lists_a_family_member_and_finds_professionals_by_identifier(world, lone_mother):
     v = ask(world, lone_mother["baby"])
     team = next(r for r in v.entries if r["resourceType"] == "CareTeam")
-    assert [p["member"]["type"] for p in team["participant"]] == ["Practitioner"]
+    assert [p["member"].get("type") or p["member"]["reference"].split("/")[0] for p in team["participant"]] == ["Practitioner", "PractitionerRole"]
     assert "Marisol" not in str(team)
-    assert [r["name"][0]["family"] for r in v.entries if r["resourceType"] == "Practitioner"] == ["Okafor"]
+    assert sorted(r["name"][0]["family"] for r in v.entries if r["resourceType"] == "Practitioner") == ["Adeyemi-Frost", "Okafor"]
+    (role,) = [r for r in v.entries if r["resourceType"] == "PractitionerRole"]
+    assert role["organization"]["display"] == HEALTH_VISITING.name and role["code"][0]["text"] == "Community nursery nurse"
 
 
 def test_who_recorded_each_relationship_and_when(world):
