@@ -49,11 +49,15 @@ log = logging.getLogger("familyview.sync")
 # The source's own Organization (its name tells a practitioner who holds a withheld record), then
 # Patients, then what refers to them (issue 6).
 DEFAULT_TYPES = (
-    "Organization", "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam", "Flag", "Condition", "Observation",
-    "MedicationStatement", "MedicationRequest",
+    # the professionals before the care teams that name them (else they arrive as a care team's dependency)
+    "Organization", "Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam",
+    "Flag", "Condition", "Observation", "MedicationStatement", "MedicationRequest",
+    # antenatal contacts and pregnancy referrals: a relationship for the pre-birth view
+    "Encounter", "ServiceRequest",
 )
-# The search parameter that restricts each type to given patients (for --identifier).
-PATIENT_PARAM = {t: "patient" for t in DEFAULT_TYPES if t != "Patient"}
+# The search parameter that restricts each type to given patients (for --identifier); the
+# professionals are about no patient and come with what names them.
+PATIENT_PARAM = {t: "patient" for t in DEFAULT_TYPES if t not in ("Patient", "Practitioner", "PractitionerRole")}
 _SYNC_NS = uuid.UUID("6f0b8a52-6a43-4c1e-9a51-2f8d3b0c6e11")
 # Types whose medicationReference to an upstream Medication is brought in as a contained Medication.
 MEDICATION_USERS = ("MedicationStatement", "MedicationRequest")
@@ -136,6 +140,7 @@ class SyncSummary:
     warnings: list[SyncProblem] = field(default_factory=list)
     retries: int = 0
     seconds: float = 0.0
+    upstream_wait: float = 0.0  # seconds the writes stood idle waiting for an upstream page
     resumed: list[str] = field(default_factory=list)
 
     def of(self, res_type: str) -> TypeCounts:
@@ -164,6 +169,8 @@ class SyncSummary:
             f"{self.total('unchanged'):>10}{self.total('failed'):>8}"
         )
         lines.append(f"  {self.rate:.0f} resources/s; {self.retries} retries; {len(self.errors)} errors; {len(self.warnings)} warnings")
+        if self.seconds:
+            lines.append(f"  waiting for the upstream's pages: {self.upstream_wait:.1f}s of {self.seconds:.1f}s")
         for e in self.errors:
             lines.append(f"  error: {e.line()}")
         for w in self.warnings[:50]:
@@ -301,11 +308,14 @@ class Syncer:
         seen: set[str] = set()
         try:
             while url:
+                waited = time.perf_counter()
                 try:
                     bundle = fut.result() if fut is not None else self._get_page(url, p)
                 except UpstreamError as exc:
                     yield url, None, exc
                     return
+                finally:
+                    self.summary.upstream_wait += time.perf_counter() - waited
                 nxt = next((link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
                 if nxt and (nxt in seen or nxt == url):
                     nxt = None  # a server that links a page to itself would loop forever
