@@ -139,6 +139,8 @@ _ELEMENTS: dict[str, dict[str, Any]] = {
     "Practitioner": {**_PERSON},
     "PractitionerRole": {"identifier": _arr(_ref("Identifier")), "active": _BOOL, "practitioner": _ref("Reference"),
                          "organization": _ref("Reference"), "code": _arr(_ref("CodeableConcept"))},
+    "Encounter": {"identifier": _arr(_ref("Identifier")), "status": _CODE, "class": _ref("Coding"), "type": _arr(_ref("CodeableConcept")),
+                  **_SUBJECT, "period": _ref("Period"), "serviceProvider": _ref("Reference")},
     "Communication": {"identifier": _arr(_ref("Identifier")), "status": _CODE, "category": _arr(_ref("CodeableConcept")), **_SUBJECT,
                       "sent": _DATETIME, "recipient": _arr(_ref("Reference")), "payload": _arr({"type": "object"})},
     "AuditEvent": {"type": _ref("Coding"), "subtype": _arr(_ref("Coding")), "action": _CODE, "recorded": _S, "outcome": _CODE,
