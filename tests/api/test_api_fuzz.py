@@ -42,8 +42,9 @@ def role_tokens(live) -> dict[str, str]:
 
 def test_schemathesis_finds_no_server_error_and_no_undocumented_response(live, tmp_path):
     report, output = run_schemathesis(live.base_url, role_tokens(live), tmp_path)
-    failures = output.find(" FAILURES ")  # each failure with its curl line to reproduce it
-    tail = (output[failures:failures + 12000] + "\n...\n" if failures >= 0 else "") + output[-3000:]
+    # the failures (each with its curl line to reproduce it) and errors sections, then the summary
+    sections = [output[i:i + 8000] for i in (output.find(" FAILURES "), output.find(" ERRORS ")) if i >= 0]
+    tail = "\n...\n".join([*sections, output[-3000:]])
     ops = report["operations"]
     assert ops["errored"] == 0, tail
     # every operation is exercised (schemathesis has been seen to skip one of the 129 in a run,
