@@ -17,6 +17,7 @@ from app.middleware import RequestContextMiddleware
 from app.settings import Settings, get_settings
 from app.wiring import database as open_database
 from app.wiring import ingest_hooks
+from app.ingest.throttle import WriteThrottle
 
 log = logging.getLogger("familyview")
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.db = database or open_database(settings)
     app.state.verifier = TokenVerifier(settings)
     app.state.ingest_hooks = ingest_hooks(settings)
+    app.state.write_throttle = WriteThrottle(settings.max_concurrent_writes_per_source, settings.write_turn_wait_seconds)
     operations: list[dict[str, Any]] = []
     extra_resources: list[dict[str, Any]] = []
     for module in _domain_modules():

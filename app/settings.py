@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     linkage_review_probability: float = 0.5
     linkage_twin_guard: bool = True  # never auto-link a pair that could be twins (matching.twin_shaped) without a shared identifier
     linkage_max_candidates: int = 500  # cap on candidate records compared with one new record
+    # bounds on one write request's linkage (a bundle of 1,000 near-identical records must not make
+    # hundreds of thousands of review pairs or hold the write lock for seconds): review pairs queued
+    # per record (the most likely kept) and per request, candidate comparisons per request
+    linkage_max_reviews_per_record: int = Field(10, ge=1)
+    linkage_max_reviews_per_request: int = Field(500, ge=1)
+    linkage_max_comparisons_per_request: int = Field(10_000, ge=100)
+    # writes of one source organisation running at once in a server process (a bulk load never takes
+    # every worker thread), and how long the next one waits for its turn before a 429
+    max_concurrent_writes_per_source: int = Field(4, ge=1)
+    write_turn_wait_seconds: float = Field(30.0, gt=0)
     # When linkage runs. "inline": in each write's transaction. "queued": the write names its
     # records in a durable queue and a worker process that `familyview serve` starts links
     # them right after commit, beside the next request (readers of linkage link what is

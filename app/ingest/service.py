@@ -32,6 +32,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from app.fhir.validation import validate_resource
 from app.ingest.hooks import IngestHook, Written
+from app.ingest.identity import check_same_person
 from app.settings import Settings
 
 
@@ -84,6 +85,7 @@ class _Plan:
     create: bool = True
     noop_result: EntryResult | None = None
     resource: dict[str, Any] | None = None
+    resolved_by: str | None = None  # how an identifier (not the id) led to `existing`: checked to be the same person
 
 
 # Statements built once; IN lists expand at execution.
@@ -208,6 +210,19 @@ def _check_no_overlap(plans: list[_Plan]) -> None:
             )
 
 
+def _unique_key_order(e: EntryRequest) -> tuple:
+    """Batch entries are independent, so they run in the order of the unique keys they take
+    (their type and first identifier, else the URL they write), not the order sent: two clients
+    batching overlapping records then take those keys in one order and one waits for the other
+    instead of deadlocking. Entries with the same key keep their order (the sort is stable)."""
+    if e.method == "GET":
+        return (1,)
+    raw = e.resource.get("identifier") if isinstance(e.resource, dict) else None  # not validated yet: any shape
+    idents = [(str(i.get("system")), str(i.get("value"))) for i in raw if isinstance(i, dict)] if isinstance(raw, list) else []
+    res_type = e.url.strip("/").partition("?")[0].split("/")[0]
+    return (0, res_type, min(idents) if idents else ("", ""), e.url)
+
+
 def audit_consent_writes(session: Session, principal: Principal, written: list[Written]) -> None:
     audit_store.append(session, *consent_write_event(principal, written))
 
@@ -237,8 +252,8 @@ class IngestService:
 
     def batch(self, entries: list[EntryRequest]) -> list[EntryResult]:
         """Entry by entry: each in its own savepoint, a failure recorded in its response."""
-        results = []
-        for e in entries:
+        results: dict[int, EntryResult] = {}
+        for e in sorted(entries, key=_unique_key_order):
             savepoint = self.session.begin_nested()
             try:
                 if e.method == "GET":
@@ -253,8 +268,8 @@ class IngestService:
                 savepoint.rollback()
                 err = FhirError(400, "invalid", f"Bundle.entry[{e.index}]: a value cannot be stored by this server (too long, out of range or not text)", expression=f"Bundle.entry[{e.index}]")
                 result = EntryResult(status=err.status, outcome=err.outcome())
-            results.append(result)
-        return results
+            results[e.index] = result
+        return [results[e.index] for e in entries]
 
     def write_one(self, req: EntryRequest) -> EntryResult:
         return self._apply_writes([req], allow_urn=False)[0]
@@ -409,6 +424,7 @@ class IngestService:
                 raise FhirError(412, "duplicate", f"Conditional update criteria match {len(matches)} {res_type} resources", spine_code="DUPLICATE_REJECTED")
             if matches:
                 plan.res_id, plan.existing, plan.create = matches[0].res_id, matches[0], False
+                plan.resolved_by = "its conditional update criteria"
             body_id = req.resource.get("id")
             if body_id and plan.res_id and body_id != plan.res_id:
                 raise bad_request("The resource id does not match the resource the criteria found", expression=f"{prefix or res_type + '.'}id")
@@ -447,11 +463,13 @@ class IngestService:
         if not wanted:
             return known
         found: dict[int, set[str]] = {}
+        systems: dict[int, set[str]] = {}
         for r in rows:
             plan = wanted.get((r.res_type, r.system, r.value))
             if plan is None:
                 continue
             found.setdefault(id(plan), set()).add(r.res_id)
+            systems.setdefault(id(plan), set()).add(r.system)
         matched: list[tuple[_Plan, str]] = []
         for plan in {id(p): p for p in wanted.values()}.values():
             ids = found.get(id(plan))
@@ -463,6 +481,7 @@ class IngestService:
             if plan.res_id and plan.res_id != res_id and plan.req.method == "PUT" and "?" not in plan.req.url:
                 raise FhirError(409, "conflict", f"This source already sent that {plan.res_type} identifier as {plan.res_type}/{res_id}", expression=f"{plan.req.expr_prefix or plan.res_type + '.'}identifier")
             matched.append((plan, res_id))
+            plan.resolved_by = "identifier " + " and ".join(sorted(systems[id(plan)]))
         if not matched:
             return known
         current = {(r.res_type, r.res_id): r for r in current_rows(self.session.connection(), {(p.res_type, rid) for p, rid in matched})}
@@ -556,6 +575,8 @@ class IngestService:
                 if not existing.deleted and _content(old) == _content(resource):  # a re-send: no new version
                     results.append(EntryResult(200, p.res_type, p.res_id, existing.version_id, existing.last_updated, old, stored=False))
                     continue
+                if p.resolved_by and not existing.deleted:
+                    check_same_person(p.res_type, p.res_id, old, resource, p.resolved_by, p.req.expr_prefix)
                 version = existing.version_id + 1
             else:
                 if p.req.if_match:
@@ -627,7 +648,8 @@ class IngestService:
                 missing.append(k)
             elif holder != k["res_id"]:
                 raise FhirError(409, "conflict", f"This source already sent that {k['res_type']} identifier as {k['res_type']}/{holder}", spine_code="DUPLICATE_REJECTED")
-        if missing:
+        if missing:  # in key order: two writers inserting overlapping keys wait on each other, never deadlock
+            missing.sort(key=lambda k: (k["source_org"], k["res_type"], k["system"], k["value"]))
             insert_rows(self.session.connection(), SourceKey.__table__, missing)
 
     def _read_entry(self, e: EntryRequest) -> EntryResult:
