@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     # per record (the most likely kept) and per request, candidate comparisons per request
     linkage_max_reviews_per_record: int = Field(10, ge=1)
     linkage_max_reviews_per_request: int = Field(500, ge=1)
-    linkage_max_comparisons_per_request: int = Field(10_000, ge=100)
+    linkage_max_comparisons_per_request: int = Field(5_000, ge=100)
     # writes of one source organisation running at once in a server process (a bulk load never takes
     # every worker thread), and how long the next one waits for its turn before a 429
     max_concurrent_writes_per_source: int = Field(4, ge=1)

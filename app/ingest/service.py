@@ -303,12 +303,13 @@ class IngestService:
                 seen[key] = e.index
 
     def _apply_writes(self, reqs: list[EntryRequest], *, allow_urn: bool) -> list[EntryResult]:
+        types = [self._check_entry(r) for r in reqs]  # before the first statement: see _check_entry
         if not self._custom_plans:
             plan_each_execution(self.session.connection())
             self._custom_plans = True
         targets = {tuple(parts) for r in reqs if r.method == "PUT" and "?" not in r.url and len(parts := r.url.strip("/").split("/")) == 2}
         current = {(row.res_type, row.res_id): row for row in current_rows(self.session.connection(), targets)}  # one look-up for every PUT
-        plans = [self._plan(r, current) for r in reqs]
+        plans = [self._plan(r, t, current) for r, t in zip(reqs, types)]
         known_keys = self._dedupe_by_source_key(plans)
         if len(plans) > 1:
             _check_no_overlap(plans)
@@ -385,14 +386,15 @@ class IngestService:
             _, where, key = min(missing, key=lambda m: m[0])
             raise unprocessable(f"{where()}: {key[0]}/{key[1]} does not exist on this server", expression=where(), code="not-found", spine_code="INVALID_REFERENCE")
 
-    def _plan(self, req: EntryRequest, current: dict[tuple[str, str], Any]) -> _Plan:
+    def _check_entry(self, req: EntryRequest) -> str:
+        """What an entry can be refused for without the database: method, type, permission and
+        validation. Run for every entry before the first statement, so the transaction (on SQLite,
+        the one write lock) is not held while resources are validated. Returns the type."""
         prefix = req.expr_prefix
         url = req.url.strip("/")
         if req.method not in ("POST", "PUT"):
             raise bad_request(f"Method {req.method} is not supported here", expression=f"Bundle.entry[{req.index}].request.method")
-        path, _, query = url.partition("?")
-        parts = path.split("/")
-        res_type = parts[0]
+        res_type = url.partition("?")[0].split("/")[0]
         if res_type not in WRITABLE_TYPES:
             raise FhirError(
                 400, "not-supported", f"Writing {res_type or 'this URL'} is not supported by this server",
@@ -404,6 +406,14 @@ class IngestService:
         except FhirError as err:
             raise err.prefixed(prefix, f"entry {req.index}") if req.in_bundle else err
         access.check_type(self.principal, "fhir.write", res_type)  # e.g. only a source system records a Consent
+        return res_type
+
+    def _plan(self, req: EntryRequest, res_type: str, current: dict[tuple[str, str], Any]) -> _Plan:
+        """The entry's target: created, or the stored record its id, criteria or identifiers name."""
+        url = req.url.strip("/")
+        prefix = req.expr_prefix
+        path, _, query = url.partition("?")
+        parts = path.split("/")
         plan = _Plan(req=req, res_type=res_type)
         if req.method == "POST":
             if len(parts) != 1 or query:

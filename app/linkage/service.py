@@ -442,7 +442,7 @@ class LinkageService:
 
     def __init__(self, session: Session, *, thresholds: Thresholds | None = None, params: MatchParams | None = None,
                  max_candidates: int = 500, max_reviews_per_record: int = 10, max_reviews_per_call: int = 500,
-                 max_comparisons_per_call: int = 20_000):
+                 max_comparisons_per_call: int = 5_000):
         self.session = session
         self.thresholds = thresholds or Thresholds()
         self.params = params or load_params()
