@@ -6,10 +6,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth.tokens import TokenVerifier
-from app.db import Database
+from app.db import Database, cancelled_by_timeout
 from app.errors import FhirError, Issue, operation_outcome
 from app.fhir.capability import capability_statement
 from app.fhir.http import FhirResponse
@@ -59,6 +60,15 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     @app.exception_handler(FhirError)
     async def _fhir_error(request: Request, exc: FhirError) -> FhirResponse:
         return FhirResponse(exc.outcome(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(OperationalError)
+    async def _operational_error(request: Request, exc: OperationalError) -> FhirResponse:
+        if not cancelled_by_timeout(exc):
+            raise exc  # the last-resort handler logs it (without SQL) and answers 500
+        log.warning("statement timeout request_id=%s path=%s", getattr(request.state, "request_id", "-"), request.url.path)
+        return FhirResponse(operation_outcome([Issue(
+            "too-costly", "The request took longer than this server allows and was stopped; narrow the search and try again",
+            spine_code="SERVICE_UNAVAILABLE")]), status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> FhirResponse:

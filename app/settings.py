@@ -36,6 +36,24 @@ class Settings(BaseSettings):
     max_bundle_entries: int = 1000
     default_page_size: int = 50
     max_page_size: int = 500
+    # One search (every search endpoint, GET, POST _search and a Bundle's GET entries): at most
+    # this many parameters, repeats of one parameter, values in all (comma alternatives
+    # counted) and characters per value; beyond them a 400 (too-costly).
+    search_max_parameters: int = 20
+    search_max_repeats: int = 4
+    search_max_values: int = 50
+    search_max_value_length: int = 256
+    # One resource (app.fhir.validation.ResourceLimits): characters of any string, of each part
+    # of a person's name, identifiers, and items of any repeating element; beyond them a 400.
+    resource_max_string_length: int = 65_536
+    resource_max_name_length: int = 200
+    resource_max_identifiers: int = 20
+    resource_max_repeats: int = 100
+    # Characters of a $family-view justification (a safeguarding reason, not a case file).
+    max_justification_length: int = 2_000
+    # PostgreSQL: no statement of a request runs longer than this (0: no limit); a search
+    # cut short answers 503 (too-costly) rather than holding a connection for minutes.
+    statement_timeout_ms: int = 30_000
 
     # Record linkage thresholds (match probability)
     linkage_auto_link_probability: float = 0.95

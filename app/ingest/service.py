@@ -21,6 +21,7 @@ from app.auth.access import require
 from app.auth.tokens import Principal
 from app.db import in_list, insert_rows, new_id, plan_each_execution
 from app.errors import FhirError, bad_request, unprocessable
+from app.family.graph import as_shown  # a Bundle's GET entries are read as GET requests are
 from app.fhir import store
 from app.fhir.indexing import (
     ODS_SYSTEM, STORED_TYPES, WRITABLE_TYPES, IndexRows, identifiers_of, index_resource, parse_reference,
@@ -30,7 +31,8 @@ from app.fhir.models import (
 )
 from fhir.resources.R4B import get_fhir_model_class
 
-from app.fhir.validation import validate_resource
+from app.fhir.search import SearchLimits
+from app.fhir.validation import ResourceLimits, foreign_reference, foreign_reference_error, validate_resource
 from app.ingest.hooks import IngestHook, Written
 from app.ingest.identity import check_same_person
 from app.settings import Settings
@@ -228,8 +230,10 @@ def audit_consent_writes(session: Session, principal: Principal, written: list[W
 
 
 class IngestService:
-    def __init__(self, session: Session, principal: Principal, settings: Settings, hooks: list[IngestHook] | None = None, *, base: str):
+    def __init__(self, session: Session, principal: Principal, settings: Settings, hooks: list[IngestHook] | None = None, *, base: str,
+                 trusted_bases: tuple[str, ...] = ()):
         self.base = base  # this server's FHIR base URL: absolute references to it become relative
+        self.reference_bases = (base, *trusted_bases)  # absolute references allowed (a sync's upstream too)
         self.session = session
         self.principal = principal
         self.settings = settings
@@ -402,7 +406,7 @@ class IngestService:
             )
         require(self.principal, res_type, "c" if req.method == "POST" else "u")
         try:
-            validate_resource(req.resource, expected_type=res_type)
+            validate_resource(req.resource, expected_type=res_type, limits=ResourceLimits.of(self.settings))
         except FhirError as err:
             raise err.prefixed(prefix, f"entry {req.index}") if req.in_bundle else err
         access.check_type(self.principal, "fhir.write", res_type)  # e.g. only a source system records a Consent
@@ -454,7 +458,7 @@ class IngestService:
         if query.startswith(f"{res_type}?"):  # ifNoneExist given as a search URL, as HAPI takes it
             query = query[len(res_type) + 1:]
         criteria = _criteria(query, f"Bundle.entry[{req.index}].request")
-        result = store.search(self.session, self.principal, res_type, criteria, default_count=2, max_count=2)
+        result = store.search(self.session, self.principal, res_type, criteria, default_count=2, max_count=2, limits=SearchLimits.of(self.settings))
         return result.rows
 
     def _dedupe_by_source_key(self, plans: list[_Plan]) -> dict[tuple, str]:
@@ -516,6 +520,8 @@ class IngestService:
             literal = ref.get("reference")
             if not isinstance(literal, str):
                 continue
+            if foreign_reference(literal, self.reference_bases):
+                raise foreign_reference_error(expr(ref))
             if literal.startswith("urn:uuid:") or literal.startswith("urn:oid:"):
                 target = urn_map.get(literal)
                 if target is None:
@@ -668,11 +674,13 @@ class IngestService:
         if len(parts) == 2 and not query:
             require(self.principal, parts[0], "r")
             row = store.read(self.session, self.principal, parts[0], parts[1])
-            return EntryResult(200, row.res_type, row.res_id, row.version_id, row.last_updated, json.loads(row.body))
+            return EntryResult(200, row.res_type, row.res_id, row.version_id, row.last_updated, as_shown(self.session, self.principal, [row])[0])
         if len(parts) == 1:
             require(self.principal, parts[0], "s")
             params = parse_qsl(query, keep_blank_values=True)
-            result = store.search(self.session, self.principal, parts[0], params, default_count=self.settings.default_page_size, max_count=self.settings.max_page_size)
-            bundle = store.searchset_bundle(result, base=self.base, res_type=parts[0], params=params)
+            result = store.search(self.session, self.principal, parts[0], params, default_count=self.settings.default_page_size,
+                                  max_count=self.settings.max_page_size, limits=SearchLimits.of(self.settings))
+            bundle = store.searchset_bundle(result, base=self.base, res_type=parts[0], params=params,
+                                           resources=as_shown(self.session, self.principal, result.rows))
             return EntryResult(200, resource=bundle)
         raise bad_request(f"GET {e.url} is not supported in a Bundle", expression=f"Bundle.entry[{e.index}].request.url")
