@@ -30,7 +30,7 @@ STAGES = [
     ("labelling", [("app/ingest/labelling.py", "prepare")]),
     ("business rules", [("app/fhir/validation.py", "check_business_rules"), ("app/fhir/validation.py", "_check_local_references")]),
     ("R4B validation", [("app/fhir/validation.py", "validate_structure")]),
-    ("validation (other)", [("app/fhir/validation.py", "validate_resource")]),
+    ("validation, all (holds the two above)", [("app/fhir/validation.py", "validate_resource")]),
     ("search index", [("app/fhir/indexing.py", "index_resource")]),
     ("source keys", [("app/ingest/service.py", "_dedupe_by_source_key"), ("app/ingest/service.py", "_add_source_keys")]),
     ("references", [("app/ingest/service.py", "_rewrite_references"), ("app/ingest/service.py", "_check_exist")]),
@@ -89,7 +89,7 @@ def main() -> int:
         per = total / args.bundles
         print(f"{args.database}: {per * 1000:.0f} ms per Bundle of 100 under cProfile")
         for stage, t in sorted(stage_times(stats).items(), key=lambda kv: -kv[1]):
-            print(f"  {stage:20} {t / args.bundles * 1000:7.1f} ms  {t / total:5.1%}")
+            print(f"  {stage:38} {t / args.bundles * 1000:7.1f} ms  {t / total:5.1%}")
         stats.sort_stats("cumulative").print_stats(args.top)
         stats.sort_stats("tottime").print_stats(args.top)
     finally:
