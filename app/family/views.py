@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.auth.access import FamilyViewer  # its refusal of the policy's `never` roles is made, and audited, by the service
 from app.auth.tokens import Principal, Scope
 from app.errors import FhirError
-from app.family.service import FamilyViewRequest, FamilyViewService
+from app.family.service import FamilyViewRequest, FamilyViewResult, FamilyViewService
 from app.fhir.http import FhirContext, FhirResponse, fhir_body, fhir_context
 from app.linkage.queue import linkage_settled
 
@@ -32,8 +32,8 @@ def _notifier(ctx: FhirContext):
     return notify
 
 
-def _run(ctx: FhirContext, request: Request, req: FamilyViewRequest) -> FhirResponse:
-    req.request_id = getattr(request.state, "request_id", "")
+def family_view(ctx: FhirContext, req: FamilyViewRequest) -> FamilyViewResult:
+    """The view in one transaction, audited; the API and the pages (app.web) both answer with it."""
     limit = ctx.settings.max_justification_length
     if req.justification is not None and len(req.justification) > limit:
         # refused (and audited) like any bad request; the audit keeps only what the limit allows
@@ -41,10 +41,15 @@ def _run(ctx: FhirContext, request: Request, req: FamilyViewRequest) -> FhirResp
         req.justification = req.justification[:limit]
     try:
         with ctx.db.session() as session:
-            result = FamilyViewService(session, ctx.principal, notify=_notifier(ctx)).run(req)
+            return FamilyViewService(session, ctx.principal, notify=_notifier(ctx)).run(req)
     except SQLAlchemyError:
         log.error("family view not returned: the audit could not be written (request_id=%s)", req.request_id, exc_info=False)
         raise FhirError(503, "transient", "The request could not be recorded in the audit, so nothing is disclosed. Try again later.", spine_code="SERVICE_UNAVAILABLE")
+
+
+def _run(ctx: FhirContext, request: Request, req: FamilyViewRequest) -> FhirResponse:
+    req.request_id = getattr(request.state, "request_id", "")
+    result = family_view(ctx, req)
     headers = {"X-Audit-Event": f"AuditEvent/{result.audit_event_id}"}
     return FhirResponse(result.body, status_code=result.status, headers=headers)
 
