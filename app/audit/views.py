@@ -36,6 +36,7 @@ DATE_MESSAGE = "date must be a FHIR date or dateTime, optionally with a prefix (
 @router.get("", summary="Search the audit (IG officers): patient, agent, date, entity, type, subtype, outcome, purpose")
 def search_events(request: Request, _: AuditReader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     params = list(request.query_params.multi_items())
+    search.check_limits(params, search.SearchLimits.of(ctx.settings), "AuditEvent")
     conds = []
     paging = search.Paging.start(DEFAULT_COUNT, MAX_COUNT)
     for key, value in params:

@@ -79,6 +79,7 @@ class FhirContext:
     settings: Settings
     base: str
     hooks: list
+    throttle: Any = None  # app.ingest.throttle.WriteThrottle: one source's writes at once
 
     def ingest(self, session) -> "IngestService":
         from app.ingest.service import IngestService
@@ -88,4 +89,5 @@ class FhirContext:
 
 def fhir_context(request: Request, principal: Principal = Depends(get_principal)) -> FhirContext:
     state = request.app.state
-    return FhirContext(principal, state.db, state.settings, state.settings.fhir_base(str(request.base_url)), state.ingest_hooks)
+    return FhirContext(principal, state.db, state.settings, state.settings.fhir_base(str(request.base_url)), state.ingest_hooks,
+                       getattr(state, "write_throttle", None))

@@ -132,6 +132,7 @@ def _person_ids_for(session, principal: Principal, name: str, value: str) -> set
 def search_person(request: Request, _: PersonReader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     _check_person_access(ctx.principal, "s")
     params = list(request.query_params.multi_items())
+    search.check_limits(params, search.SearchLimits.of(ctx.settings), "Person")
     paging = search.Paging.start(ctx.settings.default_page_size, ctx.settings.max_page_size)
     filters = []
     for key, value in params:
@@ -213,6 +214,7 @@ def _paging(request: Request, default: int, max_count: int, allowed: tuple[str, 
     """_count and _offset as every search endpoint reads them (app.fhir.search); 400 for a
     parameter the endpoint does not take."""
     paging = search.Paging.start(default, max_count)
+    search.check_limits(list(request.query_params.multi_items()), search.SearchLimits.of(request.app.state.settings), request.url.path)
     for name, value in request.query_params.multi_items():
         if not paging.take(name, value) and name not in allowed and name not in search.FORMAT_PARAMS:
             raise bad_request(f"Unknown parameter '{name}' (supported: {', '.join(allowed + ('_count', '_offset'))})",
