@@ -4,15 +4,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth.tokens import TokenVerifier
 from app.db import Database
 from app.errors import FhirError, Issue, operation_outcome
 from app.fhir.capability import capability_statement
-from app.fhir.http import FhirResponse
+from app.fhir.http import FhirResponse, negotiate
 from app.middleware import RequestContextMiddleware
 from app.settings import Settings, get_settings
 from app.wiring import database as open_database
@@ -26,9 +27,29 @@ _STATUS_CODES = {404: ("not-found", "RESOURCE_NOT_FOUND"), 405: ("not-supported"
 def _domain_modules() -> list[Any]:
     """Domain packages that add routes, operations and ingest hooks (in route order)."""
     from app import audit, family, sync
+    from app.ig import routes as ig_routes
     from app.linkage import api as linkage_api
 
-    return [family, audit, linkage_api, sync]
+    return [family, audit, ig_routes, linkage_api, sync]
+
+
+def audit_refusal(request: Request, exc: FhirError) -> None:
+    """A refused access is audited too (outcome 4), in its own transaction: the refused
+    request's own transaction, if it had one, rolled back with the refusal."""
+    from app.audit import balp
+
+    method, path = request.method, request.url.path
+    interaction, target = balp.interaction_of(method, path)
+    event = balp.AccessEvent(request.state.principal, interaction, request_id=getattr(request.state, "request_id", ""),
+                             query=f"{method} {path}" + (f"?{request.url.query}" if request.url.query else ""))
+    if target:
+        event.entity(target)
+    event.refused(exc.status, exc.diagnostics)
+    try:
+        with request.app.state.db.session() as session:
+            balp.record(session, event)
+    except Exception:  # noqa: BLE001 - the refusal stands; the failure to audit it is logged
+        log.error("the refusal could not be audited (request_id=%s)", getattr(request.state, "request_id", ""))
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
@@ -40,6 +61,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        dependencies=[Depends(negotiate)],  # 406 for a format a route does not produce (app.fhir.http)
     )
     app.state.settings = settings
     app.state.db = database or open_database(settings)
@@ -56,6 +78,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     @app.exception_handler(FhirError)
     async def _fhir_error(request: Request, exc: FhirError) -> FhirResponse:
+        if exc.status == 403 and getattr(request.state, "principal", None) is not None:
+            await run_in_threadpool(audit_refusal, request, exc)
         return FhirResponse(exc.outcome(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     sync_rest_hook_header: str = "X-Familyview-Hook-Secret"
     sync_rest_hook_secret: str | None = None
 
+    # Information governance: a queued override or break-glass view is overdue after this many days
+    ig_review_overdue_days: int = Field(default=7, ge=0)
+
     # Name of this deployment in audit records
     deployment_name: str = "familyview"
     log_level: str = "INFO"

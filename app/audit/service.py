@@ -140,6 +140,9 @@ def index_from_body(body: dict[str, Any]) -> list[tuple[str, str]]:
         details = e.get("detail") or []
         if role == "1":
             rows.append(("patient", what.get("reference") or what.get("display") or ""))
+            ident = what.get("identifier") or {}
+            if ident.get("system") == "https://fhir.nhs.uk/Id/nhs-number":  # an NHS number without a record (BALP events)
+                rows.append(("patient", ident.get("value") or ""))
             rows += [("patient", d.get("valueString") or "") for d in details if d.get("type") == "nhs-number"]
         elif role == "4":
             rows.append(("entity", (what.get("reference") or "").split("#", 1)[0]))

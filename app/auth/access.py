@@ -111,6 +111,10 @@ def _table() -> dict[str, Rule]:
              refusal="The {role} role does not receive clinical data; IG officers use the audit search"),
         Rule("audit.read", "read the audit (AuditEvent read and search)", roles=_all(["ig-officer"]),
              all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may read the audit"),
+        Rule("ig.review", "work the IG review queue (list overrides and break-glass views, record a review)",
+             roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may review overrides"),
+        Rule("ig.disclosure-report", "produce a subject access (disclosure) report",
+             roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may produce disclosure reports"),
         Rule("person.read", "read linked persons (Person read and search)",
              roles=_all(["admin", "ig-officer", "source-system"]), all_orgs=frozenset({"admin", "ig-officer"}),
              refusal="The {role} role may not read linked persons"),
@@ -234,6 +238,8 @@ Writer = Annotated[Principal, Depends(Access("fhir.write"))]
 Reader = Annotated[Principal, Depends(Access("fhir.read"))]
 BundlePoster = Annotated[Principal, Depends(Access("fhir.bundle"))]
 AuditReader = Annotated[Principal, Depends(Access("audit.read"))]
+IgReviewer = Annotated[Principal, Depends(Access("ig.review"))]
+DisclosureReporter = Annotated[Principal, Depends(Access("ig.disclosure-report"))]
 PersonReader = Annotated[Principal, Depends(Access("person.read"))]
 LinkageAdministrator = Annotated[Principal, Depends(Access("linkage.admin"))]
 FamilyViewer = Annotated[Principal, Depends(Access("family-view"))]

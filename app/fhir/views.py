@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+from app.audit import balp
 from app.auth.access import BundlePoster, Public, Reader, Writer
 from app.auth.access import require
 from app.db import Database
@@ -17,7 +18,7 @@ from app.errors import FhirError, bad_request
 from app.fhir import store
 from app.fhir.http import FhirContext, FhirResponse, fhir_body, fhir_context, resource_headers
 from app.ingest.bundles import process_bundle
-from app.ingest.service import EntryRequest, EntryResult
+from app.ingest.service import EntryRequest, EntryResult, search_event
 
 router = APIRouter(prefix="/fhir", tags=["FHIR REST"])
 
@@ -91,21 +92,33 @@ async def search_post(res_type: str, request: Request, _: Reader, ctx: FhirConte
 def _search(ctx: FhirContext, res_type: str, params: list[tuple[str, str]]) -> FhirResponse:
     store.check_type(res_type)
     require(ctx.principal, res_type, "s")
-    with ctx.db.session(readonly=True) as session:
+    with ctx.db.session() as session:  # the search and its audit commit together: no audit, no answer
         try:
             result = store.search(session, ctx.principal, res_type, params, default_count=ctx.settings.default_page_size, max_count=ctx.settings.max_page_size)
         except DataError:  # a search value the database cannot compare that validation let through
             raise unstorable() from None
         bundle = store.searchset_bundle(result, base=ctx.base, res_type=res_type, params=params)
+        query = "&".join(f"{k}={v}" for k, v in params)
+        balp.record(session, search_event(ctx.principal, f"{res_type}?{query}", bundle, ctx.request_id))
     return FhirResponse(bundle)
+
+
+def _audit_read(session, ctx: FhirContext, interaction: str, res_type: str, res_id: str, rows) -> None:
+    """The BALP read/vread/history event, in the read's transaction."""
+    event = balp.AccessEvent(ctx.principal, interaction, request_id=ctx.request_id)
+    for row in rows:
+        event.entity(f"{res_type}/{res_id}", version=str(row.version_id))
+    event.about(balp.record_subjects(res_type, res_id, json.loads(rows[0].body) if rows else None))
+    balp.record(session, event)
 
 
 @router.get("/{res_type}/{res_id}", summary="Read")
 def read(res_type: str, res_id: str, _: Reader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
-    with ctx.db.session(readonly=True) as session:
+    with ctx.db.session() as session:
         row = store.read(session, ctx.principal, res_type, res_id)
+        _audit_read(session, ctx, "read", res_type, res_id, [row])
     return FhirResponse(row.body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, ctx.base))
 
 
@@ -113,8 +126,9 @@ def read(res_type: str, res_id: str, _: Reader, ctx: FhirContext = Depends(fhir_
 def instance_history(res_type: str, res_id: str, _: Reader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
-    with ctx.db.session(readonly=True) as session:
+    with ctx.db.session() as session:
         rows = store.history(session, ctx.principal, res_type, res_id)
+        _audit_read(session, ctx, "history-instance", res_type, res_id, rows)
     entries = [
         {
             "fullUrl": f"{ctx.base}/{r.res_type}/{r.res_id}",
@@ -131,6 +145,7 @@ def instance_history(res_type: str, res_id: str, _: Reader, ctx: FhirContext = D
 def version_read(res_type: str, res_id: str, vid: str, _: Reader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
-    with ctx.db.session(readonly=True) as session:
+    with ctx.db.session() as session:
         row = store.vread(session, ctx.principal, res_type, res_id, vid)
+        _audit_read(session, ctx, "vread", res_type, res_id, [row])
     return FhirResponse(row.body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, ctx.base))

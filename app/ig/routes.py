@@ -1,0 +1,151 @@
+"""HTTP surface of information governance (IG officers): thin views over the services of
+``app.ig`` (parse, call, return). The IG pages call the same services.
+
+    GET  /ig/reviews?overdue=true&_count=&_offset=     the review queue, oldest first
+    POST /ig/reviews/{event_id}  {"outcome", "note"}    record a review
+    GET  /fhir/Patient/{id}/$disclosure-report          every disclosure of the person (FHIR Bundle or CSV);
+                                                        also RelatedPerson/{id}: any record of the person
+    GET  /fhir/Patient/$disclosure-report?identifier=https://fhir.nhs.uk/Id/nhs-number|NNN
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from app.audit import balp
+from app.auth.access import DisclosureReporter, IgReviewer
+from app.errors import FhirError, bad_request
+from app.fhir import search
+from app.fhir.http import CSV, FhirContext, FhirResponse, fhir_context, produces
+from app.ig import disclosure, reviews
+from app.linkage.queue import linkage_settled
+
+router = APIRouter(prefix="/ig", tags=["Information governance"])
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype not in ("application/json", "application/fhir+json"):
+        raise FhirError(415, "not-supported", f"Content-Type must be application/json (got {ctype or 'none'})", spine_code="UNSUPPORTED_MEDIA_TYPE")
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FhirError(400, "structure", "The body is not valid JSON", spine_code="INVALID_RESOURCE") from None
+    if not isinstance(body, dict):
+        raise bad_request("The body must be a JSON object with 'outcome' and 'note'", code="structure")
+    return body
+
+
+def _string(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise FhirError(400, "required", f"'{name}' is required", expression=name, spine_code="MISSING_VALUE")
+    if not isinstance(value, str):
+        raise bad_request(f"'{name}' must be a string", expression=name)
+    return value
+
+
+@router.get("/reviews", summary="The IG review queue: open safeguarding overrides and break-glass views, oldest first")
+def review_queue(request: Request, principal: IgReviewer) -> FhirResponse:
+    paging = search.Paging.start(50, 500)
+    only_overdue = False
+    for name, value in request.query_params.multi_items():
+        if paging.take(name, value) or name in search.FORMAT_PARAMS:
+            continue
+        if name != "overdue":
+            raise bad_request(f"Unknown parameter '{name}' (supported: overdue, _count, _offset)", expression=name, code="not-supported")
+        if value not in ("true", "false"):
+            raise bad_request("overdue must be true or false", expression="overdue")
+        only_overdue = value == "true"
+    settings = request.app.state.settings
+    with request.app.state.db.session() as session:
+        total, items = reviews.queue(session, overdue_days=settings.ig_review_overdue_days, offset=paging.offset,
+                                     count=paging.count, only_overdue=only_overdue)
+        balp.record(session, balp.AccessEvent(principal, "ig-review-queue", action="R", request_id=getattr(request.state, "request_id", ""),
+                                              outcome_desc=f"{total} open"))
+    return FhirResponse({"total": total, "overdueAfterDays": settings.ig_review_overdue_days, "offset": paging.offset,
+                         "items": [i.to_json() for i in items]})
+
+
+@router.post("/reviews/{event_id}", summary="Record an IG review of an override: outcome appropriate | inappropriate | needs-follow-up, and a note")
+async def review(event_id: str, request: Request, principal: IgReviewer) -> FhirResponse:
+    body = await _json_object(request)
+    outcome, note = _string(body, "outcome"), _string(body, "note")
+    request_id = getattr(request.state, "request_id", "")
+
+    def work() -> dict[str, Any]:
+        with request.app.state.db.session() as session:
+            return reviews.record_review(session, principal, event_id, outcome, note, request_id=request_id).to_json()
+
+    return FhirResponse({"event": f"AuditEvent/{event_id}", **await run_in_threadpool(work)}, status_code=201)
+
+
+report_router = APIRouter(prefix="/fhir/Patient", tags=["Information governance"], dependencies=[Depends(linkage_settled)])
+record_router = APIRouter(prefix="/fhir", tags=["Information governance"], dependencies=[Depends(linkage_settled)])
+
+
+def _report(request: Request, ctx: FhirContext, asked_for: str) -> Response:
+    with ctx.db.session() as session:
+        report = disclosure.disclosure_report(session, asked_for)
+        event = balp.AccessEvent(ctx.principal, "disclosure-report", action="R", request_id=ctx.request_id,
+                                 outcome_desc=f"{len(report.disclosures)} disclosure(s) reported")
+        event.about(sorted(report.person.index_values | {asked_for}))
+        balp.record(session, event)  # a subject access report is itself an access to the person's audit
+    if getattr(request.state, "media_type", None) == CSV:
+        return Response(disclosure.to_csv(report), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="disclosure-report.csv"'})
+    return FhirResponse(disclosure.to_bundle(report, ctx.base))
+
+
+@report_router.get("/$disclosure-report", summary="Subject access: every disclosure of a person's data, by identifier (NHS number)",
+                   openapi_extra=produces(CSV))
+def disclosure_report_by_identifier(
+    request: Request, _: DisclosureReporter,
+    identifier: str | None = Query(None, description="https://fhir.nhs.uk/Id/nhs-number|NNNNNNNNNN"),
+    ctx: FhirContext = Depends(fhir_context),
+) -> Response:
+    for name in request.query_params:
+        if name not in ("identifier", "_format"):
+            raise bad_request(f"Unknown parameter '{name}' (supported: identifier, _format)", expression=name, code="not-supported")
+    if len(request.query_params.getlist("identifier")) != 1 or not (identifier or "").strip():
+        raise FhirError(400, "required", "Give one identifier=https://fhir.nhs.uk/Id/nhs-number|NNNNNNNNNN", expression="identifier", spine_code="MISSING_VALUE")
+    system, sep, value = identifier.partition("|")
+    if sep and system != "https://fhir.nhs.uk/Id/nhs-number":
+        raise bad_request("identifier must be an NHS number (https://fhir.nhs.uk/Id/nhs-number|NNNNNNNNNN)", expression="identifier")
+    from app.identifiers import is_valid_nhs_number
+
+    value = value if sep else system
+    if not is_valid_nhs_number(value):
+        raise FhirError(422, "value", "identifier is not a valid NHS number (10 digits, Modulus 11)", expression="identifier", spine_code="INVALID_IDENTIFIER_VALUE")
+    return _report(request, ctx, value)
+
+
+@record_router.get("/{res_type}/{record_id}/$disclosure-report",
+                   summary="Subject access: every disclosure of the data of the person Patient/{id} or RelatedPerson/{id} is, through all their linked records",
+                   openapi_extra=produces(CSV))
+def disclosure_report_by_record(res_type: str, record_id: str, request: Request, _: DisclosureReporter,
+                                ctx: FhirContext = Depends(fhir_context)) -> Response:
+    if res_type not in ("Patient", "RelatedPerson"):
+        raise FhirError(404, "not-supported", "$disclosure-report is an operation on Patient and RelatedPerson", spine_code="INVALID_RESOURCE")
+    for name in request.query_params:
+        if name != "_format":
+            raise bad_request(f"Unknown parameter '{name}' (supported: _format)", expression=name, code="not-supported")
+    from app.fhir import store
+
+    with ctx.db.session(readonly=True) as session:
+        row = store.get_current(session, res_type, record_id)
+        if row is None or row.deleted:
+            raise FhirError(404, "not-found", f"{res_type}/{record_id} is not known")
+    return _report(request, ctx, f"{res_type}/{record_id}")
+
+
+def install(app, *, operations: list, extra_resources: list) -> None:
+    app.include_router(router)
+    app.include_router(report_router)
+    app.include_router(record_router)
+    operations.append({"code": "disclosure-report", "url": f"{balp.FV}/OperationDefinition/disclosure-report"})
