@@ -115,6 +115,8 @@ def _table() -> dict[str, Rule]:
              roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may review overrides"),
         Rule("ig.disclosure-report", "produce a subject access (disclosure) report",
              roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may produce disclosure reports"),
+        Rule("ig.audit-export", "export the audit (NDJSON or CSV)",
+             roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may export the audit"),
         Rule("person.read", "read linked persons (Person read and search)",
              roles=_all(["admin", "ig-officer", "source-system"]), all_orgs=frozenset({"admin", "ig-officer"}),
              refusal="The {role} role may not read linked persons"),
@@ -240,6 +242,7 @@ BundlePoster = Annotated[Principal, Depends(Access("fhir.bundle"))]
 AuditReader = Annotated[Principal, Depends(Access("audit.read"))]
 IgReviewer = Annotated[Principal, Depends(Access("ig.review"))]
 DisclosureReporter = Annotated[Principal, Depends(Access("ig.disclosure-report"))]
+AuditExporter = Annotated[Principal, Depends(Access("ig.audit-export"))]
 PersonReader = Annotated[Principal, Depends(Access("person.read"))]
 LinkageAdministrator = Annotated[Principal, Depends(Access("linkage.admin"))]
 FamilyViewer = Annotated[Principal, Depends(Access("family-view"))]

@@ -99,19 +99,22 @@ _FORMAT_ALIASES = {
     "html": HTML, "text/html": HTML,
 }
 PRODUCES_KEY = "x-familyview-produces"
+PRODUCES_ONLY_KEY = "x-familyview-produces-only"
 
 
-def produces(*media_types: str) -> dict[str, Any]:
-    """A route's ``openapi_extra`` naming the formats it answers in besides FHIR JSON."""
-    return {PRODUCES_KEY: list(media_types)}
+def produces(*media_types: str, only: bool = False) -> dict[str, Any]:
+    """A route's ``openapi_extra`` naming the formats it answers in besides FHIR JSON (with
+    ``only``: instead of it; the first is the default)."""
+    return {PRODUCES_KEY: list(media_types), PRODUCES_ONLY_KEY: only}
 
 
 def _route_formats(request: Request) -> list[str]:
     from fastapi.responses import HTMLResponse
 
     route = request.scope.get("route")
-    extra = (getattr(route, "openapi_extra", None) or {}).get(PRODUCES_KEY, [])
-    formats = [FHIR_JSON, *extra]
+    declared = getattr(route, "openapi_extra", None) or {}
+    extra = declared.get(PRODUCES_KEY, [])
+    formats = list(extra) if declared.get(PRODUCES_ONLY_KEY) else [FHIR_JSON, *extra]
     if isinstance(getattr(route, "response_class", None), type) and issubclass(route.response_class, HTMLResponse):
         formats = [HTML, *formats]
     return formats

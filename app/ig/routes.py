@@ -6,6 +6,7 @@
     GET  /fhir/Patient/{id}/$disclosure-report          every disclosure of the person (FHIR Bundle or CSV);
                                                         also RelatedPerson/{id}: any record of the person
     GET  /fhir/Patient/$disclosure-report?identifier=https://fhir.nhs.uk/Id/nhs-number|NNN
+    GET  /ig/audit/export?from=&to=&format=ndjson|csv   the audit of a period, streamed
 """
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.audit import balp
-from app.auth.access import DisclosureReporter, IgReviewer
+from app.auth.access import AuditExporter, DisclosureReporter, IgReviewer
 from app.errors import FhirError, bad_request
 from app.fhir import search
-from app.fhir.http import CSV, FhirContext, FhirResponse, fhir_context, produces
-from app.ig import disclosure, reviews
+from app.fhir.http import CSV, NDJSON, FhirContext, FhirResponse, fhir_context, produces
+from app.ig import disclosure, export, reviews
 from app.linkage.queue import linkage_settled
 
 router = APIRouter(prefix="/ig", tags=["Information governance"])
@@ -83,6 +84,34 @@ async def review(event_id: str, request: Request, principal: IgReviewer) -> Fhir
             return reviews.record_review(session, principal, event_id, outcome, note, request_id=request_id).to_json()
 
     return FhirResponse({"event": f"AuditEvent/{event_id}", **await run_in_threadpool(work)}, status_code=201)
+
+
+@router.get("/audit/export", summary="Export the audit of a period (from, to: FHIR dates or dateTimes) as NDJSON or CSV, streamed",
+            openapi_extra=produces(NDJSON, CSV, only=True))
+def audit_export(request: Request, principal: AuditExporter,
+                 start: str | None = Query(None, alias="from", description="first date or dateTime included"),
+                 end: str | None = Query(None, alias="to", description="last date or dateTime included (the whole day for a date)"),
+                 format: str | None = Query(None, description="ndjson (default) or csv; or _format, or Accept")) -> StreamingResponse:
+    for name in request.query_params:
+        if name not in ("from", "to", "format", "_format"):
+            raise bad_request(f"Unknown parameter '{name}' (supported: from, to, format)", expression=name, code="not-supported")
+    for name in ("from", "to", "format"):
+        if len(request.query_params.getlist(name)) > 1:
+            raise bad_request(f"{name} may be given only once", expression=name)
+    if format is not None and format not in export.FORMATS:
+        raise bad_request("format must be ndjson or csv", expression="format")
+    chosen = format or ("csv" if getattr(request.state, "media_type", None) == CSV else "ndjson")
+    where = export.period(start, end)
+    db = request.app.state.db
+    event = balp.AccessEvent(principal, "audit-export", action="R", request_id=getattr(request.state, "request_id", ""),
+                             query=str(request.url.query), outcome_desc=f"audit exported as {chosen}")
+    with db.session() as session:  # recorded before the first byte: an export that cannot be audited does not start
+        balp.record(session, event)
+    if chosen == "csv":
+        return StreamingResponse(export.csv_rows(db, where), media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
+    return StreamingResponse(export.ndjson(db, where), media_type="application/fhir+ndjson",
+                             headers={"Content-Disposition": 'attachment; filename="audit.ndjson"'})
 
 
 report_router = APIRouter(prefix="/fhir/Patient", tags=["Information governance"], dependencies=[Depends(linkage_settled)])
