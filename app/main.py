@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -13,7 +13,7 @@ from app.auth.tokens import TokenVerifier
 from app.db import Database
 from app.errors import FhirError, Issue, operation_outcome
 from app.fhir.capability import capability_statement
-from app.fhir.http import FhirResponse, negotiate
+from app.fhir.http import FhirResponse
 from app.middleware import RequestContextMiddleware
 from app.settings import Settings, get_settings
 from app.wiring import database as open_database
@@ -61,7 +61,6 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
-        dependencies=[Depends(negotiate)],  # 406 for a format a route does not produce (app.fhir.http)
     )
     app.state.settings = settings
     app.state.db = database or open_database(settings)

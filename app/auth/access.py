@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Annotated, Any, Mapping
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
 from app.auth.deps import get_principal
 from app.auth.tokens import ROLES, Principal
 from app.errors import FhirError
+from app.negotiation import negotiate
 
 ANY_TYPE = None  # a role allowed on every resource type of the operation
 
@@ -201,7 +202,8 @@ class _PublicAccess(AccessDependency):
     def __init__(self, operation: str):
         self.operation = operation
 
-    def __call__(self) -> None:
+    def __call__(self, request: Request) -> None:
+        negotiate(request)  # 406 for a format the route does not produce
         return None
 
 
@@ -209,9 +211,10 @@ class _TokenAccess(AccessDependency):
     def __init__(self, operation: str):
         self.operation = operation
 
-    def __call__(self, principal: Principal = Depends(get_principal)) -> Principal:
+    def __call__(self, request: Request, principal: Principal = Depends(get_principal)) -> Principal:
         if not rule(self.operation).audited_refusal:
             check(principal, self.operation)
+        negotiate(request)  # after the role check: a refused requester learns nothing of the route's formats
         return principal
 
 
