@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -54,7 +56,23 @@ def audit_refusal(request: Request, exc: FhirError) -> None:
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        deliverer = None
+        if settings.notification_endpoints:  # notifications to holders' endpoints leave from the outbox
+            from app.ig.notifications import Deliverer
+
+            deliverer = Deliverer(app.state.db, settings)
+            deliverer.start()
+        try:
+            yield
+        finally:
+            if deliverer is not None:
+                deliverer.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="familyview",
         version="0.1.0",
         description="FHIR R4 gateway that joins up the infant-family record and discloses it only on a lawful basis.",

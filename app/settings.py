@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     # Information governance: a queued override or break-glass view is overdue after this many days
     ig_review_overdue_days: int = Field(default=7, ge=0)
 
+    # Notifications to the holders of records a safeguarding override disclosed: ODS code ->
+    # {"url": base, "kind": "fhir" (POST {url}/Communication) | "webhook" (POST {url}), optional
+    # "bearer_token"} (JSON in the environment). A holder with none fetches its own (awaiting pick-up).
+    notification_endpoints: dict[str, dict[str, str]] = Field(default_factory=dict)
+    notification_max_attempts: int = Field(default=8, ge=1)
+    notification_backoff_seconds: float = Field(default=2.0, gt=0)
+    notification_max_backoff_seconds: float = Field(default=600.0, gt=0)
+    notification_timeout_seconds: float = Field(default=10.0, gt=0)
+    notification_poll_seconds: float = Field(default=1.0, gt=0)
+
     # Name of this deployment in audit records
     deployment_name: str = "familyview"
     log_level: str = "INFO"

@@ -118,6 +118,11 @@ def _table() -> dict[str, Rule]:
              roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may produce disclosure reports"),
         Rule("ig.audit-export", "export the audit (NDJSON or CSV)",
              roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may export the audit"),
+        Rule("ig.notifications", "read every notification to record holders and its delivery status",
+             roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may read every notification"),
+        Rule("notifications.own", "read the notifications sent to one's own organisation",
+             roles=_all(r for r in ROLES if r not in ("ig-officer", "admin")),
+             refusal="The {role} role holds no records and receives no notifications"),
         Rule("person.read", "read linked persons (Person read and search)",
              roles=_all(["admin", "ig-officer", "source-system"]), all_orgs=frozenset({"admin", "ig-officer"}),
              refusal="The {role} role may not read linked persons"),
@@ -246,6 +251,8 @@ AuditReader = Annotated[Principal, Depends(Access("audit.read"))]
 IgReviewer = Annotated[Principal, Depends(Access("ig.review"))]
 DisclosureReporter = Annotated[Principal, Depends(Access("ig.disclosure-report"))]
 AuditExporter = Annotated[Principal, Depends(Access("ig.audit-export"))]
+NotificationReader = Annotated[Principal, Depends(Access("ig.notifications"))]
+OwnNotificationReader = Annotated[Principal, Depends(Access("notifications.own"))]
 PersonReader = Annotated[Principal, Depends(Access("person.read"))]
 LinkageAdministrator = Annotated[Principal, Depends(Access("linkage.admin"))]
 FamilyViewer = Annotated[Principal, Depends(Access("family-view"))]

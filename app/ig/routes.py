@@ -7,6 +7,8 @@
                                                         also RelatedPerson/{id}: any record of the person
     GET  /fhir/Patient/$disclosure-report?identifier=https://fhir.nhs.uk/Id/nhs-number|NNN
     GET  /ig/audit/export?from=&to=&format=ndjson|csv   the audit of a period, streamed
+    GET  /ig/notifications?status=&recipient=           every notification to record holders, with delivery status
+    GET  /notifications?status=                         a holder's own notifications (its token's organisation)
 """
 from __future__ import annotations
 
@@ -18,11 +20,11 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.audit import balp
-from app.auth.access import AuditExporter, DisclosureReporter, IgReviewer
+from app.auth.access import AuditExporter, DisclosureReporter, IgReviewer, NotificationReader, OwnNotificationReader
 from app.errors import FhirError, bad_request
 from app.fhir import search
 from app.fhir.http import CSV, NDJSON, FhirContext, FhirResponse, fhir_context, produces
-from app.ig import disclosure, export, reviews
+from app.ig import disclosure, export, notifications, reviews
 from app.linkage.queue import linkage_settled
 
 router = APIRouter(prefix="/ig", tags=["Information governance"])
@@ -114,6 +116,43 @@ def audit_export(request: Request, principal: AuditExporter,
                              headers={"Content-Disposition": 'attachment; filename="audit.ndjson"'})
 
 
+def _notifications(request: Request, principal, allowed: tuple[str, ...], target_org: str | None) -> FhirResponse:
+    paging = search.Paging.start(50, 500)
+    status = None
+    for name, value in request.query_params.multi_items():
+        if paging.take(name, value) or name in search.FORMAT_PARAMS:
+            continue
+        if name not in allowed:
+            raise bad_request(f"Unknown parameter '{name}' (supported: {', '.join(allowed + ('_count', '_offset'))})", expression=name, code="not-supported")
+        if name == "status":
+            if value not in notifications.STATUSES:
+                raise bad_request(f"status must be one of {', '.join(notifications.STATUSES)}", expression="status")
+            status = value
+        elif name == "recipient":
+            target_org = value
+    with request.app.state.db.session() as session:
+        total, found = notifications.notifications(session, target_org=target_org, status=status, offset=paging.offset, count=paging.count)
+        event = balp.AccessEvent(principal, "notifications-read", action="R", request_id=getattr(request.state, "request_id", ""),
+                                 query=str(request.url.query), outcome_desc=f"{total} notification(s)")
+        for n in found:
+            event.entity(f"Communication/{n.id}", status=n.status)
+        balp.record(session, event)
+    return FhirResponse({"total": total, "offset": paging.offset, "notifications": [n.to_json() for n in found]})
+
+
+@router.get("/notifications", summary="Notifications to record holders and their delivery status (IG officers)")
+def ig_notifications(request: Request, principal: NotificationReader) -> FhirResponse:
+    return _notifications(request, principal, ("status", "recipient"), None)
+
+
+holder_router = APIRouter(tags=["Information governance"])
+
+
+@holder_router.get("/notifications", summary="A record holder's own notifications of disclosures, with delivery status")
+def own_notifications(request: Request, principal: OwnNotificationReader) -> FhirResponse:
+    return _notifications(request, principal, ("status",), principal.org)
+
+
 report_router = APIRouter(prefix="/fhir/Patient", tags=["Information governance"], dependencies=[Depends(linkage_settled)])
 record_router = APIRouter(prefix="/fhir", tags=["Information governance"], dependencies=[Depends(linkage_settled)])
 
@@ -176,5 +215,6 @@ def disclosure_report_by_record(res_type: str, record_id: str, request: Request,
 def install(app, *, operations: list, extra_resources: list) -> None:
     app.include_router(router)
     app.include_router(report_router)
+    app.include_router(holder_router)
     app.include_router(record_router)
     operations.append({"code": "disclosure-report", "url": f"{balp.FV}/OperationDefinition/disclosure-report"})
