@@ -619,9 +619,10 @@ class IngestService:
         consents = [w for w in written if w.res_type == "Consent"]
         if consents:  # a change to who may see a person's records is itself audited, in this transaction
             audit_consent_writes(self.session, self.principal, consents)
-        if written:  # every write is audited in its own transaction: no audit, no write
-            interaction = self.interaction or ("create" if all(w.created for w in written) else "update")
-            balp.record(self.session, write_event(self.principal, interaction, written, self.request_id))
+        others = [w for w in written if w.res_type != "Consent"]  # a Consent's write is its consent-write event above
+        if others:  # every write is audited in its own transaction: no audit, no write
+            interaction = self.interaction or ("create" if all(w.created for w in others) else "update")
+            balp.record(self.session, write_event(self.principal, interaction, others, self.request_id))
         return results
 
     def _flush(self, creates, updates, versions, rows: IndexRows, new_keys, known_keys: dict[tuple, str] | None) -> None:
