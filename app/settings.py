@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     notification_timeout_seconds: float = Field(default=10.0, gt=0)
     notification_poll_seconds: float = Field(default=1.0, gt=0)
 
+    # The key that signs audit anchors (`familyview audit anchor`): RS256, created on first use.
+    # Keep it apart from the database (whoever can rewrite the chain must not hold it).
+    audit_anchor_key_path: Path = DEFAULT_VAR_DIR / "audit-anchor-key.pem"
+
     # Name of this deployment in audit records
     deployment_name: str = "familyview"
     log_level: str = "INFO"
