@@ -222,6 +222,18 @@ def record(session: Session, access: AccessEvent) -> str:
     return access.event_id
 
 
+def record_many(session: Session, accesses: list[AccessEvent]) -> None:
+    """Append several events in one go (``audit_store.append_many``), in the caller's transaction."""
+    entries = []
+    for access in accesses:
+        event = access.to_fhir()
+        entries.append((event, access.columns(event), audit_store.index_from_body(event)))
+    try:
+        audit_store.append_many(session, entries)
+    except SQLAlchemyError:
+        raise audit_unavailable() from None
+
+
 def audit_unavailable() -> FhirError:
     """No audit, no access: the answer when the audit cannot be written."""
     return FhirError(503, "transient", "The request could not be recorded in the audit, so it was not carried out. Try again later.",
