@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -54,11 +55,25 @@ def audit_refusal(request: Request, exc: FhirError) -> None:
         log.error("the refusal could not be audited (request_id=%s)", getattr(request.state, "request_id", ""))
 
 
+def _record_policy(app: FastAPI) -> None:
+    """The disclosure policy this server starts with, audited when it changed (app.audit.balp)."""
+    from app.audit import balp
+    from consent import load_policy
+
+    policy = load_policy()
+    try:
+        with app.state.db.session() as session:
+            balp.record_policy_in_force(session, policy.version, Path(policy.source).name)
+    except Exception:  # noqa: BLE001 - a database not migrated yet: serving says so on the first request
+        log.warning("the disclosure policy in force could not be audited at start-up")
+
+
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(_record_policy, app)
         deliverer = None
         if settings.notification_endpoints:  # notifications to holders' endpoints leave from the outbox
             from app.ig.notifications import Deliverer

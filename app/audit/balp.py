@@ -37,6 +37,7 @@ ROLE_SYSTEM = f"{FV}/CodeSystem/requester-role"
 ENTITY_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 EXT_REQUEST_ID = f"{FV}/StructureDefinition/audit-request-id"
+EXT_POLICY_VERSION = f"{FV}/StructureDefinition/audit-policy-version"
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 
 OUTCOME_SUCCESS = "0"
@@ -97,6 +98,7 @@ class AccessEvent:
     purpose: str | None = None
     request_id: str = ""
     description: str | None = None
+    policy_version: str | None = None
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def entity(self, reference: str, **details: str) -> "AccessEvent":
@@ -172,6 +174,8 @@ class AccessEvent:
             "source": {"site": "familyview", "observer": {"display": "familyview FHIR gateway"},
                        "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
         }
+        if self.policy_version:
+            event["extension"].append({"url": EXT_POLICY_VERSION, "valueString": self.policy_version})
         if not event["extension"]:
             del event["extension"]
         if self.outcome_desc:
@@ -187,7 +191,7 @@ class AccessEvent:
         return AuditColumns(
             type_code=event["type"]["code"], subtype_code=self.subtype, action=event["action"], outcome=self.outcome,
             purpose_of_use=self.purpose_of_use, agent_sub=p.sub if p else "anonymous", agent_org=p.org if p else "unknown",
-            agent_role=p.role if p else "anonymous", review_required=False, policy_version=None,
+            agent_role=p.role if p else "anonymous", review_required=False, policy_version=self.policy_version,
         )
 
 
@@ -255,3 +259,25 @@ def session_event(principal: Principal | None, kind: str, *, succeeded: bool = T
     elif reason:
         event.outcome_desc = reason
     return event
+
+
+GATEWAY = Principal(sub="familyview", role="system", org="FAMILYVIEW")
+
+
+def record_policy_in_force(session: Session, version: str, source: str) -> bool:
+    """A change of the disclosure policy is an IG fact: when the policy a server starts with
+    differs from the last one the audit recorded, a policy-change event records it (which
+    version, from which file). Returns whether one was written."""
+    from sqlalchemy import select
+
+    from app.audit.models import AuditRecord
+
+    last = session.scalar(select(AuditRecord.policy_version).where(AuditRecord.subtype_code == "policy-change")
+                          .order_by(AuditRecord.seq.desc()).limit(1))
+    if last == version:
+        return False
+    event = AccessEvent(GATEWAY, "policy-change", action="U", policy_version=version,
+                        outcome_desc=f"disclosure policy {version} in force" + (f" (was {last})" if last else ""))
+    event.entity(f"{FV}/policy/{source}", version=version)
+    record(session, event)
+    return True

@@ -44,7 +44,7 @@ def _verify(live, capsys, *extra: str) -> tuple[int, str]:
 
 def test_an_intact_chain_holds_its_anchor_and_may_grow(live, anchored, capsys):
     claims = jwt.decode(anchored.read_text().strip(), options={"verify_signature": False})
-    assert claims["count"] == 4 and len(claims["head_hash"]) == 64
+    assert claims["count"] == 5 and len(claims["head_hash"]) == 64  # the policy in force at start-up and 4 writes
     assert jwt.get_unverified_header(anchored.read_text().strip())["alg"] == "RS256"
     rc, out = _verify(live, capsys, "--anchor", str(anchored))
     assert rc == 0 and "anchor held" in out
@@ -61,7 +61,7 @@ def test_a_chain_cut_back_below_its_anchor_fails(live, anchored, capsys):
                  ("DELETE FROM audit_head WHERE seq > 2", {}))
     assert _verify(live, capsys)[0] == 0
     rc, out = _verify(live, capsys, "--anchor", str(anchored))
-    assert rc == 1 and "anchor BROKEN" in out and "fewer than the 4" in out
+    assert rc == 1 and "anchor BROKEN" in out and "fewer than the 5" in out
 
 
 def test_a_chain_rewritten_since_its_anchor_fails(live, anchored, capsys):

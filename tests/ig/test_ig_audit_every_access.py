@@ -156,6 +156,22 @@ def test_login_and_logout_hooks_write_their_events(live):
     assert failed["agent"][0]["who"]["identifier"]["value"] == "mallory"
 
 
+def test_the_policy_in_force_is_audited_when_it_changes(live):
+    """A server that starts with another disclosure policy than the audit last recorded records
+    the change; a restart with the same policy does not repeat it."""
+    from consent import load_policy
+
+    changes = _events(live, subtype="policy-change")
+    assert len(changes) == 1 and changes[0]["outcome"] == "0"
+    version = load_policy().version
+    assert {"url": balp.EXT_POLICY_VERSION, "valueString": version} in changes[0]["extension"]
+    with live.app.state.db.session() as s:
+        assert balp.record_policy_in_force(s, version, "baseline.yaml") is False
+        assert balp.record_policy_in_force(s, "9.9.9", "edited.yaml") is True
+    newest = _events(live, subtype="policy-change")[0]
+    assert "9.9.9 in force (was " in newest["outcomeDesc"] and newest["entity"][0]["what"]["reference"].endswith("/policy/edited.yaml")
+
+
 def test_date_and_purpose_search_and_the_chain_verifies(live, capsys):
     src = live.source(MATERNITY_ORG, "maternity")
     before = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")

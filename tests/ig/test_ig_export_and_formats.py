@@ -35,7 +35,9 @@ def test_export_ndjson_is_the_chain_in_order_and_csv_its_columns(live):
     r = ig.get("/ig/audit/export")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+ndjson")
     events = [json.loads(line) for line in r.text.splitlines()]
-    assert len(events) == 4 and all(e["resourceType"] == "AuditEvent" for e in events)  # 3 creates and this export
+    # the policy in force at start-up, 3 creates and this export
+    assert len(events) == 5 and all(e["resourceType"] == "AuditEvent" for e in events)
+    assert {c["code"] for c in events[0]["subtype"]} == {"policy-change", "operation"}
     # the lines are the stored bodies in chain order: the chain can be recomputed from the export and the CSV
     c = ig.get("/ig/audit/export", params={"format": "csv"})
     assert c.status_code == 200 and c.headers["content-type"].startswith("text/csv")
