@@ -29,11 +29,11 @@ _STATUS_CODES = {404: ("not-found", "RESOURCE_NOT_FOUND"), 405: ("not-supported"
 
 def _domain_modules() -> list[Any]:
     """Domain packages that add routes, operations and ingest hooks (in route order)."""
-    from app import audit, family, sync
+    from app import audit, family, sync, web
     from app.ig import routes as ig_routes
     from app.linkage import api as linkage_api
 
-    return [family, audit, ig_routes, linkage_api, sync]
+    return [family, audit, ig_routes, linkage_api, sync, web]
 
 
 def audit_refusal(request: Request, exc: FhirError) -> None:

@@ -62,6 +62,7 @@ class Rule:
     all_orgs: frozenset[str] = frozenset()
     public: bool = False  # no bearer token (capability, documentation; the rest-hook has its own secret)
     audited_refusal: bool = False  # refused by the service after the request is read, so the refusal is audited
+    own_formats: bool = False  # answers in formats of its own (pages, assets): not held to FHIR JSON by app.negotiation
     refusal: str = "The {role} role may not {what}"
     type_refusal: str = "The {role} role may not {what} on {res_type} resources"
 
@@ -95,6 +96,10 @@ def _table() -> dict[str, Rule]:
         Rule("capability", "read the CapabilityStatement", public=True),
         Rule("docs", "read the API documentation", public=True),
         Rule("sync.rest-hook", "notify a sync", public=True),  # the upstream's shared secret, not a token
+        Rule("web.assets", "read the pages' stylesheets, scripts and icons", public=True, own_formats=True),
+        # the pages: the page session (app.web.session, signed in by OpenID Connect or the demo
+        # sign-in), not a bearer token; what a family page shows is the family-view service's
+        Rule("web.pages", "use the pages (signed in with the page session)", public=True, own_formats=True),
         # a Bundle's entries are checked one by one, as fhir.write and fhir.read
         Rule("fhir.bundle", "post a transaction or batch", roles=_all(ROLES)),
         Rule("fhir.write", "write records",
@@ -208,7 +213,8 @@ class _PublicAccess(AccessDependency):
         self.operation = operation
 
     def __call__(self, request: Request) -> None:
-        negotiate(request)  # 406 for a format the route does not produce
+        if not rule(self.operation).own_formats:
+            negotiate(request)  # 406 for a format the route does not produce
         return None
 
 
