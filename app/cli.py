@@ -162,17 +162,61 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
+    from app.audit import anchor
     from app.audit.service import verify
     from app.db import Database
 
-    db = Database(args.database_url or get_settings().database_url)
+    settings = get_settings()
+    db = Database(args.database_url or settings.database_url)
     try:
         with db.session(readonly=True) as session:
-            result = verify(session, expect_head=args.expect_head, expect_count=args.expect_count)
+            if args.action == "anchor":
+                result, token = anchor.make_anchor(session, settings)
+            elif args.anchor:
+                try:
+                    token = Path(args.anchor).read_text()
+                except OSError as exc:
+                    print(f"familyview audit verify: cannot read the anchor {args.anchor}: {exc.strerror}", file=sys.stderr)
+                    return 2
+                result, check = anchor.verify_against(session, settings, token)
+            else:
+                result = verify(session, expect_head=args.expect_head, expect_count=args.expect_count)
     finally:
         db.dispose()
+    if args.action == "anchor":
+        print(result)
+        if token is None:
+            print("not anchored: the chain does not verify", file=sys.stderr)
+            return 1
+        return _write_anchor(token, args.output, args.url, settings)
+    if args.anchor:
+        if result is not None and result.ok:
+            print(result)
+        print(("anchor held: " if check.ok else "anchor BROKEN: ") + check.message)
+        return 0 if check.ok else 1
     print(result)
     return 0 if result.ok else 1
+
+
+def _write_anchor(token: str, output: str | None, url: str | None, settings) -> int:
+    if url:
+        import httpx
+
+        try:
+            r = httpx.post(url, content=token, headers={"Content-Type": "application/jose"}, timeout=30)
+        except httpx.HTTPError as exc:
+            print(f"familyview audit anchor: {url} could not be reached ({type(exc).__name__})", file=sys.stderr)
+            return 1
+        if not r.is_success:
+            print(f"familyview audit anchor: {url} answered {r.status_code}", file=sys.stderr)
+            return 1
+        print(f"anchor sent to {url}")
+    if output:
+        Path(output).write_text(token + "\n")
+        print(f"anchor written to {output}")
+    if not url and not output:
+        print(token)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,9 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=str(PROJECT_ROOT / "openapi" / "openapi.json"))
     p.set_defaults(func=_cmd_openapi)
 
-    p = sub.add_parser("audit", help="audit store tools: verify proves the hash chain untouched")
-    p.add_argument("action", choices=["verify"])
+    p = sub.add_parser("audit", help="audit store tools: verify proves the hash chain untouched; anchor signs a checkpoint of it")
+    p.add_argument("action", choices=["verify", "anchor"])
     p.add_argument("--database-url")
+    p.add_argument("--anchor", metavar="FILE", help="verify: a signed checkpoint from `audit anchor`; fail if the chain was cut back or rewritten since")
+    p.add_argument("--output", metavar="FILE", help="anchor: write the signed checkpoint (JWS) to this file")
+    p.add_argument("--url", metavar="URL", help="anchor: POST the signed checkpoint (application/jose) to this URL")
     p.add_argument("--expect-head", metavar="HASH", help="an anchor kept from an earlier verify: fail unless an event has this chain hash")
     p.add_argument("--expect-count", metavar="N", type=int, help="an anchor kept from an earlier verify: fail if the chain holds fewer than N events")
     p.set_defaults(func=_cmd_audit)

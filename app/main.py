@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth.tokens import TokenVerifier
@@ -28,9 +32,42 @@ _STATUS_CODES = {404: ("not-found", "RESOURCE_NOT_FOUND"), 405: ("not-supported"
 def _domain_modules() -> list[Any]:
     """Domain packages that add routes, operations and ingest hooks (in route order)."""
     from app import audit, family, sync, web
+    from app.ig import routes as ig_routes
     from app.linkage import api as linkage_api
 
-    return [family, audit, linkage_api, sync, web]
+    return [family, audit, ig_routes, linkage_api, sync, web]
+
+
+def audit_refusal(request: Request, exc: FhirError) -> None:
+    """A refused access is audited too (outcome 4), in its own transaction: the refused
+    request's own transaction, if it had one, rolled back with the refusal."""
+    from app.audit import balp
+
+    method, path = request.method, request.url.path
+    interaction, target = balp.interaction_of(method, path)
+    event = balp.AccessEvent(request.state.principal, interaction, request_id=getattr(request.state, "request_id", ""),
+                             query=f"{method} {path}" + (f"?{request.url.query}" if request.url.query else ""))
+    if target:
+        event.entity(target)
+    event.refused(exc.status, exc.diagnostics)
+    try:
+        with request.app.state.db.session() as session:
+            balp.record(session, event)
+    except Exception:  # noqa: BLE001 - the refusal stands; the failure to audit it is logged
+        log.error("the refusal could not be audited (request_id=%s)", getattr(request.state, "request_id", ""))
+
+
+def _record_policy(app: FastAPI) -> None:
+    """The disclosure policy this server starts with, audited when it changed (app.audit.balp)."""
+    from app.audit import balp
+    from consent import load_policy
+
+    policy = load_policy()
+    try:
+        with app.state.db.session() as session:
+            balp.record_policy_in_force(session, policy.version, Path(policy.source).name)
+    except Exception:  # noqa: BLE001 - a database not migrated yet: serving says so on the first request
+        log.warning("the disclosure policy in force could not be audited at start-up")
 
 
 def _database_unreachable(exc: Exception) -> bool:
@@ -47,7 +84,24 @@ def _database_unreachable(exc: Exception) -> bool:
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(_record_policy, app)
+        deliverer = None
+        if settings.notification_endpoints:  # notifications to holders' endpoints leave from the outbox
+            from app.ig.notifications import Deliverer
+
+            deliverer = Deliverer(app.state.db, settings)
+            deliverer.start()
+        try:
+            yield
+        finally:
+            if deliverer is not None:
+                deliverer.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="familyview",
         version="0.1.0",
         description="FHIR R4 gateway that joins up the infant-family record and discloses it only on a lawful basis.",
@@ -71,6 +125,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     @app.exception_handler(FhirError)
     async def _fhir_error(request: Request, exc: FhirError) -> FhirResponse:
+        if exc.status == 403 and getattr(request.state, "principal", None) is not None:
+            await run_in_threadpool(audit_refusal, request, exc)
         return FhirResponse(exc.outcome(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(OperationalError)

@@ -4,5 +4,6 @@
 def import_all_models() -> None:
     import app.audit.models  # noqa: F401
     import app.fhir.models  # noqa: F401
+    import app.ig.models  # noqa: F401
     import app.linkage.models  # noqa: F401
     import app.sync.models  # noqa: F401

@@ -348,7 +348,7 @@ class Op:
 
 # the errors every route with a bearer token can give, and every route at all
 _TOKEN_ERRORS = (401, 403, 429)
-_ANY = (400,)
+_ANY = (400, 406)  # 406: an Accept or _format asking for a format the route does not give (app.negotiation)
 _BODY = (413, 415)
 _WRITE = (404, 409, 412, 422, 503)
 
@@ -395,6 +395,11 @@ def _per_type(route: RouteInfo) -> Iterator[Op]:
                          written, (*_ANY, *_TOKEN_ERRORS, *_BODY, *_WRITE),
                          (*_search_params(t, repeat=False), _header("If-Match", "W/\"<versionId>\": update only that version")),
                          body, scopes=_scopes(t, "u"))
+            case "disclosure_report_by_record":
+                if t in ("Patient", "RelatedPerson"):
+                    yield Op(path, "get", f"disclosureReportBy{t}", f"Subject access: every disclosure of the data of the person this {t} is",
+                             _REPORT_OK, (*_ANY, *_TOKEN_ERRORS, 404), (_path("record_id", f"The {t}'s logical id"),),
+                             tags=("Information governance",))
             case "read":
                 yield Op(path, "get", f"read{t}", f"Read a {t}", read, (*_ANY, *_TOKEN_ERRORS, 404), (res_id,), scopes=_scopes(t, "r"))
             case "instance_history":
@@ -417,6 +422,10 @@ _FV_SCOPES = ("system/Patient.r", "user/Patient.r", "system/*.r", "user/*.r")
 _FV_BODY = _json_body(_ref("Parameters"), "A FHIR Parameters resource: identifier (type level; valueString system|value or valueIdentifier), "
                                           "purpose (valueCode) and justification (valueString)", (FHIR_JSON, "application/json"))
 _LINK_JSON = "application/json"
+_JSON = "application/json"
+_OBJ = {"type": "object"}
+_REPORT_OK = {200: {"description": "The disclosures, as a FHIR Bundle or (Accept: text/csv or _format=csv) CSV",
+                    "content": {FHIR_JSON: {"schema": _ref("Bundle")}, "text/csv": {"schema": _S}}}}
 
 
 def _reason_body(*names: str) -> dict[str, Any]:
@@ -429,6 +438,7 @@ def _fixed(route: RouteInfo) -> Iterator[Op]:
     cid = _path("cid", "The review candidate's number", {"type": "integer", "minimum": 1})
     paging = tuple(_PAGING)
     admin = ("Linkage",)
+    ig = ("Information governance",)
     linkage_errors = (*_ANY, *_TOKEN_ERRORS)
     hook_errors = (*_ANY, 401, 403, 404, 429)
     hook_params = (_path("name", "The upstream's name (a key of the sync_upstreams setting)", _S),
@@ -503,6 +513,31 @@ def _fixed(route: RouteInfo) -> Iterator[Op]:
         "rest_hook_deleted": lambda: Op(route.path, "delete", "restHookDeleted", "Rest-hook receiver, HAPI FHIR's style for a deletion: acknowledged, not synced",
                                         {200: _ok("Acknowledged", _ref("OperationOutcome"))}, hook_errors,
                                         (*hook_params, _path("res_type", "The record's type", _S), _path("res_id", "The record's id")), tags=("Sync",)),
+        "review_queue": lambda: Op(route.path, "get", "igReviewQueue", "The IG review queue: open safeguarding overrides and break-glass views, oldest first",
+                                   {200: _ok("The open reviews (total, overdueAfterDays, items)", _OBJ, media=_JSON)}, (*_ANY, *_TOKEN_ERRORS),
+                                   (_query("overdue", "true: only the overdue", {"type": "string", "enum": ["true", "false"]}), *paging), tags=ig),
+        "review": lambda: Op(route.path, "post", "igRecordReview", "Record an IG review of an override (appropriate | inappropriate | needs-follow-up, and a note)",
+                             {201: _ok("The review recorded", _OBJ, media=_JSON)}, (*_ANY, *_TOKEN_ERRORS, *_BODY, 404, 409),
+                             (_path("event_id", "The reviewed AuditEvent's id"),),
+                             _json_body({"type": "object", "required": ["outcome", "note"], "properties": {
+                                 "outcome": {"type": "string", "enum": ["appropriate", "inappropriate", "needs-follow-up"]},
+                                 "note": {"type": "string", "minLength": 1}}}, "The review (JSON)", (_JSON,)), tags=ig),
+        "audit_export": lambda: Op(route.path, "get", "igAuditExport", "Export the audit of a period as NDJSON or CSV, streamed",
+                                   {200: {"description": "The AuditEvents, one per line (NDJSON) or one per row (CSV)",
+                                          "content": {"application/fhir+ndjson": {"schema": _S}, "text/csv": {"schema": _S}}}},
+                                   (*_ANY, *_TOKEN_ERRORS),
+                                   (_query("from", "First date or dateTime included"), _query("to", "Last date or dateTime included"),
+                                    _query("format", "ndjson (default) or csv", {"type": "string", "enum": ["ndjson", "csv"]})), tags=ig),
+        "ig_notifications": lambda: Op(route.path, "get", "igNotifications", "Notifications to record holders and their delivery status (IG officers)",
+                                       {200: _ok("A page of notifications", _OBJ, media=_JSON)}, (*_ANY, *_TOKEN_ERRORS),
+                                       (_query("status", "Delivery status"), _query("recipient", "The holder's ODS code"), *paging), tags=ig),
+        "own_notifications": lambda: Op(route.path, "get", "ownNotifications", "A record holder's own notifications of disclosures, with delivery status",
+                                        {200: _ok("A page of notifications", _OBJ, media=_JSON)}, (*_ANY, *_TOKEN_ERRORS),
+                                        (_query("status", "Delivery status"), *paging), tags=ig),
+        "disclosure_report_by_identifier": lambda: Op(route.path, "get", "disclosureReportByIdentifier",
+                                                      "Subject access: every disclosure of a person's data, by identifier (NHS number)",
+                                                      _REPORT_OK, (*_ANY, *_TOKEN_ERRORS, 404, 422),
+                                                      (_query("identifier", "https://fhir.nhs.uk/Id/nhs-number|NNNNNNNNNN"),), tags=ig),
     }
     if route.name not in specs:
         raise KeyError(f"{route.method} {route.path} ({route.name}) has no OpenAPI description in app/openapi_doc.py")

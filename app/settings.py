@@ -128,6 +128,23 @@ class Settings(BaseSettings):
     sync_rest_hook_header: str = "X-Familyview-Hook-Secret"
     sync_rest_hook_secret: str | None = None
 
+    # Information governance: a queued override or break-glass view is overdue after this many days
+    ig_review_overdue_days: int = Field(default=7, ge=0)
+
+    # Notifications to the holders of records a safeguarding override disclosed: ODS code ->
+    # {"url": base, "kind": "fhir" (POST {url}/Communication) | "webhook" (POST {url}), optional
+    # "bearer_token"} (JSON in the environment). A holder with none fetches its own (awaiting pick-up).
+    notification_endpoints: dict[str, dict[str, str]] = Field(default_factory=dict)
+    notification_max_attempts: int = Field(default=8, ge=1)
+    notification_backoff_seconds: float = Field(default=2.0, gt=0)
+    notification_max_backoff_seconds: float = Field(default=600.0, gt=0)
+    notification_timeout_seconds: float = Field(default=10.0, gt=0)
+    notification_poll_seconds: float = Field(default=1.0, gt=0)
+
+    # The key that signs audit anchors (`familyview audit anchor`): RS256, created on first use.
+    # Keep it apart from the database (whoever can rewrite the chain must not hold it).
+    audit_anchor_key_path: Path = DEFAULT_VAR_DIR / "audit-anchor-key.pem"
+
     # Name of this deployment in audit records
     deployment_name: str = "familyview"
     log_level: str = "INFO"

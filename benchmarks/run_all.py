@@ -18,6 +18,7 @@ BENCHMARKS = [
     ["family_view.py"],
     ["pages.py"],
     ["sync.py"],
+    ["audit.py"],
 ]
 
 

@@ -38,6 +38,7 @@ class AuditRecord(Base):
         Index("ix_audit_event_agent", "agent_sub"),
         Index("ix_audit_event_agent_org", "agent_org"),
         Index("ix_audit_event_review", "review_required"),
+        Index("ix_audit_event_purpose", "purpose_of_use"),
     )
 
 

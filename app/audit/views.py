@@ -6,24 +6,31 @@ import json
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import and_, func, select
 
+from app.audit import balp
 from app.audit.models import AuditIndex, AuditRecord
 from app.auth.access import AuditReader
 from app.errors import not_found
 from app.fhir import search
 from app.fhir.http import FhirContext, FhirResponse, fhir_context
+from app.ig.reviews import show_reviews
+from app.ig.subjects import person_records
+from app.linkage.queue import linkage_settled
 
-router = APIRouter(prefix="/fhir/AuditEvent", tags=["Audit"])
+# patient= reaches every record of the person, so what is still queued for linkage is linked first
+router = APIRouter(prefix="/fhir/AuditEvent", tags=["Audit"], dependencies=[Depends(linkage_settled)])
 SEARCH_PARAMS = ("patient", "agent", "date", "entity", "type", "subtype", "outcome", "purpose", "_id")
 DEFAULT_COUNT, MAX_COUNT = 50, 500
 
 
 @router.get("/{event_id}", summary="Read one AuditEvent (IG officers)")
 def read_event(event_id: str, _: AuditReader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
-    with ctx.db.session(readonly=True) as s:
+    with ctx.db.session() as s:  # the IG officer's own reads are audited too
         row = s.execute(select(AuditRecord).where(AuditRecord.event_id == event_id)).scalar_one_or_none()
         if row is None:
             raise not_found(f"AuditEvent/{event_id} is not known")
-        return FhirResponse(row.body)
+        body = show_reviews(s, [json.loads(row.body)])[0]
+        balp.record(s, balp.AccessEvent(ctx.principal, "read", request_id=ctx.request_id).entity(f"AuditEvent/{event_id}"))
+        return FhirResponse(body)
 
 
 def _reference_value(value: str) -> str:
@@ -38,6 +45,7 @@ def search_events(request: Request, _: AuditReader, ctx: FhirContext = Depends(f
     params = list(request.query_params.multi_items())
     search.check_limits(params, search.SearchLimits.of(ctx.settings), "AuditEvent")
     conds = []
+    patients: list[list[str]] = []
     paging = search.Paging.start(DEFAULT_COUNT, MAX_COUNT)
     for key, value in params:
         if paging.take(key, value) or key in search.FORMAT_PARAMS:
@@ -45,9 +53,11 @@ def search_events(request: Request, _: AuditReader, ctx: FhirContext = Depends(f
         if key not in SEARCH_PARAMS:
             raise search.unknown_parameter("AuditEvent", key, SEARCH_PARAMS)
         values = search.values(key, value, f"AuditEvent?{key}")
-        if key in ("patient", "entity"):
+        if key == "patient":
+            patients.append(values)
+        elif key == "entity":
             wanted = [_reference_value(v.split("|", 1)[-1]) for v in values]
-            conds.append(AuditRecord.seq.in_(select(AuditIndex.event_seq).where(AuditIndex.param == key, AuditIndex.value.in_(wanted))))
+            conds.append(AuditRecord.seq.in_(select(AuditIndex.event_seq).where(AuditIndex.param == "entity", AuditIndex.value.in_(wanted))))
         elif key == "agent":
             conds.append((AuditRecord.agent_sub.in_(values)) | (AuditRecord.agent_org.in_(values)))
         elif key == "date":
@@ -62,11 +72,21 @@ def search_events(request: Request, _: AuditReader, ctx: FhirContext = Depends(f
             conds.append(AuditRecord.purpose_of_use.in_([v.split("|")[-1] for v in values]))
         elif key == "_id":
             conds.append(AuditRecord.event_id.in_(values))
-    where = and_(*conds) if conds else True
-    with ctx.db.session(readonly=True) as s:
+    with ctx.db.session() as s:
+        for values in patients:  # any record of the person, through linkage
+            found: set[str] = set()
+            for v in values:
+                found |= person_records(s, v).index_values | {_reference_value(v.split("|", 1)[-1])}
+            conds.append(AuditRecord.seq.in_(select(AuditIndex.event_seq).where(AuditIndex.param == "patient", AuditIndex.value.in_(sorted(found)))))
+        where = and_(*conds) if conds else True
         total = s.scalar(select(func.count()).select_from(AuditRecord).where(where)) or 0
         rows = s.execute(select(AuditRecord.body).where(where).order_by(AuditRecord.seq.desc())
                          .offset(paging.offset).limit(paging.count)).scalars().all() if paging.count else []
-    resources = [json.loads(b) for b in rows]
+        query = "&".join(f"{k}={v}" for k, v in params)
+        searched = balp.AccessEvent(ctx.principal, "search-type", query=f"AuditEvent?{query}", request_id=ctx.request_id)
+        searched.outcome_desc = f"{total} match(es)"
+        searched.about(v for values in patients for v in values)
+        balp.record(s, searched)  # the IG officer's own searches are audited, in the search's transaction
+        resources = show_reviews(s, [json.loads(b) for b in rows])
     return FhirResponse(search.searchset(f"{ctx.base}/AuditEvent", params, paging, total,
                                          ((f"{ctx.base}/AuditEvent/{r['id']}", r) for r in resources)))

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Annotated, Any, Mapping
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
 from app.auth.deps import get_principal
 from app.auth.tokens import ROLES, Principal
 from app.errors import FhirError
+from app.negotiation import negotiate
 
 ANY_TYPE = None  # a role allowed on every resource type of the operation
 
@@ -61,6 +62,7 @@ class Rule:
     all_orgs: frozenset[str] = frozenset()
     public: bool = False  # no bearer token (capability, documentation; the rest-hook has its own secret)
     audited_refusal: bool = False  # refused by the service after the request is read, so the refusal is audited
+    own_formats: bool = False  # answers in formats of its own (pages, assets): not held to FHIR JSON by app.negotiation
     refusal: str = "The {role} role may not {what}"
     type_refusal: str = "The {role} role may not {what} on {res_type} resources"
 
@@ -94,10 +96,10 @@ def _table() -> dict[str, Rule]:
         Rule("capability", "read the CapabilityStatement", public=True),
         Rule("docs", "read the API documentation", public=True),
         Rule("sync.rest-hook", "notify a sync", public=True),  # the upstream's shared secret, not a token
-        Rule("web.assets", "read the pages' stylesheets, scripts and icons", public=True),
+        Rule("web.assets", "read the pages' stylesheets, scripts and icons", public=True, own_formats=True),
         # the pages: the page session (app.web.session, signed in by OpenID Connect or the demo
         # sign-in), not a bearer token; what a family page shows is the family-view service's
-        Rule("web.pages", "use the pages (signed in with the page session)", public=True),
+        Rule("web.pages", "use the pages (signed in with the page session)", public=True, own_formats=True),
         # a Bundle's entries are checked one by one, as fhir.write and fhir.read
         Rule("fhir.bundle", "post a transaction or batch", roles=_all(ROLES)),
         Rule("fhir.write", "write records",
@@ -115,6 +117,17 @@ def _table() -> dict[str, Rule]:
              refusal="The {role} role does not receive clinical data; IG officers use the audit search"),
         Rule("audit.read", "read the audit (AuditEvent read and search)", roles=_all(["ig-officer"]),
              all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may read the audit"),
+        Rule("ig.review", "work the IG review queue (list overrides and break-glass views, record a review)",
+             roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may review overrides"),
+        Rule("ig.disclosure-report", "produce a subject access (disclosure) report",
+             roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may produce disclosure reports"),
+        Rule("ig.audit-export", "export the audit (NDJSON or CSV)",
+             roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may export the audit"),
+        Rule("ig.notifications", "read every notification to record holders and its delivery status",
+             roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may read every notification"),
+        Rule("notifications.own", "read the notifications sent to one's own organisation",
+             roles=_all(r for r in ROLES if r not in ("ig-officer", "admin")),
+             refusal="The {role} role holds no records and receives no notifications"),
         Rule("person.read", "read linked persons (Person read and search)",
              roles=_all(["admin", "ig-officer", "source-system"]), all_orgs=frozenset({"admin", "ig-officer"}),
              refusal="The {role} role may not read linked persons"),
@@ -199,7 +212,9 @@ class _PublicAccess(AccessDependency):
     def __init__(self, operation: str):
         self.operation = operation
 
-    def __call__(self) -> None:
+    def __call__(self, request: Request) -> None:
+        if not rule(self.operation).own_formats:
+            negotiate(request)  # 406 for a format the route does not produce
         return None
 
 
@@ -207,9 +222,10 @@ class _TokenAccess(AccessDependency):
     def __init__(self, operation: str):
         self.operation = operation
 
-    def __call__(self, principal: Principal = Depends(get_principal)) -> Principal:
+    def __call__(self, request: Request, principal: Principal = Depends(get_principal)) -> Principal:
         if not rule(self.operation).audited_refusal:
             check(principal, self.operation)
+        negotiate(request)  # after the role check: a refused requester learns nothing of the route's formats
         return principal
 
 
@@ -238,6 +254,11 @@ Writer = Annotated[Principal, Depends(Access("fhir.write"))]
 Reader = Annotated[Principal, Depends(Access("fhir.read"))]
 BundlePoster = Annotated[Principal, Depends(Access("fhir.bundle"))]
 AuditReader = Annotated[Principal, Depends(Access("audit.read"))]
+IgReviewer = Annotated[Principal, Depends(Access("ig.review"))]
+DisclosureReporter = Annotated[Principal, Depends(Access("ig.disclosure-report"))]
+AuditExporter = Annotated[Principal, Depends(Access("ig.audit-export"))]
+NotificationReader = Annotated[Principal, Depends(Access("ig.notifications"))]
+OwnNotificationReader = Annotated[Principal, Depends(Access("notifications.own"))]
 PersonReader = Annotated[Principal, Depends(Access("person.read"))]
 LinkageAdministrator = Annotated[Principal, Depends(Access("linkage.admin"))]
 FamilyViewer = Annotated[Principal, Depends(Access("family-view"))]

@@ -8,4 +8,6 @@ from app.auth.tokens import Principal, bearer_token
 
 def get_principal(request: Request) -> Principal:
     principal = bearer_token(request.headers.get("authorization"))
-    return request.app.state.verifier.verify(principal)
+    verified = request.app.state.verifier.verify(principal)
+    request.state.principal = verified  # who asked, for the audit of a refusal (app.main)
+    return verified

@@ -14,6 +14,7 @@ from app.auth.tokens import Principal, Scope
 from app.errors import FhirError
 from app.family.service import FamilyViewRequest, FamilyViewResult, FamilyViewService
 from app.fhir.http import FhirContext, FhirResponse, fhir_body, fhir_context
+from app.ig.notifications import enqueue
 from app.linkage.queue import linkage_settled
 
 log = logging.getLogger("familyview")
@@ -21,13 +22,16 @@ router = APIRouter(prefix="/fhir/Patient", tags=["Family view"], dependencies=[D
 
 
 def _notifier(ctx: FhirContext):
-    """Notifications to a data controller are stored as Communications owned by that controller."""
+    """Notifications to a data controller are stored as Communications owned by that controller,
+    and put in the outbox that delivers them to its endpoint, in the disclosure's transaction."""
 
     def notify(session, target_org: str, communication: dict) -> None:
         system = Principal(sub="familyview", role="admin", org=target_org, scopes=(Scope("system", "*", frozenset("cruds")),))
         from app.ingest.service import IngestService
 
-        IngestService(session, system, ctx.settings, [], base=ctx.base).store_generated(communication)
+        stored = IngestService(session, system, ctx.settings, [], base=ctx.base).store_generated(communication)
+        audit_event = next((a["reference"].split("/", 1)[1] for a in communication.get("about", []) if a.get("reference", "").startswith("AuditEvent/")), None)
+        enqueue(session, ctx.settings, target_org, stored.resource, audit_event)  # delivered after commit (app.ig.notifications)
 
     return notify
 

@@ -53,14 +53,6 @@ async def fhir_body(request: Request) -> Any:
         raise FhirError(400, "structure", f"The body is not valid JSON{where}", spine_code="INVALID_RESOURCE") from None
 
 
-
-
-
-
-
-
-
-
 def resource_headers(res_type: str, res_id: str, version_id: int, last_updated: datetime, base: str) -> dict[str, str]:
     last_updated = last_updated.replace(tzinfo=timezone.utc) if last_updated.tzinfo is None else last_updated.astimezone(timezone.utc)
     return {
@@ -80,14 +72,22 @@ class FhirContext:
     base: str
     hooks: list
     throttle: Any = None  # app.ingest.throttle.WriteThrottle: one source's writes at once
+    request_id: str = ""
 
     def ingest(self, session) -> "IngestService":
         from app.ingest.service import IngestService
 
-        return IngestService(session, self.principal, self.settings, self.hooks, base=self.base)
+        service = IngestService(session, self.principal, self.settings, self.hooks, base=self.base)
+        service.request_id = self.request_id
+        return service
 
 
 def fhir_context(request: Request, principal: Principal = Depends(get_principal)) -> FhirContext:
     state = request.app.state
     return FhirContext(principal, state.db, state.settings, state.settings.fhir_base(str(request.base_url)), state.ingest_hooks,
-                       getattr(state, "write_throttle", None))
+                       getattr(state, "write_throttle", None), getattr(request.state, "request_id", ""))
+
+
+# content negotiation lives below auth (the access dependencies call it): re-exported here
+from app.negotiation import CSV as CSV, FHIR_JSON as FHIR_JSON, HTML as HTML, NDJSON as NDJSON  # noqa: E402
+from app.negotiation import negotiate as negotiate, not_acceptable as not_acceptable, produces as produces  # noqa: E402

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+from app.audit import balp
 from app.auth.access import BundlePoster, Public, Reader, Writer
 from app.auth.access import require, sees_all_orgs
 from app.db import Database
@@ -23,7 +24,7 @@ from app.fhir import search as q
 from app.fhir import store
 from app.fhir.http import FhirContext, FhirResponse, fhir_body, fhir_context, resource_headers
 from app.ingest.bundles import process_bundle
-from app.ingest.service import EntryRequest, EntryResult
+from app.ingest.service import EntryRequest, EntryResult, search_event
 
 router = APIRouter(prefix="/fhir", tags=["FHIR REST"])
 log = logging.getLogger("familyview")
@@ -134,7 +135,7 @@ def _search(ctx: FhirContext, res_type: str, params: list[tuple[str, str]]) -> F
     store.check_type(res_type)
     require(ctx.principal, res_type, "s")
     _linked_first(ctx)
-    with ctx.db.session(readonly=True) as session:
+    with ctx.db.session() as session:  # the search and its audit commit together: no audit, no answer
         try:
             result = store.search(session, ctx.principal, res_type, params, default_count=ctx.settings.default_page_size,
                                   max_count=ctx.settings.max_page_size, limits=q.SearchLimits.of(ctx.settings))
@@ -142,7 +143,18 @@ def _search(ctx: FhirContext, res_type: str, params: list[tuple[str, str]]) -> F
             raise unstorable() from None
         bundle = store.searchset_bundle(result, base=ctx.base, res_type=res_type, params=params,
                                         resources=as_shown(session, ctx.principal, result.rows))
+        query = "&".join(f"{k}={v}" for k, v in params)
+        balp.record(session, search_event(ctx.principal, f"{res_type}?{query}", bundle, ctx.request_id))
     return FhirResponse(bundle)
+
+
+def _audit_read(session, ctx: FhirContext, interaction: str, res_type: str, res_id: str, rows) -> None:
+    """The BALP read/vread/history event, in the read's transaction."""
+    event = balp.AccessEvent(ctx.principal, interaction, request_id=ctx.request_id)
+    for row in rows:
+        event.entity(f"{res_type}/{res_id}", version=str(row.version_id))
+    event.about(balp.record_subjects(res_type, res_id, orjson.loads(rows[0].body) if rows else None))
+    balp.record(session, event)
 
 
 @router.get("/{res_type}/{res_id}", summary="Read")
@@ -150,9 +162,10 @@ def read(res_type: str, res_id: str, _: Reader, ctx: FhirContext = Depends(fhir_
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
     _linked_first(ctx)
-    with ctx.db.session(readonly=True) as session:
+    with ctx.db.session() as session:
         row = store.read(session, ctx.principal, res_type, res_id)
         body = as_shown(session, ctx.principal, [row])[0]
+        _audit_read(session, ctx, "read", res_type, res_id, [row])
     return FhirResponse(body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, ctx.base))
 
 
@@ -161,9 +174,10 @@ def instance_history(res_type: str, res_id: str, _: Reader, ctx: FhirContext = D
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
     _linked_first(ctx)
-    with ctx.db.session(readonly=True) as session:
+    with ctx.db.session() as session:
         rows = store.history(session, ctx.principal, res_type, res_id)
         bodies = as_shown(session, ctx.principal, rows)
+        _audit_read(session, ctx, "history-instance", res_type, res_id, rows)
     entries = [
         {
             "fullUrl": f"{ctx.base}/{r.res_type}/{r.res_id}",
@@ -181,7 +195,8 @@ def version_read(res_type: str, res_id: str, vid: str, _: Reader, ctx: FhirConte
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
     _linked_first(ctx)
-    with ctx.db.session(readonly=True) as session:
+    with ctx.db.session() as session:
         row = store.vread(session, ctx.principal, res_type, res_id, vid)
         body = as_shown(session, ctx.principal, [row])[0]
+        _audit_read(session, ctx, "vread", res_type, res_id, [row])
     return FhirResponse(body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, ctx.base))

@@ -11,9 +11,10 @@ from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app.audit import balp
 from app.audit import service as audit_store
 from app.audit.events import consent_write_event
 from app.auth import access
@@ -226,7 +227,34 @@ def _unique_key_order(e: EntryRequest) -> tuple:
 
 
 def audit_consent_writes(session: Session, principal: Principal, written: list[Written]) -> None:
-    audit_store.append(session, *consent_write_event(principal, written))
+    try:
+        audit_store.append(session, *consent_write_event(principal, written))
+    except SQLAlchemyError:
+        raise balp.audit_unavailable() from None
+
+
+def write_event(principal: Principal, interaction: str, written: list[Written], request_id: str = "") -> balp.AccessEvent:
+    """The BALP create/update (or transaction) event of one write: an entity per record
+    stored, and a patient entity per data subject the records are about."""
+    event = balp.AccessEvent(principal, interaction, request_id=request_id,
+                             action="C" if interaction == "create" else "U" if interaction == "update" else "E")
+    for w in written:
+        event.entity(f"{w.res_type}/{w.res_id}", action="create" if w.created else "update", version=str(w.version_id))
+        event.about(balp.record_subjects(w.res_type, w.res_id, w.resource))
+    event.outcome_desc = f"{len(written)} record(s) written by {principal.org}"
+    return event
+
+
+def search_event(principal: Principal, query: str, bundle: dict[str, Any], request_id: str = "") -> balp.AccessEvent:
+    """The BALP query event of a search: the query, each record returned and whose it is."""
+    event = balp.AccessEvent(principal, "search-type", query=query, request_id=request_id)
+    for entry in bundle.get("entry") or []:
+        r = entry.get("resource") or {}
+        if r.get("resourceType") and r.get("id"):
+            event.entity(f"{r['resourceType']}/{r['id']}")
+            event.about(balp.record_subjects(r["resourceType"], r["id"], r))
+    event.outcome_desc = f"{bundle.get('total', len(bundle.get('entry') or []))} match(es)"
+    return event
 
 
 class IngestService:
@@ -239,12 +267,15 @@ class IngestService:
         self.settings = settings
         self.hooks = hooks or []
         self._custom_plans = False
+        self.interaction: str | None = None  # transaction | batch entry | plain create/update: how the audit names it
+        self.request_id = ""
 
     # ------------------------------------------------------------ public entry points
 
     def transaction(self, entries: list[EntryRequest]) -> list[EntryResult]:
         """All or nothing: any error raises, and the caller's transaction rolls back."""
         self._check_no_duplicate_targets(entries)
+        self.interaction = "transaction"
         writes = [e for e in entries if e.method in ("POST", "PUT")]
         reads = [e for e in entries if e.method == "GET"]
         results: dict[int, EntryResult] = {}
@@ -625,6 +656,10 @@ class IngestService:
         consents = [w for w in written if w.res_type == "Consent"]
         if consents:  # a change to who may see a person's records is itself audited, in this transaction
             audit_consent_writes(self.session, self.principal, consents)
+        others = [w for w in written if w.res_type != "Consent"]  # a Consent's write is its consent-write event above
+        if others:  # every write is audited in its own transaction: no audit, no write
+            interaction = self.interaction or ("create" if all(w.created for w in others) else "update")
+            balp.record(self.session, write_event(self.principal, interaction, others, self.request_id))
         return results
 
     def _flush(self, creates, updates, versions, rows: IndexRows, new_keys, known_keys: dict[tuple, str] | None) -> None:
@@ -674,7 +709,11 @@ class IngestService:
         if len(parts) == 2 and not query:
             require(self.principal, parts[0], "r")
             row = store.read(self.session, self.principal, parts[0], parts[1])
-            return EntryResult(200, row.res_type, row.res_id, row.version_id, row.last_updated, as_shown(self.session, self.principal, [row])[0])
+            body = as_shown(self.session, self.principal, [row])[0]
+            balp.record(self.session, balp.AccessEvent(self.principal, "read", request_id=self.request_id)
+                        .entity(f"{row.res_type}/{row.res_id}", version=str(row.version_id))
+                        .about(balp.record_subjects(row.res_type, row.res_id, json.loads(row.body))))
+            return EntryResult(200, row.res_type, row.res_id, row.version_id, row.last_updated, body)
         if len(parts) == 1:
             require(self.principal, parts[0], "s")
             params = parse_qsl(query, keep_blank_values=True)
@@ -682,5 +721,6 @@ class IngestService:
                                   max_count=self.settings.max_page_size, limits=SearchLimits.of(self.settings))
             bundle = store.searchset_bundle(result, base=self.base, res_type=parts[0], params=params,
                                            resources=as_shown(self.session, self.principal, result.rows))
+            balp.record(self.session, search_event(self.principal, f"{parts[0]}?{query}", bundle, self.request_id))
             return EntryResult(200, resource=bundle)
         raise bad_request(f"GET {e.url} is not supported in a Bundle", expression=f"Bundle.entry[{e.index}].request.url")

@@ -29,6 +29,7 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy import func, or_, select
 from starlette.concurrency import run_in_threadpool
 
+from app.audit import balp
 from app.auth import access
 from app.auth.access import LinkageAdministrator, PersonReader
 from app.auth.tokens import Principal
@@ -85,11 +86,14 @@ def person_resource(session, person: LinkedPerson, principal: Principal) -> dict
 @fhir_router.get("/Person/{person_id}", summary="Read a linked person")
 def read_person(person_id: str, _: PersonReader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     _check_person_access(ctx.principal, "r")
-    with ctx.db.session(readonly=True) as session:
+    with ctx.db.session() as session:
         person = session.get(LinkedPerson, person_id)
         if person is None:
             raise not_found(f"Person/{person_id} is not known")
         body = person_resource(session, person, ctx.principal)
+        if body is not None:
+            balp.record(session, balp.AccessEvent(ctx.principal, "read", request_id=ctx.request_id).entity(f"Person/{person_id}")
+                        .about(link["target"]["reference"] for link in body.get("link", []) if not link["target"]["reference"].startswith("Person/")))
     if body is None:
         raise FhirError(403, "forbidden", f"Person/{person_id} holds no record sent by your organisation", spine_code="ACCESS_DENIED")
     return FhirResponse(body, headers={"ETag": f'W/"{person.version_id}"'})
@@ -144,7 +148,7 @@ def search_person(request: Request, _: PersonReader, ctx: FhirContext = Depends(
         if modifier:
             raise search.unsupported_modifier(name, modifier, (), f"Person?{name}")
         filters.append((name, value))
-    with ctx.db.session(readonly=True) as session:
+    with ctx.db.session() as session:
         ids: set[str] | None = None
         for name, value in filters:
             found = _person_ids_for(session, ctx.principal, name, value)
@@ -163,6 +167,12 @@ def search_person(request: Request, _: PersonReader, ctx: FhirContext = Depends(
             persons = list(session.scalars(
                 select(LinkedPerson).where(*where).order_by(LinkedPerson.id).offset(paging.offset).limit(paging.count))) if paging.count else []
         bodies = [b for b in (person_resource(session, p, ctx.principal) for p in persons) if b is not None]
+        event = balp.AccessEvent(ctx.principal, "search-type", request_id=ctx.request_id,
+                                 query="Person?" + "&".join(f"{k}={v}" for k, v in params), outcome_desc=f"{total} match(es)")
+        for b in bodies:
+            event.entity(f"Person/{b['id']}")
+            event.about(link["target"]["reference"] for link in b.get("link", []) if not link["target"]["reference"].startswith("Person/"))
+        balp.record(session, event)
     return FhirResponse(search.searchset(f"{ctx.base}/Person", params, paging, total,
                                          ((f"{ctx.base}/Person/{b['id']}", b) for b in bodies)))
 
@@ -247,22 +257,45 @@ def get_candidate(cid: int, request: Request, principal: LinkageAdministrator) -
         return FhirResponse(candidate_json(c, persons_of(session, {c.a_ref, c.b_ref})))
 
 
-def _run(request: Request, principal: Principal, work) -> FhirResponse:
+def _refs_in(value: Any) -> list[str]:
+    """Every record or Person reference in an admin operation's result."""
+    if isinstance(value, str):
+        return [value] if value.split("/", 1)[0] in ("Patient", "RelatedPerson", "Person") and "/" in value else []
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in _refs_in(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _refs_in(v)]
+    return []
+
+
+def _run(request: Request, principal: Principal, work, action: str, reason: str, candidate: int | None = None) -> FhirResponse:
+    """An admin's linkage decision and its audit event (subtype linkage-<action>), in one transaction."""
     with request.app.state.db.session() as session:
-        result = work(LinkageAdmin(session, principal.sub))
+        admin = LinkageAdmin(session, principal.sub)
+        result = work(admin)
+        refs = _refs_in(result)
+        if candidate is not None:
+            c = admin.candidate(candidate)
+            refs = [c.a_ref, c.b_ref] + refs
+        event = balp.AccessEvent(principal, f"linkage-{action}", action="U", request_id=getattr(request.state, "request_id", ""),
+                                 outcome_desc=f"{action}: {reason}")
+        for ref in dict.fromkeys(refs):
+            event.entity(ref)
+        event.about(r for r in dict.fromkeys(refs) if not r.startswith("Person/"))
+        balp.record(session, event)
     return FhirResponse(result)
 
 
 @admin_router.post("/candidates/{cid}/confirm", summary="Confirm a possible match (the two records are one person)")
 async def confirm_candidate(cid: int, request: Request, principal: LinkageAdministrator) -> FhirResponse:
     reason = _text(await _json_body(request), "reason")
-    return await run_in_threadpool(_run, request, principal, lambda a: a.confirm(cid, reason))
+    return await run_in_threadpool(_run, request, principal, lambda a: a.confirm(cid, reason), "confirm", reason, cid)
 
 
 @admin_router.post("/candidates/{cid}/reject", summary="Reject a possible match (two different people)")
 async def reject_candidate(cid: int, request: Request, principal: LinkageAdministrator) -> FhirResponse:
     reason = _text(await _json_body(request), "reason")
-    return await run_in_threadpool(_run, request, principal, lambda a: a.reject(cid, reason))
+    return await run_in_threadpool(_run, request, principal, lambda a: a.reject(cid, reason), "reject", reason, cid)
 
 
 @admin_router.post("/unlink", summary="Take a record out of its linked person")
@@ -270,7 +303,7 @@ async def unlink(request: Request, principal: LinkageAdministrator) -> FhirRespo
     body = await _json_body(request)
     ref = _record_ref(_text(body, "record"), "record")
     reason = _text(body, "reason")
-    return await run_in_threadpool(_run, request, principal, lambda a: a.unlink(ref, reason))
+    return await run_in_threadpool(_run, request, principal, lambda a: a.unlink(ref, reason), "unlink", reason)
 
 
 @admin_router.post("/merge", summary="Merge one linked person into another")
@@ -279,7 +312,7 @@ async def merge(request: Request, principal: LinkageAdministrator) -> FhirRespon
     src = _person_id(_text(body, "from"), "from")
     dst = _person_id(_text(body, "into"), "into")
     reason = _text(body, "reason")
-    return await run_in_threadpool(_run, request, principal, lambda a: a.merge(src, dst, reason))
+    return await run_in_threadpool(_run, request, principal, lambda a: a.merge(src, dst, reason), "merge", reason)
 
 
 @admin_router.get("/events", summary="The linkage event log")

@@ -87,6 +87,8 @@ from typing import Iterable
 from sqlalchemy import Integer, bindparam, delete, insert, or_, select, text, union_all, update
 from sqlalchemy.orm import Session
 
+from app.audit import balp
+from app.auth.tokens import Principal
 from app.db import in_list, insert_rows, new_id
 from app.ingest.hooks import Written
 from app.linkage.choice import Candidate, Choice, Current, Member, choose, persons_to_check, score_candidate
@@ -188,6 +190,26 @@ def manual_level(a: PersonRecord | None, b: PersonRecord | None) -> str:
     if a is not None and b is not None and a.nhs_number and a.nhs_number == b.nhs_number:
         return "level4" if a.nhs_verified and b.nhs_verified else "level3"
     return "level2"
+
+
+# ------------------------------------------------------------------ audit
+LINKAGE_AGENT = Principal(sub=AUTO_ACTOR, role="linkage", org="FAMILYVIEW")
+
+
+def audit_decisions(session: Session, results: list["LinkResult"]) -> None:
+    """Automatic linkage decisions that put a record with another (join, move, split) or queue
+    a pair for review are audited as one event, in the linking transaction: a wrong link puts
+    one person's records in another's family view. A record that starts a person alone is not."""
+    decided = [r for r in results if r.action in ("join", "move", "split") or r.queued]
+    if not decided:
+        return
+    event = balp.AccessEvent(LINKAGE_AGENT, "linkage-auto", action="U")
+    for r in decided:
+        event.entity(r.ref, action=r.action, person=f"Person/{r.person_id}", assurance=r.assurance,
+                     **({"queued-for-review": " ".join(r.queued)} if r.queued else {}))
+        event.about([r.ref])
+    event.outcome_desc = f"{len(decided)} record(s) linked or queued for review"
+    balp.record(session, event)
 
 
 # ------------------------------------------------------------------ public read API
@@ -537,7 +559,9 @@ class LinkageService:
         if not items:
             return []
         self.lock_keys(h for item in items for h in item[3])
-        return self._link_batch(items, AUTO_ACTOR)
+        results = self._link_batch(items, AUTO_ACTOR)
+        audit_decisions(self.session, results)
+        return results
 
     def link_record(self, res_type: str, res_id: str, rec: PersonRecord, keys: set[str] | None = None, *,
                     source_org: str, actor: str = AUTO_ACTOR) -> LinkResult:

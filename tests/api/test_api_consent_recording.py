@@ -95,9 +95,11 @@ def test_a_consent_naming_its_recorder_is_stored_and_its_write_audited(live, org
     stored = gp.get(f"/Consent/{consent_id}").json()
     stored["status"] = "inactive"
     assert gp.put(f"/Consent/{consent_id}", json=stored, headers=FHIR_JSON).status_code == 200
-    events = ig.get("/AuditEvent", params={"entity": f"Consent/{consent_id}"}).json()
+    events = ig.get("/AuditEvent", params={"entity": f"Consent/{consent_id}", "subtype": "consent-write"}).json()
     assert events["total"] == 2
     assert {e["resource"]["action"] for e in events["entry"]} == {"C", "U"}
+    # and the source's read of it in between (every access is audited)
+    assert ig.get("/AuditEvent", params={"entity": f"Consent/{consent_id}", "subtype": "read"}).json()["total"] == 1
 
 
 def test_an_administrator_cannot_record_a_consent(live):

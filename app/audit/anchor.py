@@ -1,0 +1,80 @@
+"""Tamper evidence beyond the database: a signed checkpoint of the chain (a JWS over the
+event count and the head hash), kept where a database administrator cannot rewrite it (a
+file on other storage, or POSTed to a URL: a transparency log, the IG team's mailbox).
+
+``familyview audit anchor`` verifies the chain, then signs {count, head_seq, head_hash} with
+the anchor key from settings (RS256; the key file is created on first use, mode 0600);
+``familyview audit verify --anchor FILE`` checks the signature and that the chain still holds
+at least that many events and, at that position, that very hash: a chain cut back below the
+checkpoint, or rewritten (every later hash recomputed) since, fails."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audit.models import AuditRecord
+from app.audit.service import VerifyResult, verify
+from app.auth.tokens import LocalKey
+from app.settings import Settings
+
+ALGORITHM = "RS256"
+TYPE = "familyview-audit-anchor+jwt"
+
+
+def _key(settings: Settings) -> LocalKey:
+    key = LocalKey(settings.audit_anchor_key_path)
+    key.kid = "familyview-audit-anchor"
+    return key
+
+
+def sign(settings: Settings, result: VerifyResult) -> str:
+    """The JWS of a verified chain's checkpoint."""
+    claims = {"count": result.checked, "head_seq": result.head_seq or 0, "head_hash": result.head_hash,
+              "iat": int(time.time()), "iss": settings.deployment_name}
+    key = _key(settings)
+    return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": TYPE})
+
+
+def make_anchor(session: Session, settings: Settings) -> tuple[VerifyResult, str | None]:
+    """Verify the chain and sign its checkpoint; a broken chain is not anchored."""
+    result = verify(session)
+    return result, sign(settings, result) if result.ok else None
+
+
+@dataclass
+class AnchorCheck:
+    ok: bool
+    message: str
+    claims: dict[str, Any] | None = None
+
+
+def read_anchor(settings: Settings, token: str) -> AnchorCheck:
+    try:
+        claims = jwt.decode(token.strip(), _key(settings).public_key, algorithms=[ALGORITHM], options={"require": ["iat"]})
+    except jwt.PyJWTError as exc:
+        return AnchorCheck(False, f"the anchor's signature does not verify with this deployment's anchor key ({type(exc).__name__})")
+    if not isinstance(claims.get("count"), int) or not isinstance(claims.get("head_hash"), str):
+        return AnchorCheck(False, "the anchor does not hold a count and a head hash")
+    return AnchorCheck(True, "", claims)
+
+
+def verify_against(session: Session, settings: Settings, token: str) -> tuple[VerifyResult | None, AnchorCheck]:
+    """The chain verified, and held against a signed checkpoint."""
+    check = read_anchor(settings, token)
+    if not check.ok or check.claims is None:
+        return None, check
+    count, head = check.claims["count"], check.claims["head_hash"]
+    result = verify(session, expect_head=head if count else None, expect_count=count)
+    if not result.ok:
+        return result, AnchorCheck(False, str(result), check.claims)
+    if count:
+        # the anchored hash must still be the count-th event's: not merely somewhere in the chain
+        at = session.execute(select(AuditRecord.hash).order_by(AuditRecord.seq).offset(count - 1).limit(1)).scalar()
+        if at != head:
+            return result, AnchorCheck(False, f"the chain's event #{count} no longer has the anchored hash {head} (rewritten since the anchor)", check.claims)
+    return result, AnchorCheck(True, f"the chain holds the anchor: {count} events up to hash {head}, and {result.checked - count} since", check.claims)

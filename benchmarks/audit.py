@@ -1,0 +1,175 @@
+"""The audit chain at scale: 1,000,000 BALP AuditEvents appended through the chain (the
+first 20,000 one at a time, as each request appends its own, app.audit.balp.record; the rest
+500 to a transaction with app.audit.balp.record_many, the same chain in bulk), then `familyview audit verify`'s walk of the whole chain, then the IG export of
+all of it as NDJSON and as CSV (app.ig.export, streamed). Prints each rate and the process's
+peak memory (resident set), next to the same run's baseline: reading the same rows back
+with a bare SELECT (the floor any walk of the chain stands on).
+
+Targets: verify and export >= 100,000 events/s; peak memory < 200 MB.
+
+    .venv/bin/python benchmarks/audit.py                       # SQLite, 1,000,000 events
+    .venv/bin/python benchmarks/audit.py --events 100000
+    scripts/with-postgres.sh .venv/bin/python benchmarks/audit.py --database postgres
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import sys
+import threading
+import time
+
+from harness import Databases, backends, nhs_numbers
+
+from sqlalchemy import text  # noqa: E402
+
+from app.audit import balp  # noqa: E402
+from app.audit.service import verify  # noqa: E402
+from app.auth.tokens import Principal  # noqa: E402
+from app.db import Database  # noqa: E402
+from app.ig import export  # noqa: E402
+
+ORGS = [("health-visitor", "RHV01"), ("gp", "A99001"), ("source-system", "RMT01"), ("mash", "LAM01"), ("ig-officer", "X26")]
+KINDS = ["read", "search-type", "create", "update", "read", "read", "vread", "transaction"]
+
+
+class PeakMemory:
+    """The process's peak anonymous memory (heap, Python objects, buffers), sampled every 20 ms
+    from /proc/self/status (RssAnon). SQLite maps the database file into memory (mmap_size),
+    and those file pages count in the resident set (ru_maxrss, printed beside it) though they
+    are the OS page cache, not the process's memory."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def sample(self) -> int:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        kb = int(line.split()[1])
+                        self.peak = max(self.peak, kb)
+                        return kb
+        except OSError:
+            pass
+        return 0
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            time.sleep(0.02)
+
+
+MEMORY: PeakMemory | None = None
+
+
+def peak_mb() -> float:
+    """Peak anonymous memory so far, MB."""
+    if MEMORY is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    MEMORY.sample()
+    return MEMORY.peak / 1024
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def events(n: int, seed: int = 20261207):
+    rnd = random.Random(seed)
+    numbers = nhs_numbers(900_000)
+    people = [next(numbers) for _ in range(5000)]
+    principals = [Principal(sub=f"{role}-{i}@{org}", role=role, org=org) for role, org in ORGS for i in range(20)]
+    for i in range(n):
+        kind = KINDS[i % len(KINDS)]
+        e = balp.AccessEvent(rnd.choice(principals), kind, request_id=f"req-{i}")
+        nhs = rnd.choice(people)
+        e.entity(f"Patient/p{nhs}", version=str(1 + i % 3)).about([f"Patient/p{nhs}", nhs])
+        if kind in ("search-type", "transaction"):
+            e.entity(f"Condition/c{i}").entity(f"Observation/o{i}")
+            e.query = f"Condition?patient=Patient/p{nhs}" if kind == "search-type" else None
+        yield e
+
+
+def write(db: Database, n: int, per_tx: int, *, one_by_one: bool, it=None) -> float:
+    """n events, per_tx to a transaction: each appended on its own (balp.record, as a request
+    appends its event) or the transaction's together (balp.record_many)."""
+    started = time.perf_counter()
+    it = it or events(n)
+    done = 0
+    while done < n:
+        batch = [next(it) for _ in range(min(per_tx, n - done))]
+        with db.session() as s:
+            if one_by_one:
+                for e in batch:
+                    balp.record(s, e)
+            else:
+                balp.record_many(s, batch)
+        done += len(batch)
+        if done % 100_000 == 0:
+            print(f"  written {done:,} ({done / (time.perf_counter() - started):,.0f}/s, peak {peak_mb():.0f} MB)", flush=True)
+    return time.perf_counter() - started
+
+
+def bare_read(db: Database) -> tuple[int, float]:
+    started = time.perf_counter()
+    n = 0
+    with db.engine.connect() as c:
+        result = c.execution_options(stream_results=True, yield_per=5000).execute(text("SELECT seq, body, hash FROM audit_event ORDER BY seq"))
+        for _ in result:
+            n += 1
+    return n, time.perf_counter() - started
+
+
+def run(kind: str, n: int, per_tx: int, one_by_one: int) -> None:
+    dbs = Databases(kind)
+    try:
+        db = Database(dbs.new("audit"))
+        print(f"\n== {kind}: {n:,} events ==", flush=True)
+        it = events(n)
+        single = min(n, one_by_one)
+        w1 = write(db, single, per_tx, one_by_one=True, it=it)
+        print(f"write, one append per event (a request's path): {single / w1:>10,.0f} events/s  (first {single:,} events, "
+              f"{w1:.1f} s)   peak {peak_mb():.0f} MB", flush=True)
+        w = write(db, n - single, per_tx, one_by_one=False, it=it) if n > single else 0.0
+        if n > single:
+            print(f"write, {per_tx} appended together per transaction: {(n - single) / w:>10,.0f} events/s  ({w:.1f} s)   "
+                  f"peak {peak_mb():.0f} MB", flush=True)
+        rows, b = bare_read(db)
+        print(f"baseline bare SELECT of the rows: {rows / b:>10,.0f} events/s  ({b:.1f} s)", flush=True)
+        started = time.perf_counter()
+        with db.session(readonly=True) as s:
+            result = verify(s)
+        v = time.perf_counter() - started
+        assert result.ok and result.checked == n, result
+        print(f"verify:  {n / v:>10,.0f} events/s  ({v:.1f} s)   peak {peak_mb():.0f} MB   target >= 100,000/s: {'met' if n / v >= 100_000 else 'NOT met'}", flush=True)
+        for fmt, gen in (("ndjson", export.ndjson), ("csv", export.csv_rows)):
+            started = time.perf_counter()
+            size = sum(len(chunk) for chunk in gen(db, None))
+            x = time.perf_counter() - started
+            print(f"export {fmt:6}: {n / x:>10,.0f} events/s  ({x:.1f} s, {size / 1e6:,.0f} MB streamed)   peak {peak_mb():.0f} MB   "
+                  f"target >= 100,000/s: {'met' if n / x >= 100_000 else 'NOT met'}", flush=True)
+        print(f"peak memory: {peak_mb():.0f} MB anonymous (heap)   target < 200 MB: {'met' if peak_mb() < 200 else 'NOT met'}   "
+              f"(peak resident set {rss_mb():.0f} MB, which counts the database file SQLite maps)", flush=True)
+        db.dispose()
+    finally:
+        dbs.drop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--per-transaction", type=int, default=500)
+    ap.add_argument("--one-by-one", type=int, default=20_000, help="how many of the events are appended one at a time (the rest in bulk)")
+    ap.add_argument("--database", action="append", choices=["sqlite", "postgres"])
+    args = ap.parse_args()
+    global MEMORY
+    MEMORY = PeakMemory()
+    for kind in backends(args.database):
+        run(kind, args.events, args.per_transaction, args.one_by_one)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
