@@ -10,6 +10,7 @@ import uuid
 from urllib.parse import parse_qsl
 
 from app.errors import FhirError, operation_outcome, Issue
+from app.ops import logs
 from app.fhir.validation import CONTROL_CHARS, control_char_error
 
 log = logging.getLogger("familyview")
@@ -60,6 +61,8 @@ class RequestContextMiddleware:
             correlation_id = request_id
         scope.setdefault("state", {})["request_id"] = request_id
         scope["state"]["correlation_id"] = correlation_id
+        logs.request_id.set(request_id)  # every log line of this request carries them (app.ops.logs)
+        logs.correlation_id.set(correlation_id)
         extra = [(b"x-request-id", request_id.encode()), (b"x-correlation-id", correlation_id.encode())]
         started = False
 

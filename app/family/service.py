@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit_store
 from app.audit.events import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditItem, FamilyViewAudit, basis_text
 from app.auth import access
+from app.ops import metrics
 from app.auth.tokens import Principal
 from app.db import plan_once_per_statement
 from app.errors import FhirError
@@ -86,6 +87,7 @@ class FamilyViewService:
             audit.outcome_desc = f"{err.status}: {err.diagnostics}"
             audit.items = [i for i in audit.items if not i.disclosed]
         audit_store.append(self.session, audit.to_fhir(), audit.columns(), audit.index())
+        metrics.record_decisions(i.decision for i in audit.items)
         return FamilyViewResult(status, bundle, audit.event_id)
 
     # ------------------------------------------------------------ the view
@@ -105,6 +107,9 @@ class FamilyViewService:
             raise FhirError(400, "required", "A safeguarding request needs a justification (why the child may be at risk)", expression="justification", spine_code="MISSING_VALUE")
         if access.refused("family-view", self.principal.role):  # the policy's `never` roles, from the access table
             raise access.refusal("family-view", self.principal.role)
+        scope_problem = access.scope_refusal("family-view", self.principal)  # a role's SMART scopes must cover the view
+        if scope_problem is not None:
+            raise scope_problem
         if not is_infant(subject, today):
             # the route first: whether she is pregnant (a 422 or a pre-birth view) is told only
             # to a requester with a relationship or a lawful route; everyone else gets the same 403
