@@ -95,8 +95,10 @@ class Settings(BaseSettings):
     rate_limit_anonymous_burst: int = Field(default=60, gt=0)
     rate_limit_bad_token_per_minute: int = Field(default=60, gt=0)
     rate_limit_bad_token_burst: int = Field(default=20, gt=0)
-    # refused requests of one client are audited once a minute, with a count (app.ops.refusals)
-    audit_refusals_coalesce_seconds: int = Field(default=60, ge=0)
+    # Refused requests of one client: the first N of each window audited one by one, the rest
+    # in one summary AuditEvent with their count (app.ops.refusals)
+    audit_refusals_per_window: int = Field(default=10, ge=1)
+    audit_refusals_window_seconds: int = Field(default=60, ge=1)
 
     def fhir_base(self, request_base_url: str) -> str:
         from app.urls import fhir_base

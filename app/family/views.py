@@ -36,7 +36,8 @@ def _run(ctx: FhirContext, request: Request, req: FamilyViewRequest) -> FhirResp
     req.request_id = getattr(request.state, "request_id", "")
     try:
         with ctx.db.session() as session:
-            result = FamilyViewService(session, ctx.principal, notify=_notifier(ctx)).run(req)
+            result = FamilyViewService(session, ctx.principal, notify=_notifier(ctx),
+                                       refusals=getattr(request.app.state, "refusals", None)).run(req)
     except SQLAlchemyError:
         log.error("family view not returned: the audit could not be written (request_id=%s)", req.request_id, exc_info=False)
         raise FhirError(503, "transient", "The request could not be recorded in the audit, so nothing is disclosed. Try again later.", spine_code="SERVICE_UNAVAILABLE")

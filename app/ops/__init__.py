@@ -10,5 +10,10 @@ def install(app, settings) -> None:  # type: ignore[no-untyped-def]
     from app.ops.health import router
     from app.ops.ratelimit import RateLimitMiddleware
 
+    from app.ops.refusals import RefusalCoalescer
+
     app.include_router(router)
     app.add_middleware(RateLimitMiddleware, settings=settings)
+    app.state.refusals = RefusalCoalescer(settings.audit_refusals_per_window, settings.audit_refusals_window_seconds)
+    app.state.refusals.bind(app.state.db)
+    app.router.on_shutdown.append(app.state.refusals.stop)
