@@ -14,7 +14,7 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("familyv
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("familyview_correlation_id", default=None)
 
 _NHS_LIKE = re.compile(r"(?<!\d)\d{3}[ -]?\d{3}[ -]?\d{4}(?!\d)")
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName", "color_message"}
 
 
 def scrub(text: str) -> str:

@@ -14,6 +14,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from starlette.concurrency import run_in_threadpool
+
 from app.auth.tokens import bearer_token
 from app.errors import FhirError
 from app.ops import metrics
@@ -90,7 +92,10 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or not self.settings.rate_limit_enabled or scope.get("path", "") in EXEMPT:
             await self.app(scope, receive, send)
             return
-        kind, key = self.client(scope)
+        if self.settings.auth_jwks_url:  # an unknown key id fetches the issuer's JWKS: never on the event loop
+            kind, key = await run_in_threadpool(self.client, scope)
+        else:
+            kind, key = self.client(scope)
         scope.setdefault("state", {})["client_key"] = key
         wait = self.buckets.take(key, self.limits[kind])
         if wait <= 0:

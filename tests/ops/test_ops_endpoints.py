@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from app.settings import PROJECT_ROOT
-from tests.conftest import GP_ORG, HV_ORG, MATERNITY_ORG, LiveServer, free_port, make_settings, start_server
+from tests.conftest import GP_ORG, HV_ORG, MATERNITY_ORG, free_port, make_settings, start_server
 from tests.fhirdata import nhs_numbers, patient
 
 CT = {"Content-Type": "application/fhir+json"}
