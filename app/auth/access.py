@@ -64,7 +64,7 @@ class Rule:
     # SMART v2 scopes the operation needs on top of the role: op (one of c r u d s) on every
     # one of these resource types, granted in one of these contexts (whatever the role)
     scope_types: tuple[str, ...] = ()
-    scope_op: str = "r"
+    scope_op: str = "r"  # every one of these ops (e.g. "rs": read and search)
     scope_contexts: tuple[str, ...] = ("user", "system")
     refusal: str = "The {role} role may not {what}"
     type_refusal: str = "The {role} role may not {what} on {res_type} resources"
@@ -124,7 +124,8 @@ def _table() -> dict[str, Rule]:
              scope_types=FAMILY_VIEW_TYPES, scope_op="r",
              refusal="The {role} role does not receive clinical data; IG officers use the audit search"),
         Rule("audit.read", "read the audit (AuditEvent read and search)", roles=_all(["ig-officer"]),
-             all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may read the audit"),
+             all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may read the audit",
+             scope_types=("AuditEvent",), scope_op="rs"),
         Rule("person.read", "read linked persons (Person read and search)",
              roles=_all(["admin", "ig-officer", "source-system"]), all_orgs=frozenset({"admin", "ig-officer"}),
              refusal="The {role} role may not read linked persons"),
@@ -189,11 +190,11 @@ def scope_refusal(operation: str, principal: Principal) -> FhirError | None:
     """The 403 for a token whose SMART scopes do not cover the operation (``scope_types``), or
     None. Checked after the role, so a "never" role is refused whatever its scopes say."""
     r = rule(operation)
-    missing = [t for t in r.scope_types if not principal.may(t, r.scope_op, contexts=r.scope_contexts)]
+    missing = [t for t in r.scope_types if not all(principal.may(t, op, contexts=r.scope_contexts) for op in r.scope_op)]
     if not missing:
         return None
     wanted = " ".join(f"user/{t}.{r.scope_op}" for t in missing)
-    return denied(f"The token's scopes do not cover {r.what}: it needs {wanted} (or user/*.{r.scope_op}s)")
+    return denied(f"The token's scopes do not cover {r.what}: it needs {wanted}" + (" (or user/*.rs)" if len(missing) > 1 else ""))
 
 
 def scope_guide() -> list[str]:
@@ -208,7 +209,7 @@ def scope_guide() -> list[str]:
     for r in table().values():
         if r.scope_types:
             lines.append(f"{r.operation} ({r.what}) needs " + " ".join(f"user/{t}.{r.scope_op}" for t in r.scope_types)
-                         + f" (or user/*.{r.scope_op}s; system/ alike; patient/ scopes do not cover it).")
+                         + " (or user/*.rs; system/ alike; patient/ scopes do not cover it).")
     return lines
 
 
@@ -254,8 +255,11 @@ class _TokenAccess(AccessDependency):
         self.operation = operation
 
     def __call__(self, principal: Principal = Depends(get_principal)) -> Principal:
-        if not rule(self.operation).audited_refusal:
+        if not rule(self.operation).audited_refusal:  # an audited row's service checks role and scopes itself
             check(principal, self.operation)
+            problem = scope_refusal(self.operation, principal)
+            if problem is not None:
+                raise problem
         return principal
 
 

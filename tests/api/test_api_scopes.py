@@ -92,3 +92,11 @@ def test_scopes_are_documented_in_the_capability_statement_and_smart_configurati
     assert {"user/*.rs", "system/*.cruds", "user/AuditEvent.rs"} <= set(smart["scopes_supported"])
     assert "permission-v2" in smart["capabilities"]
     assert any("family-view" in line and "user/Condition.r" in line for line in smart["scope_requirements"])
+
+
+@pytest.mark.parametrize("scope", ["openid", "user/Patient.rs", "user/AuditEvent.s"])
+def test_the_audit_needs_an_audit_scope(live, scope):
+    ig = live.client("ig-officer", "X26", scope=scope)
+    r = ig.get("/AuditEvent")
+    assert r.status_code == 403 and "user/AuditEvent.rs" in r.json()["issue"][0]["diagnostics"], r.text
+    assert live.client("ig-officer", "X26", scope="user/AuditEvent.rs").get("/AuditEvent").status_code == 200
