@@ -17,6 +17,7 @@ BENCHMARKS = [
     ["linkage_scale.py", "--sizes", "100000", "1000000", "--interleave"],
     ["family_view.py"],
     ["sync.py"],
+    ["ops_overhead.py"],
 ]
 
 
