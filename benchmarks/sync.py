@@ -101,6 +101,7 @@ def main() -> int:
     ap.add_argument("--database", choices=["postgres", "sqlite"], default="postgres" if os.environ.get("FAMILYVIEW_TEST_POSTGRES_URL") else "sqlite")
     ap.add_argument("--page-size", type=int, default=500, help="sync page size (the upstream's _count)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="profile the sync (its writing thread) and print the N costliest functions")
     ap.add_argument("--upstream", choices=["familyview", "hapi"], default="familyview",
                     help="sync from the familyview that ingested the records, or from HAPI FHIR at HAPI_FHIR_BASE_URL")
     args = ap.parse_args()
@@ -174,10 +175,21 @@ def main() -> int:
         client = UpstreamClient(sync_base, settings, bearer_token=sync_token)
         syncer = Syncer(app.state.db, settings, client, source_org=ORG, service=SERVICE, hooks=app.state.ingest_hooks,
                         progress=Progress(sys.stderr), page_size=args.page_size, extra_params=extra_params)
+        profiler = None
+        if args.profile:
+            import cProfile
+            profiler = cProfile.Profile()
         t0 = time.perf_counter()
         with linking_alongside(settings, app.state.db):  # as `familyview sync` does: its records linked in its time
+            if profiler:
+                profiler.enable()
             summary = syncer.run()
+            if profiler:
+                profiler.disable()
         sync_s = time.perf_counter() - t0
+        if profiler:
+            import pstats
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(args.profile)
         client.close()
         app.state.db.dispose()
         fetched = summary.total("fetched")
@@ -187,6 +199,7 @@ def main() -> int:
         sync_rate = fetched / sync_s
         ratio = sync_rate / ingest_rate
         print(f"sync from {args.upstream}: {fetched:,} resources in {summary.total('pages')} pages of {args.page_size} in {sync_s:.1f}s = {sync_rate:,.0f} resources/s", flush=True)
+        print(f"  of which waiting for {args.upstream}'s pages: {summary.upstream_wait:.1f}s", flush=True)
         print(f"sync / ingest = {ratio:.0%} (target >= 70%: {'met' if ratio >= 0.7 else 'NOT met'})", flush=True)
         if args.json:
             print(json.dumps({"resources": total, "database": args.database, "upstream": args.upstream, "ingest_per_s": round(ingest_rate, 1),

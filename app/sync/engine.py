@@ -136,6 +136,7 @@ class SyncSummary:
     warnings: list[SyncProblem] = field(default_factory=list)
     retries: int = 0
     seconds: float = 0.0
+    upstream_wait: float = 0.0  # seconds the writes stood idle waiting for an upstream page
     resumed: list[str] = field(default_factory=list)
 
     def of(self, res_type: str) -> TypeCounts:
@@ -164,6 +165,8 @@ class SyncSummary:
             f"{self.total('unchanged'):>10}{self.total('failed'):>8}"
         )
         lines.append(f"  {self.rate:.0f} resources/s; {self.retries} retries; {len(self.errors)} errors; {len(self.warnings)} warnings")
+        if self.seconds:
+            lines.append(f"  waiting for the upstream's pages: {self.upstream_wait:.1f}s of {self.seconds:.1f}s")
         for e in self.errors:
             lines.append(f"  error: {e.line()}")
         for w in self.warnings[:50]:
@@ -301,11 +304,14 @@ class Syncer:
         seen: set[str] = set()
         try:
             while url:
+                waited = time.perf_counter()
                 try:
                     bundle = fut.result() if fut is not None else self._get_page(url, p)
                 except UpstreamError as exc:
                     yield url, None, exc
                     return
+                finally:
+                    self.summary.upstream_wait += time.perf_counter() - waited
                 nxt = next((link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
                 if nxt and (nxt in seen or nxt == url):
                     nxt = None  # a server that links a page to itself would loop forever
