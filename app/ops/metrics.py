@@ -107,7 +107,7 @@ class IngestCounter:
                 for res_type, created in sess.info.pop("familyview_ingested", []):
                     record_ingested(res_type, created)
 
-            def rolled_back(sess: Any) -> None:
+            def rolled_back(sess: Any, *_: Any) -> None:
                 sess.info.pop("familyview_ingested", None)
 
             event.listen(session, "after_commit", committed, once=True)

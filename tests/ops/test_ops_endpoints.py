@@ -185,3 +185,25 @@ def test_make_run_takes_a_port_and_passes_dev_auth():
     out = subprocess.run(["make", "-n", "run", "PORT=8123"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
     serve = [line for line in out.splitlines() if "familyview serve" in line]
     assert serve and "--port 8123" in serve[0] and "--dev-auth" in serve[0], out
+
+
+def test_a_failed_transaction_counts_nothing_and_a_committed_one_counts_each_write(live):
+    src = live.source(MATERNITY_ORG, "maternity")
+
+    def created(res_type: str) -> float:
+        body = httpx.get(live.base_url + "/metrics").text
+        return _samples(body, "familyview_ingested_resources_total").get(f'{{action="create",type="{res_type}"}}', 0.0)
+
+    before = created("RelatedPerson")
+    good = {"resourceType": "RelatedPerson", "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": next(_NHS)}},
+            "name": [{"family": "Countwell", "given": ["Rex"]}], "gender": "male"}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [  # the second entry fails after the first is written
+        {"fullUrl": "urn:uuid:0f1e2d3c-0000-4000-8000-000000000001", "resource": good, "request": {"method": "POST", "url": "RelatedPerson"}},
+        {"request": {"method": "GET", "url": "Patient?_offset=99999999999999999999"}}]}
+    r = src.post("", json=bundle, headers=CT)
+    assert 400 <= r.status_code < 500, r.text
+    assert created("RelatedPerson") == before  # rolled back: nothing counted
+    bundle["entry"] = bundle["entry"][:1]
+    r = src.post("", json=bundle, headers=CT)
+    assert r.status_code == 200, r.text
+    assert created("RelatedPerson") == before + 1

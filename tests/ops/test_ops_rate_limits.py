@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.ops.ratelimit import Buckets, Limit
-from app.settings import PROJECT_ROOT
+from app.settings import PROJECT_ROOT, Settings
 from tests.conftest import GP_ORG, HV_ORG, MATERNITY_ORG, LiveServer, free_port, make_settings, start_server
 from tests.fhirdata import nhs_numbers, patient
 
@@ -82,9 +82,19 @@ def _infant(live) -> str:
     return nhs
 
 
-def test_refused_family_views_are_audited_one_by_one_then_coalesced_per_client_and_minute(live):
+@pytest.fixture
+def coalescing(database_url, key_path):
+    s = make_settings(database_url, key_path, audit_refusals_per_window=10)  # the default
+    assert s.audit_refusals_per_window == Settings().audit_refusals_per_window
+    base, app, server, stop = start_server(s)
+    yield LiveServer(base, s, app, server)
+    stop()
+
+
+def test_refused_family_views_are_audited_one_by_one_then_coalesced_per_client_and_minute(coalescing):
     """90 refused views a second used to write 90 AuditEvents a second per token: the first ten
     of a client's minute are written one by one, the rest counted into one summary event."""
+    live = coalescing
     nhs = _infant(live)
     stranger = live.client("health-visitor", "RZZ98", sub="stranger")  # no relationship with the family
     params = {"identifier": f"https://fhir.nhs.uk/Id/nhs-number|{nhs}", "purpose": "direct-care"}
@@ -114,7 +124,6 @@ def test_refused_family_views_are_audited_one_by_one_then_coalesced_per_client_a
 def test_the_access_log_has_no_query_string_nhs_number_name_or_justification(tmp_path):
     from app.migrate import upgrade
     from app.auth.tokens import mint_token
-    from app.settings import Settings
 
     db = tmp_path / "fv.db"
     upgrade(f"sqlite:///{db}")
