@@ -21,7 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	@touch $@
 
 $(DEV_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
 # The embedded default: a SQLite file, development auth (a local signing key beside the
@@ -31,9 +31,10 @@ run: $(STAMP)
 	FAMILYVIEW_DATABASE_URL=$(DB_URL) $(BIN)/familyview serve --dev-auth --with-demo --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 # The whole suite, with a throwaway PostgreSQL and a HAPI FHIR JPA server (tests/hapi/server,
-# built by Maven the first time) for the HAPI suite. Java 17 and Maven are required.
+# built by Maven the first time) for the HAPI suite, and Debian's Chromium (apt-get when missing,
+# never a downloaded browser) with axe-core (npm ci) for the browser tests. Java 17 and Maven are required.
 test: $(DEV_STAMP)
-	FAMILYVIEW_REQUIRE_POSTGRES=1 FAMILYVIEW_REQUIRE_HAPI=1 scripts/with-postgres.sh scripts/with-hapi.sh scripts/run-tests.sh $(BIN)/python
+	FAMILYVIEW_REQUIRE_POSTGRES=1 FAMILYVIEW_REQUIRE_HAPI=1 scripts/with-postgres.sh scripts/with-hapi.sh scripts/with-browser.sh scripts/run-tests.sh $(BIN)/python
 
 # The tests that need no database, PostgreSQL or HAPI (consent engine, code lists, the family
 # plan, profiles, lint, types and import layers): about a minute.

@@ -34,6 +34,9 @@ def _next_steps(base: str) -> str:
     return f"""
 familyview is serving on {base}  (OpenAPI docs: {base}/docs)
 
+Open {base}/ in a browser: the pages, with the demo sign-in (choose the demo health visitor, then
+find scenario 2's baby by NHS number 9990002118, or its mother by 9990002207).
+
 Try next, in another terminal:
   TOKEN=$(.venv/bin/familyview token --role health-visitor --org RHV01)
   curl -s {base}/fhir/metadata | head -c 300; echo

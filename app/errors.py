@@ -37,13 +37,14 @@ class Issue:
     severity: str = "error"
     expression: list[str] = field(default_factory=list)
     spine_code: str | None = None
+    coding: list[dict[str, str]] = field(default_factory=list)  # further details.coding (after the Spine code)
 
     def to_fhir(self) -> dict[str, Any]:
         spine = self.spine_code or _DEFAULT_SPINE.get(self.code, "INVALID_VALUE")
         issue: dict[str, Any] = {
             "severity": self.severity,
             "code": self.code,
-            "details": {"coding": [{"system": SPINE_ERROR_SYSTEM, "code": spine, "display": spine.replace("_", " ").title().replace("Nhs", "NHS")}]},
+            "details": {"coding": [{"system": SPINE_ERROR_SYSTEM, "code": spine, "display": spine.replace("_", " ").title().replace("Nhs", "NHS")}, *self.coding]},
             "diagnostics": self.diagnostics,
         }
         if self.expression:

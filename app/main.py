@@ -26,10 +26,10 @@ _STATUS_CODES = {404: ("not-found", "RESOURCE_NOT_FOUND"), 405: ("not-supported"
 
 def _domain_modules() -> list[Any]:
     """Domain packages that add routes, operations and ingest hooks (in route order)."""
-    from app import audit, family, sync
+    from app import audit, family, sync, web
     from app.linkage import api as linkage_api
 
-    return [family, audit, linkage_api, sync]
+    return [family, audit, linkage_api, sync, web]
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:

@@ -38,6 +38,37 @@ class Settings(BaseSettings):
     auth_authorization_url: str | None = None
     auth_token_url: str | None = None
 
+    # Sign-in to the pages (app/web). Production: OpenID Connect against the configured provider
+    # (NHS CIS2: its discovery URL, this client's id and secret). Unset: the embedded default's
+    # clearly marked demo sign-in, which picks one of the demo users.
+    oidc_discovery_url: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_scopes: str = "openid profile nationalrbacaccess selectedrole"
+    oidc_redirect_url: str | None = None  # default: <base>/sign-in/callback on the URL the page was asked on
+    # CIS2-shaped claims -> familyview: the claim naming the selected role (its person_roleid),
+    # the claim listing the user's roles ({person_roleid, org_code, role_code, ...}), and the
+    # job-role code (the last part of role_code, e.g. "R8000") -> familyview role. A role not in
+    # the map is refused. The service follows from the role (oidc_role_services).
+    oidc_claim_selected_role: str = "selected_roleid"
+    oidc_claim_roles: str = "nhsid_nrbac_roles"
+    oidc_claim_name: str = "name"
+    oidc_role_map: dict[str, str] = Field(default_factory=dict)
+    oidc_role_services: dict[str, str] = Field(default_factory=lambda: {
+        "midwife": "maternity", "health-visitor": "health-visiting", "gp": "general-practice", "mash": "social-care"})
+    # Bearer tokens from the OIDC provider are accepted on the API too (the same mapping), with
+    # this audience (default: the client id).
+    oidc_api_audience: str | None = None
+    # The page session: a signed cookie (HttpOnly, SameSite=Lax, Secure on https). The secret
+    # signs it; unset, it is derived from the local signing key (the embedded default only).
+    web_session_secret: str | None = None
+    web_session_minutes: int = 480
+    web_demo_sign_in: bool | None = None  # None: on exactly when no OIDC provider is configured
+
+    @property
+    def demo_sign_in(self) -> bool:
+        return self.web_demo_sign_in if self.web_demo_sign_in is not None else not self.oidc_discovery_url
+
     # Limits
     max_body_bytes: int = 10 * 1024 * 1024
     max_bundle_entries: int = 1000
@@ -107,8 +138,9 @@ class Settings(BaseSettings):
 
     @property
     def trusts_local_key(self) -> bool:
-        """Without an issuer's JWKS the server checks tokens with its own local key: for
-        development only (`familyview serve --dev-auth`)."""
+        """Without an issuer's JWKS the server checks the tokens that are not the OpenID provider's
+        (source systems', administrators') with its own local key: for development only
+        (`familyview serve --dev-auth`)."""
         return not self.auth_jwks_url
 
     @property

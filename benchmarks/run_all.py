@@ -16,6 +16,7 @@ BENCHMARKS = [
     ["linkage_febrl.py"],
     ["linkage_scale.py", "--sizes", "100000", "1000000", "--interleave"],
     ["family_view.py"],
+    ["pages.py"],
     ["sync.py"],
     ["ops_overhead.py"],
 ]

@@ -107,6 +107,10 @@ def _table() -> dict[str, Rule]:
         Rule("sync.rest-hook", "notify a sync", public=True),  # the upstream's shared secret, not a token
         Rule("ops.health", "probe liveness and readiness", public=True),  # a load balancer holds no token
         Rule("ops.metrics", "scrape the Prometheus metrics (counts, no PHI)", public=True),  # FAMILYVIEW_METRICS_TOKEN when set
+        Rule("web.assets", "read the pages' stylesheets, scripts and icons", public=True),
+        # the pages: the page session (app.web.session, signed in by OpenID Connect or the demo
+        # sign-in), not a bearer token; what a family page shows is the family-view service's
+        Rule("web.pages", "use the pages (signed in with the page session)", public=True),
         # a Bundle's entries are checked one by one, as fhir.write and fhir.read
         Rule("fhir.bundle", "post a transaction or batch", roles=_all(ROLES)),
         Rule("fhir.write", "write records",

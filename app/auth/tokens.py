@@ -143,6 +143,36 @@ class TokenVerifier:
         self.settings = settings
         self._jwks = jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=True) if settings.auth_jwks_url else None
         self._local: LocalKey | None = None  # loaded on first use, so building the app writes nothing
+        self._oidc: Any = None  # the OpenID provider (app.auth.oidc), when one is configured
+
+    def oidc(self):
+        """The configured OpenID Connect provider's client (shared with the pages' sign-in)."""
+        if self._oidc is None:
+            from app.auth.oidc import OidcClient
+
+            self._oidc = OidcClient(self.settings)
+        return self._oidc
+
+    def _from_oidc_provider(self, token: str) -> Principal | None:
+        """A bearer token issued by the OpenID provider (CIS2-shaped claims): checked against its
+        keys and mapped as the sign-in maps it. None when the token is not the provider's."""
+        if not self.settings.oidc_discovery_url:
+            return None
+        try:
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError:
+            return None
+        client = self.oidc()
+        if issuer is None or issuer == self.settings.auth_issuer or issuer != client.issuer_if_configured():
+            return None
+        from app.auth.cis2 import principal_from_cis2
+        from app.auth.oidc import OidcError
+
+        try:
+            claims = client.verify(token, audience=self.settings.oidc_api_audience or str(self.settings.oidc_client_id))
+        except OidcError as exc:
+            raise unauthorized(f"The access token is not valid: {exc}") from None
+        return principal_from_cis2(claims, self.settings)
 
     def _key_for(self, token: str):
         if self._jwks is not None:
@@ -155,6 +185,9 @@ class TokenVerifier:
         return self._local.public_key
 
     def verify(self, token: str) -> Principal:
+        from_provider = self._from_oidc_provider(token)
+        if from_provider is not None:
+            return from_provider
         try:
             claims = jwt.decode(
                 token,

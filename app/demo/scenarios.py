@@ -183,6 +183,35 @@ def _consent(src: Source, key: str, patient: dict[str, Any], provision: dict[str
     }
 
 
+SDS_USER = "https://fhir.nhs.uk/Id/sds-user-id"
+
+
+def _health_visitor(key: str, family: str, given: str, sds: str) -> dict[str, Any]:
+    """A named health visitor of the health visiting service (Practitioner, SDS user id)."""
+    return {
+        "resourceType": "Practitioner",
+        "identifier": [{"system": SDS_USER, "value": sds}, _local(HEALTH_VISITING, key)],
+        "active": True,
+        "name": [{"use": "official", "family": family, "given": [given], "prefix": ["Ms"]}],
+        "telecom": [{"system": "phone", "value": "0113 496 0000", "use": "work"}],
+    }
+
+
+def _care_team(src: Source, key: str, subject: dict[str, Any], members: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The care team a source keeps for a person: named professionals on behalf of the source."""
+    return {
+        "resourceType": "CareTeam",
+        "identifier": [_local(src, key)],
+        "status": "active",
+        "name": name,
+        "subject": subject,
+        "participant": [
+            {"role": [{"text": "Named health visitor"}], "member": m, "onBehalfOf": _org_ref(src.org)} for m in members
+        ],
+        "managingOrganization": [_org_ref(src.org)],
+    }
+
+
 def _family_core(n: int, today: date, infant: tuple[str, str, str], mother: tuple[str, str], infant_age_days: int = 90,
                  mother_security: list[str] | None = None, mother_phone: str | None = None, postcode: str = "LS1 4AB") -> tuple[dict, dict, dict, dict]:
     """Maternity's birth record: infant and mother, the mother's relationship to the infant."""
@@ -192,7 +221,11 @@ def _family_core(n: int, today: date, infant: tuple[str, str, str], mother: tupl
                                phone=mother_phone, security=mother_security, postcode=postcode))
     mth = _entry(_related(MATERNITY, f"s{n}-rp-mother", {"reference": infant_e["fullUrl"]}, "MTH", mother[0], mother[1], "female",
                           date(1994 + n % 5, 3, 10 + n), nhs=mum_nhs, postcode=postcode))
-    hv_episode = _bundle(_entry(_episode(HEALTH_VISITING, f"s{n}-hv-episode", _nhs_ref(inf_nhs), today - timedelta(days=infant_age_days - 10), "Health visiting: universal plus")))
+    hv = _entry(_health_visitor("hv-sam-okafor", "Okafor", "Sam", "555000100001"),)
+    hv["request"]["ifNoneExist"] = f"identifier={SDS_USER}|555000100001"
+    team = _entry(_care_team(HEALTH_VISITING, f"s{n}-hv-team", _nhs_ref(inf_nhs), [{"reference": hv["fullUrl"]}], "Health visiting team"))
+    hv_episode = _bundle(_entry(_episode(HEALTH_VISITING, f"s{n}-hv-episode", _nhs_ref(inf_nhs), today - timedelta(days=infant_age_days - 10), "Health visiting: universal plus")),
+                         hv, team)
     return infant_e, mother_e, mth, hv_episode
 
 
@@ -204,7 +237,9 @@ def build_scenarios(today: date | None = None) -> list[Scenario]:
     inf, mum, mth, hv = _family_core(1, today, ("Taylor", "Lily", "female"), ("Taylor", "Amy"))
     fth = _entry(_related(MATERNITY, "s1-rp-father", {"reference": inf["fullUrl"]}, "FTH", "Taylor", "Ben", "male", "1992-05-14", nhs=N["s1_father"], phone="07700 900101"))
     gp = _bundle(_entry(_patient(GP_FATHERS, "s1-father", "Taylor", "Ben", "male", "1992-05-14", nhs=N["s1_father"], gp=GP_FATHERS.org)))
-    out.append(Scenario(1, "Parents together; nothing withheld", [(MATERNITY, _bundle(inf, mum, mth, fth)), (HEALTH_VISITING, hv), (GP_FATHERS, gp)]))
+    # the family's GP practice describes itself, so that the view names it (Meadow Lane Surgery)
+    out.append(Scenario(1, "Parents together; nothing withheld", [(MATERNITY, _bundle(inf, mum, mth, fth)), (HEALTH_VISITING, hv), (GP_FATHERS, gp),
+                                                                   (GP_FAMILY, _bundle())]))
 
     # 2. Father known to maternity only by name and DOB (nickname, typo); GP holds substance misuse; no consent.
     inf, mum, mth, hv = _family_core(2, today, ("Harris", "Noah", "male"), ("Harris", "Chloe"), postcode="LS6 2QT")
@@ -267,7 +302,17 @@ def build_scenarios(today: date | None = None) -> list[Scenario]:
         "subject": mref, "effectiveDateTime": str(today - timedelta(days=160)), "valueDateTime": str(today + timedelta(days=60)),
     })
     partner = _entry(_related(MATERNITY, "s7-rp-partner", mref, "NFTHF", "Okoye", "Tom", "male", "1995-01-12", nhs=N["s7_partner"], postcode="LS7 1BB"))
-    out.append(Scenario(7, "Pre-birth view from the mother's pregnancy and expected delivery date", [(MATERNITY, _bundle(mum, ep, preg, edd, partner))]))
+    # the health visitor's antenatal contact with her (an Encounter the health visiting service
+    # provided): a legitimate relationship for the pre-birth view
+    antenatal = _bundle(_entry({
+        "resourceType": "Encounter", "identifier": [_local(HEALTH_VISITING, "s7-antenatal-contact")], "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HH", "display": "home health"},
+        "type": [{"text": "Health visiting antenatal contact"}],
+        "subject": _nhs_ref(N["s7_mother"]), "period": {"start": str(today - timedelta(days=20)), "end": str(today - timedelta(days=20))},
+        "serviceProvider": _org_ref(HEALTH_VISITING.org),
+    }))
+    out.append(Scenario(7, "Pre-birth view from the mother's pregnancy and expected delivery date",
+                        [(MATERNITY, _bundle(mum, ep, preg, edd, partner)), (HEALTH_VISITING, antenatal)]))
 
     # 8. Mother's record is restricted (R): her address and contact are never shown.
     inf, mum, mth, hv = _family_core(8, today, ("Morgan", "Isla", "female"), ("Morgan", "Kate"), mother_security=["R"], mother_phone="07700 900808", postcode="LS8 5CC")

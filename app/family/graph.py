@@ -5,7 +5,7 @@ looks across organisations, and what it finds is disclosed only item by item."""
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Iterable
 
 from sqlalchemy import and_, bindparam, func, null, select, union_all
@@ -21,6 +21,8 @@ from app.fhir.validation import is_valid_nhs_number
 from app.linkage.service import linked_records_many
 
 PERSON_TYPES = ("Patient", "RelatedPerson")
+CONTACT_TYPES = ("Encounter", "ServiceRequest")  # pre-birth: antenatal contacts and pregnancy referrals
+PROFESSIONAL_TYPES = ("Practitioner", "PractitionerRole")
 RECORD_TYPES = ("Flag", "Condition", "Observation", "MedicationStatement", "MedicationRequest")
 PREGNANCY_SCT = "77386006"
 EDD_LOINC = "11778-8"
@@ -188,9 +190,21 @@ is_infant = _is_infant
 def current_pregnancy(session: Session, mother_records: list[Rec], today: date) -> tuple[bool, str | None]:
     """(is there a current pregnancy, its expected delivery date): from an EDD Observation
     still in the future, or an active pregnancy Condition."""
+    pregnant, edd, _ = _pregnancy(session, mother_records, today)
+    return pregnant, edd
+
+
+GESTATION_DAYS = 280
+
+
+def _pregnancy(session: Session, mother_records: list[Rec], today: date) -> tuple[bool, str | None, date | None]:
+    """(pregnant, expected delivery date, when this pregnancy began): the start is the EDD less
+    280 days, else the pregnancy Condition's onset or recorded date, else 280 days ago; a
+    contact before it belongs to another pregnancy."""
     recs = referencing(session, ("Observation", "Condition"), ("subject", "patient"), [r for r in mother_records if r.res_type == "Patient"])
     edd = None
     pregnant = False
+    started: list[str] = []
     for r in recs:
         codes = {(c.get("system"), c.get("code")) for c in (r.body.get("code") or {}).get("coding") or []}
         if r.res_type == "Observation" and (LOINC, EDD_LOINC) in codes and r.body.get("status") not in ("cancelled", "entered-in-error"):
@@ -201,7 +215,20 @@ def current_pregnancy(session: Session, mother_records: list[Rec], today: date) 
             status = {c.get("code") for c in (r.body.get("clinicalStatus") or {}).get("coding") or []}
             if status & {"active", "recurrence", "relapse"}:
                 pregnant = True
-    return (pregnant or edd is not None), edd
+                when = str(r.body.get("onsetDateTime") or r.body.get("recordedDate") or "")[:10]
+                if len(when) == 10:
+                    started.append(when)
+    since: date | None = None
+    try:
+        if edd:
+            since = date.fromisoformat(edd) - timedelta(days=GESTATION_DAYS)
+        elif started:
+            since = date.fromisoformat(max(started))
+    except ValueError:
+        since = None
+    if since is None:
+        since = today - timedelta(days=GESTATION_DAYS)
+    return (pregnant or edd is not None), edd, since
 
 
 class _Members:
@@ -245,6 +272,8 @@ def assemble(session: Session, subject: Rec, today: date) -> FamilyGraph:
     if subject.res_type != "Patient":
         raise not_found("The family view starts from a Patient")
     people = _Members(session)
+    contacts: list[Rec] = []
+    since: date | None = None
     if _is_infant(subject, today):
         people.add([(subject, "infant", None)])
         infant = people.members[0]
@@ -256,7 +285,7 @@ def assemble(session: Session, subject: Rec, today: date) -> FamilyGraph:
         people.add(_related(on_infant + [r for r in team_members if r.ref not in {x.ref for x in on_infant}], roles.role_towards_infant))
         mothers = [m for m in people.members if m.role == "mother"]
     else:
-        pregnant, edd = current_pregnancy(session, [subject], today)
+        pregnant, edd, since = _pregnancy(session, [subject], today)
         if subject.gender != "female" or not pregnant:
             raise FhirError(
                 422, "business-rule",
@@ -268,6 +297,7 @@ def assemble(session: Session, subject: Rec, today: date) -> FamilyGraph:
         mothers = [people.members[1]]
         mode, key_date = "pre-birth", date.fromisoformat(edd) if edd else None
         care = referencing(session, ("EpisodeOfCare", "CareTeam"), ("patient", "subject"), mothers[0].patient_records)
+        contacts = referencing(session, CONTACT_TYPES, ("patient", "subject"), mothers[0].patient_records)
     # the mother's partner and household: men in a caring role (pre-birth: the baby's father too)
     on_mothers = referencing(session, ("RelatedPerson",), ("patient",), [r for m in mothers for r in m.patient_records])
     people.add(_related([rp for rp in on_mothers if rp.ref not in people.by_ref], roles.role_towards_mother))
@@ -281,7 +311,17 @@ def assemble(session: Session, subject: Rec, today: date) -> FamilyGraph:
         if member is None:
             continue
         (member.consents if rec.res_type == "Consent" else member.clinical).append(rec)
-    return FamilyGraph(subject=subject, mode=mode, members=members, care=care, birth_or_due=key_date)
+    professionals = load_records(session, {ref for rec in care for ref in professional_refs(rec)})
+    professionals += find_by_identifiers(session, PROFESSIONAL_TYPES,
+                                         {i for rec in care for i in professional_identifiers(rec)}, {p.ref for p in professionals})
+    # a PractitionerRole names the person in the role: the practitioner too
+    roles_of = [p for p in professionals if p.res_type == "PractitionerRole"]
+    known = {p.ref for p in professionals}
+    professionals += [p for p in load_records(session, {ref for r in roles_of for ref in professional_refs(r)}) if p.ref not in known]
+    known = {p.ref for p in professionals}
+    professionals += find_by_identifiers(session, ("Practitioner",), {i for r in roles_of for i in professional_identifiers(r)}, known)
+    return FamilyGraph(subject=subject, mode=mode, members=members, care=care, birth_or_due=key_date, contacts=contacts,
+                       professionals=professionals, pregnancy_since=since)
 
 
 def _referenced_patients(session: Session, rps: list[Rec]) -> list[Rec]:
@@ -319,7 +359,32 @@ def route_people(session: Session, subject: Rec, today: date) -> list[KeyPerson]
             people.append(KeyPerson([r for r in linked[infant.ref] if r.res_type == "Patient"], []))
     for person in people:
         person.care = referencing(session, ("EpisodeOfCare", "CareTeam"), ("patient", "subject"), person.patient_records)
+    # the subject as a pregnant mother: her antenatal contacts and pregnancy referrals in this pregnancy
+    people[0].contacts = referencing(session, CONTACT_TYPES, ("patient", "subject"), people[0].patient_records)
+    if people[0].contacts:
+        people[0].pregnancy_since = _pregnancy(session, people[0].patient_records, today)[2]
     return people
+
+
+def infants_of_mother(session: Session, subject: Rec, today: date) -> list[Rec]:
+    """The infants under one that a source records the subject as mother of (her RelatedPerson
+    MTH/NMTH/GESTM, or PRN/NPRN as a woman, on the baby, joined to her by linkage), one record
+    per baby (records of one baby joined by linkage count once), in a stable order."""
+    own = same_person_many(session, [subject])[subject.ref]
+    rps = [r for r in own if r.res_type == "RelatedPerson"
+           and (roles.role_towards_infant(roles.relationship_codes(r.body), r.gender or subject.gender) or ("",))[0] == "mother"]
+    infants = [p for p in _referenced_patients(session, rps) if _is_infant(p, today)]
+    if not infants:
+        return []
+    linked = same_person_many(session, infants)
+    babies: list[Rec] = []
+    seen: set[str] = set()
+    for infant in sorted(infants, key=lambda r: r.res_id):
+        if infant.ref in seen:
+            continue
+        seen |= {r.ref for r in linked[infant.ref]}
+        babies.append(infant)
+    return babies
 
 
 def _participant_refs(care_team: dict) -> list[tuple[str, str]]:
@@ -340,6 +405,61 @@ def _owner_of(rec: Rec, owner: dict[str, FamilyMember], by_ident: dict) -> Famil
         return owner[f"{parsed[0]}/{parsed[1]}"]
     ident = ref.get("identifier") or {}
     return by_ident.get((ident.get("system"), ident.get("value")))
+
+
+def professional_refs(rec: Rec) -> set[tuple[str, str]]:
+    """The Practitioner / PractitionerRole records a CareTeam or EpisodeOfCare names by literal
+    reference (participant.member, careManager)."""
+    out = set()
+    for ref in _professional_references(rec):
+        parsed = parse_reference(ref.get("reference") or "")
+        if parsed and parsed[0] in PROFESSIONAL_TYPES:
+            out.add(parsed)
+    return out
+
+
+def professional_identifiers(rec: Rec) -> set[tuple[str, str]]:
+    """(system, value) of the professionals a care record names logically (Reference.identifier)."""
+    out = set()
+    for ref in _professional_references(rec):
+        ident = ref.get("identifier") or {}
+        if ref.get("type") in PROFESSIONAL_TYPES and ident.get("system") and ident.get("value"):
+            out.add((ident["system"], ident["value"]))
+    return out
+
+
+def _professional_references(rec: Rec) -> list[dict]:
+    body = rec.body
+    refs = [p.get("member") for p in body.get("participant") or [] if isinstance(p, dict)] if rec.res_type == "CareTeam" else []
+    if rec.res_type == "EpisodeOfCare":
+        refs.append(body.get("careManager"))
+    if rec.res_type == "PractitionerRole":
+        refs.append(body.get("practitioner"))
+    return [r for r in refs if isinstance(r, dict)]
+
+
+_BY_IDENTIFIERS = (
+    select(*_COLUMNS)
+    .join(SearchToken, and_(SearchToken.res_type == StoredResource.res_type, SearchToken.res_id == StoredResource.res_id))
+    .where(in_list(SearchToken.res_type, "types"), SearchToken.param == "identifier", in_list(SearchToken.code, "values"),
+           StoredResource.deleted.is_(False))
+    .order_by(StoredResource.res_type, StoredResource.res_id)
+)
+
+
+def find_by_identifiers(session: Session, types: tuple[str, ...], identifiers: set[tuple[str, str]], known: set[str]) -> list[Rec]:
+    """Records of these types carrying any of the identifiers (one indexed probe), less those known."""
+    if not identifiers:
+        return []
+    rows = session.connection().execute(
+        _BY_IDENTIFIERS.add_columns(SearchToken.system, SearchToken.code),
+        {"types": list(types), "values": sorted({v for _, v in identifiers})},
+    ).all()
+    found = {}
+    for r in rows:
+        if (r.system, r.code) in identifiers and f"{r.res_type}/{r.res_id}" not in known:
+            found[(r.res_type, r.res_id)] = r
+    return _rows_to_recs(found.values())
 
 
 _ORGANISATIONS = (
@@ -364,3 +484,30 @@ def organisation_names(session: Session, ods_codes: Iterable[str]) -> dict[str, 
         if isinstance(name, str) and name.strip():
             names[code] = name.strip()
     return names
+
+
+def _ods_in(node: Any, out: set[str]) -> None:
+    if isinstance(node, dict):
+        if node.get("system") == ODS_SYSTEM and isinstance(node.get("value"), str):
+            out.add(node["value"])
+        for v in node.values():
+            if isinstance(v, (dict, list)):
+                _ods_in(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _ods_in(v, out)
+
+
+def ods_codes_of(graph: FamilyGraph) -> set[str]:
+    """Every organisation the view may name: the sources of the family's records, and every ODS
+    code the people and care records name (GP practices, care teams' organisations)."""
+    codes: set[str] = set()
+    for m in graph.members:
+        for r in (*m.records, *m.clinical, *(rel.record for rel in m.relationships)):
+            codes.add(r.source_org)
+        for r in m.records:
+            _ods_in(r.body.get("generalPractitioner"), codes)
+    for r in (*graph.care, *graph.professionals):
+        codes.add(r.source_org)
+        _ods_in(r.body, codes)
+    return {c for c in codes if c}

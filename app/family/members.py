@@ -113,6 +113,12 @@ class FamilyGraph:
     members: list[FamilyMember]
     care: list[Rec]  # EpisodeOfCare / CareTeam of the infant (pre-birth: the mother)
     birth_or_due: date | None
+    # pre-birth: the mother's antenatal contacts (Encounter) and pregnancy referrals (ServiceRequest)
+    contacts: list[Rec] = field(default_factory=list)
+    # Practitioner / PractitionerRole records the care records name (the named professionals)
+    professionals: list[Rec] = field(default_factory=list)
+    # the start of the current pregnancy (pre-birth): contacts before it are another pregnancy's
+    pregnancy_since: date | None = None
 
     @property
     def infant(self) -> FamilyMember:
@@ -126,6 +132,8 @@ class KeyPerson:
 
     patient_records: list[Rec]
     care: list[Rec]
+    contacts: list[Rec] = field(default_factory=list)  # pre-birth: antenatal contacts, pregnancy referrals
+    pregnancy_since: date | None = None
 
 
 def organisations_of(rec: Rec, field_name: str) -> set[str]:

@@ -30,16 +30,20 @@ from consent import (
     record_date,
 )
 
-from app.family.members import FamilyGraph, FamilyMember, Rec, organisations_of
-from app.fhir.indexing import NHS_NUMBER_SYSTEM
+from app.family.contract import (
+    EXT_ASSURANCE,
+    EXT_EDD,
+    EXT_FAMILY_ROLE,
+    EXT_INFERRED,
+    EXT_NAME_SOURCE,
+    EXT_RELATIONSHIP_PROVENANCE,
+    FV,
+    ODS_SYSTEM,
+)
+from app.family.members import FamilyGraph, FamilyMember, Rec, Relationship, organisations_of
+from app.fhir.indexing import NHS_NUMBER_SYSTEM, parse_reference
 from app.linkage.matching import level_rank, normalise_postcode
-from app.urls import CANONICAL_BASE
 
-FV = CANONICAL_BASE
-EXT_FAMILY_ROLE = f"{FV}/StructureDefinition/family-role"
-EXT_ASSURANCE = f"{FV}/StructureDefinition/linkage-assurance"
-EXT_INFERRED = f"{FV}/StructureDefinition/inferred-relationship"
-EXT_EDD = f"{FV}/StructureDefinition/expected-delivery-date"
 DATA_CATEGORY = f"{FV}/CodeSystem/data-category"
 DERIVED_TAG = {
     "system": f"{FV}/CodeSystem/provenance",
@@ -96,6 +100,17 @@ class Withheld:
 
 
 @dataclass
+class Override:
+    """A safeguarding view that disclosed what consent does not cover: what it overrode, and what
+    follows (the IG review, the holders told), for the practitioner to read."""
+
+    refusal_overridden: bool
+    break_glass: bool
+    review_queued: bool
+    holders_told: list[tuple[str, str | None]]  # (ODS code, name) of each organisation notified
+
+
+@dataclass
 class ViewPlan:
     """Everything the view shows, withholds, records and owes, decided for one request."""
 
@@ -108,6 +123,9 @@ class ViewPlan:
     review_required: bool = False
     purpose_of_use: str | None = None
     refusal: DisclosureDecision | None = None  # no lawful route to the family: nothing else was decided
+    care: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # care team, episodes, professionals as shown
+    override: Override | None = None  # safeguarding disclosed what consent does not cover
+    no_father_known: bool = False  # no source records a father or a man in a caring role
 
     def note(
         self,
@@ -250,9 +268,112 @@ def record_holders(member: FamilyMember) -> frozenset[str]:
 # ---------------------------------------------------------------- what the view shows of a person
 
 
-def person_resource(member: FamilyMember, graph: FamilyGraph) -> dict[str, Any]:
-    """The member's entry before any redaction: the primary record with every identifier and
-    contact point of their contributing records, the family role and how surely they were joined."""
+def organisation_reference(ods: str, org_names: dict[str, str]) -> dict[str, Any]:
+    """An organisation by ODS code, with the name it gave itself where a source described it."""
+    ref: dict[str, Any] = {"type": "Organization", "identifier": {"system": ODS_SYSTEM, "value": ods}}
+    if org_names.get(ods):
+        ref["display"] = org_names[ods]
+    return ref
+
+
+def name_organisations(node: Any, org_names: dict[str, str]) -> None:
+    """Give every Reference that names an organisation by ODS code its name (Reference.display),
+    in place, where a source described the organisation and the reference has no display."""
+    if isinstance(node, list):
+        for v in node:
+            name_organisations(v, org_names)
+        return
+    if not isinstance(node, dict):
+        return
+    ident = node.get("identifier")
+    if (
+        isinstance(ident, dict)
+        and ident.get("system") == ODS_SYSTEM
+        and set(node) <= {"reference", "type", "identifier", "display", "id", "extension"}
+        and not node.get("display")
+        and org_names.get(ident.get("value") or "")
+    ):
+        node["display"] = org_names[ident["value"]]
+    for v in node.values():
+        if isinstance(v, (dict, list)):
+            name_organisations(v, org_names)
+
+
+def _name_key(name: dict[str, Any]) -> tuple[str, tuple[str, ...], str]:
+    family = str(name.get("family") or "").strip().lower()
+    given = tuple(str(g).strip().lower() for g in name.get("given") or [])
+    return family, given, "" if family or given else str(name.get("text") or "").strip().lower()
+
+
+def member_names(member: FamilyMember, org_names: dict[str, str]) -> list[dict[str, Any]]:
+    """The entry's own names, then the names the person's other records carry (maternity's
+    "Jon Smyth" beside his GP's "Jonathan Smith"), once each, every one with its source."""
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[str, tuple[str, ...], str]] = set()
+    for n, rec in enumerate(contributing_records(member)):
+        for name in rec.body.get("name") or []:
+            if not isinstance(name, dict):
+                continue
+            key = _name_key(name)
+            if n > 0 and key in seen:
+                continue
+            seen.add(key)
+            shown = copy.deepcopy(name)
+            shown["extension"] = [e for e in shown.get("extension") or [] if e.get("url") != EXT_NAME_SOURCE] + [
+                {
+                    "url": EXT_NAME_SOURCE,
+                    "extension": [
+                        {"url": "organization", "valueReference": organisation_reference(rec.source_org, org_names)},
+                        {"url": "record", "valueReference": {"reference": rec.ref}},
+                        {"url": "linked", "valueBoolean": n > 0},
+                    ],
+                }
+            ]
+            out.append(shown)
+    return out
+
+
+def relationship_provenance(relationships: list[Relationship], org_names: dict[str, str]) -> list[dict[str, Any]]:
+    """Who recorded each relationship and when (the source organisation and the date), once per
+    recording RelatedPerson and code."""
+    out, seen = [], set()
+    for rel in relationships:
+        if (rel.record.ref, rel.code) in seen:
+            continue
+        seen.add((rel.record.ref, rel.code))
+        body = rel.record.body
+        coding = next(
+            (
+                c
+                for concept in body.get("relationship") or []
+                for c in (concept.get("coding") or [])
+                if isinstance(c, dict) and c.get("code") == rel.code
+            ),
+            {"code": rel.code},
+        )
+        recorded = (body.get("period") or {}).get("start") or (body.get("meta") or {}).get("lastUpdated")
+        ext: list[dict[str, Any]] = [
+            {
+                "url": "relationship",
+                "valueCoding": {k: coding[k] for k in ("system", "code", "display") if coding.get(k)},
+            },
+            {"url": "recordedOn", "valueCode": rel.recorded_on},
+            {"url": "source", "valueReference": organisation_reference(rel.record.source_org, org_names)},
+        ]
+        if recorded:
+            ext.append({"url": "recorded", "valueDateTime": recorded})
+        ext.append({"url": "record", "valueReference": {"reference": rel.record.ref}})
+        out.append({"url": EXT_RELATIONSHIP_PROVENANCE, "extension": ext})
+    return out
+
+
+def person_resource(
+    member: FamilyMember, graph: FamilyGraph, org_names: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The member's entry before any redaction: the primary record with every identifier, name
+    (each with its source) and contact point of their contributing records, the GP practice by
+    name, the family role and how surely they were joined."""
+    org_names = org_names or {}
     ext: list[dict[str, Any]] = [{"url": EXT_FAMILY_ROLE, "valueCode": member.role}]
     if member.unborn:
         mother = graph.members[1] if len(graph.members) > 1 else None
@@ -279,6 +400,10 @@ def person_resource(member: FamilyMember, graph: FamilyGraph) -> dict[str, Any]:
     if identifiers:
         resource["identifier"] = identifiers
     telecom = merged_telecom(member)
+    names = member_names(member, org_names)
+    if names:
+        resource["name"] = names
+    name_organisations(resource.get("generalPractitioner"), org_names)
     if telecom:
         # contact recorded by any source (say, the father's mobile in the midwife's record while
         # the entry is his GP's Patient); whether it is shown is decided for the person after this
@@ -300,7 +425,9 @@ def person_resource(member: FamilyMember, graph: FamilyGraph) -> dict[str, Any]:
             }
         )
     resource["extension"] = [
-        e for e in resource.get("extension") or [] if e.get("url") not in (EXT_FAMILY_ROLE, EXT_ASSURANCE, EXT_INFERRED)
+        e
+        for e in resource.get("extension") or []
+        if e.get("url") not in (EXT_FAMILY_ROLE, EXT_ASSURANCE, EXT_INFERRED, EXT_RELATIONSHIP_PROVENANCE)
     ] + ext
     return resource
 
@@ -411,6 +538,7 @@ def plan_view(graph: FamilyGraph, asker: Asker, today: date, holder_names: dict[
     holder_names = holder_names or {}
     org = asker.requester.org
     carried, carried_decision = carried_from_mother(graph, asker)
+    entries: dict[str, int] = {}  # member key -> the Bundle entry of the member shown
     mothers_contact, mothers_homes = restricted_mothers_contact(graph)
 
     def note_merged(
@@ -455,7 +583,7 @@ def plan_view(graph: FamilyGraph, asker: Asker, today: date, holder_names: dict[
             )
             continue
         entry = len(plan.people)
-        resource = person_resource(member, graph)
+        resource = person_resource(member, graph, holder_names)
         redact = set(identity.redacted_fields)
         if primary is not None:  # the unborn baby has no record and no contact details
             contact = decide_item(
@@ -518,6 +646,37 @@ def plan_view(graph: FamilyGraph, asker: Asker, today: date, holder_names: dict[
             for name in redact:
                 resource.pop(name, None)
             note_merged(member, contact_decision, "contact", resource)
+        if member.relationships and primary is not None:
+            # who recorded the relationship and when: decided as the member's relationship
+            relationship = decide_item(
+                DataItem(
+                    "relationship",
+                    "RelatedPerson",
+                    labels,
+                    member.relationships[0].record.source_org,
+                    reference=member.key + "#relationship",
+                )
+            )
+            plan.note(
+                relationship, member.key + "#relationship", member.key, "relationship", relationship.permitted, org
+            )
+            if relationship.permitted:
+                resource["extension"] = resource.get("extension", []) + relationship_provenance(
+                    member.relationships, holder_names
+                )
+            else:
+                plan.withheld.append(
+                    Withheld(
+                        "person",
+                        entry,
+                        who,
+                        member.role,
+                        relationship,
+                        "relationship",
+                        "Who recorded the relationship, and when",
+                    )
+                )
+        entries[member.key] = entry
         plan.people.append((member.key, resource))
         for rec in member.clinical:
             _plan_record(plan, asker, member, consents, rec, entry, who, holder_names)
@@ -530,7 +689,127 @@ def plan_view(graph: FamilyGraph, asker: Asker, today: date, holder_names: dict[
                 plan.records.append((f"Flag/{indicator['id']}", indicator))
             else:
                 plan.withheld.append(Withheld("record", entry, who, member.role, d))
+    _plan_care(plan, asker, graph, entries, holder_names)
+    plan.no_father_known = not any(m.role in ("father", "male-carer") for m in graph.members)
+    plan.override = _override(plan, asker, holder_names)
     return plan
+
+
+CARE_ACTIVE = {"CareTeam": ("active",), "EpisodeOfCare": ("active", "onhold", "waitlist")}
+FAMILY_TYPES = ("Patient", "RelatedPerson", "Group")
+
+
+def care_key_member(graph: FamilyGraph) -> FamilyMember:
+    """Whose care the care entries are: the infant's; pre-birth, the mother's."""
+    return graph.members[1] if graph.mode == "pre-birth" and len(graph.members) > 1 else graph.infant
+
+
+def _reference_type(ref: dict[str, Any]) -> str | None:
+    parsed = parse_reference(str(ref.get("reference") or ""))
+    return parsed[0] if parsed else ref.get("type")
+
+
+def care_resource(rec: Rec, org_names: dict[str, str]) -> dict[str, Any]:
+    """A care record as shown: as the source sent it, less the family members among a care
+    team's participants (they are the member entries, decided as people), with organisations
+    by name."""
+    shown = copy.deepcopy(rec.body)
+    if rec.res_type == "CareTeam" and shown.get("participant"):
+        kept = [
+            p
+            for p in shown["participant"]
+            if not (
+                isinstance(p, dict)
+                and isinstance(p.get("member"), dict)
+                and _reference_type(p["member"]) in FAMILY_TYPES
+            )
+        ]
+        if kept:
+            shown["participant"] = kept
+        else:
+            shown.pop("participant")
+    name_organisations(shown, org_names)
+    return shown
+
+
+def _names_professional(care: dict[str, Any], prof: Rec) -> bool:
+    """Whether a care record (or a PractitionerRole) shown names this professional, literally or by identifier."""
+    refs = [p.get("member") for p in care.get("participant") or [] if isinstance(p, dict)]
+    refs += [care.get("careManager"), care.get("practitioner")]
+    idents = set(prof.identifiers)
+    for ref in refs:
+        if not isinstance(ref, dict):
+            continue
+        parsed = parse_reference(str(ref.get("reference") or ""))
+        if parsed and f"{parsed[0]}/{parsed[1]}" == prof.ref:
+            return True
+        ident = ref.get("identifier") or {}
+        if ref.get("type") == prof.res_type and (ident.get("system"), ident.get("value")) in idents:
+            return True
+    return False
+
+
+def _plan_care(
+    plan: ViewPlan, asker: Asker, graph: FamilyGraph, entries: dict[str, int], org_names: dict[str, str]
+) -> None:
+    """The care team and named professionals of the infant (pre-birth: the mother), each decided
+    as that person's care-team data (or, for a record the lists place, its category), shown only
+    when the person is."""
+    member = care_key_member(graph)
+    if member.unborn or member.key not in entries:
+        return
+    entry = entries[member.key]
+    who = member.role.replace("-", " ")
+    consents = member_consents(member)
+    shown_care: list[dict[str, Any]] = []
+    for rec in graph.care:
+        if rec.body.get("status") not in CARE_ACTIVE.get(rec.res_type, ()):
+            continue
+        if _plan_record(
+            plan,
+            asker,
+            member,
+            consents,
+            rec,
+            entry,
+            who,
+            org_names,
+            default="care-team",
+            into=plan.care,
+            shape=lambda r: care_resource(r, org_names),
+        ):
+            shown_care.append(rec.body)
+    # roles first, then the practitioners that the care records or the roles shown name
+    for prof in sorted(graph.professionals, key=lambda r: r.res_type != "PractitionerRole"):
+        if any(_names_professional(care, prof) for care in shown_care) and _plan_record(
+            plan,
+            asker,
+            member,
+            consents,
+            prof,
+            entry,
+            who,
+            org_names,
+            default="care-team",
+            into=plan.care,
+            shape=lambda r: care_resource(r, org_names),
+        ):
+            shown_care.append(prof.body)
+
+
+def _override(plan: ViewPlan, asker: Asker, org_names: dict[str, str]) -> Override | None:
+    """What a safeguarding view must say about itself: it disclosed records consent does not
+    cover (overriding a refusal, or by break-glass), an IG review is queued, the holders told."""
+    if asker.purpose is not Purpose.SAFEGUARDING or plan.refusal is not None:
+        return None
+    disclosed = [i for i in plan.items if i.disclosed]
+    refusal = any(i.decision.consent_overridden is not None for i in disclosed)
+    break_glass = plan.purpose_of_use == "BTG"
+    relied = any(i.decision.obligation(ObligationKind.QUEUE_IG_REVIEW) for i in disclosed)
+    if not (refusal or break_glass or relied):
+        return None
+    told = [(ods, org_names.get(ods)) for ods in sorted(plan.notifications)]
+    return Override(refusal, break_glass, plan.review_required, told)
 
 
 def _drop_mothers(resource: dict[str, Any], phones: set[tuple[str, str]], homes: set[str]) -> bool:
@@ -562,12 +841,16 @@ def _plan_record(
     entry: int,
     who: str,
     holder_names: dict[str, str],
-) -> None:
-    """One clinical record: decided once per category it falls in, shown only if every one is
-    permitted, and then as sent less what the decisions redact."""
+    default: str = "record",
+    into: list[tuple[str, dict[str, Any]]] | None = None,
+    shape: Callable[[Rec], dict[str, Any]] | None = None,
+) -> bool:
+    """One clinical (or care) record: decided once per category it falls in (``default`` when
+    no list places it), shown only if every one is permitted, and then as sent less what the
+    decisions redact; whether it is shown."""
     categories, labels = clinical_labels(rec)
     decided = []
-    for category in sorted(categories or {"record"}):
+    for category in sorted(categories or {default}):
         request = asker.request(
             member,
             consents,
@@ -578,13 +861,13 @@ def _plan_record(
     for category, d in decided:
         plan.note(d, rec.ref, member.key, category, allowed, asker.requester.org)
     if allowed:
-        shown = copy.deepcopy(rec.body)
+        shown = shape(rec) if shape is not None else copy.deepcopy(rec.body)
         for _, d in decided:
             for name in d.redacted_fields:
                 shown.pop(name, None)
         if rec.assurance not in ("level3", "level4"):
             shown.setdefault("extension", []).append({"url": EXT_ASSURANCE, "valueCode": rec.assurance})
-        plan.records.append((rec.ref, shown))
+        (plan.records if into is None else into).append((rec.ref, shown))
     else:
         refusal = next(d for _, d in decided if not d.permitted)
         plan.withheld.append(
@@ -598,3 +881,4 @@ def _plan_record(
                 holder_name=holder_names.get(rec.source_org),
             )
         )
+    return allowed

@@ -8,7 +8,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from app.errors import SPINE_ERROR_SYSTEM
-from app.family.plan import DATA_CATEGORY, FV, ViewPlan, Withheld
+from app.family import contract
+from app.family.contract import FV
+from app.family.plan import DATA_CATEGORY, Override, ViewPlan, Withheld
 
 FAMILY_ROLE_SYSTEM = f"{FV}/CodeSystem/family-role"
 ACCESS_DENIED = {"system": SPINE_ERROR_SYSTEM, "code": "ACCESS_DENIED", "display": "Access Denied"}
@@ -74,12 +76,64 @@ def issue(w: Withheld) -> dict[str, Any]:
     return out
 
 
+def _notice(code: str, display: str) -> dict[str, str]:
+    return {"system": contract.NOTICE_SYSTEM, "code": code, "display": display}
+
+
+def override_issue(o: Override) -> dict[str, Any]:
+    """The safeguarding view's statement about itself: what it overrode or relied on, the IG
+    review queued and the holders told (by name), in words a practitioner reads."""
+    coding = [_notice(contract.NOTICE_SAFEGUARDING_OVERRIDE, "Disclosed on a safeguarding basis")]
+    said = ["This view was given for safeguarding: it discloses records that consent does not cover"]
+    if o.refusal_overridden:
+        coding.append(_notice(contract.NOTICE_REFUSAL_OVERRIDDEN, "A refusal was overridden"))
+        said.append("it overrode a person's recorded refusal to share")
+    if o.break_glass:
+        coding.append(_notice(contract.NOTICE_BREAK_GLASS, "Break-glass"))
+        said.append("your organisation has no care relationship with this family, so it relied on break-glass")
+    text = "; ".join(said) + "."
+    if o.review_queued:
+        coding.append(_notice(contract.NOTICE_IG_REVIEW_QUEUED, "IG review queued"))
+        text += " An Information Governance review of this disclosure has been queued."
+    if o.holders_told:
+        coding.append(_notice(contract.NOTICE_HOLDER_NOTIFIED, "Record holder told"))
+        names = ", ".join(f"{name} (ODS {ods})" if name else f"ODS {ods}" for ods, name in o.holders_told)
+        text += f" The organisations holding the records have been told: {names}."
+    return {
+        "severity": "warning",
+        "code": "informational",
+        "details": {"coding": coding, "text": text},
+        "diagnostics": "Your justification, this disclosure and its lawful basis are recorded in the audit (see X-Audit-Event).",
+    }
+
+
+NO_FATHER_KNOWN = {
+    "severity": "information",
+    "code": "informational",
+    "details": {
+        "coding": [_notice(contract.NOTICE_NO_FATHER_KNOWN, "No father or male carer known")],
+        "text": "No father or man in a caring role is recorded for this baby by any service known to familyview.",
+    },
+    "diagnostics": (
+        "Ask the mother who the baby's father is and whether any other man lives with them or cares for the baby, "
+        "and record him (a RelatedPerson on the baby's or the mother's record, with his NHS number if known)."
+    ),
+}
+
+
 def bundle(plan: ViewPlan, bundle_id: str, mode: str) -> dict[str, Any]:
-    """The collection Bundle: the people, their records as shown, and the OperationOutcome."""
+    """The collection Bundle: the people, their records as shown, their care team and named
+    professionals, and the OperationOutcome (what was withheld, and the view's notices)."""
     now = datetime.now(timezone.utc)
     entries = [{"fullUrl": f"urn:familyview:{key}", "resource": resource} for key, resource in plan.people]
     entries += [{"fullUrl": f"urn:familyview:{ref}", "resource": resource} for ref, resource in plan.records]
-    outcome = {"resourceType": "OperationOutcome", "issue": [issue(w) for w in plan.withheld] or [NOTHING_WITHHELD]}
+    entries += [{"fullUrl": f"urn:familyview:{ref}", "resource": resource} for ref, resource in plan.care]
+    issues = [issue(w) for w in plan.withheld] or [NOTHING_WITHHELD]
+    if plan.override is not None:
+        issues.insert(0, override_issue(plan.override))
+    if plan.no_father_known:
+        issues.append(NO_FATHER_KNOWN)
+    outcome = {"resourceType": "OperationOutcome", "issue": issues}
     entries.append({"fullUrl": "urn:familyview:outcome", "resource": outcome})
     return {
         "resourceType": "Bundle",

@@ -20,9 +20,9 @@ from app.ops import metrics
 from app.ops.refusals import RefusalCoalescer
 from app.auth.tokens import Principal
 from app.db import plan_once_per_statement
-from app.errors import FhirError
-from app.family import render
-from app.family.graph import assemble, find_subject, is_infant, organisation_names, route_people
+from app.errors import FhirError, Issue
+from app.family import contract, render
+from app.family.graph import assemble, find_subject, infants_of_mother, is_infant, organisation_names, ods_codes_of, route_people
 from app.family.members import FamilyGraph, FamilyMember
 from app.family.plan import FV, Asker, contributing_records, plan_view
 from app.family.relationship import legitimate_relationship, relationship_with_any
@@ -121,6 +121,13 @@ class FamilyViewService:
             # to a requester with a relationship or a lawful route; everyone else gets the same 403
             route = relationship_with_any(self.principal, route_people(self.session, subject, today))
             self._refuse_without_route(FamilyMember(role="infant", unborn=True), subject.ref, purpose, req, route, audit)
+            # the mother's number opens her baby's view (several babies: which one, asked back)
+            babies = infants_of_mother(self.session, subject, today)
+            audit.subjects += [(b.ref, "infant", [b.nhs_number] if b.nhs_number else []) for b in babies]
+            if len(babies) > 1:
+                raise _choose_infant(babies)
+            if babies:
+                subject = babies[0]
         graph = assemble(self.session, subject, today)
         relationship = legitimate_relationship(self.principal, graph)
         # every record of a member is named (subject access by any of them finds this request),
@@ -150,7 +157,7 @@ class FamilyViewService:
 
     def _disclose(self, graph: FamilyGraph, purpose: Purpose, justification: str | None, relationship: LegitimateRelationship,
                   today: date, audit: FamilyViewAudit) -> dict[str, Any]:
-        holders = organisation_names(self.session, {r.source_org for m in graph.members for r in m.clinical})
+        holders = organisation_names(self.session, ods_codes_of(graph))
         plan = plan_view(graph, self._asker(purpose, justification, relationship), today, holders)
         audit.purpose_of_use = plan.purpose_of_use
         audit.items += [_audited(i) for i in plan.items]
@@ -180,6 +187,19 @@ class FamilyViewService:
                 f"Justification given: {audit.justification}. See AuditEvent/{audit.event_id}; an IG review has been queued."
             )}],
         }
+
+
+def _choose_infant(babies: list) -> FhirError:
+    """Several babies under one are recorded as the mother's (twins): the view is per baby, so the
+    answer names each baby's instance to ask for, and nothing about them (no name, sex or date)."""
+    n = len(babies)
+    issues = [Issue("multiple-matches", f"{n} babies under one are recorded as this mother's: ask for each baby's view "
+                    "by the baby's NHS number or Patient/{id}/$family-view", severity="error",
+                    spine_code=contract.SPINE_MULTIPLE_MATCHES, expression=["identifier"])]
+    issues += [Issue("informational", f"Patient/{b.res_id}/$family-view", severity="information", spine_code="INFORMATIONAL",
+                     coding=[{"system": contract.NOTICE_SYSTEM, "code": contract.NOTICE_CHOOSE_INFANT, "display": f"Baby {i} of {n}"}])
+               for i, b in enumerate(babies, 1)]
+    return FhirError(422, "multiple-matches", issues[0].diagnostics, issues=issues)
 
 
 def _audited(item) -> AuditItem:

@@ -12,7 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.auth.access import FamilyViewer  # its refusal of the policy's `never` roles is made, and audited, by the service
 from app.auth.tokens import Principal, Scope
 from app.errors import FhirError
-from app.family.service import FamilyViewRequest, FamilyViewService
+from app.family.service import FamilyViewRequest, FamilyViewResult, FamilyViewService
+from app.ops.refusals import RefusalCoalescer
 from app.fhir.http import FhirContext, FhirResponse, fhir_body, fhir_context
 from app.linkage.queue import linkage_settled
 
@@ -32,15 +33,20 @@ def _notifier(ctx: FhirContext):
     return notify
 
 
-def _run(ctx: FhirContext, request: Request, req: FamilyViewRequest) -> FhirResponse:
-    req.request_id = getattr(request.state, "request_id", "")
+def family_view(ctx: FhirContext, req: FamilyViewRequest, refusals: RefusalCoalescer | None = None) -> FamilyViewResult:
+    """The view in one transaction, audited; the API and the pages (app.web) both answer with it
+    (refusals: the API's coalescing of a client's flood of refused requests, app.ops.refusals)."""
     try:
         with ctx.db.session() as session:
-            result = FamilyViewService(session, ctx.principal, notify=_notifier(ctx),
-                                       refusals=getattr(request.app.state, "refusals", None)).run(req)
+            return FamilyViewService(session, ctx.principal, notify=_notifier(ctx), refusals=refusals).run(req)
     except SQLAlchemyError:
         log.error("family view not returned: the audit could not be written (request_id=%s)", req.request_id, exc_info=False)
         raise FhirError(503, "transient", "The request could not be recorded in the audit, so nothing is disclosed. Try again later.", spine_code="SERVICE_UNAVAILABLE")
+
+
+def _run(ctx: FhirContext, request: Request, req: FamilyViewRequest) -> FhirResponse:
+    req.request_id = getattr(request.state, "request_id", "")
+    result = family_view(ctx, req, getattr(request.app.state, "refusals", None))
     headers = {"X-Audit-Event": f"AuditEvent/{result.audit_event_id}"}
     return FhirResponse(result.body, status_code=result.status, headers=headers)
 

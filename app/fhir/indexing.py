@@ -131,6 +131,27 @@ _register(
     _p("type", "token", "type"),
     _p("active", "token", "active"),
 )
+# Pre-birth contacts: a health visitor's antenatal contact (Encounter) and a pregnancy referral
+# to her service (ServiceRequest) give her a legitimate relationship for the pre-birth view.
+_register(
+    "Encounter",
+    _p("patient", "reference", "subject", targets=("Patient",)),
+    _p("subject", "reference", "subject", targets=("Patient",)),
+    _p("status", "token", "status"),
+    _p("type", "token", "type"),
+    _p("service-provider", "reference", "serviceProvider", targets=("Organization",)),
+    _p("date", "date", "period"),
+)
+_register(
+    "ServiceRequest",
+    _p("patient", "reference", "subject", targets=("Patient",)),
+    _p("subject", "reference", "subject", targets=("Patient",)),
+    _p("status", "token", "status"),
+    _p("intent", "token", "intent"),
+    _p("code", "token", "code"),
+    _p("performer", "reference", "performer", targets=("Organization", "Practitioner", "PractitionerRole", "CareTeam")),
+    _p("authored", "date", "authoredOn"),
+)
 _register("Practitioner", *_HUMAN, _p("gender", "token", "gender"), _p("active", "token", "active"))
 _register(
     "PractitionerRole",
@@ -153,6 +174,7 @@ _register(
 WRITABLE_TYPES = (
     "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam", "Flag", "Condition",
     "Observation", "MedicationStatement", "MedicationRequest", "Organization", "Practitioner", "PractitionerRole",
+    "Encounter", "ServiceRequest",
 )
 STORED_TYPES = WRITABLE_TYPES + ("Communication",)
 

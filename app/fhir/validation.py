@@ -28,6 +28,7 @@ from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM, WRITABLE_TYPES
 CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 
 _ADMIN_GENDER = {"male", "female", "other", "unknown"}
+_ENCOUNTER_STATUS = {"planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled", "entered-in-error", "unknown"}
 _CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 _CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 
@@ -58,6 +59,12 @@ REQUIRED_CODES: dict[str, dict[str, set[str]]] = {
         "intent": {"proposal", "plan", "order", "original-order", "reflex-order", "filler-order", "instance-order", "option"},
         "priority": {"routine", "urgent", "asap", "stat"},
         "groupIdentifier.use": {"usual", "official", "temp", "secondary", "old"},  # an Identifier not named identifier
+    },
+    "Encounter": {"status": _ENCOUNTER_STATUS, "statusHistory.status": _ENCOUNTER_STATUS},
+    "ServiceRequest": {
+        "status": {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"},
+        "intent": {"proposal", "plan", "directive", "order", "original-order", "reflex-order", "filler-order", "instance-order", "option"},
+        "priority": {"routine", "urgent", "asap", "stat"},
     },
     # not written on its own: checked where it is contained (a MedicationStatement's medicine)
     "Medication": {"status": {"active", "inactive", "entered-in-error"}},

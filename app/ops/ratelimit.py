@@ -22,6 +22,8 @@ from app.ops import metrics
 from app.settings import Settings
 
 EXEMPT = ("/healthz", "/readyz", "/metrics")  # probes and scrapes are not clients
+EXEMPT_PREFIXES = ("/static/",)  # the pages' stylesheets, scripts and icons (files, cached by the browser)
+SESSION_COOKIE = "familyview_session"  # app.web.session.COOKIE: a signed-in page user is a subject too
 MAX_CLIENTS = 100_000
 
 
@@ -78,7 +80,7 @@ class RateLimitMiddleware:
         authorization = headers.get(b"authorization")
         address = (scope.get("client") or ("unknown", 0))[0]
         if authorization is None:
-            return "anonymous", f"ip:{address}"
+            return self._page_user(scope, headers.get(b"cookie")) or ("anonymous", f"ip:{address}")
         try:
             token = bearer_token(authorization.decode("latin-1"))
             principal = scope["app"].state.verifier.verify(token)
@@ -88,8 +90,30 @@ class RateLimitMiddleware:
         state["bearer"], state["principal"] = token, principal
         return "subject", f"sub:{principal.claims.get('iss', '')}|{principal.sub}"
 
+    @staticmethod
+    def _page_user(scope, cookie: bytes | None) -> tuple[str, str] | None:
+        """A page user signed in (the session cookie's signature checked, app.web), by subject:
+        the users of one hospital share its address."""
+        signer = getattr(scope["app"].state, "web_signer", None)
+        if not cookie or signer is None:
+            return None
+        from http.cookies import CookieError, SimpleCookie
+
+        try:
+            jar = SimpleCookie(cookie.decode("latin-1"))
+        except CookieError:
+            return None
+        morsel = jar.get(SESSION_COOKIE)
+        try:
+            data = signer.loads(morsel.value) if morsel is not None else None
+        except Exception:  # noqa: BLE001 - a session that cannot be read is no session
+            data = None
+        return ("subject", f"web:{data.get('sub')}") if data else None
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.settings.rate_limit_enabled or scope.get("path", "") in EXEMPT:
+        path = scope.get("path", "")
+        if (scope["type"] != "http" or not self.settings.rate_limit_enabled or path in EXEMPT
+                or path.startswith(EXEMPT_PREFIXES)):
             await self.app(scope, receive, send)
             return
         if self.settings.auth_jwks_url:  # an unknown key id fetches the issuer's JWKS: never on the event loop

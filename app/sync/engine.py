@@ -49,11 +49,15 @@ log = logging.getLogger("familyview.sync")
 # The source's own Organization (its name tells a practitioner who holds a withheld record), then
 # Patients, then what refers to them (issue 6).
 DEFAULT_TYPES = (
-    "Organization", "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam", "Flag", "Condition", "Observation",
-    "MedicationStatement", "MedicationRequest",
+    # the professionals before the care teams that name them (else they arrive as a care team's dependency)
+    "Organization", "Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam",
+    "Flag", "Condition", "Observation", "MedicationStatement", "MedicationRequest",
+    # antenatal contacts and pregnancy referrals: a relationship for the pre-birth view
+    "Encounter", "ServiceRequest",
 )
-# The search parameter that restricts each type to given patients (for --identifier).
-PATIENT_PARAM = {t: "patient" for t in DEFAULT_TYPES if t != "Patient"}
+# The search parameter that restricts each type to given patients (for --identifier); the
+# professionals are about no patient and come with what names them.
+PATIENT_PARAM = {t: "patient" for t in DEFAULT_TYPES if t not in ("Patient", "Practitioner", "PractitionerRole")}
 _SYNC_NS = uuid.UUID("6f0b8a52-6a43-4c1e-9a51-2f8d3b0c6e11")
 # Types whose medicationReference to an upstream Medication is brought in as a contained Medication.
 MEDICATION_USERS = ("MedicationStatement", "MedicationRequest")

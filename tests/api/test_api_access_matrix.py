@@ -75,7 +75,8 @@ def test_the_never_roles_are_the_policys():
 
 def _concrete(path: str, infant: str) -> str:
     fill = {"res_type": "Patient", "res_id": "no-such-record", "vid": "1", "event_id": "no-such-event",
-            "person_id": "no-such-person", "cid": "999999", "name": "no-such-upstream", "patient_id": infant}
+            "person_id": "no-such-person", "cid": "999999", "name": "no-such-upstream", "patient_id": infant,
+            "asset": "familyview.css"}
     return re.sub(r"\{(\w+)\}", lambda m: fill[m.group(1)], path)
 
 

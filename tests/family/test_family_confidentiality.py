@@ -6,7 +6,7 @@ The demo families are shared by every test in this module (one server per backen
 each test changes only the scenario it is about."""
 from __future__ import annotations
 
-from app.demo.scenarios import GP_FAMILY, HEALTH_VISITING, MASH_ORG, MATERNITY, N, SOCIAL_CARE
+from app.demo.scenarios import GP_FAMILY, GP_FATHERS, HEALTH_VISITING, MASH_ORG, MATERNITY, N, SOCIAL_CARE
 from tests.family.test_family_scenarios import FV, JUSTIFICATION, NHS, item_details, view
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -117,13 +117,15 @@ def test_no_route_is_one_uniform_403_whatever_the_subject(world):
     # the same for safeguarding without a break-glass role
     for key in ("s7_mother", "s1_mother"):
         assert view(world, key, "safeguarding", org="RZZ99", justification=JUSTIFICATION).status == 403
-    # a requester with a relationship to the woman's family is told why there is no view
-    assert view(world, "s1_mother").status == 422
-    # and her GP practice, registered for her, likewise
-    assert view(world, "s1_mother", role="gp", org=GP_FAMILY.org).status == 422
+    # a requester with a relationship to the man's family is told why there is no view of him
+    # (the mother's number opens her baby's view: issue 16)
+    assert view(world, "s1_father").status == 422
+    assert view(world, "s1_mother").status == 200
+    # and his GP practice, registered for him, likewise
+    assert view(world, "s1_father", role="gp", org=GP_FATHERS.org).status == 422
     # the MASH may break the glass for safeguarding: it has a lawful route, so it is told too
-    assert view(world, "s1_mother", "safeguarding", role="mash", org=MASH_ORG, justification=JUSTIFICATION).status == 422
-    assert view(world, "s1_mother", role="mash", org=MASH_ORG).status == 403
+    assert view(world, "s1_father", "safeguarding", role="mash", org=MASH_ORG, justification=JUSTIFICATION).status == 422
+    assert view(world, "s1_father", role="mash", org=MASH_ORG).status == 403
 
 
 def test_restricted_mothers_address_and_gp_are_not_shown_as_the_infants(world):

@@ -185,3 +185,117 @@ def test_render_the_plan_as_the_wire_contracts_bundle():
     assert "75544000" not in str(bundle) and "Opioid" not in str(bundle)
     nothing = render.bundle(plan(family()), "view-2", "infant")
     assert nothing["entry"][-1]["resource"]["issue"][0]["code"] == "informational"
+
+
+# ---------------------------------------------------------------- issue 16: what a practitioner needs to act
+
+from app.family import contract  # noqa: E402
+from app.family.members import Relationship  # noqa: E402
+
+
+def _rp_father(rid: str = "rp1", given: str = "Benny", family_name: str = "Lake") -> Rec:
+    return Rec("RelatedPerson", rid, {"resourceType": "RelatedPerson", "id": rid, "patient": {"reference": "Patient/i1"},
+                                      "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "FTH"}]}],
+                                      "name": [{"family": family_name, "given": [given]}], "gender": "male",
+                                      "period": {"start": "2026-04-01"}}, MATERNITY, "level2")
+
+
+def _with_maternity_record_of_father(graph: FamilyGraph, rp: Rec) -> FamilyGraph:
+    father = graph.members[2]
+    father.records.append(rp)
+    father.relationships.append(Relationship("FTH", "infant", rp))
+    return graph
+
+
+NAMES = {GP_FATHER: "Hill Street Practice", MATERNITY: "Riverside Maternity Unit", GP_FAMILY: "Meadow Lane Surgery"}
+
+
+def _plan_named(graph: FamilyGraph, purpose=Purpose.DIRECT_CARE, **kw) -> ViewPlan:
+    role, org, relationship = kw.get("role", "health-visitor"), kw.get("org", HV), kw.get("relationship", CARE)
+    justification = JUSTIFICATION if purpose is Purpose.SAFEGUARDING else None
+    return plan_view(graph, Asker(Requester(role, org), purpose, justification, relationship, POLICY), TODAY, NAMES)
+
+
+def test_other_names_follow_the_entrys_own_each_with_its_source_once():
+    g = _with_maternity_record_of_father(family(), _rp_father())
+    g.members[2].records.append(_rp_father("rp2", "ben", "LAKE"))  # the same name as his GP's, another case: once
+    father = people(_plan_named(g))["Patient/f1"]
+    got = [(n["given"][0], [e for e in n["extension"] if e["url"] == contract.EXT_NAME_SOURCE][0]) for n in father["name"]]
+    assert [g for g, _ in got] == ["Ben", "Benny"]
+    sources = [{x["url"]: x for x in e["extension"]} for _, e in got]
+    assert [s["linked"]["valueBoolean"] for s in sources] == [False, True]
+    assert [s["organization"]["valueReference"]["display"] for s in sources] == ["Hill Street Practice", "Riverside Maternity Unit"]
+    assert sources[1]["record"]["valueReference"] == {"reference": "RelatedPerson/rp1"}
+
+
+def test_gp_practice_named_and_gone_with_the_restriction():
+    p = _plan_named(family(mother_security=["R"]))
+    assert people(p)["Patient/f1"]["generalPractitioner"][0]["display"] == "Hill Street Practice"
+    assert "generalPractitioner" not in people(p)["Patient/m1"] and "generalPractitioner" not in people(p)["Patient/i1"]
+    assert "Meadow Lane Surgery" not in str(people(p)["Patient/m1"])
+
+
+def test_relationship_provenance_is_decided_and_audited():
+    g = _with_maternity_record_of_father(family(), _rp_father())
+    p = _plan_named(g)
+    (prov,) = [e for e in people(p)["Patient/f1"]["extension"] if e["url"] == contract.EXT_RELATIONSHIP_PROVENANCE]
+    parts = {x["url"]: x for x in prov["extension"]}
+    assert parts["relationship"]["valueCoding"]["code"] == "FTH" and parts["recordedOn"]["valueCode"] == "infant"
+    assert parts["source"]["valueReference"]["display"] == "Riverside Maternity Unit" and parts["recorded"]["valueDateTime"] == "2026-04-01"
+    (item,) = [i for i in p.items if i.reference == "Patient/f1#relationship"]
+    assert item.category == "relationship" and item.disclosed
+
+
+def test_a_withheld_father_has_no_names_provenance_or_prompt():
+    g = _with_maternity_record_of_father(family(father_security=["V"]), _rp_father())
+    p = _plan_named(g)
+    assert "Patient/f1" not in people(p) and "Benny" not in str(p.people) and "Hill Street" not in str(p.people)
+    assert not p.no_father_known  # he is known; not shown is not unknown
+    rendered = render.bundle(p, "b1", "infant")
+    assert contract.NOTICE_NO_FATHER_KNOWN not in str(rendered)
+
+
+def test_no_father_or_male_carer_known_is_a_prompt():
+    g = family()
+    g.members = g.members[:2]
+    p = _plan_named(g)
+    assert p.no_father_known
+    oo = render.bundle(p, "b1", "infant")["entry"][-1]["resource"]
+    (issue,) = [i for i in oo["issue"] if any(c["code"] == contract.NOTICE_NO_FATHER_KNOWN for c in i.get("details", {}).get("coding", []))]
+    assert issue["severity"] == "information" and "record him" in issue["diagnostics"]
+
+
+@pytest.mark.parametrize("role, org, relationship, extra", [
+    ("health-visitor", HV, CARE, set()),
+    ("mash", MASH, NONE, {contract.NOTICE_BREAK_GLASS}),
+])
+def test_safeguarding_override_statement(role, org, relationship, extra):
+    refusal = consent("k1", GP_FATHER, {"type": "deny"}, rule="OPTOUT")
+    g = family(father_records=[OPIOID], father_consents=[refusal])
+    p = _plan_named(g, Purpose.SAFEGUARDING, role=role, org=org, relationship=relationship)
+    assert p.override is not None
+    issue = render.override_issue(p.override)
+    codes = {c["code"] for c in issue["details"]["coding"]}
+    assert codes == {contract.NOTICE_SAFEGUARDING_OVERRIDE, contract.NOTICE_REFUSAL_OVERRIDDEN, contract.NOTICE_IG_REVIEW_QUEUED,
+                     contract.NOTICE_HOLDER_NOTIFIED} | extra
+    assert "Hill Street Practice (ODS A99002)" in issue["details"]["text"]
+    assert "Opioid" not in str(issue) and "substance" not in str(issue)
+    # the same family for direct care states nothing of the kind
+    assert _plan_named(g).override is None
+
+
+def test_care_team_members_who_are_family_are_dropped_and_organisations_named():
+    team = Rec("CareTeam", "ct1", {"resourceType": "CareTeam", "id": "ct1", "status": "active", "subject": {"reference": "Patient/i1"},
+                                   "participant": [{"member": {"reference": "Practitioner/p1"}, "onBehalfOf": {"identifier": {"system": ODS, "value": GP_FAMILY}}},
+                                                   {"member": {"reference": "RelatedPerson/rp9", "display": "Amy Lake"}}]}, HV)
+    old = Rec("CareTeam", "ct2", {"resourceType": "CareTeam", "id": "ct2", "status": "inactive", "subject": {"reference": "Patient/i1"}}, HV)
+    doc = Rec("Practitioner", "p1", {"resourceType": "Practitioner", "id": "p1", "name": [{"family": "Okafor"}]}, HV)
+    stray = Rec("Practitioner", "p2", {"resourceType": "Practitioner", "id": "p2", "name": [{"family": "Nobody"}]}, HV)
+    g = family()
+    g.care, g.professionals = [team, old], [doc, stray]
+    p = _plan_named(g)
+    care = dict(p.care)
+    assert set(care) == {"CareTeam/ct1", "Practitioner/p1"}  # the inactive team and the unnamed practitioner are not shown
+    assert care["CareTeam/ct1"]["participant"] == [{"member": {"reference": "Practitioner/p1"},
+                                                     "onBehalfOf": {"identifier": {"system": ODS, "value": GP_FAMILY}, "display": "Meadow Lane Surgery"}}]
+    assert {i.category for i in p.items if i.reference in care} == {"care-team"}

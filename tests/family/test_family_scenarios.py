@@ -223,8 +223,11 @@ def test_scenario_7_pre_birth_view(world):
     assert v.nhs_numbers("mother") == {N["s7_mother"]}
     assert v.nhs_numbers("father") == {N["s7_partner"]}
     assert any(t["code"] == "pre-birth" for t in v.body["meta"]["tag"])
-    # the health visitor has no relationship before the birth
-    assert view(world, "s7_mother").status == 403
+    # the health visitor with an antenatal contact (issue 16) has a relationship before the birth
+    hv = view(world, "s7_mother")
+    assert hv.status == 200 and hv.nhs_numbers("father") == {N["s7_partner"]}
+    # a health visiting service that has had no contact with her has none
+    assert view(world, "s7_mother", org="RHV02").status == 403
 
 
 def test_scenario_8_restricted_mother_never_shows_address_or_telecom(world):
@@ -271,7 +274,8 @@ def test_scenario_10_young_care_leaver_father_indicators_where_lawful(world):
     ({"purpose": "direct-care"}, 400, "identifier"),
     ({"identifier": f"{NHS}|9990009996", "purpose": "direct-care"}, 404, None),  # a valid NHS number nobody sent
     ({"identifier": f"{NHS}|9990009999", "purpose": "direct-care"}, 422, "identifier"),  # fails Modulus 11
-    ({"identifier": f"{NHS}|{N['s1_mother']}", "purpose": "direct-care"}, 422, "Patient"),
+    # neither an infant, nor the mother of one, nor pregnant (a mother's number opens her baby's view)
+    ({"identifier": f"{NHS}|{N['s1_father']}", "purpose": "direct-care"}, 422, "Patient"),
 ])
 def test_bad_family_view_requests(world, params, status, expression):
     r = world.client("health-visitor", HEALTH_VISITING.org).get("/Patient/$family-view", params=params)

@@ -12,8 +12,8 @@ from tests.sync.sync_support import history_len, search_all
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 ROLE_EXT = "https://familyview.example.nhs.uk/fhir/StructureDefinition/family-role"
-SYNCED = ("Organization", "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam", "Flag", "Condition", "Observation",
-          "MedicationStatement", "MedicationRequest")
+SYNCED = ("Organization", "Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Consent", "EpisodeOfCare", "CareTeam",
+          "Flag", "Condition", "Observation", "MedicationStatement", "MedicationRequest", "Encounter", "ServiceRequest")
 
 
 def test_every_seeded_record_is_synced_once(world):

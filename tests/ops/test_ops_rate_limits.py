@@ -161,3 +161,20 @@ def test_the_access_log_has_no_query_string_nhs_number_name_or_justification(tmp
     assert view and view[0]["request_id"] == "req-ops-1" and view[0]["correlation_id"] == "corr-ops-1", access
     assert view[0]["path"] == "/fhir/Patient/$family-view" and view[0]["status"] in (200, 403, 404)
     assert any(a["method"] == "POST" and a["status"] == 201 for a in access)
+
+
+def test_signed_in_page_users_are_limited_each_by_their_session_not_their_shared_address(limited):
+    """The users of one hospital share its address: a signed-in page user (a valid session
+    cookie) has a bucket of its own; a forged cookie counts as the address."""
+    signer = limited.app.state.web_signer
+    exp = time.time() + 600
+
+    def cookie(sub: str) -> dict[str, str]:
+        return {"Cookie": f"familyview_session={signer.dumps({'sub': sub, 'role': 'health-visitor', 'org': HV_ORG, 'csrf': 'x', 'exp': exp})}"}
+
+    anonymous = [httpx.get(limited.fhir + "/metadata").status_code for _ in range(20)]
+    assert 429 in anonymous  # the address's bucket is empty
+    assert httpx.get(limited.fhir + "/metadata", headers=cookie("hv-page-1")).status_code == 200
+    assert httpx.get(limited.fhir + "/metadata", headers=cookie("hv-page-2")).status_code == 200
+    assert httpx.get(limited.fhir + "/metadata", headers={"Cookie": "familyview_session=forged.0000"}).status_code == 429
+    assert httpx.get(limited.base_url + "/static/familyview.css").status_code == 200  # the pages' files are not counted

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PURE = ["consent", "app/family/plan.py", "app/family/render.py", "app/family/members.py"]
+PURE = ["consent", "app/family/plan.py", "app/family/render.py", "app/family/members.py", "app/family/contract.py"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
