@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth.tokens import TokenVerifier
@@ -59,6 +60,16 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     async def _fhir_error(request: Request, exc: FhirError) -> FhirResponse:
         return FhirResponse(exc.outcome(), status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_unavailable(request: Request, exc: Exception) -> FhirResponse:
+        # the database restarting or unreachable: the transaction rolled back with its connection
+        # (or, cut during COMMIT, its outcome is unknown), so a retry is the client's move, as the
+        # 503 says; never a bare 500
+        log.warning("database unavailable request_id=%s: %s", getattr(request.state, "request_id", ""), type(getattr(exc, "orig", exc)).__name__)
+        outcome = operation_outcome([Issue("transient", "The database is unavailable, so the request was not completed. Retry after a moment.", spine_code="SERVICE_UNAVAILABLE")])
+        return FhirResponse(outcome, status_code=503, headers={"Retry-After": "1"})
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> FhirResponse:
         issues = []
@@ -78,4 +89,17 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     install_ops(app, settings)  # health, readiness, metrics; rate limits inside the request ids, headers outside
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(OpsMiddleware, settings=settings)
+    _describe_api(app)
     return app
+
+
+def _describe_api(app: FastAPI) -> None:
+    """/openapi.json from app.openapi_doc (FHIR bodies, errors, security), built once on first request."""
+    from app.openapi_doc import describe
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

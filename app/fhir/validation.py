@@ -129,8 +129,9 @@ def control_char_error(where: str, what: str = "") -> FhirError:
 
 
 def _json_shape_ok(resource: Any) -> bool:
-    """Whether no string or key holds a control character and nesting stays within MAX_DEPTH;
-    one walk without building paths (the common case, a fine resource, pays only this)."""
+    """Whether no string or key holds a control character, no element is null (FHIR JSON allows
+    null only as an item of an array) and nesting stays within MAX_DEPTH; one walk without
+    building paths (the common case, a fine resource, pays only this)."""
     stack: list[tuple[Any, int]] = [(resource, 1)]
     search = CONTROL_CHARS.search
     while stack:
@@ -144,14 +145,18 @@ def _json_shape_ok(resource: Any) -> bool:
                     return False
             elif isinstance(v, (dict, list)):
                 stack.append((v, depth + 1))
+            elif v is None and isinstance(k, str):
+                return False
             if isinstance(k, str) and search(k):
                 return False
     return True
 
 
 def check_json_shape(resource: Any, res_type: str) -> None:
-    """400 naming the first element whose string holds a control character, or the element
-    nested deeper than MAX_DEPTH (which would otherwise exhaust the validator's recursion)."""
+    """400 naming the first element whose string holds a control character, the first null
+    element (the models would take it as absent and store it as sent, so that a required
+    element such as Patient.link.other went missing), or the element nested deeper than
+    MAX_DEPTH (which would otherwise exhaust the validator's recursion)."""
     if _json_shape_ok(resource):
         return
     stack: list[tuple[Any, int, str]] = [(resource, 1, res_type)]
@@ -169,6 +174,9 @@ def check_json_shape(resource: Any, res_type: str) -> None:
                 raise control_char_error(expr, "an element name")
             if isinstance(v, str) and CONTROL_CHARS.search(v):
                 raise control_char_error(here)
+            if v is None and isinstance(k, str):
+                raise FhirError(400, "structure", f"{here}: null is not a FHIR value (leave the element out)",
+                                expression=here, spine_code="INVALID_RESOURCE")
             if isinstance(v, (dict, list)):
                 stack.append((v, depth + 1, here))
 

@@ -36,6 +36,7 @@ from app.errors import FhirError, bad_request, not_found
 from app.fhir import search, store
 from app.fhir.http import FhirContext, FhirResponse, fhir_context
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, parse_reference
+from app.fhir.validation import CONTROL_CHARS, control_char_error
 from app.fhir.models import SearchToken
 from app.linkage.admin import LinkageAdmin, candidate_json, persons_of
 from app.linkage.models import Link, LinkageEvent, LinkedPerson, ReviewCandidate
@@ -189,6 +190,8 @@ def _text(body: dict[str, Any], name: str) -> str:
         raise FhirError(400, "required", f"'{name}' is required", expression=name, spine_code="MISSING_VALUE")
     if not isinstance(value, str):
         raise bad_request(f"'{name}' must be a string", expression=name)
+    if CONTROL_CHARS.search(value):  # PostgreSQL cannot hold U+0000: a 400 here, not a 500 at the write
+        raise control_char_error(name)
     return value.strip()
 
 

@@ -3,7 +3,7 @@
 /healthz: the process answers (no database touched, so a slow database does not get a
 healthy process restarted). /readyz: this process can serve, i.e. the database answers, its
 schema is at the migrations' head, and the audit chain's head can be read (no audit, no
-disclosure). /metrics: see app.ops.metrics; no PHI, only counts by route template."""
+disclosure); else a 503 OperationOutcome naming each failing check. /metrics: see app.ops.metrics; no PHI, only counts by route template."""
 from __future__ import annotations
 
 import hmac
@@ -17,7 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth.access import Health, MetricsReader
 from app.db import Database
-from app.errors import unauthorized
+from app.errors import Issue, operation_outcome, unauthorized
+from app.fhir.http import FhirResponse
 from app.ops import metrics
 
 router = APIRouter(tags=["Operations"])
@@ -70,7 +71,12 @@ def healthz(_: Health) -> JSONResponse:
 @router.get("/readyz", summary="Readiness: database reachable, migrations at head, audit chain head readable (public)")
 async def readyz(request: Request, _: Health) -> JSONResponse:
     ok, checks = await run_in_threadpool(readiness, request.app.state.db)
-    return JSONResponse({"status": "ready" if ok else "not-ready", "checks": checks}, status_code=200 if ok else 503)
+    if ok:
+        return JSONResponse({"status": "ready", "checks": checks})
+    failing = [Issue("transient", f"Not ready: {name} " + ", ".join(f"{k}={v}" for k, v in check.items() if k != "ok"),
+                     spine_code="SERVICE_UNAVAILABLE")
+               for name, check in checks.items() if not check.get("ok")]
+    return FhirResponse(operation_outcome(failing), status_code=503, headers={"Retry-After": "5"})
 
 
 @router.get("/metrics", summary="Prometheus metrics (operators; no PHI)")
