@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -126,6 +127,7 @@ def append_many(session: Session, entries: list[tuple[dict[str, Any], AuditColum
 _FV = CANONICAL_BASE
 _EXT_IG_REVIEW = f"{_FV}/StructureDefinition/audit-ig-review-required"
 _EXT_POLICY_VERSION = f"{_FV}/StructureDefinition/audit-policy-version"
+_SUBTYPE_SYSTEM = f"{_FV}/CodeSystem/audit-subtype"
 
 
 def _ext(body: dict[str, Any], url: str) -> Any:
@@ -137,23 +139,28 @@ def _ext(body: dict[str, Any], url: str) -> Any:
 
 def columns_from_body(body: dict[str, Any]) -> AuditColumns:
     """The searchable columns an event's (hash-chained) body implies."""
+    return AuditColumns(*_implied_columns(body))
+
+
+def _implied_columns(body: dict[str, Any]) -> tuple[Any, ...]:
+    """columns_from_body's values in AuditColumns' order (verify compares a million of these)."""
     agents = body.get("agent") or []
     user = next((a for a in agents if a.get("requestor")), {})
     org = next((a for a in agents if not a.get("requestor")), {})
-    subtypes = [c.get("code") for c in body.get("subtype") or [] if c.get("system") == f"{_FV}/CodeSystem/audit-subtype"]
+    subtypes = [c.get("code") for c in body.get("subtype") or [] if c.get("system") == _SUBTYPE_SYSTEM]
     purposes = [c.get("code") for p in body.get("purposeOfEvent") or [] for c in p.get("coding") or []]
     roles = [c.get("code") for r in user.get("role") or [] for c in r.get("coding") or []]
-    return AuditColumns(
-        type_code=(body.get("type") or {}).get("code"),
-        subtype_code=subtypes[0] if subtypes else None,
-        action=body.get("action"),
-        outcome=body.get("outcome"),
-        purpose_of_use=purposes[0] if purposes else None,
-        agent_sub=((user.get("who") or {}).get("identifier") or {}).get("value"),
-        agent_org=((org.get("who") or {}).get("identifier") or {}).get("value"),
-        agent_role=roles[0] if roles else None,
-        review_required=bool(_ext(body, _EXT_IG_REVIEW)),
-        policy_version=_ext(body, _EXT_POLICY_VERSION),
+    return (
+        (body.get("type") or {}).get("code"),
+        subtypes[0] if subtypes else None,
+        body.get("action"),
+        body.get("outcome"),
+        purposes[0] if purposes else None,
+        ((user.get("who") or {}).get("identifier") or {}).get("value"),
+        ((org.get("who") or {}).get("identifier") or {}).get("value"),
+        roles[0] if roles else None,
+        bool(_ext(body, _EXT_IG_REVIEW)),
+        _ext(body, _EXT_POLICY_VERSION),
     )
 
 
@@ -175,27 +182,6 @@ def index_from_body(body: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append(("entity", (what.get("reference") or "").split("#", 1)[0]))
             rows += [("entity", d.get("valueString") or "") for d in details if d.get("type") == "subject"]
     return sorted({(p, v[:255]) for p, v in rows if v})
-
-
-def _column_problem(r: Any, body: dict[str, Any], recorded: str | None = None) -> str | None:
-    """Name the first searchable column of the row (an AuditRecord or a row of its table) that
-    disagrees with its body; ``recorded`` is the row's instant as the chain hashes it."""
-    if body.get("id") != r.event_id:
-        return "event_id"
-    try:
-        when = datetime.fromisoformat(str(body.get("recorded")).replace("Z", "+00:00"))
-    except ValueError:
-        return "recorded"
-    if _recorded_text(when) != (recorded or _recorded_text(r.recorded)):
-        return "recorded"
-    implied = columns_from_body(body)
-    for name, value in implied.__dict__.items():
-        actual = getattr(r, name)
-        if name == "review_required":
-            actual = bool(actual)
-        if actual != value:
-            return name
-    return None
 
 
 # ---------------------------------------------------------------- verification
@@ -220,66 +206,124 @@ class VerifyResult:
         return f"audit chain BROKEN at {where}: {self.problem}; {self.checked} events before it verified"
 
 
-def verify(session: Session, batch: int = 5000, *, expect_head: str | None = None, expect_count: int | None = None) -> VerifyResult:
+_COLUMN_NAMES = tuple(AuditColumns.__dataclass_fields__)
+# the walk reads raw driver rows (no ORM objects, no type conversion per value): a million
+# events are a million tuples. The instant comes as the chain hashes it: PostgreSQL formats
+# it; SQLite holds it as text ("YYYY-MM-DD HH:MM:SS.ffffff", UTC), reshaped in Python.
+_WALK = ("SELECT seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
+         "agent_role, review_required, policy_version, {body}, prev_hash, hash FROM audit_event WHERE seq > ? ORDER BY seq LIMIT ?")
+_WALK_RECORDED = {"postgresql": "to_char(recorded AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", "sqlite": "recorded"}
+_WALK_BODY = {"postgresql": "body", "sqlite": "CAST(body AS BLOB)"}  # SQLite: the stored UTF-8 bytes, hashed as they are
+_WALK_HEADS = "SELECT seq, hash FROM audit_head WHERE seq > ? AND seq <= ?"
+_WALK_INDEX = "SELECT event_seq, param, value FROM audit_index WHERE event_seq > ? AND event_seq <= ?"
+_SQLITE_INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+
+
+def _sqlite_recorded(stored: Any) -> str | None:
+    """A SQLite row's instant as the chain hashes it; None when it is not an instant."""
+    if isinstance(stored, str) and _SQLITE_INSTANT.fullmatch(stored):
+        return f"{stored[:10]}T{stored[11:]}Z"
+    try:
+        return _recorded_text(stored if isinstance(stored, datetime) else datetime.fromisoformat(str(stored)))
+    except ValueError:
+        return None
+
+
+def _body_problem(row: tuple[Any, ...], body: dict[str, Any], recorded: str) -> str | None:
+    """Name the first searchable column of a walked row that disagrees with its body."""
+    if body.get("id") != row[1]:
+        return "event_id"
+    said = body.get("recorded")
+    # the body's instant is written to the millisecond ("...T09:00:00.123Z"); equal text is the same instant
+    if not (isinstance(said, str) and len(said) == 24 and recorded == f"{said[:23]}000Z"):
+        try:
+            when = datetime.fromisoformat(str(said).replace("Z", "+00:00"))
+        except ValueError:
+            return "recorded"
+        if _recorded_text(when) != recorded:
+            return "recorded"
+    implied = _implied_columns(body)  # in the walk's column order, type_code .. policy_version
+    actual = (*row[3:11], bool(row[11]), row[12])
+    if implied == actual:
+        return None
+    return next(name for name, want, got in zip(_COLUMN_NAMES, implied, actual) if want != got)
+
+
+def verify(session: Session, batch: int = 2000, *, expect_head: str | None = None, expect_count: int | None = None) -> VerifyResult:
     """Walk the chain from the first event; name the first link that does not hold.
 
-    Each event's hash and link to the one before; each searchable column and each audit_index
-    row against what the hash-chained body says; the head table against the events (the newest
-    events deleted); and, when given, the anchor an IG officer kept from an earlier verify."""
-    if session.get_bind().dialect.name == "postgresql":
+    Each event's hash recomputed over its stored bytes and linked to the one before; each
+    searchable column and each audit_index row against what the hash-chained body says; the
+    head table against the events (the newest events deleted); and, when given, the anchor an
+    IG officer kept from an earlier verify."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         # one snapshot for the whole walk: at READ COMMITTED an event appended by the running
         # service between two of its statements would look like a deleted newest event
         session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    def sql(q: str) -> str:
+        return q.replace("?", "%s") if dialect == "postgresql" else q
+
+    walk = sql(_WALK.format(recorded=_WALK_RECORDED.get(dialect, "recorded"), body=_WALK_BODY.get(dialect, "body")))
+    heads_sql, index_sql = sql(_WALK_HEADS), sql(_WALK_INDEX)
+    sqlite = dialect == "sqlite"
+    sha256, loads = hashlib.sha256, orjson.loads
     prev_hash, checked, last_seq = GENESIS, 0, 0
     anchor_seen = expect_head is None or expect_head == GENESIS
 
     def broken(seq, event_id, problem):
         return VerifyResult(False, checked, seq, event_id, problem, last_seq, prev_hash)
 
-    while True:
-        # table rows, not ORM objects: a walk of millions of events builds no identity map
-        rows = session.execute(
-            select(AuditRecord.__table__).where(AuditRecord.seq > last_seq).order_by(AuditRecord.seq).limit(batch)
-        ).all()
-        if not rows:
-            break
-        hi = rows[-1].seq
-        heads = dict(session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.seq > last_seq, AuditHead.seq <= hi)).all())
-        index: dict[int, list[tuple[str, str]]] = {}
-        for seq, param, value in session.execute(
-            select(AuditIndex.event_seq, AuditIndex.param, AuditIndex.value)
-            .where(AuditIndex.event_seq > last_seq, AuditIndex.event_seq <= hi)
-        ):
-            index.setdefault(seq, []).append((param, value))
-        seqs = {r.seq for r in rows}
-        stray = sorted(set(heads) - seqs)
-        if stray:
-            return broken(stray[0], None, "the head table records this event but it is missing from the audit (a row was removed)")
-        stray = sorted(set(index) - seqs)
-        if stray:
-            return broken(stray[0], None, "audit_index holds search rows for an event that does not exist (index rows were inserted)")
-        for r in rows:
-            if r.prev_hash != prev_hash:
-                return broken(r.seq, r.event_id, "its previous-hash does not match the event before it (a row was removed or re-ordered)")
-            recorded = _recorded_text(r.recorded)
-            expected = chain_hash(prev_hash, r.event_id, recorded, r.body)
-            if r.hash != expected:
-                return broken(r.seq, r.event_id, "its content does not match its hash (the row was altered)")
-            if heads.get(r.seq) != r.hash:
-                return broken(r.seq, r.event_id, "the head table does not record this event with this hash (the event was inserted or altered outside the gateway)")
-            try:
-                body = orjson.loads(r.body)
-            except orjson.JSONDecodeError:
-                return broken(r.seq, r.event_id, "its body is not valid JSON")
-            column = _column_problem(r, body, recorded)
-            if column:
-                return broken(r.seq, r.event_id, f"its searchable column {column} disagrees with its body (a column was altered)")
-            if sorted(index.get(r.seq, [])) != index_from_body(body):
-                return broken(r.seq, r.event_id, "its audit_index search rows disagree with its body (index rows were altered, inserted or deleted)")
-            prev_hash = r.hash
-            anchor_seen = anchor_seen or r.hash == expect_head
-            checked += 1
-            last_seq = r.seq
+    try:
+        while True:
+            cursor.execute(walk, (last_seq, batch))
+            rows = cursor.fetchall()
+            if not rows:
+                break
+            hi = rows[-1][0]
+            cursor.execute(heads_sql, (last_seq, hi))
+            heads = dict(cursor.fetchall())
+            cursor.execute(index_sql, (last_seq, hi))
+            index: dict[int, list[tuple[str, str]]] = {}
+            for seq, param, value in cursor.fetchall():
+                index.setdefault(seq, []).append((param, value))
+            seqs = {r[0] for r in rows}
+            stray = sorted(set(heads) - seqs)
+            if stray:
+                return broken(stray[0], None, "the head table records this event but it is missing from the audit (a row was removed)")
+            stray = sorted(set(index) - seqs)
+            if stray:
+                return broken(stray[0], None, "audit_index holds search rows for an event that does not exist (index rows were inserted)")
+            for r in rows:
+                seq, event_id, recorded, stored, row_prev, row_hash = r[0], r[1], r[2], r[13], r[14], r[15]
+                if row_prev != prev_hash:
+                    return broken(seq, event_id, "its previous-hash does not match the event before it (a row was removed or re-ordered)")
+                if sqlite:
+                    recorded = _sqlite_recorded(recorded)
+                    if recorded is None:
+                        return broken(seq, event_id, "its searchable column recorded is not an instant (a column was altered)")
+                body = stored if isinstance(stored, bytes) else stored.encode()
+                if sha256(f"{prev_hash}|{event_id}|{recorded}|".encode() + body).hexdigest() != row_hash:
+                    return broken(seq, event_id, "its content does not match its hash (the row was altered)")
+                if heads.get(seq) != row_hash:
+                    return broken(seq, event_id, "the head table does not record this event with this hash (the event was inserted or altered outside the gateway)")
+                try:
+                    event = loads(body)
+                except orjson.JSONDecodeError:
+                    return broken(seq, event_id, "its body is not valid JSON")
+                column = _body_problem(r, event, recorded)
+                if column:
+                    return broken(seq, event_id, f"its searchable column {column} disagrees with its body (a column was altered)")
+                if sorted(index.get(seq, ())) != index_from_body(event):
+                    return broken(seq, event_id, "its audit_index search rows disagree with its body (index rows were altered, inserted or deleted)")
+                prev_hash = row_hash
+                anchor_seen = anchor_seen or row_hash == expect_head
+                checked += 1
+                last_seq = seq
+    finally:
+        cursor.close()
     after = session.execute(select(func.min(AuditHead.seq), func.count()).where(AuditHead.seq > last_seq)).one()
     if after[1]:
         return broken(after[0], None, f"the head table records {after[1]} newer event(s) that are missing from the audit (the newest events were deleted)")
