@@ -168,21 +168,35 @@ def _implied_columns(body: dict[str, Any]) -> tuple[Any, ...]:
 def index_from_body(body: dict[str, Any]) -> list[tuple[str, str]]:
     """The audit_index rows an event's body implies (as append() writes them): each data
     subject's reference and NHS numbers (patient), each item and the member it is about (entity)."""
-    rows: list[tuple[str, str]] = []
+    rows: set[tuple[str, str]] = set()
+    add = rows.add  # verify derives these for every event of the chain: one set, no lists
     for e in body.get("entity") or []:
         role = (e.get("role") or {}).get("code")
-        what = e.get("what") or {}
-        details = e.get("detail") or []
         if role == "1":
-            rows.append(("patient", what.get("reference") or what.get("display") or ""))
+            what = e.get("what") or {}
+            value = what.get("reference") or what.get("display")
+            if value:
+                add(("patient", value[:255]))
             ident = what.get("identifier") or {}
             if ident.get("system") == "https://fhir.nhs.uk/Id/nhs-number":  # an NHS number without a record (BALP events)
-                rows.append(("patient", ident.get("value") or ""))
-            rows += [("patient", d.get("valueString") or "") for d in details if d.get("type") == "nhs-number"]
+                value = ident.get("value")
+                if value:
+                    add(("patient", value[:255]))
+            for d in e.get("detail") or []:
+                if d.get("type") == "nhs-number":
+                    value = d.get("valueString")
+                    if value:
+                        add(("patient", value[:255]))
         elif role == "4":
-            rows.append(("entity", (what.get("reference") or "").split("#", 1)[0]))
-            rows += [("entity", d.get("valueString") or "") for d in details if d.get("type") == "subject"]
-    return sorted({(p, v[:255]) for p, v in rows if v})
+            value = ((e.get("what") or {}).get("reference") or "").split("#", 1)[0]
+            if value:
+                add(("entity", value[:255]))
+            for d in e.get("detail") or []:
+                if d.get("type") == "subject":
+                    value = d.get("valueString")
+                    if value:
+                        add(("entity", value[:255]))
+    return sorted(rows)
 
 
 # ---------------------------------------------------------------- verification

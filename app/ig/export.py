@@ -71,7 +71,7 @@ def _batches(db: Database, where: Any, batch: int, columns: Callable[[str], tupl
         q = q.where(AuditRecord.seq > bindparam("last")).order_by(AuditRecord.seq).limit(batch)
         last = 0
         while True:
-            rows = connection.execute(q, {"last": last}).tuples().all()
+            rows = connection.execute(q, {"last": last}).all()
             if not rows:
                 return
             yield rows
@@ -80,8 +80,13 @@ def _batches(db: Database, where: Any, batch: int, columns: Callable[[str], tupl
 
 def ndjson(db: Database, where: Any, *, batch: int = 1000) -> Iterator[bytes]:
     """Each event's stored body, one per line, in chain order (a chunk per batch)."""
-    for rows in _batches(db, where, batch, lambda _: (AuditRecord.body,)):
-        yield ("\n".join([body for _, body in rows]) + "\n").encode()
+    # SQLite hands over the stored UTF-8 bytes as they are (no decode to str and encode back)
+    body = {"sqlite": literal_column("CAST(audit_event.body AS BLOB)")}
+    for rows in _batches(db, where, batch, lambda dialect: (body.get(dialect, AuditRecord.body),)):
+        if isinstance(rows[0][1], bytes):
+            yield b"\n".join([body for _, body in rows]) + b"\n"
+        else:
+            yield ("\n".join([body for _, body in rows]) + "\n").encode()
 
 
 def csv_rows(db: Database, where: Any, *, batch: int = 2000) -> Iterator[bytes]:
@@ -99,15 +104,22 @@ def csv_rows(db: Database, where: Any, *, batch: int = 2000) -> Iterator[bytes]:
                 AuditRecord.outcome, AuditRecord.purpose_of_use, AuditRecord.agent_sub, AuditRecord.agent_org, AuditRecord.agent_role,
                 AuditRecord.review_required, AuditRecord.policy_version, AuditRecord.prev_hash, AuditRecord.hash)
 
+    commas = len(CSV_COLUMNS) - 1
     for rows in _batches(db, where, batch, cols):
-        buffer.seek(0)
-        buffer.truncate()
         sqlite = dialects[0] == "sqlite"
-        writer.writerows([
-            (seq, event_id, _sqlite_instant(recorded) if sqlite else recorded, type_code, subtype_code, action, outcome,
-             purpose or "", safe_cell(sub), safe_cell(org), role,
-             "true" if review else "false", policy or "", prev_hash, hash_)
-            for (seq, event_id, recorded, type_code, subtype_code, action, outcome, purpose, sub, org, role, review, policy,
-                 prev_hash, hash_) in rows
-        ])
-        yield buffer.getvalue().encode()
+        lines = []
+        for (seq, event_id, recorded, type_code, subtype_code, action, outcome, purpose, sub, org, role, review, policy,
+             prev_hash, hash_) in rows:
+            cells = (str(seq), event_id, _sqlite_instant(recorded) if sqlite else recorded, type_code, subtype_code, action, outcome,
+                     purpose or "", safe_cell(sub), safe_cell(org), role, "true" if review else "false", policy or "", prev_hash, hash_)
+            line = ",".join(cells)
+            # a row with no cell to quote is its cells joined, exactly as csv.writer (QUOTE_MINIMAL) writes it
+            if line.count(",") == commas and '"' not in line and "\n" not in line and "\r" not in line:
+                lines.append(line)
+            else:
+                buffer.seek(0)
+                buffer.truncate()
+                writer.writerow(cells)
+                lines.append(buffer.getvalue()[:-2])
+        lines.append("")
+        yield "\r\n".join(lines).encode()

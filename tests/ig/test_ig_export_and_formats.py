@@ -109,3 +109,26 @@ def test_an_unsupported_format_is_406_on_every_route(live, role, org, service, p
 def test_export_refuses_fhir_json(live):
     r = root(live, Accept="application/fhir+json").get("/ig/audit/export")
     assert r.status_code == 406 and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_export_csv_quotes_and_defuses_awkward_cells_as_csv_writer_does(database):
+    """The export writes plain rows itself and only awkward ones through csv.writer: every row,
+    plain or awkward, must come out byte for byte as csv.writer (QUOTE_MINIMAL) writes it, and
+    read back to the values stored (formula cells defused)."""
+    from app.audit import balp
+    from app.auth.tokens import Principal
+    from app.ig import export
+    from app.ig.disclosure import safe_cell
+
+    subs = ["plain-user@RHV01", 'comma, "quoted" user', "line\nbreak", "carriage\rreturn", "=HYPERLINK(1)", "+1", "-1", "@x", "\ttab"]
+    with database.session() as s:
+        for sub in subs:
+            balp.record(s, balp.AccessEvent(Principal(sub=sub, role="gp", org="A99001"), "read", request_id="r"))
+    body = b"".join(export.csv_rows(database, None, batch=4)).decode()
+    rows = list(csv.reader(io.StringIO(body, newline="")))
+    ours = [r for r in rows[1:] if r[CSV_COLUMNS.index("subtype")] == "read"]
+    assert rows[0] == list(CSV_COLUMNS) and len(ours) == len(subs)
+    assert [r[CSV_COLUMNS.index("agent")] for r in ours] == [safe_cell(sub) for sub in subs]
+    reference = io.StringIO()
+    csv.writer(reference, lineterminator="\r\n").writerows(rows)
+    assert body == reference.getvalue()
