@@ -2,13 +2,14 @@
 first 20,000 one at a time, as each request appends its own, app.audit.balp.record; the rest
 500 to a transaction with app.audit.balp.record_many, the same chain in bulk), then `familyview audit verify`'s walk of the whole chain, then the IG export of
 all of it as NDJSON and as CSV (app.ig.export, streamed). Prints each rate and the process's
-peak memory (resident set), next to the same run's baseline: reading the same rows back
-with a bare SELECT (the floor any walk of the chain stands on).
+peak memory, each beside the same run's baseline taken just before it: fetching the rows that
+phase reads with bare SELECTs through the driver (the floor any walk of the chain stands on;
+on a shared machine the ratio is the steadier figure).
 
 Targets: verify and export >= 100,000 events/s; peak memory < 200 MB.
 
     .venv/bin/python benchmarks/audit.py                       # SQLite, 1,000,000 events
-    .venv/bin/python benchmarks/audit.py --events 100000
+    .venv/bin/python benchmarks/audit.py --events 100000 --one-by-one 2000   # a quick run
     scripts/with-postgres.sh .venv/bin/python benchmarks/audit.py --database postgres
 """
 from __future__ import annotations
@@ -21,8 +22,6 @@ import threading
 import time
 
 from harness import Databases, backends, nhs_numbers
-
-from sqlalchemy import text  # noqa: E402
 
 from app.audit import balp  # noqa: E402
 from app.audit.service import verify  # noqa: E402
