@@ -31,6 +31,7 @@ from app.web.routes import _bad_form, _form, _request_id, _to_sign_in, render
 
 router = APIRouter(prefix="/governance", tags=["Pages"], include_in_schema=False, dependencies=[Depends(Access("web.pages"))])
 PAGE_SIZE = 20
+ENTITIES_SHOWN = 4
 HOME = "/governance/reviews"
 FILTERS = ("type", "subtype", "agent", "entity", "nhs_number", "from", "to", "purpose", "outcome")
 OUTCOME_WORDS = {"0": "Success", "4": "Minor failure (refused)", "8": "Serious failure", "12": "Major failure"}
@@ -138,10 +139,15 @@ def _event_row(e: dict[str, Any]) -> dict[str, Any]:
     """What the audit table shows of one AuditEvent."""
     user = next((a for a in e.get("agent") or [] if a.get("requestor")), {})
     org = next((a for a in e.get("agent") or [] if not a.get("requestor")), {})
-    subtype = next((c.get("code") for c in e.get("subtype") or [] if c.get("code") and not c["code"].isdigit()),
-                   (e.get("subtype") or [{}])[0].get("code"))
+    subtype = next((c.get("code") for c in e.get("subtype") or [] if c.get("system") == balp.SUBTYPE_SYSTEM),
+                   (e.get("subtype") or [{}])[-1].get("code"))
     review = next(({x["url"]: next(v for k, v in x.items() if k.startswith("value")) for x in ext.get("extension") or []}
                    for ext in e.get("extension") or [] if ext.get("url") == reviews.EXT_REVIEW), None)
+    refs: list[str] = []  # what was acted on (role 4) before whose data it was (role 1); one line per record
+    for x in sorted(e.get("entity") or [], key=lambda x: (x.get("role") or {}).get("code") != "4"):
+        ref = ((x.get("what") or {}).get("reference") or "").split("#", 1)[0]
+        if ref and ref not in refs:
+            refs.append(ref)
     return {
         "id": e.get("id"), "recorded": e.get("recorded", ""), "type": (e.get("type") or {}).get("code", ""), "subtype": subtype or "",
         "agent": ((user.get("who") or {}).get("identifier") or {}).get("value", ""),
@@ -150,7 +156,7 @@ def _event_row(e: dict[str, Any]) -> dict[str, Any]:
         "outcome": e.get("outcome", ""), "outcome_words": OUTCOME_WORDS.get(e.get("outcome", ""), e.get("outcome", "")),
         "description": e.get("outcomeDesc", ""),
         "purpose": next((c.get("code") for p in e.get("purposeOfEvent") or [] for c in p.get("coding") or []), ""),
-        "entities": [x["what"]["reference"] for x in e.get("entity") or [] if (x.get("what") or {}).get("reference")][:4],
+        "entities": refs[:ENTITIES_SHOWN], "more_entities": max(0, len(refs) - ENTITIES_SHOWN),
         "review": review,
     }
 
