@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 DB_URL ?= sqlite:///$(CURDIR)/var/familyview.db
 
-.PHONY: run test test-fast hapi serve migrate openapi bench clean
+.PHONY: run test test-fast fuzz hapi serve migrate openapi bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -35,6 +35,13 @@ test: $(DEV_STAMP)
 # plan, profiles, lint, types and import layers): about a minute.
 test-fast: $(DEV_STAMP)
 	scripts/run-tests.sh $(BIN)/python -m "not db" -n 2
+
+# schemathesis for longer than `make test` does (tests/api/test_api_fuzz.py): every phase, 100
+# cases per operation and phase, on SQLite and PostgreSQL (tens of thousands of cases; an hour or more)
+fuzz: $(DEV_STAMP)
+	FAMILYVIEW_REQUIRE_POSTGRES=1 FAMILYVIEW_FUZZ_EXAMPLES=$${FAMILYVIEW_FUZZ_EXAMPLES:-100} \
+	FAMILYVIEW_FUZZ_PHASES=$${FAMILYVIEW_FUZZ_PHASES:-examples,coverage,fuzzing,stateful} \
+	scripts/with-postgres.sh $(BIN)/python -m pytest tests/api/test_api_fuzz.py -q -p no:cacheprovider
 
 # Build the HAPI FHIR test server only (tests/hapi/server/target; Maven caches HAPI in ~/.m2).
 hapi:

@@ -1,6 +1,9 @@
 """Errors as FHIR OperationOutcomes, with the NHS England Spine error codes next to the FHIR issue code."""
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,3 +114,25 @@ def forbidden(msg: str) -> FhirError:
 
 def unauthorized(msg: str) -> FhirError:
     return FhirError(401, "login", msg, headers={"WWW-Authenticate": 'Bearer realm="familyview"'})
+
+
+def error_summary() -> str:
+    """The exception being handled as its types and where it was raised, e.g.
+    "OperationalError <- OperationalError at app/fhir/store.py:212 in search": never its message
+    (a database error's message carries the SQL and may carry values a client sent) nor the
+    traceback (thousands of lines for one bad search, and its locals' reprs)."""
+    exc = sys.exc_info()[1]
+    if exc is None:
+        return "-"
+    types, seen, e = [], set(), exc
+    while e is not None and id(e) not in seen and len(types) < 5:
+        seen.add(id(e))
+        types.append(type(e).__name__)
+        e = e.__cause__ or e.__context__
+    where = "?"
+    for frame in traceback.extract_tb(exc.__traceback__):  # the innermost frame of our own code
+        parts = frame.filename.replace(os.sep, "/").split("/")
+        for top in ("app", "consent"):
+            if top in parts:
+                where = f"{'/'.join(parts[len(parts) - parts[::-1].index(top) - 1:])}:{frame.lineno} in {frame.name}"
+    return f"{' <- '.join(types)} at {where}"

@@ -15,9 +15,11 @@ ODS_CODE_RE = re.compile(r"^[A-Z0-9]{3,10}$")
 
 
 def is_valid_nhs_number(value: object) -> bool:
-    """Ten ASCII digits whose last is the Modulus 11 check digit of the first nine. No spaces,
-    no hyphens: "999 000 2118" is how a person writes it, not how a record carries it."""
-    if not isinstance(value, str) or not _NHS_RE.fullmatch(value):
+    """Ten ASCII digits whose last is the Modulus 11 check digit of the first nine, not all one
+    digit. No spaces, no hyphens: "999 000 2118" is how a person writes it, not how a record
+    carries it. "0000000000" and "1111111111" pass Modulus 11 but are placeholders systems
+    send for an unknown number: accepted, they would join every such record as one person."""
+    if not isinstance(value, str) or not _NHS_RE.fullmatch(value) or value == value[0] * 10:
         return False
     total = sum(int(d) * w for d, w in zip(value[:9], range(10, 1, -1)))
     check = 11 - total % 11

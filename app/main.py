@@ -9,11 +9,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth.tokens import TokenVerifier
-from app.db import Database
+from app.db import Database, cancelled_by_timeout
 from app.errors import FhirError, Issue, operation_outcome
 from app.fhir.capability import capability_statement
 from app.fhir.http import FhirResponse
@@ -21,6 +22,7 @@ from app.middleware import RequestContextMiddleware
 from app.settings import Settings, get_settings
 from app.wiring import database as open_database
 from app.wiring import ingest_hooks
+from app.ingest.throttle import WriteThrottle
 
 log = logging.getLogger("familyview")
 
@@ -68,6 +70,18 @@ def _record_policy(app: FastAPI) -> None:
         log.warning("the disclosure policy in force could not be audited at start-up")
 
 
+def _database_unreachable(exc: Exception) -> bool:
+    """Whether a driver error says the database is unreachable, restarting or busy (retry
+    later), not that our statement was wrong: psycopg raises OperationalError only for the
+    connection and the server's state; SQLite raises it for a missing table too."""
+    if isinstance(exc, InterfaceError) or getattr(exc, "connection_invalidated", False):
+        return True
+    orig = getattr(exc, "orig", None)
+    if type(orig).__module__.startswith("psycopg"):
+        return True
+    return any(word in str(orig) for word in ("database is locked", "database is busy", "unable to open database"))
+
+
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -99,6 +113,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.db = database or open_database(settings)
     app.state.verifier = TokenVerifier(settings)
     app.state.ingest_hooks = ingest_hooks(settings)
+    app.state.write_throttle = WriteThrottle(settings.max_concurrent_writes_per_source, settings.write_turn_wait_seconds)
     operations: list[dict[str, Any]] = []
     extra_resources: list[dict[str, Any]] = []
     for module in _domain_modules():
@@ -113,6 +128,23 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         if exc.status == 403 and getattr(request.state, "principal", None) is not None:
             await run_in_threadpool(audit_refusal, request, exc)
         return FhirResponse(exc.outcome(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_unavailable(request: Request, exc: Exception) -> FhirResponse:
+        if isinstance(exc, OperationalError) and cancelled_by_timeout(exc):
+            log.warning("statement timeout request_id=%s path=%s", getattr(request.state, "request_id", "-"), request.url.path)
+            return FhirResponse(operation_outcome([Issue(
+                "too-costly", "The request took longer than this server allows and was stopped; narrow the search and try again",
+                spine_code="SERVICE_UNAVAILABLE")]), status_code=503, headers={"Retry-After": "1"})
+        if not _database_unreachable(exc):
+            raise exc  # a fault of ours (SQLite's "no such table"): the last-resort handler logs it (without SQL) and answers 500
+        # the database restarting or unreachable: the transaction rolled back with its connection
+        # (or, cut during COMMIT, its outcome is unknown), so a retry is the client's move, as the
+        # 503 says; never a bare 500
+        log.warning("database unavailable request_id=%s: %s", getattr(request.state, "request_id", ""), type(getattr(exc, "orig", exc)).__name__)
+        outcome = operation_outcome([Issue("transient", "The database is unavailable, so the request was not completed. Retry after a moment.", spine_code="SERVICE_UNAVAILABLE")])
+        return FhirResponse(outcome, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> FhirResponse:
@@ -129,4 +161,17 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         return FhirResponse(operation_outcome([Issue(code, msg, spine_code=spine)]), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    _describe_api(app)
     return app
+
+
+def _describe_api(app: FastAPI) -> None:
+    """/openapi.json from app.openapi_doc (FHIR bodies, errors, security), built once on first request."""
+    from app.openapi_doc import describe
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

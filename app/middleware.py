@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-import traceback
 import uuid
 from urllib.parse import parse_qsl
 
-from app.errors import FhirError, operation_outcome, Issue
+from app.errors import FhirError, Issue, error_summary, operation_outcome
 from app.fhir.validation import CONTROL_CHARS, control_char_error
 
 log = logging.getLogger("familyview")
@@ -80,7 +79,7 @@ class RequestContextMiddleware:
 
         declared = headers.get("content-length")
         too_large = FhirError(413, "too-costly", f"The request body is larger than this server accepts ({self.max_body_bytes} bytes)", spine_code="REQUEST_TOO_LARGE")
-        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
             await send_error(413, too_large.outcome())
             return
         where = _control_char_in_url(scope)
@@ -106,7 +105,7 @@ class RequestContextMiddleware:
             if not started:
                 await send_error(413, too_large.outcome())
         except Exception:  # noqa: BLE001 - the last resort: log the detail, answer with the id only
-            log.error("unhandled error request_id=%s path=%s\n%s", request_id, scrub(scope.get("path", "")), scrub(traceback.format_exc()))
+            log.error("unhandled error request_id=%s path=%s error=%s", request_id, scrub(scope.get("path", "")), error_summary())
             if not started:
                 outcome = operation_outcome([Issue("exception", f"An unexpected error occurred. Quote request id {request_id} to the service desk.", spine_code="SERVER_ERROR")])
                 await send_error(500, outcome)

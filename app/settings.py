@@ -67,12 +67,40 @@ class Settings(BaseSettings):
     max_bundle_entries: int = 1000
     default_page_size: int = 50
     max_page_size: int = 500
+    # One search (every search endpoint, GET, POST _search and a Bundle's GET entries): at most
+    # this many parameters, repeats of one parameter, values in all (comma alternatives
+    # counted) and characters per value; beyond them a 400 (too-costly).
+    search_max_parameters: int = 20
+    search_max_repeats: int = 4
+    search_max_values: int = 50
+    search_max_value_length: int = 256
+    # One resource (app.fhir.validation.ResourceLimits): characters of any string, of each part
+    # of a person's name, identifiers, and items of any repeating element; beyond them a 400.
+    resource_max_string_length: int = 65_536
+    resource_max_name_length: int = 200
+    resource_max_identifiers: int = 20
+    resource_max_repeats: int = 100
+    # Characters of a $family-view justification (a safeguarding reason, not a case file).
+    max_justification_length: int = 2_000
+    # PostgreSQL: no statement of a request runs longer than this (0: no limit); a search
+    # cut short answers 503 (too-costly) rather than holding a connection for minutes.
+    statement_timeout_ms: int = 30_000
 
     # Record linkage thresholds (match probability)
     linkage_auto_link_probability: float = 0.95
     linkage_review_probability: float = 0.5
     linkage_twin_guard: bool = True  # never auto-link a pair that could be twins (matching.twin_shaped) without a shared identifier
     linkage_max_candidates: int = 500  # cap on candidate records compared with one new record
+    # bounds on one write request's linkage (a bundle of 1,000 near-identical records must not make
+    # hundreds of thousands of review pairs or hold the write lock for seconds): review pairs queued
+    # per record (the most likely kept) and per request, candidate comparisons per request
+    linkage_max_reviews_per_record: int = Field(10, ge=1)
+    linkage_max_reviews_per_request: int = Field(500, ge=1)
+    linkage_max_comparisons_per_request: int = Field(5_000, ge=100)
+    # writes of one source organisation running at once in a server process (a bulk load never takes
+    # every worker thread), and how long the next one waits for its turn before a 429
+    max_concurrent_writes_per_source: int = Field(4, ge=1)
+    write_turn_wait_seconds: float = Field(30.0, gt=0)
     # When linkage runs. "inline": in each write's transaction. "queued": the write names its
     # records in a durable queue and a worker process that `familyview serve` starts links
     # them right after commit, beside the next request (readers of linkage link what is

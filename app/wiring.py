@@ -19,4 +19,5 @@ def ingest_hooks(settings: Settings) -> list[IngestHook]:
 
 
 def database(settings: Settings) -> Database:
-    return Database(settings.database_url)
+    """The web app's database: on PostgreSQL every statement is bounded by statement_timeout_ms."""
+    return Database(settings.database_url, statement_timeout_ms=settings.statement_timeout_ms)

@@ -483,6 +483,18 @@ def _refused(finding: ConsentFinding | None) -> bool:
 # ---------------------------------------------------------------------------
 
 
+def restricted_identity_fields(labels: Iterable[str], policy: Policy | None = None) -> tuple[str, ...]:
+    """The fields of a person's demographic record (Patient, RelatedPerson) withheld wherever it
+    is shown to anyone but the source that sent it, whatever the route: restricted (R) and very
+    restricted (V) people's address, telecom and GP practice, as PDS withholds them. The same
+    fields a permitted identity decision redacts (check 5 of :func:`decide`), for the reads
+    that have no decision of their own (the plain REST API)."""
+    found = set(labels)
+    if "R" in found or "V" in found:
+        return (policy or default_policy()).restricted_redact_fields
+    return ()
+
+
 def decide(request: DisclosureRequest, policy: Policy | None = None) -> DisclosureDecision:
     """Decide one disclosure. Pure: the same request and policy always give the same answer."""
     return _decide(request, policy or default_policy(), True)

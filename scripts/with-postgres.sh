@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a command with a throwaway PostgreSQL (Debian's packages) on a loopback port, then tear it down.
-# Exports FAMILYVIEW_TEST_POSTGRES_URL for the command. Installs postgresql with apt-get when missing.
+# Exports FAMILYVIEW_TEST_POSTGRES_URL for the command (and FAMILYVIEW_TEST_PGDATA, FAMILYVIEW_TEST_PG_BIN). Installs postgresql with apt-get when missing.
 set -euo pipefail
 
 find_pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
@@ -40,6 +40,8 @@ as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_ROOT/data" -l "$PGDATA_ROOT/server.log" -w -t
 echo "with-postgres: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT" >&2
 
 export FAMILYVIEW_TEST_POSTGRES_URL="postgresql+psycopg://postgres@127.0.0.1:$PORT/postgres"
+# for the fault tests, which restart this PostgreSQL under load (tests/api/test_api_faults.py)
+export FAMILYVIEW_TEST_PGDATA="$PGDATA_ROOT/data" FAMILYVIEW_TEST_PG_BIN="$PG_BIN"
 set +e
 "$@"
 status=$?

@@ -63,7 +63,8 @@ def sqlite_template(tmp_path_factory) -> Path:
 
 
 def _pg_admin_engine():
-    return create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    # pre-ping: a test restarts this PostgreSQL (tests/api/test_api_faults.py), cutting pooled connections
+    return create_engine(PG_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
 
 @pytest.fixture(scope="session")
@@ -194,3 +195,9 @@ def live(settings) -> Iterator[LiveServer]:
 
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
+
+
+# The organisation each role's test tokens come from (a source system sends as maternity)
+ROLE_ORG = {"source-system": MATERNITY_ORG, "midwife": MATERNITY_ORG, "health-visitor": HV_ORG, "gp": GP_ORG,
+            "mash": "LA001", "ig-officer": "X26", "admin": "X26"}
+ROLE_SERVICE = {"source-system": "maternity"}

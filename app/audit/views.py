@@ -47,15 +47,16 @@ DATE_MESSAGE = "date must be a FHIR date or dateTime, optionally with a prefix (
 def search_events(request: Request, _: AuditReader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     params = list(request.query_params.multi_items())
     with ctx.db.session() as s:
-        paging, total, resources = search_audit(s, ctx.principal, params, request_id=ctx.request_id)
+        paging, total, resources = search_audit(s, ctx.principal, params, search.SearchLimits.of(ctx.settings), request_id=ctx.request_id)
     return FhirResponse(search.searchset(f"{ctx.base}/AuditEvent", params, paging, total,
                                          ((f"{ctx.base}/AuditEvent/{r['id']}", r) for r in resources)))
 
 
-def search_audit(s: Session, principal: Principal, params: list[tuple[str, str]], *,
+def search_audit(s: Session, principal: Principal, params: list[tuple[str, str]], limits: search.SearchLimits, *,
                  request_id: str = "") -> tuple[search.Paging, int, list[dict[str, Any]]]:
     """The audit search (the API's and the IG pages'): the matching events newest first, each
     with its standing review; the search is itself audited in the caller's transaction."""
+    search.check_limits(params, limits, "AuditEvent")
     conds = []
     patients: list[list[str]] = []
     paging = search.Paging.start(DEFAULT_COUNT, MAX_COUNT)

@@ -14,7 +14,11 @@ from sqlalchemy.orm import Session
 from app.db import in_list
 from app.errors import FhirError, not_found
 from app.family import roles
+from app.auth.tokens import Principal
 from app.family.members import FamilyGraph, FamilyMember, KeyPerson, Rec, Relationship
+from app.family.plan import PERSON_CONFIDENTIALITY, record_labels
+from app.fhir import store
+from app.fhir.models import ResourceVersion
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM, parse_reference
 from app.fhir.models import SearchReference, SearchToken, StoredResource
 from app.fhir.validation import is_valid_nhs_number
@@ -511,3 +515,21 @@ def ods_codes_of(graph: FamilyGraph) -> set[str]:
         codes.add(r.source_org)
         _ods_in(r.body, codes)
     return {c for c in codes if c}
+
+
+PERSON_TYPES = ("Patient", "RelatedPerson")
+
+
+def as_shown(session: Session, principal: Principal, rows: list[StoredResource | ResourceVersion]) -> list[dict[str, Any]]:
+    """The rows of a REST read or search as this reader may see them (store.shown): a record of a
+    person sent by another organisation loses what their restricted (R) or very restricted (V)
+    label withholds, the label found on any linked record of theirs from any source (a label is
+    the person's, as in the family view: plan.person_labels), so the GP's unlabelled copy of a
+    restricted mother shows an administrator no more than maternity's labelled one."""
+    others = {(r.res_type, r.res_id): r for r in rows if r.source_org != principal.org and r.res_type in PERSON_TYPES}
+    labels: dict[str, set[str]] = {}
+    if others:
+        recs = [Rec(r.res_type, r.res_id, json.loads(r.body), r.source_org) for r in others.values()]
+        for ref, same in same_person_many(session, recs).items():
+            labels[ref] = {code for rec in same for code in record_labels(rec)[1] if code in PERSON_CONFIDENTIALITY}
+    return [store.shown(principal, r, labels.get(f"{r.res_type}/{r.res_id}", set())) for r in rows]

@@ -96,8 +96,14 @@ class FamilyViewService:
         if req.res_id is None and not req.identifier:
             raise FhirError(400, "required", "Give the infant as Patient/{id}/$family-view or ?identifier=system|value", expression="identifier", spine_code="MISSING_VALUE")
         plan_once_per_statement(self.session.connection())
-        subject = find_subject(self.session, res_id=req.res_id, identifier=req.identifier)
-        audit.subjects.append((subject.ref, "requested", [subject.nhs_number] if subject.nhs_number else []))
+        try:
+            subject = find_subject(self.session, res_id=req.res_id, identifier=req.identifier)
+        except FhirError as err:
+            if err.status != 404:
+                raise
+            subject, unknown = None, err
+        else:
+            audit.subjects.append((subject.ref, "requested", [subject.nhs_number] if subject.nhs_number else []))
         purpose = PURPOSES.get(req.purpose or "")
         if purpose is None:
             raise FhirError(400, "required" if not req.purpose else "value", "purpose must be direct-care or safeguarding", expression="purpose", spine_code="MISSING_VALUE" if not req.purpose else "INVALID_VALUE")
@@ -105,6 +111,13 @@ class FamilyViewService:
             raise FhirError(400, "required", "A safeguarding request needs a justification (why the child may be at risk)", expression="justification", spine_code="MISSING_VALUE")
         if access.refused("family-view", self.principal.role):  # the policy's `never` roles, from the access table
             raise access.refusal("family-view", self.principal.role)
+        if subject is None:
+            # not found or not yours, one answer: without a lawful route to the family asked for,
+            # an unknown infant gets the same 403 as a known one (a 404 would tell an unrelated
+            # practitioner who is held); with a route (safeguarding), the 404
+            self._refuse_without_route(FamilyMember(role="infant", unborn=True), "Patient", purpose, req,
+                                       LegitimateRelationship(False, None), audit)
+            raise unknown
         if not is_infant(subject, today):
             # the route first: whether she is pregnant (a 422 or a pre-birth view) is told only
             # to a requester with a relationship or a lawful route; everyone else gets the same 403

@@ -38,6 +38,11 @@ def _notifier(ctx: FhirContext):
 
 def family_view(ctx: FhirContext, req: FamilyViewRequest) -> FamilyViewResult:
     """The view in one transaction, audited; the API and the pages (app.web) both answer with it."""
+    limit = ctx.settings.max_justification_length
+    if req.justification is not None and len(req.justification) > limit:
+        # refused (and audited) like any bad request; the audit keeps only what the limit allows
+        req.problem = req.problem or _bad(f"justification is at most {limit} characters", "justification", code="too-costly")
+        req.justification = req.justification[:limit]
     try:
         with ctx.db.session() as session:
             return FamilyViewService(session, ctx.principal, notify=_notifier(ctx)).run(req)

@@ -71,6 +71,7 @@ class FhirContext:
     settings: Settings
     base: str
     hooks: list
+    throttle: Any = None  # app.ingest.throttle.WriteThrottle: one source's writes at once
     request_id: str = ""
 
     def ingest(self, session) -> "IngestService":
@@ -84,7 +85,7 @@ class FhirContext:
 def fhir_context(request: Request, principal: Principal = Depends(get_principal)) -> FhirContext:
     state = request.app.state
     return FhirContext(principal, state.db, state.settings, state.settings.fhir_base(str(request.base_url)), state.ingest_hooks,
-                       getattr(request.state, "request_id", ""))
+                       getattr(state, "write_throttle", None), getattr(request.state, "request_id", ""))
 
 
 # content negotiation lives below auth (the access dependencies call it): re-exported here

@@ -17,6 +17,7 @@ from sqlalchemy import and_, or_
 
 from app.errors import FhirError, bad_request
 from app.fhir.indexing import date_range
+from app.settings import Settings
 
 # Parameters that shape the result rather than filter it.
 CONTROL_PARAMS = frozenset({"_count", "_offset", "_sort", "_format", "_pretty", "_total", "_totalMethod", "_summary", "_elements"})
@@ -100,6 +101,52 @@ def searchset(url: str, params: Iterable[tuple[str, str]], paging: Paging, total
     if found:  # FHIR JSON has no empty arrays
         bundle["entry"] = found
     return bundle
+
+
+# ---------------------------------------------------------------- limits
+
+@dataclass(frozen=True)
+class SearchLimits:
+    """How much one search may ask for (Settings.search_max_*). Every alternative becomes a
+    subquery: unbounded, `name=a0&...&name=a999` ran for minutes on PostgreSQL and overflowed
+    SQLite's expression tree (a 500)."""
+
+    parameters: int = 20
+    repeats: int = 4
+    values: int = 50
+    value_length: int = 256
+
+    @classmethod
+    def of(cls, settings: Settings) -> "SearchLimits":
+        return cls(settings.search_max_parameters, settings.search_max_repeats,
+                   settings.search_max_values, settings.search_max_value_length)
+
+
+def too_costly(message: str, expression: str) -> FhirError:
+    return FhirError(400, "too-costly", message, expression=expression, spine_code="INVALID_PARAMETER")
+
+
+def check_limits(params: list[tuple[str, str]], limits: SearchLimits, res_type: str) -> None:
+    """400 too-costly when a search names more parameters, repeats one more often, gives more
+    comma-separated alternatives in all, or a longer value (a token's system and code each) than
+    `limits` allows; before any
+    parameter is read, so nothing of it reaches the database."""
+    if len(params) > limits.parameters:
+        raise too_costly(f"A search takes at most {limits.parameters} parameters (this one has {len(params)})", f"{res_type}")
+    seen: dict[str, int] = {}
+    alternatives = 0
+    for key, value in params:
+        name = key.partition(":")[0]
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > limits.repeats:
+            raise too_costly(f"A search may give {name} at most {limits.repeats} times", f"{res_type}?{name}")
+        parts = [value] if name in CONTROL_PARAMS else value.split(",")
+        if any(len(piece) > limits.value_length for part in parts for piece in part.split("|")):  # a token's system and code each
+            raise too_costly(f"A search value is at most {limits.value_length} characters", f"{res_type}?{name}")
+        if name not in CONTROL_PARAMS:
+            alternatives += len(parts)
+    if alternatives > limits.values:
+        raise too_costly(f"A search takes at most {limits.values} values in all (alternatives separated by commas included)", f"{res_type}")
 
 
 # ---------------------------------------------------------------- parameters

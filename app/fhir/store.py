@@ -10,8 +10,10 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Iterable
 
-from sqlalchemy import and_, exists, false, func, or_, select
+from sqlalchemy import and_, exists, false, func, or_, select, tuple_
 from sqlalchemy.orm import Session
+
+from consent.engine import restricted_identity_fields
 
 from app.auth import access
 from app.auth.tokens import Principal
@@ -54,6 +56,40 @@ def visible_to(principal: Principal):
     return StoredResource.source_org == principal.org
 
 
+# ---------------------------------------------------------------- what a reader is shown
+
+CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+# meta.security on a copy with fields withheld (HL7 v3 ObservationValue REDACTED)
+REDACTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED",
+            "display": "redacted"}
+
+
+def _confidentiality(resource: dict[str, Any]) -> set[str]:
+    return {c.get("code") for c in (resource.get("meta") or {}).get("security") or []
+            if isinstance(c, dict) and c.get("system") == CONFIDENTIALITY_SYSTEM}
+
+
+def shown(principal: Principal, row: StoredResource | ResourceVersion, person_labels: Iterable[str] = ()) -> dict[str, Any]:
+    """A stored resource as this reader may see it: as sent, to the source that sent it; to
+    anyone else (an administrator reads every organisation's people) without the fields the
+    consent engine withholds from a restricted (R) or very restricted (V) person (its own
+    labels, and `person_labels` found on the person's other records), marked REDACTED. The
+    family view decides per item; this is the same rule for the REST reads."""
+    resource: dict[str, Any] = json.loads(row.body)
+    if principal.org == row.source_org:
+        return resource
+    labels = set(person_labels)
+    if CONFIDENTIALITY_SYSTEM in row.body:
+        labels |= _confidentiality(resource)
+    withheld = [f for f in restricted_identity_fields(labels) if f in resource]
+    if withheld:
+        for name in withheld:
+            del resource[name]
+        meta = resource.setdefault("meta", {})
+        meta["security"] = [*meta.get("security", []), REDACTED]
+    return resource
+
+
 def check_type(res_type: str) -> None:
     if res_type not in STORED_TYPES:
         raise FhirError(404, "not-supported", f"Resource type {res_type} is not supported by this server", spine_code="INVALID_RESOURCE")
@@ -69,10 +105,10 @@ def read(session: Session, principal: Principal, res_type: str, res_id: str) -> 
     if CONTROL_CHARS.search(res_id):
         raise control_char_error(f"{res_type}.id", "the id")
     row = get_current(session, res_type, res_id)
-    if row is None or row.deleted:
+    # another organisation's record is answered as one that does not exist: one status (and
+    # one message) for "not found or not yours", so a reader learns nothing of who is held
+    if row is None or row.deleted or not may_read(principal, row.source_org):
         raise not_found(f"{res_type}/{res_id} is not known")
-    if not may_read(principal, row.source_org):
-        raise FhirError(403, "forbidden", f"{res_type}/{res_id} was sent by another organisation", spine_code="ACCESS_DENIED")
     return row
 
 
@@ -187,13 +223,19 @@ def _param_condition(session: Session, res_type: str, name: str, modifier: str |
             if target_type is None:
                 raise bad_request(f"Give {name} as Type/id", expression=expr)
             literal = and_(table.param == name, table.target_type == target_type, table.target_id == target_id)
-            # a logical reference (Reference.identifier) to any identifier the target carries
+            # a logical reference (Reference.identifier) to any identifier the target carries:
+            # one row-value IN for all of them, however many (an OR each overflowed SQLite's
+            # expression tree for a target with hundreds of identifiers)
             idents = _identifiers_of_target(session, target_type, target_id)
-            logical = [
-                and_(table.param == name, table.target_id.is_(None), table.ident_value == code,
-                     table.ident_system == system if system else table.ident_system.is_(None))
-                for system, code in idents
-            ]
+            with_system = sorted({(system, code) for system, code in idents if system})
+            bare = sorted({code for system, code in idents if not system})
+            logical = []
+            if with_system:
+                logical.append(and_(table.param == name, table.target_id.is_(None),
+                                    tuple_(table.ident_system, table.ident_value).in_(with_system)))
+            if bare:
+                logical.append(and_(table.param == name, table.target_id.is_(None), table.ident_system.is_(None),
+                                    table.ident_value.in_(bare)))
             ors += [literal, *logical]
     if negate:
         # NOT EXISTS, which PostgreSQL plans as an anti-join (NOT IN over a subquery it cannot,
@@ -212,9 +254,12 @@ def search(
     *,
     default_count: int,
     max_count: int,
+    limits: q.SearchLimits = q.SearchLimits(),
 ) -> SearchResult:
     check_type(res_type)
     check_reader(principal, res_type)
+    params = list(params)
+    q.check_limits(params, limits, res_type)
     conditions = [StoredResource.res_type == res_type, StoredResource.deleted == false()]
     vis = visible_to(principal)
     if vis is not None:
@@ -249,8 +294,11 @@ _non_negative_int = q.whole_number  # the name the linkage API used
 
 
 def searchset_bundle(
-    result: SearchResult, *, base: str, res_type: str, params: list[tuple[str, str]]
+    result: SearchResult, *, base: str, res_type: str, params: list[tuple[str, str]], resources: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
+    """The searchset of `result`; `resources` are its rows as the reader may see them
+    (app.family.graph.as_shown), else as stored."""
     paging = q.Paging(count=result.count, offset=result.offset)
+    shown_rows = resources if resources is not None else [json.loads(r.body) for r in result.rows]
     return q.searchset(f"{base}/{res_type}", params, paging, result.total,
-                       ((f"{base}/{r.res_type}/{r.res_id}", json.loads(r.body)) for r in result.rows))
+                       ((f"{base}/{r.res_type}/{r.res_id}", body) for r, body in zip(result.rows, shown_rows)))

@@ -11,6 +11,7 @@ import decimal
 import re
 import types
 import typing
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterator
 
@@ -128,31 +129,70 @@ def control_char_error(where: str, what: str = "") -> FhirError:
     )
 
 
-def _json_shape_ok(resource: Any) -> bool:
-    """Whether no string or key holds a control character and nesting stays within MAX_DEPTH;
-    one walk without building paths (the common case, a fine resource, pays only this)."""
+@dataclass(frozen=True)
+class ResourceLimits:
+    """How large one resource's parts may be (Settings.resource_max_*; documented there).
+    Beyond them a 400 (too-costly) naming the element: a 9 MiB family name or a Patient with
+    100,000 identifiers is no record a source keeps, and each is matched, indexed and
+    compared by linkage at a cost that grows with it."""
+
+    string_length: int = 65_536  # characters of any string (narrative and free text included)
+    name_length: int = 200  # characters of each part of a HumanName (family, given, prefix, suffix, text)
+    identifiers: int = 20  # identifiers of one resource
+    repeats: int = 100  # items of any repeating element (name, telecom, address, coding, extension, ...)
+
+    @classmethod
+    def of(cls, settings: Any) -> "ResourceLimits":
+        return cls(settings.resource_max_string_length, settings.resource_max_name_length,
+                   settings.resource_max_identifiers, settings.resource_max_repeats)
+
+
+DEFAULT_LIMITS = ResourceLimits()
+_NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
+
+
+def too_large(expr: str, message: str) -> FhirError:
+    return FhirError(400, "too-costly", f"{expr}: {message}", expression=expr, spine_code="INVALID_VALUE")
+
+
+def _json_shape_ok(resource: Any, limits: ResourceLimits = DEFAULT_LIMITS) -> bool:
+    """Whether no string or key holds a control character, no element is null (FHIR JSON allows
+    null only as an item of an array), no string or array is longer than `limits` allow and
+    nesting stays within MAX_DEPTH; one walk without building paths (the common case, a fine
+    resource, pays only this)."""
     stack: list[tuple[Any, int]] = [(resource, 1)]
     search = CONTROL_CHARS.search
+    max_string, max_repeats = limits.string_length, limits.repeats
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
             return False
-        items = node.items() if isinstance(node, dict) else enumerate(node)
+        if isinstance(node, dict):
+            items: Any = node.items()
+        else:
+            if len(node) > max_repeats:
+                return False
+            items = enumerate(node)
         for k, v in items:
             if isinstance(v, str):
-                if search(v):
+                if len(v) > max_string or search(v):
                     return False
             elif isinstance(v, (dict, list)):
                 stack.append((v, depth + 1))
+            elif v is None and isinstance(k, str):
+                return False
             if isinstance(k, str) and search(k):
                 return False
     return True
 
 
-def check_json_shape(resource: Any, res_type: str) -> None:
-    """400 naming the first element whose string holds a control character, or the element
-    nested deeper than MAX_DEPTH (which would otherwise exhaust the validator's recursion)."""
-    if _json_shape_ok(resource):
+def check_json_shape(resource: Any, res_type: str, limits: ResourceLimits = DEFAULT_LIMITS) -> None:
+    """400 naming the first element whose string holds a control character, the first null
+    element (the models would take it as absent and store it as sent, so that a required
+    element such as Patient.link.other went missing), the string or repeating element longer
+    than `limits` allow, or the element nested deeper than MAX_DEPTH (which would otherwise
+    exhaust the validator's recursion)."""
+    if _json_shape_ok(resource, limits):
         return
     stack: list[tuple[Any, int, str]] = [(resource, 1, res_type)]
     while stack:
@@ -162,6 +202,8 @@ def check_json_shape(resource: Any, res_type: str) -> None:
                 400, "structure", f"{res_type} is nested more than {MAX_DEPTH} levels deep",
                 expression=expr, spine_code="INVALID_RESOURCE",
             )
+        if isinstance(node, list) and len(node) > limits.repeats:
+            raise too_large(expr, f"at most {limits.repeats} repeats are accepted (this has {len(node)})")
         items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
         for k, v in reversed(items):  # the stack pops the first element first
             here = f"{expr}[{k}]" if isinstance(k, int) else f"{expr}.{k}"
@@ -169,8 +211,31 @@ def check_json_shape(resource: Any, res_type: str) -> None:
                 raise control_char_error(expr, "an element name")
             if isinstance(v, str) and CONTROL_CHARS.search(v):
                 raise control_char_error(here)
+            if v is None and isinstance(k, str):
+                raise FhirError(400, "structure", f"{here}: null is not a FHIR value (leave the element out)",
+                                expression=here, spine_code="INVALID_RESOURCE")
+            if isinstance(v, str) and len(v) > limits.string_length:
+                raise too_large(here, f"a string is at most {limits.string_length} characters here")
             if isinstance(v, (dict, list)):
                 stack.append((v, depth + 1, here))
+
+
+def check_sizes(resource: dict[str, Any], res_type: str, limits: ResourceLimits = DEFAULT_LIMITS) -> None:
+    """400 for more identifiers than `limits.identifiers`, or a person's name part longer than
+    `limits.name_length` (the person's own names and their contacts')."""
+    idents = resource.get("identifier")
+    if isinstance(idents, list) and len(idents) > limits.identifiers:
+        raise too_large(f"{res_type}.identifier", f"at most {limits.identifiers} identifiers are accepted (this has {len(idents)})")
+    for path in ("name", "contact.name"):
+        for expr, name in _iter_paths(resource, path, res_type):
+            if not isinstance(name, dict):
+                continue
+            for part in _NAME_PARTS:
+                value = name.get(part)
+                for i, text in (enumerate(value) if isinstance(value, list) else [(None, value)]):
+                    if isinstance(text, str) and len(text) > limits.name_length:
+                        where = f"{expr}.{part}" + (f"[{i}]" if i is not None else "")
+                        raise too_large(where, f"a name is at most {limits.name_length} characters")
 
 
 # ---------------------------------------------------------------- JSON types of primitives
@@ -323,7 +388,7 @@ def _check_contained_types(resource: dict[str, Any], res_type: str) -> None:
             raise FhirError(400, "structure", f"{where}: not a FHIR R4 resource type", expression=where, spine_code="INVALID_RESOURCE")
 
 
-def validate_structure(resource: Any, *, expected_type: str | None = None) -> None:
+def validate_structure(resource: Any, *, expected_type: str | None = None, limits: ResourceLimits = DEFAULT_LIMITS) -> None:
     """400 unless the resource is a well-formed R4 resource of a type this gateway stores."""
     if not isinstance(resource, dict):
         raise FhirError(400, "structure", "The resource must be a JSON object", expression="Resource")
@@ -342,7 +407,8 @@ def validate_structure(resource: Any, *, expected_type: str | None = None) -> No
         except (ValueError, KeyError, AttributeError):
             msg = f"Unknown resource type {res_type!r}"
         raise FhirError(400, "not-supported", msg, expression=f"{res_type}.resourceType", spine_code="INVALID_RESOURCE")
-    check_json_shape(resource, res_type)
+    check_json_shape(resource, res_type, limits)
+    check_sizes(resource, res_type, limits)
     if isinstance(resource.get("id"), str) and len(resource["id"]) > 64:  # FHIR ids are 1 to 64 characters
         raise FhirError(400, "structure", f"{res_type}.id: an id is at most 64 characters", expression=f"{res_type}.id", spine_code="INVALID_RESOURCE")
     _check_contained_types(resource, res_type)
@@ -530,6 +596,31 @@ def check_business_rules(resource: dict[str, Any]) -> None:
             raise error
 
 
+# a URI scheme ("http:", "urn:"): a reference that has one is absolute
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def foreign_reference(literal: str, bases: tuple[str, ...]) -> bool:
+    """Whether a literal reference points outside this server: absolute, and neither a Bundle
+    entry's urn:uuid/urn:oid fullUrl nor a URL under one of `bases` (this server's FHIR base,
+    and for a sync the upstream it copies). Sources do not know each other's servers: a record
+    elsewhere is named by identifier (Reference.identifier), never by a URL this gateway would
+    hand to every reader (`http://evil.example/...`)."""
+    if not _SCHEME_RE.match(literal) or literal.startswith(("urn:uuid:", "urn:oid:")):
+        return False
+    return not any(literal.startswith(base.rstrip("/") + "/") for base in bases)
+
+
+def foreign_reference_error(expr: str) -> FhirError:
+    return FhirError(
+        422, "business-rule",
+        f"{expr}: a reference must be relative (Type/id), to this server's base URL, a Bundle entry's fullUrl, "
+        "a contained resource (#id), conditional (Type?identifier=system|value) or logical (identifier); "
+        "a record on another server is named by its identifier",
+        expression=expr, spine_code="INVALID_REFERENCE",
+    )
+
+
 # elements that must name a resource of one type when they point at a contained resource
 _LOCAL_TARGET_TYPES = {"medicationReference": "Medication"}
 
@@ -573,7 +664,7 @@ def _check_local_references(resource: dict[str, Any], res_type: str) -> None:
             raise FhirError(400, "invalid", f"{where}: {problem}", expression=where, spine_code="INVALID_REFERENCE")
 
 
-def validate_resource(resource: Any, *, expected_type: str | None = None) -> dict[str, Any]:
-    validate_structure(resource, expected_type=expected_type)
+def validate_resource(resource: Any, *, expected_type: str | None = None, limits: ResourceLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    validate_structure(resource, expected_type=expected_type, limits=limits)
     check_business_rules(resource)
     return resource

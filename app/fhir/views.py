@@ -1,32 +1,53 @@
 """FHIR REST routes: parse, call the store or the ingest service, return. No logic lives here."""
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
+import random
+import time
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from app.audit import balp
 from app.auth.access import BundlePoster, Public, Reader, Writer
-from app.auth.access import require
+from app.auth.access import require, sees_all_orgs
 from app.db import Database
 from app.errors import FhirError, bad_request
+from app.family.graph import as_shown
+from app.linkage.queue import settle
+from app.fhir import search as q
 from app.fhir import store
 from app.fhir.http import FhirContext, FhirResponse, fhir_body, fhir_context, resource_headers
 from app.ingest.bundles import process_bundle
 from app.ingest.service import EntryRequest, EntryResult, search_event
 
 router = APIRouter(prefix="/fhir", tags=["FHIR REST"])
+log = logging.getLogger("familyview")
 
 
-def run_write(db: Database, work, body: Any, raw: bytes, *, attempts: int = 2):
-    """Run a write in one transaction; when a concurrent writer took the same key, retry once
-    with the body parsed afresh (the first attempt completed it in place)."""
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction was chosen as the
+# victim and rolled back whole, so running it again is safe
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _retryable(err: DBAPIError) -> bool:
+    code = getattr(err.orig, "sqlstate", None) or getattr(err.orig, "pgcode", None)
+    return code in _RETRYABLE_SQLSTATES
+
+
+def run_write(db: Database, work, body: Any, raw: bytes, *, attempts: int = 3):
+    """Run a write in one transaction. When a concurrent writer took the same key, or the
+    database chose this transaction as a deadlock or serialization victim, run it again with
+    the body parsed afresh (the first attempt completed it in place), after a short jittered
+    pause; if it still fails, 409 (a key taken) or 503 with Retry-After (contention)."""
     for attempt in range(attempts):
+        if attempt:
+            time.sleep(random.uniform(0.01, 0.05) * attempt)  # apart from the writer it met, not in step with it
         try:
             with db.session() as session:
                 return work(session, body if attempt == 0 else orjson.loads(raw))
@@ -35,14 +56,27 @@ def run_write(db: Database, work, body: Any, raw: bytes, *, attempts: int = 2):
                 raise FhirError(409, "conflict", "A concurrent write changed the same records; retry the request", spine_code="CONFLICT") from None
         except DataError:  # a value the database cannot hold that validation let through
             raise unstorable() from None
+        except DBAPIError as err:
+            if not _retryable(err):
+                raise
+            log.info("write retried after a %s (attempt %d)", "deadlock" if getattr(err.orig, "sqlstate", None) == "40P01" else "serialization failure", attempt + 1)
+            if attempt == attempts - 1:
+                raise FhirError(503, "transient", "The database is busy with concurrent writes to the same records; retry the request",
+                                spine_code="SERVICE_UNAVAILABLE", headers={"Retry-After": "1"}) from None
 
 
 def unstorable() -> FhirError:
     return FhirError(400, "invalid", "A value in the request cannot be stored by this server (too long, out of range or not text)", spine_code="INVALID_VALUE")
 
 
+def _source_turn(ctx: FhirContext):
+    """The write waits its turn among its source's writes (app.ingest.throttle)."""
+    return ctx.throttle.turn(ctx.principal.org) if ctx.throttle is not None else contextlib.nullcontext()
+
+
 def _written(ctx: FhirContext, request: Request, body: Any, make_req) -> FhirResponse:
-    result: EntryResult = run_write(ctx.db, lambda s, b: ctx.ingest(s).write_one(make_req(b)), body, request.state.raw_body)
+    with _source_turn(ctx):
+        result: EntryResult = run_write(ctx.db, lambda s, b: ctx.ingest(s).write_one(make_req(b)), body, request.state.raw_body)
     headers = resource_headers(result.res_type, result.res_id, result.version_id, result.last_updated, ctx.base)
     return FhirResponse(result.resource, status_code=result.status, headers=headers)
 
@@ -55,7 +89,8 @@ def metadata(request: Request, _: Public) -> FhirResponse:
 @router.post("", summary="Process a transaction or batch Bundle")
 @router.post("/", include_in_schema=False)
 def post_bundle(request: Request, _: BundlePoster, ctx: FhirContext = Depends(fhir_context), body: Any = Depends(fhir_body)) -> FhirResponse:
-    return FhirResponse(run_write(ctx.db, lambda s, b: process_bundle(ctx.ingest(s), b, ctx.settings), body, request.state.raw_body))
+    with _source_turn(ctx):
+        return FhirResponse(run_write(ctx.db, lambda s, b: process_bundle(ctx.ingest(s), b, ctx.settings), body, request.state.raw_body))
 
 
 @router.post("/{res_type}", summary="Create a resource (conditional with If-None-Exist)")
@@ -89,15 +124,25 @@ async def search_post(res_type: str, request: Request, _: Reader, ctx: FhirConte
     return await run_in_threadpool(_search, ctx, res_type, list(request.query_params.multi_items()) + form)
 
 
+def _linked_first(ctx: FhirContext) -> None:
+    """A reader of every organisation's people is shown each with the R and V labels of all the
+    person's records (graph.as_shown), so what linkage still has queued is linked first."""
+    if sees_all_orgs(ctx.principal, "fhir.read"):
+        settle(ctx.db, ctx.settings)
+
+
 def _search(ctx: FhirContext, res_type: str, params: list[tuple[str, str]]) -> FhirResponse:
     store.check_type(res_type)
     require(ctx.principal, res_type, "s")
+    _linked_first(ctx)
     with ctx.db.session() as session:  # the search and its audit commit together: no audit, no answer
         try:
-            result = store.search(session, ctx.principal, res_type, params, default_count=ctx.settings.default_page_size, max_count=ctx.settings.max_page_size)
+            result = store.search(session, ctx.principal, res_type, params, default_count=ctx.settings.default_page_size,
+                                  max_count=ctx.settings.max_page_size, limits=q.SearchLimits.of(ctx.settings))
         except DataError:  # a search value the database cannot compare that validation let through
             raise unstorable() from None
-        bundle = store.searchset_bundle(result, base=ctx.base, res_type=res_type, params=params)
+        bundle = store.searchset_bundle(result, base=ctx.base, res_type=res_type, params=params,
+                                        resources=as_shown(session, ctx.principal, result.rows))
         query = "&".join(f"{k}={v}" for k, v in params)
         balp.record(session, search_event(ctx.principal, f"{res_type}?{query}", bundle, ctx.request_id))
     return FhirResponse(bundle)
@@ -108,7 +153,7 @@ def _audit_read(session, ctx: FhirContext, interaction: str, res_type: str, res_
     event = balp.AccessEvent(ctx.principal, interaction, request_id=ctx.request_id)
     for row in rows:
         event.entity(f"{res_type}/{res_id}", version=str(row.version_id))
-    event.about(balp.record_subjects(res_type, res_id, json.loads(rows[0].body) if rows else None))
+    event.about(balp.record_subjects(res_type, res_id, orjson.loads(rows[0].body) if rows else None))
     balp.record(session, event)
 
 
@@ -116,27 +161,31 @@ def _audit_read(session, ctx: FhirContext, interaction: str, res_type: str, res_
 def read(res_type: str, res_id: str, _: Reader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
+    _linked_first(ctx)
     with ctx.db.session() as session:
         row = store.read(session, ctx.principal, res_type, res_id)
+        body = as_shown(session, ctx.principal, [row])[0]
         _audit_read(session, ctx, "read", res_type, res_id, [row])
-    return FhirResponse(row.body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, ctx.base))
+    return FhirResponse(body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, ctx.base))
 
 
 @router.get("/{res_type}/{res_id}/_history", summary="History of one resource")
 def instance_history(res_type: str, res_id: str, _: Reader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
+    _linked_first(ctx)
     with ctx.db.session() as session:
         rows = store.history(session, ctx.principal, res_type, res_id)
+        bodies = as_shown(session, ctx.principal, rows)
         _audit_read(session, ctx, "history-instance", res_type, res_id, rows)
     entries = [
         {
             "fullUrl": f"{ctx.base}/{r.res_type}/{r.res_id}",
-            "resource": json.loads(r.body),
+            "resource": body,
             "request": {"method": r.method, "url": f"{r.res_type}/{r.res_id}" if r.method == "PUT" else r.res_type},
             "response": {"status": "201 Created" if r.version_id == 1 else "200 OK", "etag": store.etag(r.version_id), "lastModified": store.format_instant(r.last_updated)},
         }
-        for r in rows
+        for r, body in zip(rows, bodies)
     ]
     return FhirResponse({"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries})
 
@@ -145,7 +194,9 @@ def instance_history(res_type: str, res_id: str, _: Reader, ctx: FhirContext = D
 def version_read(res_type: str, res_id: str, vid: str, _: Reader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     store.check_type(res_type)
     require(ctx.principal, res_type, "r")
+    _linked_first(ctx)
     with ctx.db.session() as session:
         row = store.vread(session, ctx.principal, res_type, res_id, vid)
+        body = as_shown(session, ctx.principal, [row])[0]
         _audit_read(session, ctx, "vread", res_type, res_id, [row])
-    return FhirResponse(row.body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, ctx.base))
+    return FhirResponse(body, headers=resource_headers(res_type, res_id, row.version_id, row.last_updated, ctx.base))

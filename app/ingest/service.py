@@ -22,6 +22,7 @@ from app.auth.access import require
 from app.auth.tokens import Principal
 from app.db import in_list, insert_rows, new_id, plan_each_execution
 from app.errors import FhirError, bad_request, unprocessable
+from app.family.graph import as_shown  # a Bundle's GET entries are read as GET requests are
 from app.fhir import store
 from app.fhir.indexing import (
     ODS_SYSTEM, STORED_TYPES, WRITABLE_TYPES, IndexRows, identifiers_of, index_resource, parse_reference,
@@ -31,8 +32,10 @@ from app.fhir.models import (
 )
 from fhir.resources.R4B import get_fhir_model_class
 
-from app.fhir.validation import validate_resource
+from app.fhir.search import SearchLimits
+from app.fhir.validation import ResourceLimits, foreign_reference, foreign_reference_error, validate_resource
 from app.ingest.hooks import IngestHook, Written
+from app.ingest.identity import check_same_person
 from app.settings import Settings
 
 
@@ -85,6 +88,7 @@ class _Plan:
     create: bool = True
     noop_result: EntryResult | None = None
     resource: dict[str, Any] | None = None
+    resolved_by: str | None = None  # how an identifier (not the id) led to `existing`: checked to be the same person
 
 
 # Statements built once; IN lists expand at execution.
@@ -209,6 +213,19 @@ def _check_no_overlap(plans: list[_Plan]) -> None:
             )
 
 
+def _unique_key_order(e: EntryRequest) -> tuple:
+    """Batch entries are independent, so they run in the order of the unique keys they take
+    (their type and first identifier, else the URL they write), not the order sent: two clients
+    batching overlapping records then take those keys in one order and one waits for the other
+    instead of deadlocking. Entries with the same key keep their order (the sort is stable)."""
+    if e.method == "GET":
+        return (1,)
+    raw = e.resource.get("identifier") if isinstance(e.resource, dict) else None  # not validated yet: any shape
+    idents = [(str(i.get("system")), str(i.get("value"))) for i in raw if isinstance(i, dict)] if isinstance(raw, list) else []
+    res_type = e.url.strip("/").partition("?")[0].split("/")[0]
+    return (0, res_type, min(idents) if idents else ("", ""), e.url)
+
+
 def audit_consent_writes(session: Session, principal: Principal, written: list[Written]) -> None:
     try:
         audit_store.append(session, *consent_write_event(principal, written))
@@ -241,8 +258,10 @@ def search_event(principal: Principal, query: str, bundle: dict[str, Any], reque
 
 
 class IngestService:
-    def __init__(self, session: Session, principal: Principal, settings: Settings, hooks: list[IngestHook] | None = None, *, base: str):
+    def __init__(self, session: Session, principal: Principal, settings: Settings, hooks: list[IngestHook] | None = None, *, base: str,
+                 trusted_bases: tuple[str, ...] = ()):
         self.base = base  # this server's FHIR base URL: absolute references to it become relative
+        self.reference_bases = (base, *trusted_bases)  # absolute references allowed (a sync's upstream too)
         self.session = session
         self.principal = principal
         self.settings = settings
@@ -268,8 +287,8 @@ class IngestService:
 
     def batch(self, entries: list[EntryRequest]) -> list[EntryResult]:
         """Entry by entry: each in its own savepoint, a failure recorded in its response."""
-        results = []
-        for e in entries:
+        results: dict[int, EntryResult] = {}
+        for e in sorted(entries, key=_unique_key_order):
             savepoint = self.session.begin_nested()
             try:
                 if e.method == "GET":
@@ -284,8 +303,8 @@ class IngestService:
                 savepoint.rollback()
                 err = FhirError(400, "invalid", f"Bundle.entry[{e.index}]: a value cannot be stored by this server (too long, out of range or not text)", expression=f"Bundle.entry[{e.index}]")
                 result = EntryResult(status=err.status, outcome=err.outcome())
-            results.append(result)
-        return results
+            results[e.index] = result
+        return [results[e.index] for e in entries]
 
     def write_one(self, req: EntryRequest) -> EntryResult:
         return self._apply_writes([req], allow_urn=False)[0]
@@ -319,12 +338,13 @@ class IngestService:
                 seen[key] = e.index
 
     def _apply_writes(self, reqs: list[EntryRequest], *, allow_urn: bool) -> list[EntryResult]:
+        types = [self._check_entry(r) for r in reqs]  # before the first statement: see _check_entry
         if not self._custom_plans:
             plan_each_execution(self.session.connection())
             self._custom_plans = True
         targets = {tuple(parts) for r in reqs if r.method == "PUT" and "?" not in r.url and len(parts := r.url.strip("/").split("/")) == 2}
         current = {(row.res_type, row.res_id): row for row in current_rows(self.session.connection(), targets)}  # one look-up for every PUT
-        plans = [self._plan(r, current) for r in reqs]
+        plans = [self._plan(r, t, current) for r, t in zip(reqs, types)]
         known_keys = self._dedupe_by_source_key(plans)
         if len(plans) > 1:
             _check_no_overlap(plans)
@@ -401,14 +421,15 @@ class IngestService:
             _, where, key = min(missing, key=lambda m: m[0])
             raise unprocessable(f"{where()}: {key[0]}/{key[1]} does not exist on this server", expression=where(), code="not-found", spine_code="INVALID_REFERENCE")
 
-    def _plan(self, req: EntryRequest, current: dict[tuple[str, str], Any]) -> _Plan:
+    def _check_entry(self, req: EntryRequest) -> str:
+        """What an entry can be refused for without the database: method, type, permission and
+        validation. Run for every entry before the first statement, so the transaction (on SQLite,
+        the one write lock) is not held while resources are validated. Returns the type."""
         prefix = req.expr_prefix
         url = req.url.strip("/")
         if req.method not in ("POST", "PUT"):
             raise bad_request(f"Method {req.method} is not supported here", expression=f"Bundle.entry[{req.index}].request.method")
-        path, _, query = url.partition("?")
-        parts = path.split("/")
-        res_type = parts[0]
+        res_type = url.partition("?")[0].split("/")[0]
         if res_type not in WRITABLE_TYPES:
             raise FhirError(
                 400, "not-supported", f"Writing {res_type or 'this URL'} is not supported by this server",
@@ -416,10 +437,18 @@ class IngestService:
             )
         require(self.principal, res_type, "c" if req.method == "POST" else "u")
         try:
-            validate_resource(req.resource, expected_type=res_type)
+            validate_resource(req.resource, expected_type=res_type, limits=ResourceLimits.of(self.settings))
         except FhirError as err:
             raise err.prefixed(prefix, f"entry {req.index}") if req.in_bundle else err
         access.check_type(self.principal, "fhir.write", res_type)  # e.g. only a source system records a Consent
+        return res_type
+
+    def _plan(self, req: EntryRequest, res_type: str, current: dict[tuple[str, str], Any]) -> _Plan:
+        """The entry's target: created, or the stored record its id, criteria or identifiers name."""
+        url = req.url.strip("/")
+        prefix = req.expr_prefix
+        path, _, query = url.partition("?")
+        parts = path.split("/")
         plan = _Plan(req=req, res_type=res_type)
         if req.method == "POST":
             if len(parts) != 1 or query:
@@ -440,6 +469,7 @@ class IngestService:
                 raise FhirError(412, "duplicate", f"Conditional update criteria match {len(matches)} {res_type} resources", spine_code="DUPLICATE_REJECTED")
             if matches:
                 plan.res_id, plan.existing, plan.create = matches[0].res_id, matches[0], False
+                plan.resolved_by = "its conditional update criteria"
             body_id = req.resource.get("id")
             if body_id and plan.res_id and body_id != plan.res_id:
                 raise bad_request("The resource id does not match the resource the criteria found", expression=f"{prefix or res_type + '.'}id")
@@ -459,7 +489,7 @@ class IngestService:
         if query.startswith(f"{res_type}?"):  # ifNoneExist given as a search URL, as HAPI takes it
             query = query[len(res_type) + 1:]
         criteria = _criteria(query, f"Bundle.entry[{req.index}].request")
-        result = store.search(self.session, self.principal, res_type, criteria, default_count=2, max_count=2)
+        result = store.search(self.session, self.principal, res_type, criteria, default_count=2, max_count=2, limits=SearchLimits.of(self.settings))
         return result.rows
 
     def _dedupe_by_source_key(self, plans: list[_Plan]) -> dict[tuple, str]:
@@ -478,11 +508,13 @@ class IngestService:
         if not wanted:
             return known
         found: dict[int, set[str]] = {}
+        systems: dict[int, set[str]] = {}
         for r in rows:
             plan = wanted.get((r.res_type, r.system, r.value))
             if plan is None:
                 continue
             found.setdefault(id(plan), set()).add(r.res_id)
+            systems.setdefault(id(plan), set()).add(r.system)
         matched: list[tuple[_Plan, str]] = []
         for plan in {id(p): p for p in wanted.values()}.values():
             ids = found.get(id(plan))
@@ -494,6 +526,7 @@ class IngestService:
             if plan.res_id and plan.res_id != res_id and plan.req.method == "PUT" and "?" not in plan.req.url:
                 raise FhirError(409, "conflict", f"This source already sent that {plan.res_type} identifier as {plan.res_type}/{res_id}", expression=f"{plan.req.expr_prefix or plan.res_type + '.'}identifier")
             matched.append((plan, res_id))
+            plan.resolved_by = "identifier " + " and ".join(sorted(systems[id(plan)]))
         if not matched:
             return known
         current = {(r.res_type, r.res_id): r for r in current_rows(self.session.connection(), {(p.res_type, rid) for p, rid in matched})}
@@ -518,6 +551,8 @@ class IngestService:
             literal = ref.get("reference")
             if not isinstance(literal, str):
                 continue
+            if foreign_reference(literal, self.reference_bases):
+                raise foreign_reference_error(expr(ref))
             if literal.startswith("urn:uuid:") or literal.startswith("urn:oid:"):
                 target = urn_map.get(literal)
                 if target is None:
@@ -587,6 +622,8 @@ class IngestService:
                 if not existing.deleted and _content(old) == _content(resource):  # a re-send: no new version
                     results.append(EntryResult(200, p.res_type, p.res_id, existing.version_id, existing.last_updated, old, stored=False))
                     continue
+                if p.resolved_by and not existing.deleted:
+                    check_same_person(p.res_type, p.res_id, old, resource, p.resolved_by, p.req.expr_prefix)
                 version = existing.version_id + 1
             else:
                 if p.req.if_match:
@@ -662,7 +699,8 @@ class IngestService:
                 missing.append(k)
             elif holder != k["res_id"]:
                 raise FhirError(409, "conflict", f"This source already sent that {k['res_type']} identifier as {k['res_type']}/{holder}", spine_code="DUPLICATE_REJECTED")
-        if missing:
+        if missing:  # in key order: two writers inserting overlapping keys wait on each other, never deadlock
+            missing.sort(key=lambda k: (k["source_org"], k["res_type"], k["system"], k["value"]))
             insert_rows(self.session.connection(), SourceKey.__table__, missing)
 
     def _read_entry(self, e: EntryRequest) -> EntryResult:
@@ -671,16 +709,18 @@ class IngestService:
         if len(parts) == 2 and not query:
             require(self.principal, parts[0], "r")
             row = store.read(self.session, self.principal, parts[0], parts[1])
-            body = json.loads(row.body)
+            body = as_shown(self.session, self.principal, [row])[0]
             balp.record(self.session, balp.AccessEvent(self.principal, "read", request_id=self.request_id)
                         .entity(f"{row.res_type}/{row.res_id}", version=str(row.version_id))
-                        .about(balp.record_subjects(row.res_type, row.res_id, body)))
+                        .about(balp.record_subjects(row.res_type, row.res_id, json.loads(row.body))))
             return EntryResult(200, row.res_type, row.res_id, row.version_id, row.last_updated, body)
         if len(parts) == 1:
             require(self.principal, parts[0], "s")
             params = parse_qsl(query, keep_blank_values=True)
-            result = store.search(self.session, self.principal, parts[0], params, default_count=self.settings.default_page_size, max_count=self.settings.max_page_size)
-            bundle = store.searchset_bundle(result, base=self.base, res_type=parts[0], params=params)
+            result = store.search(self.session, self.principal, parts[0], params, default_count=self.settings.default_page_size,
+                                  max_count=self.settings.max_page_size, limits=SearchLimits.of(self.settings))
+            bundle = store.searchset_bundle(result, base=self.base, res_type=parts[0], params=params,
+                                           resources=as_shown(self.session, self.principal, result.rows))
             balp.record(self.session, search_event(self.principal, f"{parts[0]}?{query}", bundle, self.request_id))
             return EntryResult(200, resource=bundle)
         raise bad_request(f"GET {e.url} is not supported in a Bundle", expression=f"Bundle.entry[{e.index}].request.url")

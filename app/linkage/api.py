@@ -37,6 +37,7 @@ from app.errors import FhirError, bad_request, not_found
 from app.fhir import search, store
 from app.fhir.http import FhirContext, FhirResponse, fhir_context
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, parse_reference
+from app.fhir.validation import CONTROL_CHARS, control_char_error
 from app.fhir.models import SearchToken
 from app.linkage.admin import LinkageAdmin, candidate_json, persons_of
 from app.linkage.models import Link, LinkageEvent, LinkedPerson, ReviewCandidate
@@ -135,6 +136,7 @@ def _person_ids_for(session, principal: Principal, name: str, value: str) -> set
 def search_person(request: Request, _: PersonReader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     _check_person_access(ctx.principal, "s")
     params = list(request.query_params.multi_items())
+    search.check_limits(params, search.SearchLimits.of(ctx.settings), "Person")
     paging = search.Paging.start(ctx.settings.default_page_size, ctx.settings.max_page_size)
     filters = []
     for key, value in params:
@@ -199,6 +201,8 @@ def _text(body: dict[str, Any], name: str) -> str:
         raise FhirError(400, "required", f"'{name}' is required", expression=name, spine_code="MISSING_VALUE")
     if not isinstance(value, str):
         raise bad_request(f"'{name}' must be a string", expression=name)
+    if CONTROL_CHARS.search(value):  # PostgreSQL cannot hold U+0000: a 400 here, not a 500 at the write
+        raise control_char_error(name)
     return value.strip()
 
 
@@ -220,6 +224,7 @@ def _paging(request: Request, default: int, max_count: int, allowed: tuple[str, 
     """_count and _offset as every search endpoint reads them (app.fhir.search); 400 for a
     parameter the endpoint does not take."""
     paging = search.Paging.start(default, max_count)
+    search.check_limits(list(request.query_params.multi_items()), search.SearchLimits.of(request.app.state.settings), request.url.path)
     for name, value in request.query_params.multi_items():
         if not paging.take(name, value) and name not in allowed and name not in search.FORMAT_PARAMS:
             raise bad_request(f"Unknown parameter '{name}' (supported: {', '.join(allowed + ('_count', '_offset'))})",

@@ -43,6 +43,7 @@ from app.fhir.models import StoredResource
 from app.ingest.hooks import Written
 from app.linkage.models import QueuedRecord
 from app.linkage.service import LinkageService
+from app.errors import error_summary
 
 log = logging.getLogger("familyview")
 
@@ -133,7 +134,7 @@ def run_worker(settings) -> None:
                 else:
                     time.sleep(idle)
         except Exception:  # a database outage or a bug: logged, the entries stay queued, try again
-            log.exception("linkage worker: a batch failed; its records stay queued")
+            log.error("linkage worker: a batch failed; its records stay queued: %s", error_summary())
             if listener is not None:
                 listener.invalidate()
                 listener = None

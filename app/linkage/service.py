@@ -74,6 +74,10 @@ Design (why it is what it is)
 """
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
+
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -380,6 +384,9 @@ class _Row:
         self.ref = f"{res_type}/{res_id}"
 
 
+_IN_CALL_CANDIDATES = 50
+
+
 class _Batch:
     """One ``link_written`` call: what the database held when it started (read in a few batched
     queries) overlaid with what this call has linked so far, and the writes to make at the end.
@@ -388,7 +395,11 @@ class _Batch:
     had gone to the database before the next was linked; the writes go out at the end, each
     table in one executemany."""
 
-    def __init__(self) -> None:
+    def __init__(self, comparisons: int = 1 << 62, reviews: int = 1 << 62) -> None:
+        # per-call budgets (one request's records): comparisons scored, review rows queued
+        self.comparisons_left = comparisons
+        self.reviews_left = reviews
+        self.capped: dict[str, int] = {}                    # what a budget cut: comparisons / reviews -> how many
         self.links: dict[str, _Row] = {}                    # every link row known, current state
         self.members: dict[str, dict[str, None]] = {}       # person -> its records (for persons fully known)
         self.by_hash: dict[int, list[str]] = {}             # start-of-batch key rows (hash -> records)
@@ -452,11 +463,17 @@ class LinkageService:
     """Links records inside the caller's transaction. One instance per session."""
 
     def __init__(self, session: Session, *, thresholds: Thresholds | None = None, params: MatchParams | None = None,
-                 max_candidates: int = 500):
+                 max_candidates: int = 500, max_reviews_per_record: int = 10, max_reviews_per_call: int = 500,
+                 max_comparisons_per_call: int = 5_000):
         self.session = session
         self.thresholds = thresholds or Thresholds()
         self.params = params or load_params()
         self.max_candidates = max_candidates
+        # bounds on one call (one request's records), so a bundle of near-identical records cannot
+        # flood the review queue or hold the write lock for seconds (issue 18, finding 2)
+        self.max_reviews_per_record = max_reviews_per_record
+        self.max_reviews_per_call = max_reviews_per_call
+        self.max_comparisons_per_call = max_comparisons_per_call
 
     @classmethod
     def from_settings(cls, session: Session, settings) -> "LinkageService":
@@ -468,6 +485,9 @@ class LinkageService:
                 twin_guard=settings.linkage_twin_guard,
             ),
             max_candidates=settings.linkage_max_candidates,
+            max_reviews_per_record=settings.linkage_max_reviews_per_record,
+            max_reviews_per_call=settings.linkage_max_reviews_per_request,
+            max_comparisons_per_call=settings.linkage_max_comparisons_per_request,
         )
 
     # -------------------------------------------------------------- locking
@@ -553,10 +573,14 @@ class LinkageService:
         if s.new or s.dirty or s.deleted:  # pending ORM changes (an admin operation) must be visible to Core reads
             s.flush()
         conn = s.connection()
-        b = _Batch()
+        b = _Batch(self.max_comparisons_per_call, self.max_reviews_per_call)
         self._prefetch(conn, b, items)
         results = [self._link_one(conn, b, res_type, res_id, rec, hashes, source_org, actor)
                    for res_type, res_id, rec, hashes, source_org in items]
+        if b.capped:  # said once per call, so an administrator sees why fewer pairs were queued or compared
+            b.event("capped", actor, "linkage bounds reached for one request: "
+                    + ", ".join(f"{n} {what} not made" for what, n in sorted(b.capped.items())),
+                    detail={"records": len(items), **b.capped})
         self._write(conn, b)
         if s.identity_map:  # ORM copies of rows changed here underneath the session are stale now
             for obj in list(s.identity_map.values()):
@@ -663,14 +687,14 @@ class LinkageService:
         cand: list[str] = []
         done, done_by_hash = b.done, b.done_by_hash
         for h in hashes:
-            rows = [r for r in by_hash.get(h, ()) if r not in done]
+            stored = (r for r in by_hash.get(h, ()) if r not in done)
             mine = done_by_hash.get(h)
-            if mine:
-                rows.extend(mine)
-                rows.sort(key=_ref_order)
-            cand.extend(rows)
+            # both in key order already: merged lazily, only as far as the limit reads
+            if mine and len(mine) > 2 * _IN_CALL_CANDIDATES:
+                mine = mine[:2 * _IN_CALL_CANDIDATES]  # see _IN_CALL_CANDIDATES (beyond it, skipped below anyway)
+            rows = heapq.merge(stored, mine, key=_ref_order) if mine else stored
+            cand.extend(itertools.islice(rows, limit - len(cand)))
             if len(cand) >= limit:
-                del cand[limit:]
                 break
         # 2. replace this record's keys
         if existing is not None and ref not in b.link_insert:
@@ -681,7 +705,7 @@ class LinkageService:
         b.done[ref] = None
         b.new_keys[ref] = hashes
         for h in hashes:
-            done_by_hash.setdefault(h, []).append(ref)
+            bisect.insort(done_by_hash.setdefault(h, []), ref, key=_ref_order)
 
         # 3. score the candidates, then the other records of its person
         scored: dict[str, Candidate] = {}
@@ -693,9 +717,31 @@ class LinkageService:
             scored[other_ref] = score_candidate(rec, other_ref, person_id, b.record(other_ref, features), params, thresholds)
 
         links = b.links
-        for r in cand:
+        # records of this call with the same features in the same person score alike: one of each is
+        # compared (a bundle of identical records costs one comparison per person, not per record)
+        # and at most _IN_CALL_CANDIDATES records of this call are compared with each record: a call's
+        # records all against each other is the quadratic part of a bulk load
+        same: set[tuple[str, str]] = set()
+        skipped = in_call = 0
+        for n, r in enumerate(cand):
+            if b.comparisons_left <= 0:
+                skipped += len(cand) - n
+                break
             row = links[r]
+            if r in done:
+                twin = (row.person_id, row.features)
+                if twin in same:
+                    continue
+                same.add(twin)
+                in_call += 1
+                if in_call > _IN_CALL_CANDIDATES:
+                    skipped += 1
+                    continue
+            before = len(scored)
             consider(r, row.person_id, row.features)
+            b.comparisons_left -= len(scored) - before
+        if skipped:
+            b.capped["comparisons"] = b.capped.get("comparisons", 0) + skipped
         current = None
         if existing is not None:
             current_id = existing.person_id
@@ -780,7 +826,24 @@ class LinkageService:
         return LinkResult(ref, target, action, level, len(found.candidates), queued)
 
     def _queue(self, b: _Batch, ref: str, review: Iterable[Candidate], now: datetime) -> list[str]:
-        want: dict[tuple[str, str], Candidate] = {pair(ref, c.ref): c for c in review}
+        # the most likely pairs first, at most so many per record and per call: a reviewer works the
+        # top of the queue, and a flood of near-identical records must not bury it (pairs already
+        # queued are kept up to date whatever the bounds)
+        ranked = sorted(review, key=lambda c: (-c.score.probability, c.ref))
+        known = b.reviews_by_ref.get(ref, {})
+        want: dict[tuple[str, str], Candidate] = {}
+        dropped = 0
+        for c in ranked:
+            key = pair(ref, c.ref)
+            if key in known:
+                want[key] = c
+            elif len(want) >= self.max_reviews_per_record or b.reviews_left <= 0:
+                dropped += 1
+            else:
+                want[key] = c
+                b.reviews_left -= 1
+        if dropped:
+            b.capped["review pairs"] = b.capped.get("review pairs", 0) + dropped
         existing = {key: b.reviews[key] for key in b.reviews_by_ref.get(ref, ())}
 
         def dirty(row: dict) -> None:

@@ -447,7 +447,7 @@ class Syncer:
             plan_each_execution(s.connection())  # its look-ups bind a page's values as arrays, as ingest's do
             planned = self._plan(s, items)
             entries = [EntryRequest(i, "PUT", f"{it.res_type}/{it.local_id}", it.body) for i, it in enumerate(planned)]
-            service = IngestService(s, self.principal, self.settings, self.hooks, base=self.local_base)
+            service = IngestService(s, self.principal, self.settings, self.hooks, base=self.local_base, trusted_bases=(self.base,))
             results: list[EntryResult]
             try:
                 with s.begin_nested():

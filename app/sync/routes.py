@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, BackgroundTasks, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import FhirError, Issue, bad_request, operation_outcome
+from app.errors import FhirError, Issue, bad_request, error_summary, operation_outcome
 from app.fhir.http import FhirResponse
 from app.fhir.indexing import WRITABLE_TYPES
 
@@ -101,7 +101,7 @@ def _incremental(app, name: str, up: dict[str, Any]) -> None:
                 st.last_summary = summary.render()
                 log.info("rest-hook %s: %s", name, st.last_summary.replace("\n", " | "))
             except Exception:  # noqa: BLE001 - a background task has nobody to answer to but the log
-                log.exception("rest-hook %s: the incremental sync failed", name)
+                log.error("rest-hook %s: the incremental sync failed: %s", name, error_summary())
             finally:
                 syncer.client.close()
             with st.lock:

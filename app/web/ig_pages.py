@@ -24,6 +24,7 @@ from app.auth import access
 from app.auth.access import Access
 from app.errors import FhirError
 from app.family.graph import organisation_names
+from app.fhir.search import SearchLimits
 from app.identifiers import is_valid_nhs_number
 from app.ig import disclosure, notifications, reviews
 from app.web import session as web_session
@@ -126,7 +127,8 @@ def audit_search(request: Request) -> Response:
     params += [("_count", str(PAGE_SIZE)), ("_offset", str((page - 1) * PAGE_SIZE))]
     try:
         with request.app.state.db.session() as session:
-            _, total, events = search_audit(session, current.principal, params, request_id=_request_id(request))
+            _, total, events = search_audit(session, current.principal, params, SearchLimits.of(request.app.state.settings),
+                                            request_id=_request_id(request))
     except FhirError as err:
         if err.status >= 500:
             raise
@@ -180,7 +182,8 @@ def review_queue(request: Request) -> Response:
 
 def _queued_event(request: Request, current: web_session.WebSession, event_id: str) -> dict[str, Any] | None:
     with request.app.state.db.session() as session:
-        _, _, found = search_audit(session, current.principal, [("_id", event_id)], request_id=_request_id(request))
+        _, _, found = search_audit(session, current.principal, [("_id", event_id)], SearchLimits.of(request.app.state.settings),
+                                   request_id=_request_id(request))
         row = _event_row(found[0]) if found else None
         if row is not None:
             row["org_name"] = organisation_names(session, [row["org"]]).get(row["org"])

@@ -11,47 +11,23 @@ from datetime import date, timedelta
 
 import httpx
 import pytest
-from fastapi.routing import APIRoute
-from starlette.routing import Route
 
 from app.auth import access
 from app.auth.tokens import ROLES
 from app.main import create_app
+from app.openapi_doc import app_routes
 from app.settings import Settings
 from consent import load_policy
-from tests.conftest import GP_ORG, HV_ORG, MATERNITY_ORG
+from tests.conftest import ROLE_ORG, ROLE_SERVICE
 from tests.fhirdata import next_nhs
 
 CT = {"Content-Type": "application/fhir+json"}
-ORG = {"source-system": MATERNITY_ORG, "midwife": MATERNITY_ORG, "health-visitor": HV_ORG, "gp": GP_ORG,
-       "mash": "LA001", "ig-officer": "X26", "admin": "X26"}
-SERVICE = {"source-system": "maternity"}
-DOCS = {"/openapi.json": "docs", "/docs": "docs", "/docs/oauth2-redirect": "docs"}
-
-
-def app_routes(app) -> list[tuple[str, str, str | None]]:
-    """(method, path, operation) of every route the app answers, whatever the router nesting."""
-    out = []
-
-    def walk(routes):
-        for r in routes:
-            if type(r).__name__ == "_IncludedRouter":  # FastAPI >= 0.120 keeps included routers as such
-                for c in r.effective_route_contexts():
-                    out.extend((m, c.path, access.operation_of(c.dependant)) for m in sorted(c.methods))
-            elif isinstance(r, APIRoute):
-                out.extend((m, r.path, access.operation_of(r.dependant)) for m in sorted(r.methods))
-            elif isinstance(r, Route):
-                out.extend((m, r.path, DOCS.get(r.path)) for m in sorted(r.methods or ()) if m != "HEAD")
-            else:
-                out.append(("?", getattr(r, "path", repr(r)), None))
-
-    walk(app.routes)
-    return out
+ORG, SERVICE = ROLE_ORG, ROLE_SERVICE
 
 
 @pytest.fixture(scope="module")
 def routes():
-    return app_routes(create_app(Settings(database_url="sqlite:///:memory:")))
+    return [(r.method, r.path, r.operation) for r in app_routes(create_app(Settings(database_url="sqlite:///:memory:")))]
 
 
 def test_every_route_has_a_row_in_the_access_table(routes):
@@ -138,3 +114,57 @@ def test_each_row_allows_its_roles_and_refuses_the_others_over_http(live, routes
                 problems.append(f"{method} {path} without a token: {resp.status_code}")
     assert not problems, "\n".join(problems)
     assert refused >= 60  # every refused role of every row was asked
+
+
+def test_family_view_over_every_route_role_and_purpose(live, routes):
+    """The family-view row walked over its four routes x every role x each purpose the policy
+    names (and one it does not): the `never` roles get the table's 403 whatever the purpose, the
+    others are never refused by the table, an unknown purpose is a 400 for everyone, and every
+    answer, refusals included, is recorded in the audit (X-Audit-Event)."""
+    src = _client(live, "source-system")
+    nhs = next_nhs()
+    infant = {"resourceType": "Patient", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+              "name": [{"family": "Purposeful", "given": ["Baby"]}], "gender": "male",
+              "birthDate": (date.today() - timedelta(days=20)).isoformat()}
+    r = src.post("/fhir/Patient", content=json.dumps(infant), headers=CT)
+    assert r.status_code == 201, r.text
+    infant_id = r.json()["id"]
+    rule = access.rule("family-view")
+    fv_routes = [(m, p) for m, p, op in routes if op == "family-view"]
+    assert len(fv_routes) == 4
+    purposes = [*rule.purposes, "curiosity", None]
+    clients = {role: _client(live, role) for role in ROLES}
+    problems, asked = [], 0
+    for method, path in fv_routes:
+        url = _concrete(path, infant_id)
+        for role in ROLES:
+            for purpose in purposes:
+                params = {"justification": "Concern raised by the health visitor at the new-birth visit"}
+                if purpose:
+                    params["purpose"] = purpose
+                if "{patient_id}" not in path:
+                    params["identifier"] = f"https://fhir.nhs.uk/Id/nhs-number|{nhs}"
+                if method == "POST":
+                    body = {"resourceType": "Parameters", "parameter": [{"name": k, "valueString": v} for k, v in params.items()]}
+                    resp = clients[role].post(url, content=json.dumps(body), headers=CT)
+                else:
+                    resp = clients[role].get(url, params=params)
+                asked += 1
+                where = f"{method} {path} as {role} for {purpose}"
+                outcome = resp.json()
+                diagnostics = (outcome.get("issue") or [{}])[0].get("diagnostics") if outcome.get("resourceType") == "OperationOutcome" else None
+                table_refusal = access.refusal("family-view", role).outcome()["issue"][0]["diagnostics"]
+                if not resp.headers.get("x-audit-event", "").startswith("AuditEvent/"):
+                    problems.append(f"{where}: not audited ({resp.status_code})")
+                if resp.status_code >= 500:
+                    problems.append(f"{where}: {resp.status_code}")
+                elif purpose not in rule.purposes:
+                    if resp.status_code != 400:
+                        problems.append(f"{where}: an unknown or missing purpose but {resp.status_code}")
+                elif not rule.allows(role):
+                    if resp.status_code != 403 or diagnostics != table_refusal:
+                        problems.append(f"{where}: refused by the table but {resp.status_code}: {resp.text[:160]}")
+                elif resp.status_code == 403 and diagnostics == table_refusal:
+                    problems.append(f"{where}: allowed by the table but refused by it")
+    assert not problems, "\n".join(problems)
+    assert asked == 4 * len(ROLES) * len(purposes)

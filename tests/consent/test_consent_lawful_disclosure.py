@@ -267,3 +267,20 @@ def test_very_restricted_identity_under_safeguarding_drops_address_telecom_and_g
     assert contact.outcome is Outcome.DENY
 
     assert NHS_FATHER not in guard.reason and NHS_FATHER not in contact.reason
+
+
+# ---------------------------------------------------------------- the REST reads' redaction
+
+
+@pytest.mark.parametrize("labels", [set(), {"N"}, {"R"}, {"V"}, {"R", "V"}, {"R", "PSY"}])
+@pytest.mark.parametrize("role", ["mother", "father", "male-carer"])
+def test_rest_redaction_is_what_a_permitted_identity_decision_redacts(labels, role):
+    """restricted_identity_fields (the plain REST reads of a person by anyone but their
+    source) withholds what the engine's identity decision withholds for the same labels,
+    where one is permitted (safeguarding reaches everyone, V included)."""
+    from consent.engine import restricted_identity_fields
+
+    decision = decide(request(HEALTH_VISITOR, Purpose.SAFEGUARDING, who(role), item("identity", labels=frozenset(labels))))
+    assert decision.permitted
+    assert set(restricted_identity_fields(labels)) == set(decision.redacted_fields) & {"address", "telecom", "generalPractitioner"}
+    assert set(restricted_identity_fields(labels)) == ({"address", "telecom", "generalPractitioner"} if labels & {"R", "V"} else set())

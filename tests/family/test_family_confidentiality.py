@@ -101,10 +101,10 @@ def test_no_route_is_one_uniform_403_whatever_the_subject(world):
     current pregnancy"), which only a requester with a relationship to the person or to the
     family of an infant they are recorded as parent or carer of can receive.
 
-    An identifier the gateway does not know still gives 404, as the wire contract's error
-    table and the existing contract tests require. What that tells a requester with no route
-    is only that no source has sent a Patient with that identifier, not the person's age,
-    pregnancy or family; the 404 is audited like every other answer, so probing is visible to IG."""
+    An identifier the gateway does not know gives a requester with no route the same 403 (issue
+    18: a 404 there told an unrelated practitioner who is held); one with a lawful route (the
+    MASH breaking the glass) is told 404. Every answer is audited, so probing is visible to IG
+    (tests/api/test_api_limits.py)."""
     outcomes = {}
     for key in ("s1_infant", "s7_mother", "s1_mother", "s1_father"):
         v = view(world, key, org="RZZ99")

@@ -272,7 +272,9 @@ def test_scenario_10_young_care_leaver_father_indicators_where_lawful(world):
     ({"identifier": f"{NHS}|{N['s1_infant']}", "purpose": "safeguarding"}, 400, "justification"),
     ({"identifier": f"{NHS}|{N['s1_infant']}", "purpose": "safeguarding", "justification": "   "}, 400, "justification"),
     ({"purpose": "direct-care"}, 400, "identifier"),
-    ({"identifier": f"{NHS}|9990009996", "purpose": "direct-care"}, 404, None),  # a valid NHS number nobody sent
+    # a valid NHS number nobody sent: the same 403 as a family the requester has no route to
+    # (not found or not yours, one answer), audited like it
+    ({"identifier": f"{NHS}|9990009996", "purpose": "direct-care"}, 403, None),
     ({"identifier": f"{NHS}|9990009999", "purpose": "direct-care"}, 422, "identifier"),  # fails Modulus 11
     # neither an infant, nor the mother of one, nor pregnant (a mother's number opens her baby's view)
     ({"identifier": f"{NHS}|{N['s1_father']}", "purpose": "direct-care"}, 422, "Patient"),

@@ -164,3 +164,21 @@ def test_business_rule_errors_and_roles(live):
         r = c.post("/unlink", json={"record": g, "reason": "r"})
         assert r.status_code == 403 and r.json()["issue"][0]["code"] == "forbidden"
     assert httpx.get(live.base_url + "/linkage/candidates").status_code == 401
+
+
+def test_a_reason_with_a_control_character_is_refused_and_nothing_is_decided(live):
+    """Found by schemathesis on PostgreSQL: a confirmation whose reason held U+0000 reached the
+    write and was a 500 (PostgreSQL text cannot hold it). Now a 400 naming 'reason', for every
+    action that takes one, and the candidate stays open."""
+    api = admin_api(live)
+    _, (r1, r2), _ = _twins(live)
+    c = _candidate(api, r1, r2)
+    assert c is not None
+    for path, body in ((f"/candidates/{c['id']}/confirm", {"reason": "same\x00child"}),
+                       (f"/candidates/{c['id']}/reject", {"reason": "twins\x07"}),
+                       ("/unlink", {"record": r2, "reason": "\x00"})):
+        r = api.post(path, json=body)
+        assert r.status_code == 400, (path, r.text)
+        issue = r.json()["issue"][0]
+        assert issue["code"] == "invalid" and issue["expression"] == ["reason"]
+    assert _candidate(api, r1, r2)["status"] == "open"
