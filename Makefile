@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 DB_URL ?= sqlite:///$(CURDIR)/var/familyview.db
+PORT ?= 8000
+HOST ?= 127.0.0.1
+WORKERS ?= 1
 
 .PHONY: run test test-fast fuzz hapi serve migrate openapi bench clean
 
@@ -21,9 +24,11 @@ $(DEV_STAMP): $(STAMP) pyproject.toml
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
+# The embedded default: a SQLite file, development auth (a local signing key beside the
+# database; serve logs it loudly) and the demo families. `make run PORT=8081 WORKERS=2`.
 run: $(STAMP)
 	FAMILYVIEW_DATABASE_URL=$(DB_URL) $(BIN)/familyview migrate
-	FAMILYVIEW_DATABASE_URL=$(DB_URL) $(BIN)/familyview serve --with-demo --host 127.0.0.1 --port 8000
+	FAMILYVIEW_DATABASE_URL=$(DB_URL) $(BIN)/familyview serve --dev-auth --with-demo --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 # The whole suite, with a throwaway PostgreSQL and a HAPI FHIR JPA server (tests/hapi/server,
 # built by Maven the first time) for the HAPI suite, and Debian's Chromium (apt-get when missing,

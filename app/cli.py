@@ -2,64 +2,32 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import threading
-import time
 from pathlib import Path
 
 from app.settings import PROJECT_ROOT, get_settings
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from app.ops.server import serve
 
-    from app.main import create_app
-    from app.migrate import upgrade
-    from app.runtime import collect_garbage_rarely
+    return serve(args.host, args.port, workers=args.workers, dev_auth=args.dev_auth, migrate=args.migrate,
+                 access_log=args.access_log, after_start=_load_demo if args.with_demo else None)
 
-    settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo loader's requests: one line each is noise
-    if args.migrate:
-        upgrade(settings.database_url)
-    app = create_app(settings)
-    collect_garbage_rarely()
-    config = uvicorn.Config(app, host=args.host, port=args.port, workers=1, log_level="info", access_log=args.access_log)
-    server = uvicorn.Server(config)
-    if args.with_demo:
-        base = f"http://{args.host}:{args.port}"
 
-        def load_demo_when_up() -> None:
-            import httpx
+def _load_demo(base: str, settings) -> None:
+    """make run: the demo families, posted through the HTTP ingest path once the server answers."""
+    import httpx
 
-            from app.demo.loader import load_demo
+    from app.demo.loader import load_demo
 
-            for _ in range(300):
-                if server.started:
-                    break
-                time.sleep(0.1)
-            try:
-                summary = load_demo(base, settings)
-            except (httpx.HTTPError, RuntimeError) as exc:
-                print(f"familyview: loading the demo families failed: {exc}", file=sys.stderr)
-                return
-            print(summary, flush=True)
-            print(_next_steps(base), flush=True)
-
-        threading.Thread(target=load_demo_when_up, daemon=True).start()
-    worker = None
-    if settings.linkage_queued:  # links what each write queued, beside this process (app.linkage.queue)
-        from app.linkage.queue import LinkageWorker
-
-        worker = LinkageWorker(settings)
-        worker.start()
     try:
-        server.run()
-    finally:
-        if worker is not None:
-            worker.stop()
-    return 0
+        summary = load_demo(base, settings)
+    except (httpx.HTTPError, RuntimeError) as exc:
+        print(f"familyview: loading the demo families failed: {exc}", file=sys.stderr)
+        return
+    print(summary, flush=True)
+    print(_next_steps(base), flush=True)
 
 
 def _next_steps(base: str) -> str:
@@ -82,7 +50,9 @@ def _cmd_linkage_worker(args: argparse.Namespace) -> int:
     from app.linkage.queue import worker_main
 
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from app.ops import logs
+
+    logs.configure(settings.log_level, settings.log_format)
     worker_main(settings, args.exit_with)
     return 0
 
@@ -236,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--migrate", action="store_true", help="run database migrations first")
     p.add_argument("--with-demo", action="store_true", help="load the demo families once the server is up (make run)")
-    p.add_argument("--access-log", action="store_true")
+    p.add_argument("--access-log", action="store_true", help="log each request: method, path (no query string), status, time")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each builds the app; metrics are shared)")
+    p.add_argument("--dev-auth", action="store_true",
+                   help="development only: trust the local signing key when no issuer (FAMILYVIEW_AUTH_JWKS_URL) is configured")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("linkage-worker", help="link the records writes have queued (serve starts one on PostgreSQL)")
@@ -254,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--org", required=True, help="ODS code of the requester's organisation")
     p.add_argument("--service", help="maternity | health-visiting | general-practice | social-care (source systems)")
     p.add_argument("--sub")
-    p.add_argument("--minutes", type=int, default=60)
+    p.add_argument("--minutes", type=int, default=60, help="lifetime, at most FAMILYVIEW_AUTH_MAX_TOKEN_MINUTES (720)")
     p.add_argument("--scope")
     p.set_defaults(func=_cmd_token)
 

@@ -19,6 +19,7 @@ from app.errors import FhirError, Issue, operation_outcome
 from app.fhir.capability import capability_statement
 from app.fhir.http import FhirResponse
 from app.middleware import RequestContextMiddleware
+from app.ops.http import OpsMiddleware
 from app.settings import Settings, get_settings
 from app.wiring import database as open_database
 from app.wiring import ingest_hooks
@@ -160,7 +161,11 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         msg = "No such endpoint" if exc.status_code == 404 else str(exc.detail)
         return FhirResponse(operation_outcome([Issue(code, msg, spine_code=spine)]), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
+    from app.ops import install as install_ops
+
+    install_ops(app, settings)  # health, readiness, metrics; rate limits inside the request ids, headers outside
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(OpsMiddleware, settings=settings)
     _describe_api(app)
     return app
 

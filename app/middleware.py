@@ -9,16 +9,12 @@ import uuid
 from urllib.parse import parse_qsl
 
 from app.errors import FhirError, Issue, error_summary, operation_outcome
+from app.ops import logs
 from app.fhir.validation import CONTROL_CHARS, control_char_error
 
 log = logging.getLogger("familyview")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_NHS_LIKE = re.compile(r"\b\d{3}\s?\d{3}\s?\d{4}\b")
-
-
-def scrub(text: str) -> str:
-    """Logs never carry an NHS number in clear."""
-    return _NHS_LIKE.sub("**********", text)
+scrub = logs.scrub  # logs never carry an NHS number in clear
 
 
 def _control_char_in_url(scope) -> str | None:
@@ -59,6 +55,8 @@ class RequestContextMiddleware:
             correlation_id = request_id
         scope.setdefault("state", {})["request_id"] = request_id
         scope["state"]["correlation_id"] = correlation_id
+        logs.request_id.set(request_id)  # every log line of this request carries them (app.ops.logs)
+        logs.correlation_id.set(correlation_id)
         extra = [(b"x-request-id", request_id.encode()), (b"x-correlation-id", correlation_id.encode())]
         started = False
 

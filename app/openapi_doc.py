@@ -349,6 +349,14 @@ class Op:
 # the errors every route with a bearer token can give, and every route at all
 _TOKEN_ERRORS = (401, 403, 429)
 _ANY = (400, 406)  # 406: an Accept or _format asking for a format the route does not give (app.negotiation)
+# app.ops.health and app.fhir.capability.smart_configuration: plain JSON, not FHIR
+_CHECK = {"type": "object", "required": ["ok"], "properties": {"ok": _BOOL}}
+_READINESS = {"type": "object", "required": ["status", "checks"], "properties": {
+    "status": {"const": "ready"},
+    "checks": {"type": "object", "properties": {"database": _CHECK, "migrations": _CHECK, "audit": _CHECK}}}}
+_SMART_CONFIGURATION = {"type": "object", "required": ["issuer", "scopes_supported", "capabilities", "grant_types_supported"],
+                        "properties": {"issuer": _S, "scopes_supported": {"type": "array", "items": _S},
+                                       "capabilities": {"type": "array", "items": _S}, "grant_types_supported": {"type": "array", "items": _S}}}
 _BODY = (413, 415)
 _WRITE = (404, 409, 412, 422, 503)
 
@@ -446,6 +454,17 @@ def _fixed(route: RouteInfo) -> Iterator[Op]:
     specs: dict[str, Callable[[], Op]] = {
         "metadata": lambda: Op(route.path, "get", "capabilities", "The CapabilityStatement (public)",
                                {200: _ok("The server's CapabilityStatement", _ref("CapabilityStatement"))}, (*_ANY, 429)),
+        "smart_configuration": lambda: Op(route.path, "get", "smartConfiguration", "SMART configuration: the token issuer and the scopes (public)",
+                                          {200: _ok("SMART App Launch 2 discovery document", _SMART_CONFIGURATION, media="application/json")},
+                                          (*_ANY, 429), tags=("Security",)),
+        "healthz": lambda: Op(route.path, "get", "healthz", "Liveness: the process answers (public, not rate-limited)",
+                              {200: _ok("Alive", {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                                        media="application/json")}, (*_ANY, 429), tags=("Operations",)),
+        "readyz": lambda: Op(route.path, "get", "readyz", "Readiness: database reachable, migrations at head, audit chain head readable (public)",
+                             {200: _ok("Ready, and each check", _READINESS, media="application/json")}, (*_ANY, 429, 503),
+                             tags=("Operations",)),
+        "prometheus": lambda: Op(route.path, "get", "metrics", "Prometheus metrics: counts by route template, no PHI (FAMILYVIEW_METRICS_TOKEN when set)",
+                                 {200: _ok("The Prometheus text exposition", _S, media="text/plain")}, (*_ANY, 401, 429), tags=("Operations",)),
         "post_bundle": lambda: Op(route.path, "post", "transaction", "Process a transaction (all or nothing) or batch Bundle",
                                   {200: _ok("A transaction-response or batch-response Bundle", _ref("TransactionResponse"))},
                                   (*_ANY, *_TOKEN_ERRORS, *_BODY, *_WRITE),

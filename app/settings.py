@@ -27,9 +27,16 @@ class Settings(BaseSettings):
     auth_issuer: str = "urn:familyview:local"
     auth_audience: str = "urn:familyview"
     auth_jwks_url: str | None = None
-    auth_local_key_path: Path = DEFAULT_VAR_DIR / "local-signing-key.pem"
+    # The embedded default's signing key (dev auth only): beside the database unless set
+    # (local_key_path), so that no two deployments started from one checkout share a key.
+    auth_local_key_path: Path | None = None
     auth_algorithms: tuple[str, ...] = ("RS256", "ES256")
     auth_leeway_seconds: int = 30
+    # The longest lifetime (exp - iat) of a token this server mints or accepts
+    auth_max_token_minutes: int = Field(default=12 * 60, gt=0)
+    # The issuer's OAuth2 endpoints, published in /fhir/.well-known/smart-configuration
+    auth_authorization_url: str | None = None
+    auth_token_url: str | None = None
 
     # Sign-in to the pages (app/web). Production: OpenID Connect against the configured provider
     # (NHS CIS2: its discovery URL, this client's id and secret). Unset: the embedded default's
@@ -149,10 +156,56 @@ class Settings(BaseSettings):
     deployment_name: str = "familyview"
     log_level: str = "INFO"
 
+    # Operations (app.ops): logs, security headers, metrics, rate limits
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = False  # one line per request: method, path (never the query string), status, time
+    hsts_seconds: int = 365 * 24 * 3600
+    metrics_token: str | None = None  # when set, /metrics needs "Authorization: Bearer <it>"
+    workers: int = Field(default=1, ge=1)  # uvicorn workers (serve --workers sets it); rate limits are shared out among them
+    # Per-client token buckets: an authenticated client by its token's subject, anyone else by IP.
+    # A request with a token that fails verification counts against the stricter bad-token bucket.
+    rate_limit_enabled: bool = True
+    rate_limit_per_minute: int = Field(default=1200, gt=0)
+    rate_limit_burst: int = Field(default=300, gt=0)
+    rate_limit_anonymous_per_minute: int = Field(default=300, gt=0)
+    rate_limit_anonymous_burst: int = Field(default=60, gt=0)
+    rate_limit_bad_token_per_minute: int = Field(default=60, gt=0)
+    rate_limit_bad_token_burst: int = Field(default=20, gt=0)
+    # Refused requests of one client: the first N of each window audited one by one, the rest
+    # in one summary AuditEvent with their count (app.ops.refusals)
+    audit_refusals_per_window: int = Field(default=10, ge=1)
+    audit_refusals_window_seconds: int = Field(default=60, ge=1)
+
     def fhir_base(self, request_base_url: str) -> str:
         from app.urls import fhir_base
 
         return fhir_base(self.public_base_url, request_base_url)
+
+    @property
+    def trusts_local_key(self) -> bool:
+        """Without an issuer's JWKS the server checks the tokens that are not the OpenID provider's
+        (source systems', administrators') with its own local key: for development only
+        (`familyview serve --dev-auth`)."""
+        return not self.auth_jwks_url
+
+    @property
+    def local_key_path(self) -> Path:
+        """Where the local signing key lives: the configured path, else beside a SQLite
+        database file, else in the user's data directory under a name of this database."""
+        if self.auth_local_key_path is not None:
+            return Path(self.auth_local_key_path)
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            db = Path(url.database).resolve()
+            return db.with_name(f"{db.stem}-signing-key.pem")
+        import hashlib
+        import os
+
+        where = f"{url.get_backend_name()}://{url.host or ''}:{url.port or ''}/{url.database or ''}"
+        data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "familyview" / "keys"
+        return data / f"{url.database or 'memory'}-{hashlib.sha256(where.encode()).hexdigest()[:12]}-signing-key.pem"
 
     @property
     def is_sqlite(self) -> bool:

@@ -14,8 +14,9 @@ def ingest_hooks(settings: Settings) -> list[IngestHook]:
     """The ingest pipeline's hooks, in order: sensitivity labels first (record linkage and every
     disclosure decision read them), then record linkage (inline, or queued to run after commit)."""
     from app.linkage.hooks import LinkageHook
+    from app.ops.metrics import IngestCounter
 
-    return [SecurityLabelHook(), LinkageHook(settings)]
+    return [SecurityLabelHook(), LinkageHook(settings), IngestCounter()]
 
 
 def database(settings: Settings) -> Database:

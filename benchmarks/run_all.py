@@ -19,6 +19,7 @@ BENCHMARKS = [
     ["pages.py"],
     ["sync.py"],
     ["audit.py"],
+    ["ops_overhead.py"],
 ]
 
 

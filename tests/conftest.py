@@ -122,6 +122,11 @@ def settings(database_url, key_path) -> Settings:
 
 
 def make_settings(database_url: str, key_path: Path, **overrides) -> Settings:
+    # the suite sends hundreds of requests a second with one token, and follows each refusal's
+    # X-Audit-Event at once: the rate limits and the coalescing of refusals are tested on their
+    # own (tests/ops/test_ops_rate_limits.py), out of the way elsewhere
+    overrides.setdefault("rate_limit_enabled", False)
+    overrides.setdefault("audit_refusals_per_window", 10_000)
     return Settings(database_url=database_url, auth_local_key_path=key_path, **overrides)
 
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Mapping
 from fastapi import Depends, Request
 
 from app.auth.deps import get_principal
-from app.auth.tokens import ROLES, Principal
+from app.auth.tokens import DEFAULT_SCOPES, ROLES, Principal
 from app.errors import FhirError
 from app.negotiation import negotiate
 
@@ -63,6 +63,11 @@ class Rule:
     public: bool = False  # no bearer token (capability, documentation; the rest-hook has its own secret)
     audited_refusal: bool = False  # refused by the service after the request is read, so the refusal is audited
     own_formats: bool = False  # answers in formats of its own (pages, assets): not held to FHIR JSON by app.negotiation
+    # SMART v2 scopes the operation needs on top of the role: op (one of c r u d s) on every
+    # one of these resource types, granted in one of these contexts (whatever the role)
+    scope_types: tuple[str, ...] = ()
+    scope_op: str = "r"  # every one of these ops (e.g. "rs": read and search)
+    scope_contexts: tuple[str, ...] = ("user", "system")
     refusal: str = "The {role} role may not {what}"
     type_refusal: str = "The {role} role may not {what} on {res_type} resources"
 
@@ -89,13 +94,21 @@ def _all(roles, types=ANY_TYPE) -> dict[str, frozenset[str] | None]:
 # disclosure policy).
 ADMIN_READABLE = frozenset({"Patient", "RelatedPerson", "Organization", "Practitioner"})
 
+# What the family view can disclose: the members (Patient, RelatedPerson) and their records
+# (app.family.graph.RECORD_TYPES). A token needs read on every one of them: a view cut down to
+# the types a token happens to name would look complete to the practitioner and not be.
+FAMILY_VIEW_TYPES = ("Patient", "RelatedPerson", "Flag", "Condition", "Observation", "MedicationStatement", "MedicationRequest")
+
 
 def _table() -> dict[str, Rule]:
     never = never_roles()
     rules = [
         Rule("capability", "read the CapabilityStatement", public=True),
         Rule("docs", "read the API documentation", public=True),
+        Rule("smart-configuration", "read the SMART configuration (how to get a token, which scopes)", public=True),
         Rule("sync.rest-hook", "notify a sync", public=True),  # the upstream's shared secret, not a token
+        Rule("ops.health", "probe liveness and readiness", public=True),  # a load balancer holds no token
+        Rule("ops.metrics", "scrape the Prometheus metrics (counts, no PHI)", public=True),  # FAMILYVIEW_METRICS_TOKEN when set
         Rule("web.assets", "read the pages' stylesheets, scripts and icons", public=True, own_formats=True),
         # the pages: the page session (app.web.session, signed in by OpenID Connect or the demo
         # sign-in), not a bearer token; what a family page shows is the family-view service's
@@ -114,9 +127,11 @@ def _table() -> dict[str, Rule]:
                           "see clinical data"),
         Rule("family-view", "receive the infant-family view",
              roles=_all(r for r in ROLES if r not in never), purposes=policy_purposes(), audited_refusal=True,
+             scope_types=FAMILY_VIEW_TYPES, scope_op="r",
              refusal="The {role} role does not receive clinical data; IG officers use the audit search"),
         Rule("audit.read", "read the audit (AuditEvent read and search)", roles=_all(["ig-officer"]),
-             all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may read the audit"),
+             all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may read the audit",
+             scope_types=("AuditEvent",), scope_op="rs"),
         Rule("ig.review", "work the IG review queue (list overrides and break-glass views, record a review)",
              roles=_all(["ig-officer"]), all_orgs=frozenset({"ig-officer"}), refusal="Only IG officers may review overrides"),
         Rule("ig.disclosure-report", "produce a subject access (disclosure) report",
@@ -188,6 +203,42 @@ def check_type(principal: Principal, operation: str, res_type: str) -> None:
         raise denied(r.type_refusal.format(role=principal.role, what=r.what, res_type=res_type))
 
 
+def scope_refusal(operation: str, principal: Principal) -> FhirError | None:
+    """The 403 for a token whose SMART scopes do not cover the operation (``scope_types``), or
+    None. Checked after the role, so a "never" role is refused whatever its scopes say."""
+    r = rule(operation)
+    missing = [t for t in r.scope_types if not all(principal.may(t, op, contexts=r.scope_contexts) for op in r.scope_op)]
+    if not missing:
+        return None
+    wanted = " ".join(f"user/{t}.{r.scope_op}" for t in missing)
+    return denied(f"The token's scopes do not cover {r.what}: it needs {wanted}" + (" (or user/*.rs)" if len(missing) > 1 else ""))
+
+
+def scope_guide() -> list[str]:
+    """One line per operation that needs more than its role: for the CapabilityStatement and
+    the SMART configuration."""
+    lines = [
+        "REST read, vread, history: <context>/<Type>.r; search: <context>/<Type>.s; create: .c; update: .u "
+        "(contexts user/ and system/; v1 .read/.write/.* accepted). Scopes never widen a role: "
+        "the roles the disclosure policy names as never seeing clinical data "
+        f"({', '.join(sorted(never_roles()))}) are refused clinical records whatever a token's scope says.",
+    ]
+    for r in table().values():
+        if r.scope_types:
+            lines.append(f"{r.operation} ({r.what}) needs " + " ".join(f"user/{t}.{r.scope_op}" for t in r.scope_types)
+                         + " (or user/*.rs; system/ alike; patient/ scopes do not cover it).")
+    return lines
+
+
+def scopes_supported() -> list[str]:
+    """Every scope this server understands, as SMART configuration lists them."""
+    out = ["openid", "fhirUser", "user/*.rs", "user/*.cruds", "system/*.rs", "system/*.cruds"]
+    for scopes in DEFAULT_SCOPES.values():
+        out += [s for s in scopes.split() if s not in out]
+    out += [f"user/{t}.rs" for t in FAMILY_VIEW_TYPES if f"user/{t}.rs" not in out]
+    return out
+
+
 def check_scope(principal: Principal, resource_type: str, op: str) -> None:
     """SMART v2 scopes on top of the table: op is one of c r u d s."""
     if not principal.may(resource_type, op):
@@ -223,8 +274,11 @@ class _TokenAccess(AccessDependency):
         self.operation = operation
 
     def __call__(self, request: Request, principal: Principal = Depends(get_principal)) -> Principal:
-        if not rule(self.operation).audited_refusal:
+        if not rule(self.operation).audited_refusal:  # an audited row's service checks role and scopes itself
             check(principal, self.operation)
+            problem = scope_refusal(self.operation, principal)
+            if problem is not None:
+                raise problem
         negotiate(request)  # after the role check: a refused requester learns nothing of the route's formats
         return principal
 
@@ -250,6 +304,7 @@ def operation_of(dependant: Any) -> str | None:
 
 # Annotated dependencies for the routers, e.g. `principal: AuditReader`
 Public = Annotated[None, Depends(Access("capability"))]
+SmartConfiguration = Annotated[None, Depends(Access("smart-configuration"))]
 Writer = Annotated[Principal, Depends(Access("fhir.write"))]
 Reader = Annotated[Principal, Depends(Access("fhir.read"))]
 BundlePoster = Annotated[Principal, Depends(Access("fhir.bundle"))]
@@ -263,3 +318,5 @@ PersonReader = Annotated[Principal, Depends(Access("person.read"))]
 LinkageAdministrator = Annotated[Principal, Depends(Access("linkage.admin"))]
 FamilyViewer = Annotated[Principal, Depends(Access("family-view"))]
 RestHook = Annotated[None, Depends(Access("sync.rest-hook"))]
+Health = Annotated[None, Depends(Access("ops.health"))]
+MetricsReader = Annotated[None, Depends(Access("ops.metrics"))]

@@ -65,9 +65,10 @@ class Principal:
     def source_system(self) -> str:
         return self.service or self.sub
 
-    def may(self, resource_type: str, op: str) -> bool:
-        """SMART v2 scope check: op is one of c r u d s."""
-        return any(s.resource_type in ("*", resource_type) and op in s.ops for s in self.scopes)
+    def may(self, resource_type: str, op: str, contexts: tuple[str, ...] | None = None) -> bool:
+        """SMART v2 scope check: op is one of c r u d s (in one of these contexts, when given)."""
+        return any(s.resource_type in ("*", resource_type) and op in s.ops and (contexts is None or s.context in contexts)
+                   for s in self.scopes)
 
 
 def _load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
@@ -115,7 +116,9 @@ def mint_token(
         raise ValueError("org must be an ODS code (upper-case letters and digits)")
     if service is not None and service not in SERVICES:
         raise ValueError(f"service must be one of {', '.join(SERVICES)}")
-    key = LocalKey(settings.auth_local_key_path)
+    if not 0 < minutes <= settings.auth_max_token_minutes:
+        raise ValueError(f"minutes must be between 1 and {settings.auth_max_token_minutes} (FAMILYVIEW_AUTH_MAX_TOKEN_MINUTES)")
+    key = LocalKey(settings.local_key_path)
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": settings.auth_issuer,
@@ -178,7 +181,7 @@ class TokenVerifier:
             except jwt.PyJWKClientError as exc:
                 raise unauthorized("The token's signing key is not known to this server") from exc
         if self._local is None:
-            self._local = LocalKey(self.settings.auth_local_key_path)
+            self._local = LocalKey(self.settings.local_key_path)
         return self._local.public_key
 
     def verify(self, token: str) -> Principal:
@@ -195,6 +198,7 @@ class TokenVerifier:
                 leeway=self.settings.auth_leeway_seconds,
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
+            self._check_lifetime(claims)
         except jwt.ExpiredSignatureError:
             raise unauthorized("The access token has expired") from None
         except jwt.InvalidAudienceError:
@@ -206,6 +210,14 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise unauthorized(f"The access token is not valid ({type(exc).__name__})") from None
         return principal_from_claims(claims)
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """A token that lives longer than the configured maximum is refused, however it was
+        signed: a stolen long-lived token is a standing key to the service."""
+        exp, iat = claims.get("exp"), claims.get("iat")
+        start = iat if isinstance(iat, (int, float)) and not isinstance(iat, bool) else time.time()
+        if exp - start > self.settings.auth_max_token_minutes * 60 + self.settings.auth_leeway_seconds:
+            raise unauthorized(f"The access token lives longer than this server accepts ({self.settings.auth_max_token_minutes} minutes)")
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:

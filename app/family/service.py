@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit_store
 from app.audit.events import OUTCOME_MINOR_FAILURE, OUTCOME_SUCCESS, AuditItem, FamilyViewAudit, basis_text
 from app.auth import access
+from app.ops import metrics
+from app.ops.refusals import RefusalCoalescer
 from app.auth.tokens import Principal
 from app.db import plan_once_per_statement
 from app.errors import FhirError, Issue
@@ -60,8 +62,9 @@ class FamilyViewResult:
 
 
 class FamilyViewService:
-    def __init__(self, session: Session, principal: Principal, *, notify):
+    def __init__(self, session: Session, principal: Principal, *, notify, refusals: RefusalCoalescer | None = None):
         self.session = session
+        self.refusals = refusals  # a refused request is audited through it: a flood is coalesced per client and minute
         self.principal = principal
         self.notify = notify  # callable(session, target_ods, communication) storing a notification
         self.requester = Requester(role=principal.role, org=principal.org, user=principal.sub, service=principal.service)
@@ -85,8 +88,13 @@ class FamilyViewService:
             audit.outcome = OUTCOME_MINOR_FAILURE
             audit.outcome_desc = f"{err.status}: {err.diagnostics}"
             audit.items = [i for i in audit.items if not i.disclosed]
-        audit_store.append(self.session, audit.to_fhir(), audit.columns(), audit.index())
-        return FamilyViewResult(status, bundle, audit.event_id)
+        if status >= 400 and self.refusals is not None:
+            event_id = self.refusals.admit(self.session, audit)
+        else:
+            audit_store.append(self.session, audit.to_fhir(), audit.columns(), audit.index())
+            event_id = audit.event_id
+        metrics.record_decisions(i.decision for i in audit.items)
+        return FamilyViewResult(status, bundle, event_id)
 
     # ------------------------------------------------------------ the view
 
@@ -111,6 +119,9 @@ class FamilyViewService:
             raise FhirError(400, "required", "A safeguarding request needs a justification (why the child may be at risk)", expression="justification", spine_code="MISSING_VALUE")
         if access.refused("family-view", self.principal.role):  # the policy's `never` roles, from the access table
             raise access.refusal("family-view", self.principal.role)
+        scope_problem = access.scope_refusal("family-view", self.principal)  # a role's SMART scopes must cover the view
+        if scope_problem is not None:
+            raise scope_problem
         if subject is None:
             # not found or not yours, one answer: without a lawful route to the family asked for,
             # an unknown infant gets the same 403 as a known one (a 404 would tell an unrelated

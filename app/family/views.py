@@ -13,6 +13,7 @@ from app.auth.access import FamilyViewer  # its refusal of the policy's `never` 
 from app.auth.tokens import Principal, Scope
 from app.errors import FhirError
 from app.family.service import FamilyViewRequest, FamilyViewResult, FamilyViewService
+from app.ops.refusals import RefusalCoalescer
 from app.fhir.http import FhirContext, FhirResponse, fhir_body, fhir_context
 from app.ig.notifications import enqueue
 from app.linkage.queue import linkage_settled
@@ -36,8 +37,9 @@ def _notifier(ctx: FhirContext):
     return notify
 
 
-def family_view(ctx: FhirContext, req: FamilyViewRequest) -> FamilyViewResult:
-    """The view in one transaction, audited; the API and the pages (app.web) both answer with it."""
+def family_view(ctx: FhirContext, req: FamilyViewRequest, refusals: RefusalCoalescer | None = None) -> FamilyViewResult:
+    """The view in one transaction, audited; the API and the pages (app.web) both answer with it
+    (refusals: the API's coalescing of a client's flood of refused requests, app.ops.refusals)."""
     limit = ctx.settings.max_justification_length
     if req.justification is not None and len(req.justification) > limit:
         # refused (and audited) like any bad request; the audit keeps only what the limit allows
@@ -45,7 +47,7 @@ def family_view(ctx: FhirContext, req: FamilyViewRequest) -> FamilyViewResult:
         req.justification = req.justification[:limit]
     try:
         with ctx.db.session() as session:
-            return FamilyViewService(session, ctx.principal, notify=_notifier(ctx)).run(req)
+            return FamilyViewService(session, ctx.principal, notify=_notifier(ctx), refusals=refusals).run(req)
     except SQLAlchemyError:
         log.error("family view not returned: the audit could not be written (request_id=%s)", req.request_id, exc_info=False)
         raise FhirError(503, "transient", "The request could not be recorded in the audit, so nothing is disclosed. Try again later.", spine_code="SERVICE_UNAVAILABLE")
@@ -53,7 +55,7 @@ def family_view(ctx: FhirContext, req: FamilyViewRequest) -> FamilyViewResult:
 
 def _run(ctx: FhirContext, request: Request, req: FamilyViewRequest) -> FhirResponse:
     req.request_id = getattr(request.state, "request_id", "")
-    result = family_view(ctx, req)
+    result = family_view(ctx, req, getattr(request.app.state, "refusals", None))
     headers = {"X-Audit-Event": f"AuditEvent/{result.audit_event_id}"}
     return FhirResponse(result.body, status_code=result.status, headers=headers)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.auth.access import scope_guide, scopes_supported
 from app.fhir.indexing import SEARCH_PARAMS, STORED_TYPES, WRITABLE_TYPES
 from app.settings import Settings
 
@@ -60,14 +61,47 @@ def capability_statement(settings: Settings, *, operations: list[dict[str, Any]]
             {
                 "mode": "server",
                 "documentation": "Bundles of type transaction (atomic) and batch are accepted at the base. Every interaction but this CapabilityStatement needs an OAuth2 bearer JWT.",
-                "security": {
-                    "cors": False,
-                    "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth", "display": "OAuth"}]}],
-                    "description": "Authorization: Bearer <JWT> with claims sub, org (ODS code), role, service (source systems) and SMART v2 scopes.",
-                },
+                "security": _security(settings),
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
                 "operation": [{"name": o["code"], "definition": o["url"]} for o in operations],
             }
         ],
     }
+
+
+def _security(settings: Settings) -> dict[str, Any]:
+    """The bearer JWT and the SMART v2 scopes each interaction needs (app.auth.access)."""
+    uris = [{"url": name, "valueUri": url} for name, url in (("authorize", settings.auth_authorization_url), ("token", settings.auth_token_url)) if url]
+    return {
+        **({"extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris", "extension": uris}]} if uris else {}),
+        "cors": False,
+        "service": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth", "display": "OAuth"}]},
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}]},
+        ],
+        "description": "Authorization: Bearer <JWT> with claims sub, org (ODS code), role, service (source systems) and SMART v2 "
+                       "scopes (scope claim). " + " ".join(scope_guide()) + " Supported scopes: " + " ".join(scopes_supported())
+                       + ". See .well-known/smart-configuration.",
+    }
+
+
+def smart_configuration(settings: Settings) -> dict[str, Any]:
+    """SMART App Launch 2 discovery document: the trusted issuer, its endpoints and the scopes
+    this server understands (the issuer mints tokens; this server only checks them)."""
+    doc: dict[str, Any] = {
+        "issuer": settings.auth_issuer,
+        **({"jwks_uri": settings.auth_jwks_url} if settings.auth_jwks_url else {}),
+        **({"authorization_endpoint": settings.auth_authorization_url} if settings.auth_authorization_url else {}),
+        **({"token_endpoint": settings.auth_token_url} if settings.auth_token_url else {}),
+        "grant_types_supported": ["authorization_code", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": list(settings.auth_algorithms),
+        "scopes_supported": scopes_supported(),
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": ["launch-standalone", "client-confidential-asymmetric", "sso-openid-connect",
+                         "permission-v2", "permission-v1", "permission-user"],
+        "scope_requirements": scope_guide(),
+    }
+    return doc

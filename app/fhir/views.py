@@ -14,7 +14,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from app.audit import balp
-from app.auth.access import BundlePoster, Public, Reader, Writer
+from app.auth.access import BundlePoster, Public, Reader, SmartConfiguration, Writer
 from app.auth.access import require, sees_all_orgs
 from app.db import Database
 from app.errors import FhirError, bad_request
@@ -84,6 +84,13 @@ def _written(ctx: FhirContext, request: Request, body: Any, make_req) -> FhirRes
 @router.get("/metadata", summary="CapabilityStatement (public)")
 def metadata(request: Request, _: Public) -> FhirResponse:
     return FhirResponse(request.app.state.capability_statement)
+
+
+@router.get("/.well-known/smart-configuration", summary="SMART configuration: the token issuer and the scopes (public)")
+def smart_configuration(request: Request, _: SmartConfiguration) -> FhirResponse:
+    from app.fhir.capability import smart_configuration as document
+
+    return FhirResponse(document(request.app.state.settings), media_type="application/json")
 
 
 @router.post("", summary="Process a transaction or batch Bundle")

@@ -28,7 +28,7 @@ def _secret(settings: Settings) -> bytes:
         return settings.web_session_secret.encode()
     if not settings.demo_sign_in:
         raise RuntimeError("FAMILYVIEW_WEB_SESSION_SECRET must be set when sign-in is by OpenID Connect")
-    key = LocalKey(settings.auth_local_key_path)
+    key = LocalKey(settings.local_key_path)
     return hashlib.sha256(b"familyview-web-session|" + key.private_key.private_numbers().d.to_bytes(256, "big")).digest()
 
 

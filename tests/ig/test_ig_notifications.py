@@ -83,7 +83,7 @@ class Familyview:
     def __init__(self, env: dict[str, str]):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--dev-auth", "--port", str(self.port)], cwd=ROOT,
                                      env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 60
         while True:

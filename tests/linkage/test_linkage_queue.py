@@ -170,7 +170,7 @@ def test_serve_starts_a_worker_that_links_right_after_commit_and_is_restarted(da
     port = free_port()
     env = {**os.environ, "FAMILYVIEW_DATABASE_URL": settings.database_url, "FAMILYVIEW_AUTH_LOCAL_KEY_PATH": str(key_path),
            "FAMILYVIEW_LINKAGE_WORKER_POLL_SECONDS": "30"}  # so only a commit's NOTIFY can wake it this fast
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=PROJECT_ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--dev-auth", "--port", str(port)], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     gp = {"Authorization": "Bearer " + mint_token(settings, role="source-system", org=GP_ORG, service="general-practice"), **FHIR_JSON}
