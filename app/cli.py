@@ -133,13 +133,13 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from app.audit import anchor
-    from app.audit.service import verify
+    from app.audit.service import collector_paused, verify
     from app.db import Database
 
     settings = get_settings()
     db = Database(args.database_url or settings.database_url)
     try:
-        with db.session(readonly=True) as session:
+        with collector_paused(), db.session(readonly=True) as session:
             if args.action == "anchor":
                 result, token = anchor.make_anchor(session, settings)
             elif args.anchor:

@@ -8,6 +8,8 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Iterable
 
 import orjson
@@ -264,6 +266,21 @@ def _body_problem(row: tuple[Any, ...], body: dict[str, Any], recorded: str) -> 
     return next(name for name, want, got in zip(_COLUMN_NAMES, implied, actual) if want != got)
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused, for `familyview audit verify` (a process of its own):
+    the walk allocates a few hundred containers per event (the parsed body) and keeps none, so
+    the collector finds nothing, yet its passes cost a fifth of the walk. Not for a server's
+    threads (the IG chain-status page verifies too): the pause is process-wide."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def verify(session: Session, batch: int = 2000, *, expect_head: str | None = None, expect_count: int | None = None) -> VerifyResult:
     """Walk the chain from the first event; name the first link that does not hold.
 
@@ -291,11 +308,6 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
     def broken(seq, event_id, problem):
         return VerifyResult(False, checked, seq, event_id, problem, last_seq, prev_hash)
 
-    # the walk allocates a few hundred containers per event (the parsed body) and keeps none,
-    # so the cyclic collector finds nothing in it, yet its passes cost a fifth of the walk:
-    # paused for the walk (verify runs in `familyview audit`, not in a server's threads)
-    collecting = gc.isenabled()
-    gc.disable()
     try:
         while True:
             cursor.execute(walk, (last_seq, batch))
@@ -344,8 +356,6 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
                 last_seq = seq
     finally:
         cursor.close()
-        if collecting:
-            gc.enable()
     after = session.execute(select(func.min(AuditHead.seq), func.count()).where(AuditHead.seq > last_seq)).one()
     if after[1]:
         return broken(after[0], None, f"the head table records {after[1]} newer event(s) that are missing from the audit (the newest events were deleted)")
