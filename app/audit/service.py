@@ -233,7 +233,7 @@ _WALK_RECORDED = {"postgresql": "to_char(recorded AT TIME ZONE 'UTC', 'YYYY-MM-D
 _WALK_BODY = {"postgresql": "body", "sqlite": "CAST(body AS BLOB)"}  # SQLite: the stored UTF-8 bytes, hashed as they are
 _WALK_HEADS = "SELECT seq, hash FROM audit_head WHERE seq > ? AND seq <= ?"
 _WALK_INDEX = "SELECT event_seq, param, value FROM audit_index WHERE event_seq > ? AND event_seq <= ?"
-_SQLITE_INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+_SQLITE_INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
 
 
 def _sqlite_recorded(stored: Any) -> str | None:
@@ -252,7 +252,7 @@ def _body_problem(row: tuple[Any, ...], body: dict[str, Any], recorded: str) -> 
         return "event_id"
     said = body.get("recorded")
     # the body's instant is written to the millisecond ("...T09:00:00.123Z"); equal text is the same instant
-    if not (isinstance(said, str) and len(said) == 24 and recorded == f"{said[:23]}000Z"):
+    if not (isinstance(said, str) and len(said) == 24 and said[23] == "Z" and recorded == f"{said[:23]}000Z"):
         try:
             when = datetime.fromisoformat(str(said).replace("Z", "+00:00"))
         except ValueError:
