@@ -39,7 +39,7 @@ test: $(DEV_STAMP)
 # The tests that need no database, PostgreSQL or HAPI (consent engine, code lists, the family
 # plan, profiles, lint, types and import layers): about a minute.
 test-fast: $(DEV_STAMP)
-	scripts/run-tests.sh $(BIN)/python -m "not db" -n 2
+	FAMILYVIEW_TEST_MARK="not db" scripts/run-tests.sh $(BIN)/python
 
 # schemathesis for longer than `make test` does (tests/api/test_api_fuzz.py): every phase, 100
 # cases per operation and phase, on SQLite and PostgreSQL (tens of thousands of cases; an hour or more)

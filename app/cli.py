@@ -158,7 +158,15 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         if token is None:
             print("not anchored: the chain does not verify", file=sys.stderr)
             return 1
-        return _write_anchor(token, args.output, args.url, settings)
+        written = _write_anchor(token, args.output, args.url, settings)
+        if written == 0:
+            db = Database(args.database_url or settings.database_url)
+            try:
+                with db.session() as session:
+                    anchor.record_anchor(session, result, token, args.url or args.output or "standard output")
+            finally:
+                db.dispose()
+        return written
     if args.anchor:
         if result is not None and result.ok:
             print(result)

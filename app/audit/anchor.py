@@ -9,17 +9,21 @@ at least that many events and, at that position, that very hash: a chain cut bac
 checkpoint, or rewritten (every later hash recomputed) since, fails."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import jwt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.audit import balp
 from app.audit.models import AuditRecord
 from app.audit.service import VerifyResult, verify
-from app.auth.tokens import LocalKey
+from app.auth.tokens import LocalKey, Principal
+from app.db import Database
 from app.settings import Settings
 
 ALGORITHM = "RS256"
@@ -78,3 +82,59 @@ def verify_against(session: Session, settings: Settings, token: str) -> tuple[Ve
         if at != head:
             return result, AnchorCheck(False, f"the chain's event #{count} no longer has the anchored hash {head} (rewritten since the anchor)", check.claims)
     return result, AnchorCheck(True, f"the chain holds the anchor: {count} events up to hash {head}, and {result.checked - count} since", check.claims)
+
+
+ANCHOR_SUBTYPE = "audit-anchor"
+
+
+def record_anchor(session: Session, result: VerifyResult, token: str, destination: str) -> str:
+    """An anchor made is an IG action on the chain (after the checkpoint it signs): when, how
+    many events, which head hash, and where the signed checkpoint went."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    event = balp.AccessEvent(balp.GATEWAY, ANCHOR_SUBTYPE, action="E",
+                             outcome_desc=f"anchored {result.checked} events, head hash {result.head_hash}, to {destination}")
+    event.entity(f"{balp.FV}/audit-anchor/{claims['iat']}", count=str(result.checked), head_hash=result.head_hash,
+                 head_seq=str(result.head_seq or 0), destination=destination, issued=str(claims["iat"]))
+    return balp.record(session, event)
+
+
+@dataclass
+class LastAnchor:
+    event_id: str
+    recorded: datetime
+    count: int
+    head_hash: str
+    destination: str
+    held: bool  # the chain still has that hash at that position
+
+
+def last_anchor(session: Session) -> LastAnchor | None:
+    """The newest anchor the audit recorded, and whether the chain still holds it."""
+    row = session.execute(select(AuditRecord.event_id, AuditRecord.recorded, AuditRecord.body)
+                          .where(AuditRecord.subtype_code == ANCHOR_SUBTYPE).order_by(AuditRecord.seq.desc()).limit(1)).one_or_none()
+    if row is None:
+        return None
+    details: dict[str, str] = {}
+    for e in json.loads(row.body).get("entity") or []:
+        details.update({d.get("type"): d.get("valueString") for d in e.get("detail") or [] if isinstance(d, dict)})
+    count, head = int(details.get("count") or 0), details.get("head_hash") or ""
+    at = session.execute(select(AuditRecord.hash).order_by(AuditRecord.seq).offset(count - 1).limit(1)).scalar() if count else None
+    recorded = row.recorded if row.recorded.tzinfo else row.recorded.replace(tzinfo=timezone.utc)
+    return LastAnchor(row.event_id, recorded, count, head, details.get("destination") or "", held=not count or at == head)
+
+
+@dataclass
+class ChainStatus:
+    result: VerifyResult
+    anchor: LastAnchor | None
+
+
+def chain_status(db: Database, principal: Principal, *, request_id: str = "") -> ChainStatus:
+    """Verify the chain and read the last anchor, for an IG officer (one snapshot for the
+    walk); the check is itself audited, after the walk."""
+    with db.session(readonly=True) as session:
+        result, anchor = verify(session), last_anchor(session)
+    with db.session() as session:
+        balp.record(session, balp.AccessEvent(principal, "audit-verify", action="E", request_id=request_id,
+                                              outcome_desc=str(result).splitlines()[0]))
+    return ChainStatus(result, anchor)

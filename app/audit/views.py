@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
 
 from app.audit import balp
 from app.audit.models import AuditIndex, AuditRecord
 from app.auth.access import AuditReader
+from app.auth.tokens import Principal
 from app.errors import not_found
 from app.fhir import search
 from app.fhir.http import FhirContext, FhirResponse, fhir_context
@@ -43,7 +46,17 @@ DATE_MESSAGE = "date must be a FHIR date or dateTime, optionally with a prefix (
 @router.get("", summary="Search the audit (IG officers): patient, agent, date, entity, type, subtype, outcome, purpose")
 def search_events(request: Request, _: AuditReader, ctx: FhirContext = Depends(fhir_context)) -> FhirResponse:
     params = list(request.query_params.multi_items())
-    search.check_limits(params, search.SearchLimits.of(ctx.settings), "AuditEvent")
+    with ctx.db.session() as s:
+        paging, total, resources = search_audit(s, ctx.principal, params, search.SearchLimits.of(ctx.settings), request_id=ctx.request_id)
+    return FhirResponse(search.searchset(f"{ctx.base}/AuditEvent", params, paging, total,
+                                         ((f"{ctx.base}/AuditEvent/{r['id']}", r) for r in resources)))
+
+
+def search_audit(s: Session, principal: Principal, params: list[tuple[str, str]], limits: search.SearchLimits, *,
+                 request_id: str = "") -> tuple[search.Paging, int, list[dict[str, Any]]]:
+    """The audit search (the API's and the IG pages'): the matching events newest first, each
+    with its standing review; the search is itself audited in the caller's transaction."""
+    search.check_limits(params, limits, "AuditEvent")
     conds = []
     patients: list[list[str]] = []
     paging = search.Paging.start(DEFAULT_COUNT, MAX_COUNT)
@@ -72,21 +85,18 @@ def search_events(request: Request, _: AuditReader, ctx: FhirContext = Depends(f
             conds.append(AuditRecord.purpose_of_use.in_([v.split("|")[-1] for v in values]))
         elif key == "_id":
             conds.append(AuditRecord.event_id.in_(values))
-    with ctx.db.session() as s:
-        for values in patients:  # any record of the person, through linkage
-            found: set[str] = set()
-            for v in values:
-                found |= person_records(s, v).index_values | {_reference_value(v.split("|", 1)[-1])}
-            conds.append(AuditRecord.seq.in_(select(AuditIndex.event_seq).where(AuditIndex.param == "patient", AuditIndex.value.in_(sorted(found)))))
-        where = and_(*conds) if conds else True
-        total = s.scalar(select(func.count()).select_from(AuditRecord).where(where)) or 0
-        rows = s.execute(select(AuditRecord.body).where(where).order_by(AuditRecord.seq.desc())
-                         .offset(paging.offset).limit(paging.count)).scalars().all() if paging.count else []
-        query = "&".join(f"{k}={v}" for k, v in params)
-        searched = balp.AccessEvent(ctx.principal, "search-type", query=f"AuditEvent?{query}", request_id=ctx.request_id)
-        searched.outcome_desc = f"{total} match(es)"
-        searched.about(v for values in patients for v in values)
-        balp.record(s, searched)  # the IG officer's own searches are audited, in the search's transaction
-        resources = show_reviews(s, [json.loads(b) for b in rows])
-    return FhirResponse(search.searchset(f"{ctx.base}/AuditEvent", params, paging, total,
-                                         ((f"{ctx.base}/AuditEvent/{r['id']}", r) for r in resources)))
+    for values in patients:  # any record of the person, through linkage
+        found: set[str] = set()
+        for v in values:
+            found |= person_records(s, v).index_values | {_reference_value(v.split("|", 1)[-1])}
+        conds.append(AuditRecord.seq.in_(select(AuditIndex.event_seq).where(AuditIndex.param == "patient", AuditIndex.value.in_(sorted(found)))))
+    where = and_(*conds) if conds else True
+    total = s.scalar(select(func.count()).select_from(AuditRecord).where(where)) or 0
+    rows = s.execute(select(AuditRecord.body).where(where).order_by(AuditRecord.seq.desc())
+                     .offset(paging.offset).limit(paging.count)).scalars().all() if paging.count else []
+    query = "&".join(f"{k}={v}" for k, v in params)
+    searched = balp.AccessEvent(principal, "search-type", query=f"AuditEvent?{query}", request_id=request_id)
+    searched.outcome_desc = f"{total} match(es)"
+    searched.about(v for values in patients for v in values)
+    balp.record(s, searched)  # the IG officer's own searches are audited, in the search's transaction
+    return paging, total, show_reviews(s, [json.loads(b) for b in rows])

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import balp
 from app.audit.models import AuditIndex, AuditRecord
+from app.auth.tokens import Principal
 from app.family.graph import organisation_names
 from app.ig.reviews import ReviewStatus, latest_reviews
 from app.ig.subjects import PersonRecords, person_records
@@ -136,6 +137,17 @@ def disclosure_report(session: Session, asked_for: str) -> DisclosureReport:
         d.review = reviews.get(seq)
         d.recipient_name = names.get(d.recipient_org)
     return DisclosureReport(asked_for, person, [d for _, d in found])
+
+
+def read_report(session: Session, principal: Principal, asked_for: str, *, request_id: str = "") -> DisclosureReport:
+    """The report as an IG officer reads it (the API and the pages): a subject access report is
+    itself an access to the person's audit, recorded in the caller's transaction."""
+    report = disclosure_report(session, asked_for)
+    event = balp.AccessEvent(principal, "disclosure-report", action="R", request_id=request_id,
+                             outcome_desc=f"{len(report.disclosures)} disclosure(s) reported")
+    event.about(sorted(report.person.index_values | {asked_for}))
+    balp.record(session, event)
+    return report
 
 
 def _instant(dt: datetime) -> str:

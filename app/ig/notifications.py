@@ -23,6 +23,8 @@ import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from app.audit import balp
+from app.auth.tokens import Principal
 from app.db import Database
 from app.ig.models import Notification
 from app.settings import Settings
@@ -181,6 +183,18 @@ def notifications(session: Session, *, target_org: str | None = None, status: st
     rows = session.scalars(select(Notification).where(*where).order_by(Notification.id.desc()).offset(offset).limit(count)).all()
     return total, [NotificationView(r.communication_id, r.target_org, r.created_at, r.status, r.attempts, r.last_error, r.sent_at,
                                     r.next_attempt_at, r.endpoint, r.audit_event_id, json.loads(r.payload)) for r in rows]
+
+
+def read_notifications(session: Session, principal: Principal, *, target_org: str | None = None, status: str | None = None,
+                       offset: int = 0, count: int = 50, query: str = "", request_id: str = "") -> tuple[int, list[NotificationView]]:
+    """Notifications as the IG officer or a holder reads them (the API and the pages): the read audited, naming each one shown."""
+    total, found = notifications(session, target_org=target_org, status=status, offset=offset, count=count)
+    event = balp.AccessEvent(principal, "notifications-read", action="R", request_id=request_id, query=query,
+                             outcome_desc=f"{total} notification(s)")
+    for n in found:
+        event.entity(f"Communication/{n.id}", status=n.status)
+    balp.record(session, event)
+    return total, found
 
 
 class Deliverer:

@@ -109,6 +109,14 @@ def queue(session: Session, *, overdue_days: int, now: datetime | None = None, o
     return total, items
 
 
+def read_queue(session: Session, principal: Principal, *, overdue_days: int, offset: int = 0, count: int = 50,
+               only_overdue: bool = False, request_id: str = "") -> tuple[int, list[QueueItem]]:
+    """The queue as an IG officer reads it (the API and the pages): the read itself audited."""
+    total, items = queue(session, overdue_days=overdue_days, offset=offset, count=count, only_overdue=only_overdue)
+    balp.record(session, balp.AccessEvent(principal, "ig-review-queue", action="R", request_id=request_id, outcome_desc=f"{total} open"))
+    return total, items
+
+
 def record_review(session: Session, principal: Principal, event_id: str, outcome: str, note: str, *,
                   request_id: str = "", now: datetime | None = None) -> ReviewStatus:
     """Record an IG officer's review of a queued event, audited in the same transaction."""

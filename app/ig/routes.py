@@ -67,10 +67,8 @@ def review_queue(request: Request, principal: IgReviewer) -> FhirResponse:
         only_overdue = value == "true"
     settings = request.app.state.settings
     with request.app.state.db.session() as session:
-        total, items = reviews.queue(session, overdue_days=settings.ig_review_overdue_days, offset=paging.offset,
-                                     count=paging.count, only_overdue=only_overdue)
-        balp.record(session, balp.AccessEvent(principal, "ig-review-queue", action="R", request_id=getattr(request.state, "request_id", ""),
-                                              outcome_desc=f"{total} open"))
+        total, items = reviews.read_queue(session, principal, overdue_days=settings.ig_review_overdue_days, offset=paging.offset,
+                                          count=paging.count, only_overdue=only_overdue, request_id=getattr(request.state, "request_id", ""))
     return FhirResponse({"total": total, "overdueAfterDays": settings.ig_review_overdue_days, "offset": paging.offset,
                          "items": [i.to_json() for i in items]})
 
@@ -131,12 +129,9 @@ def _notifications(request: Request, principal, allowed: tuple[str, ...], target
         elif name == "recipient":
             target_org = value
     with request.app.state.db.session() as session:
-        total, found = notifications.notifications(session, target_org=target_org, status=status, offset=paging.offset, count=paging.count)
-        event = balp.AccessEvent(principal, "notifications-read", action="R", request_id=getattr(request.state, "request_id", ""),
-                                 query=str(request.url.query), outcome_desc=f"{total} notification(s)")
-        for n in found:
-            event.entity(f"Communication/{n.id}", status=n.status)
-        balp.record(session, event)
+        total, found = notifications.read_notifications(session, principal, target_org=target_org, status=status, offset=paging.offset,
+                                                        count=paging.count, query=str(request.url.query),
+                                                        request_id=getattr(request.state, "request_id", ""))
     return FhirResponse({"total": total, "offset": paging.offset, "notifications": [n.to_json() for n in found]})
 
 
@@ -159,11 +154,7 @@ record_router = APIRouter(prefix="/fhir", tags=["Information governance"], depen
 
 def _report(request: Request, ctx: FhirContext, asked_for: str) -> Response:
     with ctx.db.session() as session:
-        report = disclosure.disclosure_report(session, asked_for)
-        event = balp.AccessEvent(ctx.principal, "disclosure-report", action="R", request_id=ctx.request_id,
-                                 outcome_desc=f"{len(report.disclosures)} disclosure(s) reported")
-        event.about(sorted(report.person.index_values | {asked_for}))
-        balp.record(session, event)  # a subject access report is itself an access to the person's audit
+        report = disclosure.read_report(session, ctx.principal, asked_for, request_id=ctx.request_id)
     if getattr(request.state, "media_type", None) == CSV:
         return Response(disclosure.to_csv(report), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="disclosure-report.csv"'})

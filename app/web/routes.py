@@ -117,7 +117,13 @@ def home(request: Request) -> Response:
         return FhirResponse(operation_outcome([Issue("not-found", "The FHIR API is at /fhir (capabilities at /fhir/metadata); "
                                                      "the pages are at / for Accept: text/html", spine_code="RESOURCE_NOT_FOUND")]),
                             status_code=404)
-    return RedirectResponse("/find" if _signed_in(request) else "/sign-in", status_code=303)
+    current = _signed_in(request)
+    return RedirectResponse(start_page(current.principal.role) if current else "/sign-in", status_code=303)
+
+
+def start_page(role: str) -> str:
+    """Where a signed-in user starts: an IG officer at the review queue, everyone else at find."""
+    return "/governance/reviews" if role == "ig-officer" else "/find"
 
 
 @assets.get("/static/{asset:path}")
@@ -132,8 +138,8 @@ def static_asset(asset: str) -> Response:
 
 @router.get("/sign-in")
 def sign_in(request: Request, m: str | None = None) -> Response:
-    if _signed_in(request):
-        return RedirectResponse("/find", status_code=303)
+    if current := _signed_in(request):
+        return RedirectResponse(start_page(current.principal.role), status_code=303)
     settings = request.app.state.settings
     csrf = secrets.token_urlsafe(32)
     resp = render(request, "sign_in.html", session=None, csrf=csrf, demo=settings.demo_sign_in, demo_users=DEMO_USERS,
@@ -169,7 +175,7 @@ async def sign_in_demo(request: Request) -> Response:
 
 
 def _signed_in_now(request: Request, principal: Principal, name: str, org_name: str, how: str) -> Response:
-    resp = RedirectResponse("/find", status_code=303)
+    resp = RedirectResponse(start_page(principal.role), status_code=303)
     sid = web_session.start(request, resp, principal, name=name, org_name=org_name, how=how)
     session_event(request.app.state.db, action="login", outcome="success", sub=principal.sub, role=principal.role,
                   org=principal.org, how=how, detail=f"signed in ({how}), session {sid[:8]}", request_id=_request_id(request))

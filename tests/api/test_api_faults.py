@@ -29,7 +29,7 @@ from tests.fhirdata import family_bundle, nhs_numbers
 PGDATA = os.environ.get("FAMILYVIEW_TEST_PGDATA")
 PG_BIN = os.environ.get("FAMILYVIEW_TEST_PG_BIN")
 WRITERS = 8
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.serial]  # it restarts the run's one PostgreSQL: nothing else may run beside it
 
 
 @pytest.fixture

@@ -162,6 +162,7 @@ def test_a_reader_waits_for_the_batch_another_drainer_holds(database, queued):
 
 
 @pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL")
+@pytest.mark.serial  # it times the worker's linking: alone, not beside the parallel run
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_serve_starts_a_worker_that_links_right_after_commit_and_is_restarted(database, settings, key_path):
     """`familyview serve` on PostgreSQL: no reader calls, yet the queue empties within moments
