@@ -32,9 +32,10 @@ STAGES = [
     ("R4B validation", [("app/fhir/validation.py", "validate_structure")]),
     ("validation, all (holds the two above)", [("app/fhir/validation.py", "validate_resource")]),
     ("search index", [("app/fhir/indexing.py", "index_resource")]),
-    ("source keys", [("app/ingest/service.py", "_dedupe_by_source_key"), ("app/ingest/service.py", "_add_source_keys")]),
+    ("source keys", [("app/ingest/service.py", "_dedupe_by_source_key"), ("app/ingest/service.py", "_new_source_keys")]),
     ("references", [("app/ingest/service.py", "_rewrite_references"), ("app/ingest/service.py", "_check_exist")]),
     ("inserts", [("app/ingest/service.py", "_flush")]),
+    ("audit", [("app/audit/balp.py", "record"), ("app/ingest/service.py", "audit_consent_writes")]),
     ("commit", [("sqlalchemy/orm/session.py", "commit")]),
     ]
 

@@ -240,8 +240,9 @@ def record_many(session: Session, accesses: list[AccessEvent]) -> None:
 
 def audit_unavailable() -> FhirError:
     """No audit, no access: the answer when the audit cannot be written."""
+    # a 503 a client can act on: Retry-After, as every other transient 503 (the database restarting mid-write lands here)
     return FhirError(503, "transient", "The request could not be recorded in the audit, so it was not carried out. Try again later.",
-                     spine_code="SERVICE_UNAVAILABLE")
+                     spine_code="SERVICE_UNAVAILABLE", headers={"Retry-After": "1"})
 
 
 def session_event(principal: Principal | None, kind: str, *, succeeded: bool = True, reason: str = "",

@@ -20,7 +20,7 @@ from app.audit.events import consent_write_event
 from app.auth import access
 from app.auth.access import require
 from app.auth.tokens import Principal
-from app.db import in_list, insert_rows, new_id, plan_each_execution
+from app.db import in_list, insert_tables, new_id, plan_each_execution
 from app.errors import FhirError, bad_request, unprocessable
 from app.family.graph import as_shown  # a Bundle's GET entries are read as GET requests are
 from app.fhir import store
@@ -664,7 +664,6 @@ class IngestService:
 
     def _flush(self, creates, updates, versions, rows: IndexRows, new_keys, known_keys: dict[tuple, str] | None) -> None:
         s = self.session.connection()  # Core executemany: no ORM unit of work on the write path
-        insert_rows(s, StoredResource.__table__, creates)
         if updates:
             stmt = (
                 update(StoredResource)
@@ -678,16 +677,20 @@ class IngestService:
             for table in (SearchToken, SearchString, SearchDate, SearchReference):
                 for t, ids in by_type.items():
                     s.execute(delete(table).where(table.res_type == t, table.res_id.in_(ids)))
-        insert_rows(s, ResourceVersion.__table__, versions)
-        for table, data in ((SearchToken, rows.tokens), (SearchString, rows.strings), (SearchDate, rows.dates), (SearchReference, rows.references)):
-            insert_rows(s, table.__table__, data)
-        if new_keys:
-            self._add_source_keys(new_keys, known_keys)
+        # every table's rows in one go (on PostgreSQL one round trip): the records, their history,
+        # their search index and the source keys
+        insert_tables(s, [
+            (StoredResource.__table__, creates), (ResourceVersion.__table__, versions),
+            (SearchToken.__table__, rows.tokens), (SearchString.__table__, rows.strings),
+            (SearchDate.__table__, rows.dates), (SearchReference.__table__, rows.references),
+            (SourceKey.__table__, self._new_source_keys(new_keys, known_keys) if new_keys else []),
+        ])
 
-    def _add_source_keys(self, keys: list[dict], known: dict[tuple, str] | None) -> None:
-        """Record each written identifier as this source's key to the record. `known` holds the
-        keys of the principal's organisation read at the start of the write; a key another
-        transaction inserts since then fails the unique constraint, and the write is retried."""
+    def _new_source_keys(self, keys: list[dict], known: dict[tuple, str] | None) -> list[dict]:
+        """The source-key rows to insert: each written identifier as this source's key to the
+        record. `known` holds the keys of the principal's organisation read at the start of the
+        write; a key another transaction inserts since then fails the unique constraint, and the
+        write is retried."""
         unique = {(k["source_org"], k["res_type"], k["system"], k["value"]): k for k in keys}
         present = dict(known or {})
         for org in {k[0] for k in unique} - ({self.principal.org} if known is not None else set()):
@@ -699,9 +702,9 @@ class IngestService:
                 missing.append(k)
             elif holder != k["res_id"]:
                 raise FhirError(409, "conflict", f"This source already sent that {k['res_type']} identifier as {k['res_type']}/{holder}", spine_code="DUPLICATE_REJECTED")
-        if missing:  # in key order: two writers inserting overlapping keys wait on each other, never deadlock
-            missing.sort(key=lambda k: (k["source_org"], k["res_type"], k["system"], k["value"]))
-            insert_rows(self.session.connection(), SourceKey.__table__, missing)
+        # in key order: two writers inserting overlapping keys wait on each other, never deadlock
+        missing.sort(key=lambda k: (k["source_org"], k["res_type"], k["system"], k["value"]))
+        return missing
 
     def _read_entry(self, e: EntryRequest) -> EntryResult:
         path, _, query = e.url.strip("/").partition("?")

@@ -197,6 +197,7 @@ def test_a_write_whose_audit_cannot_be_written_is_not_made(live):
     src = live.source(MATERNITY_ORG, "maternity")
     r = src.post("/Patient", content=json.dumps(patient("Fairley", "Joan", nhs=next(NHS_NUMBERS))), headers=FHIR_JSON)
     assert r.status_code == 503 and r.json()["issue"][0]["code"] == "transient"
+    assert r.headers.get("retry-after") == "1"  # a transient 503 the client retries, as every other
     with eng.begin() as c:
         assert c.execute(text("SELECT count(*) FROM resource WHERE res_type = 'Patient'")).scalar() == 0
     eng.dispose()
