@@ -443,7 +443,7 @@ def _reason_body(*names: str) -> dict[str, Any]:
 
 def _fixed(route: RouteInfo) -> Iterator[Op]:
     """The operations whose route is not per resource type."""
-    cid = _path("cid", "The review candidate's number", {"type": "integer", "minimum": 1})
+    cid = _path("cid", "The review candidate's number", {"type": "integer", "minimum": 1})  # beyond 2**31-1: 404
     paging = tuple(_PAGING)
     admin = ("Linkage",)
     ig = ("Information governance",)

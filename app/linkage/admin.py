@@ -39,8 +39,9 @@ class LinkageAdmin:
 
     # -------------------------------------------------------------- look-ups
     def candidate(self, cid: int) -> ReviewCandidate:
-        # ids are BIGINT-sized; a larger number names no candidate (and must not reach the driver)
-        row = self.session.get(ReviewCandidate, cid) if 0 < cid < 2**63 else None
+        # ids are 32-bit integers (linkage_candidate.id); a larger number names no candidate and
+        # must not reach the driver (PostgreSQL refuses it as out of range: a 500, not a 404)
+        row = self.session.get(ReviewCandidate, cid) if 0 < cid < 2**31 else None
         if row is None:
             raise not_found(f"Review candidate {cid} is not known")
         return row

@@ -126,6 +126,8 @@ def test_unlink_survives_reingest_and_merge_reverses_it(live):
         ("get", "/candidates/99999999999999999999", None, 404, "not-found"),  # beyond BIGINT: no 500
         ("post", "/candidates/99999999999999999999/confirm", {"reason": "r"}, 404, "not-found"),
         ("post", "/candidates/-1/reject", {"reason": "r"}, 404, "not-found"),
+        ("post", "/candidates/87620925549/reject", {"reason": "0"}, 404, "not-found"),  # beyond the 32-bit id: no 500 (schemathesis)
+        ("get", "/candidates/2147483648", None, 404, "not-found"),
         ("post", "/candidates/999/reject", {}, 400, "required"),
         ("get", "/candidates?status=maybe", None, 400, "invalid"),
         ("get", "/candidates?_count=x", None, 400, "invalid"),
