@@ -148,6 +148,9 @@ def _local_patient(live: LiveServer, nhs: str) -> dict | None:
     return found[0] if found else None
 
 
+# alone, after the parallel run: HAPI retries a failed delivery a bounded number of times, so
+# familyview must be back within that window, which a loaded machine (the parallel run) can miss
+@pytest.mark.serial
 @pytest.mark.parametrize("payload", ["application/fhir+json", None], ids=["payload", "empty"])
 def test_rest_hook_subscription_on_hapi_reaches_familyview_and_survives_downtime(database_url, key_path, payload):
     hapi = need_hapi()
@@ -196,7 +199,7 @@ def test_rest_hook_subscription_on_hapi_reaches_familyview_and_survives_downtime
         live = fv.start()
         took = _wait_for("the changes made while familyview was down", lambda: (
             (_local_patient(live, nhs) or {}).get("name", [{}])[0].get("family") == "Hookham-Reed"
-            and _local_patient(live, nhs2) is not None), 240)  # HAPI retries with backoff: slow beside the parallel run
+            and _local_patient(live, nhs2) is not None), 120)
         print(f"rest-hook ({payload or 'empty'}): changes made during 5s of downtime arrived {took:.1f}s after familyview came back")
         with live.source(MATERNITY_ORG, "maternity") as c:
             assert len(search_all(c, "Patient")) == 2  # nothing lost, nothing twice
