@@ -42,6 +42,7 @@ DB_FIXTURES = frozenset({"sqlite_template", "pg_template"})
 HAPI_TESTS = Path(__file__).parent / "hapi"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its loadgroup hook)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if DB_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("postgres"):
