@@ -47,10 +47,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if DB_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("postgres"):
             item.add_marker(pytest.mark.db)
-        # under xdist (--dist loadgroup) a file stays on one worker, so its module fixtures are
-        # built once; the HAPI suite is one group, as the one HAPI holds the scenarios once a run
-        group = "hapi" if HAPI_TESTS in Path(item.path).parents else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        # under xdist (--dist loadgroup) a file stays on one worker, so its module fixtures are built once
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+        if HAPI_TESTS in Path(item.path).parents:
+            item.add_marker(pytest.mark.serial)  # the one HAPI holds the scenarios once a run: one process
 
 
 def pytest_configure(config):
