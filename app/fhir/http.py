@@ -91,3 +91,33 @@ def fhir_context(request: Request, principal: Principal = Depends(get_principal)
 # content negotiation lives below auth (the access dependencies call it): re-exported here
 from app.negotiation import CSV as CSV, FHIR_JSON as FHIR_JSON, HTML as HTML, NDJSON as NDJSON  # noqa: E402
 from app.negotiation import negotiate as negotiate, not_acceptable as not_acceptable, produces as produces  # noqa: E402
+
+
+async def json_object(request: Request, *names: str) -> dict[str, Any]:
+    """The body of a plain-JSON action (linkage admin, IG review): a JSON object, else 415 or 400."""
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype not in ("application/json", "application/fhir+json"):
+        raise FhirError(415, "not-supported", f"Content-Type must be application/json (got {ctype or 'none'})", spine_code="UNSUPPORTED_MEDIA_TYPE")
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FhirError(400, "structure", "The body is not valid JSON", spine_code="INVALID_RESOURCE") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"The body must be a JSON object with {' and '.join(repr(n) for n in names)}", code="structure")
+    return body
+
+
+def required_text(body: dict[str, Any], name: str) -> str:
+    """A required, non-blank string member of such a body, stripped; control characters refused
+    (PostgreSQL cannot hold U+0000: a 400 here, not a 500 at the write)."""
+    from app.fhir.validation import CONTROL_CHARS, control_char_error
+
+    value = body.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise FhirError(400, "required", f"'{name}' is required", expression=name, spine_code="MISSING_VALUE")
+    if not isinstance(value, str):
+        raise bad_request(f"'{name}' must be a string", expression=name)
+    if CONTROL_CHARS.search(value):
+        raise control_char_error(name)
+    return value.strip()

@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -23,34 +22,11 @@ from app.audit import balp
 from app.auth.access import AuditExporter, DisclosureReporter, IgReviewer, NotificationReader, OwnNotificationReader
 from app.errors import FhirError, bad_request
 from app.fhir import search
-from app.fhir.http import CSV, NDJSON, FhirContext, FhirResponse, fhir_context, produces
+from app.fhir.http import CSV, NDJSON, FhirContext, FhirResponse, fhir_context, json_object, produces, required_text
 from app.ig import disclosure, export, notifications, reviews
 from app.linkage.queue import linkage_settled
 
 router = APIRouter(prefix="/ig", tags=["Information governance"])
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if ctype not in ("application/json", "application/fhir+json"):
-        raise FhirError(415, "not-supported", f"Content-Type must be application/json (got {ctype or 'none'})", spine_code="UNSUPPORTED_MEDIA_TYPE")
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FhirError(400, "structure", "The body is not valid JSON", spine_code="INVALID_RESOURCE") from None
-    if not isinstance(body, dict):
-        raise bad_request("The body must be a JSON object with 'outcome' and 'note'", code="structure")
-    return body
-
-
-def _string(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise FhirError(400, "required", f"'{name}' is required", expression=name, spine_code="MISSING_VALUE")
-    if not isinstance(value, str):
-        raise bad_request(f"'{name}' must be a string", expression=name)
-    return value
 
 
 @router.get("/reviews", summary="The IG review queue: open safeguarding overrides and break-glass views, oldest first")
@@ -75,8 +51,8 @@ def review_queue(request: Request, principal: IgReviewer) -> FhirResponse:
 
 @router.post("/reviews/{event_id}", summary="Record an IG review of an override: outcome appropriate | inappropriate | needs-follow-up, and a note")
 async def review(event_id: str, request: Request, principal: IgReviewer) -> FhirResponse:
-    body = await _json_object(request)
-    outcome, note = _string(body, "outcome"), _string(body, "note")
+    body = await json_object(request, "outcome", "note")
+    outcome, note = required_text(body, "outcome"), required_text(body, "note")
     request_id = getattr(request.state, "request_id", "")
 
     def work() -> dict[str, Any]:

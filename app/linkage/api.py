@@ -35,9 +35,8 @@ from app.auth.access import LinkageAdministrator, PersonReader
 from app.auth.tokens import Principal
 from app.errors import FhirError, bad_request, not_found
 from app.fhir import search, store
-from app.fhir.http import FhirContext, FhirResponse, fhir_context
+from app.fhir.http import FhirContext, FhirResponse, fhir_context, json_object, required_text
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, parse_reference
-from app.fhir.validation import CONTROL_CHARS, control_char_error
 from app.fhir.models import SearchToken
 from app.linkage.admin import LinkageAdmin, candidate_json, persons_of
 from app.linkage.models import Link, LinkageEvent, LinkedPerson, ReviewCandidate
@@ -181,31 +180,6 @@ def search_person(request: Request, _: PersonReader, ctx: FhirContext = Depends(
 admin_principal = access.Access("linkage.admin")  # the table's row; LinkageAdministrator is its Annotated form
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if ctype not in ("application/json", "application/fhir+json"):
-        raise FhirError(415, "not-supported", f"Content-Type must be application/json (got {ctype or 'none'})", spine_code="UNSUPPORTED_MEDIA_TYPE")
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FhirError(400, "structure", "The body is not valid JSON", spine_code="INVALID_RESOURCE") from None
-    if not isinstance(body, dict):
-        raise bad_request("The body must be a JSON object with a 'reason'", code="structure")
-    return body
-
-
-def _text(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise FhirError(400, "required", f"'{name}' is required", expression=name, spine_code="MISSING_VALUE")
-    if not isinstance(value, str):
-        raise bad_request(f"'{name}' must be a string", expression=name)
-    if CONTROL_CHARS.search(value):  # PostgreSQL cannot hold U+0000: a 400 here, not a 500 at the write
-        raise control_char_error(name)
-    return value.strip()
-
-
 def _record_ref(value: str, name: str) -> str:
     parsed = parse_reference(value)
     if parsed is None or parsed[0] not in LINKED_TYPES or "/" in value.replace(f"{parsed[0]}/{parsed[1]}", "", 1):
@@ -288,30 +262,30 @@ def _run(request: Request, principal: Principal, work, action: str, reason: str,
 
 @admin_router.post("/candidates/{cid}/confirm", summary="Confirm a possible match (the two records are one person)")
 async def confirm_candidate(cid: int, request: Request, principal: LinkageAdministrator) -> FhirResponse:
-    reason = _text(await _json_body(request), "reason")
+    reason = required_text(await json_object(request, "reason"), "reason")
     return await run_in_threadpool(_run, request, principal, lambda a: a.confirm(cid, reason), "confirm", reason, cid)
 
 
 @admin_router.post("/candidates/{cid}/reject", summary="Reject a possible match (two different people)")
 async def reject_candidate(cid: int, request: Request, principal: LinkageAdministrator) -> FhirResponse:
-    reason = _text(await _json_body(request), "reason")
+    reason = required_text(await json_object(request, "reason"), "reason")
     return await run_in_threadpool(_run, request, principal, lambda a: a.reject(cid, reason), "reject", reason, cid)
 
 
 @admin_router.post("/unlink", summary="Take a record out of its linked person")
 async def unlink(request: Request, principal: LinkageAdministrator) -> FhirResponse:
-    body = await _json_body(request)
-    ref = _record_ref(_text(body, "record"), "record")
-    reason = _text(body, "reason")
+    body = await json_object(request, "reason")
+    ref = _record_ref(required_text(body, "record"), "record")
+    reason = required_text(body, "reason")
     return await run_in_threadpool(_run, request, principal, lambda a: a.unlink(ref, reason), "unlink", reason)
 
 
 @admin_router.post("/merge", summary="Merge one linked person into another")
 async def merge(request: Request, principal: LinkageAdministrator) -> FhirResponse:
-    body = await _json_body(request)
-    src = _person_id(_text(body, "from"), "from")
-    dst = _person_id(_text(body, "into"), "into")
-    reason = _text(body, "reason")
+    body = await json_object(request, "reason")
+    src = _person_id(required_text(body, "from"), "from")
+    dst = _person_id(required_text(body, "into"), "into")
+    reason = required_text(body, "reason")
     return await run_in_threadpool(_run, request, principal, lambda a: a.merge(src, dst, reason), "merge", reason)
 
 
