@@ -762,10 +762,10 @@ def _plan_care(
     who = member.role.replace("-", " ")
     consents = member_consents(member)
     shown_care: list[dict[str, Any]] = []
-    for rec in graph.care:
-        if rec.body.get("status") not in CARE_ACTIVE.get(rec.res_type, ()):
-            continue
-        if _plan_record(
+
+    def plan_care(rec: Rec) -> bool:
+        """Whether the care record (or professional) is shown; planned as any other record."""
+        return _plan_record(
             plan,
             asker,
             member,
@@ -777,23 +777,16 @@ def _plan_care(
             default="care-team",
             into=plan.care,
             shape=lambda r: care_resource(r, org_names),
-        ):
+        )
+
+    for rec in graph.care:
+        if rec.body.get("status") not in CARE_ACTIVE.get(rec.res_type, ()):
+            continue
+        if plan_care(rec):
             shown_care.append(rec.body)
     # roles first, then the practitioners that the care records or the roles shown name
     for prof in sorted(graph.professionals, key=lambda r: r.res_type != "PractitionerRole"):
-        if any(_names_professional(care, prof) for care in shown_care) and _plan_record(
-            plan,
-            asker,
-            member,
-            consents,
-            prof,
-            entry,
-            who,
-            org_names,
-            default="care-team",
-            into=plan.care,
-            shape=lambda r: care_resource(r, org_names),
-        ):
+        if any(_names_professional(care, prof) for care in shown_care) and plan_care(prof):
             shown_care.append(prof.body)
 
 
