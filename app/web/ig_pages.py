@@ -212,8 +212,8 @@ async def review_submit(request: Request, event_id: str) -> Response:
     current = _ig(request, "ig.review", "review form")
     if not isinstance(current, web_session.WebSession):
         return current
-    form = await _form(request)
-    if not web_session.csrf_ok(current, form.get("csrf_token")):
+    form = await _form(request, current)
+    if form is None:
         return _bad_form(request)
     errors = {}
     if form.get("outcome") not in reviews.OUTCOMES:

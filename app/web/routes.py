@@ -99,9 +99,15 @@ def _bad_form(request: Request) -> HTMLResponse:
                   reason="The page you sent was out of date or not from familyview, so nothing was done.", back="/")
 
 
-async def _form(request: Request) -> dict[str, str]:
+async def _fields(request: Request) -> dict[str, str]:
     data = await request.form()
     return {k: str(v) for k, v in data.items() if isinstance(v, str)}
+
+
+async def _form(request: Request, current: web_session.WebSession) -> dict[str, str] | None:
+    """A signed-in form's fields, or None when its CSRF token is not this session's (every form has one)."""
+    form = await _fields(request)
+    return form if web_session.csrf_ok(current, form.get("csrf_token")) else None
 
 
 def _wants_html(request: Request) -> bool:
@@ -156,7 +162,7 @@ def _org_name(request: Request, org: str, fallback: str | None = None) -> str:
 @router.post("/sign-in/demo")
 async def sign_in_demo(request: Request) -> Response:
     settings = request.app.state.settings
-    form = await _form(request)
+    form = await _fields(request)  # before sign-in: the CSRF token is the sign-in flow's
     flow = web_session.signer(request).loads(request.cookies.get(web_session.FLOW_COOKIE)) or {}
     if not settings.demo_sign_in:
         return render(request, "refused.html", 404, heading="Page not found", summary="There is no demo sign-in here",
@@ -248,8 +254,8 @@ async def sign_out(request: Request) -> Response:
     current = _signed_in(request)
     if current is None:
         return _to_sign_in()
-    form = await _form(request)
-    if not web_session.csrf_ok(current, form.get("csrf_token")):
+    form = await _form(request, current)
+    if form is None:
         return _bad_form(request)
     await run_in_threadpool(session_event, request.app.state.db, action="logout", outcome="success", sub=current.principal.sub,
                             role=current.principal.role, org=current.principal.org, how=current.how, detail="signed out",
@@ -284,8 +290,8 @@ async def find_submit(request: Request) -> Response:
     current = _signed_in(request)
     if current is None:
         return _to_sign_in()
-    form = await _form(request)
-    if not web_session.csrf_ok(current, form.get("csrf_token")):
+    form = await _form(request, current)
+    if form is None:
         return _bad_form(request)
     if form.get("by") == "name":
         return await run_in_threadpool(_find_by_name, request, current, form)
@@ -309,8 +315,8 @@ async def find_ask(request: Request) -> Response:
     current = _signed_in(request)
     if current is None:
         return _to_sign_in()
-    form = await _form(request)
-    if not web_session.csrf_ok(current, form.get("csrf_token")):
+    form = await _form(request, current)
+    if form is None:
         return _bad_form(request)
     problem = nhs_number_problem(form.get("nhs_number", ""))
     if problem:
@@ -418,8 +424,8 @@ async def ask_submit(request: Request, patient_id: str) -> Response:
     current = _signed_in(request)
     if current is None:
         return _to_sign_in()
-    form = await _form(request)
-    if not web_session.csrf_ok(current, form.get("csrf_token")):
+    form = await _form(request, current)
+    if form is None:
         return _bad_form(request)
     purpose = form.get("purpose")
     if purpose not in ("direct-care", "safeguarding"):
