@@ -1,4 +1,4 @@
-"""Process-wide tuning shared by the long-running processes: the server and the linkage worker."""
+"""Process-wide tuning shared by the long-running processes: the server, the linkage worker and `familyview sync`."""
 from __future__ import annotations
 
 import gc

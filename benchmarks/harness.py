@@ -157,5 +157,20 @@ class LinkageQueue:
                 time.sleep(0.005)
         return time.perf_counter() - t0
 
+    def wait_for_worker(self, timeout: float = 60.0) -> float:
+        """Until a linkage worker listens on this database (PostgreSQL): a worker process takes
+        a second or two of CPU to start, which a server's worker has spent before any clock."""
+        from sqlalchemy import text
+
+        t0 = time.perf_counter()
+        with self.engine.connect() as conn:
+            while not conn.execute(text("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                                        "AND query ILIKE 'LISTEN %')")).scalar():
+                conn.rollback()
+                if time.perf_counter() - t0 > timeout:
+                    sys.exit(f"no linkage worker listened within {timeout:.0f}s")
+                time.sleep(0.02)
+        return time.perf_counter() - t0
+
     def close(self) -> None:
         self.engine.dispose()

@@ -63,7 +63,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 class UpstreamClient:
-    """One upstream base URL. Thread-safe for the token; one httpx.Client underneath."""
+    """One upstream base URL. Thread-safe (the sync fetches pages on other threads while it
+    writes): one httpx.Client underneath, its connections kept alive and shared."""
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class UpstreamClient:
         self._token: str | None = None
         self._token_expiry = 0.0
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self.retries = 0  # how many retries this client has made (for the summary)
         timeout = httpx.Timeout(settings.sync_timeout_seconds, connect=min(10.0, settings.sync_timeout_seconds))
         self.http = httpx.Client(timeout=timeout, transport=transport, headers={"Accept": FHIR_ACCEPT, "User-Agent": "familyview-sync/0.1"})
@@ -183,7 +185,8 @@ class UpstreamClient:
                     raise self._error(method, url, response, attempt)
                 delay = self._delay(attempt, response)
                 log.warning("sync: %s %s: HTTP %s; retrying in %.1fs", method, url, response.status_code, delay)
-            self.retries += 1
+            with self._count_lock:
+                self.retries += 1
             attempt += 1
             self.sleep(delay)
 

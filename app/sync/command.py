@@ -1,4 +1,5 @@
-"""`familyview sync`: build the same ingest pipeline the API uses (database, hooks) and run a sync."""
+"""`familyview sync`: build the same ingest pipeline the API uses (database, hooks) and run a sync,
+in a process tuned as the server is (app.runtime)."""
 from __future__ import annotations
 
 import sys
@@ -7,6 +8,7 @@ from typing import Iterable
 from app.auth.tokens import SERVICES
 from app.identifiers import is_valid_ods_code
 from app.linkage.queue import linking_alongside
+from app.runtime import collect_garbage_rarely
 from app.settings import Settings
 from app.sync.client import UpstreamClient
 from app.sync.engine import DEFAULT_TYPES, SyncSummary, Syncer
@@ -44,6 +46,7 @@ def run_command(args, settings: Settings) -> int:
     except ValueError as exc:
         print(f"familyview sync: {exc}", file=sys.stderr)
         return 2
+    collect_garbage_rarely()  # a long-running writer, as the server: a page's parsed records leave few cycles
     try:
         with linking_alongside(settings, syncer.db):
             summary: SyncSummary = syncer.run(since=args.since, identifiers=args.identifier or [], types=types)

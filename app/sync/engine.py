@@ -24,9 +24,10 @@ search index, the no-op for an unchanged re-send), so a second run changes nothi
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
@@ -63,6 +64,13 @@ _SYNC_NS = uuid.UUID("6f0b8a52-6a43-4c1e-9a51-2f8d3b0c6e11")
 MEDICATION_USERS = ("MedicationStatement", "MedicationRequest")
 _CONTAINED_MEDICATION_ID = "med"
 _MAX_DEPENDENCY_DEPTH = 3
+# Read-ahead, bounded: each search is fetched on its own thread up to PREFETCH_PAGES pages ahead
+# of the writes, and the next types' searches start while the current type is written, as long
+# as fewer than PREFETCH_BUDGET pages are held unwritten or being fetched. An upstream's page
+# latency is mostly not CPU (HAPI polls its own search task between pages), so the writes need
+# not stand idle for it; memory stays bounded to about PREFETCH_BUDGET + 2 pages.
+PREFETCH_PAGES = 2
+PREFETCH_BUDGET = 6
 
 # A page's look-ups bind each column's values as one list (an array on PostgreSQL) and keep
 # the exact pairs in Python: a tuple IN list of a page's 500 pairs is new SQL text each time,
@@ -271,8 +279,7 @@ class Syncer:
             if identifiers:
                 self._run_scoped(identifiers, since, list(types))
             else:
-                for res_type in types:
-                    self._run_type(res_type, since)
+                self._run_types(list(types), since)
         finally:
             self.summary.seconds = time.perf_counter() - started
             self.summary.retries = self.client.retries
@@ -301,31 +308,14 @@ class Syncer:
     # ------------------------------------------------------------------ searching
 
     def _pages(self, first_url: str, params: list[tuple[str, str]] | None) -> Iterator[tuple[str, dict[str, Any] | None, UpstreamError | None]]:
-        """(url, bundle, error) for each page, the next one fetched while the caller writes."""
-        pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
-        url, p = first_url, params
-        fut: Future | None = None
-        seen: set[str] = set()
+        """(url, bundle, error) for each page; with prefetch, the next pages are fetched while the caller writes."""
+        pager = _Pager(self, first_url, params)
+        if self.prefetch:
+            pager.start()
         try:
-            while url:
-                waited = time.perf_counter()
-                try:
-                    bundle = fut.result() if fut is not None else self._get_page(url, p)
-                except UpstreamError as exc:
-                    yield url, None, exc
-                    return
-                finally:
-                    self.summary.upstream_wait += time.perf_counter() - waited
-                nxt = next((link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
-                if nxt and (nxt in seen or nxt == url):
-                    nxt = None  # a server that links a page to itself would loop forever
-                seen.add(url)
-                fut = pool.submit(self._get_page, nxt, None) if (pool and nxt) else None
-                yield url, bundle, None
-                url, p = nxt, None
+            yield from pager.pages()
         finally:
-            if pool:
-                pool.shutdown(wait=True, cancel_futures=True)
+            pager.stop()
 
     def _get_page(self, url: str, params) -> dict[str, Any]:
         bundle = self.client.get_json(url, params)
@@ -355,35 +345,52 @@ class Syncer:
             params.append(("_lastUpdated", f"ge{since}"))
         return params + self.extra_params
 
-    def _run_type(self, res_type: str, since: str | None) -> None:
-        counts = self.summary.of(res_type)
+    def _plan_pass(self, res_type: str, since: str | None) -> "_Pass":
+        """Where this type's pass starts: the interrupted pass's next-page link, else a search from
+        the high-water mark (or `since`)."""
         cur = self.cursor(res_type)
         if cur is not None and cur.next_url and since is None:
-            url, params, pass_since = cur.next_url, None, cur.pass_since
+            pager = _Pager(self, cur.next_url, None)
+            return _Pass(res_type, pager, cur.pass_since, resumed_after=cur.pages)
+        pass_since = since or (cur.high_water if cur else None)
+        return _Pass(res_type, _Pager(self, f"{self.base}/{res_type}", self._search_params(pass_since)), pass_since)
+
+    def _run_types(self, types: list[str], since: str | None) -> None:
+        """Type by type, in order; with prefetch, later types' searches already under way."""
+        ahead = _ReadAhead(self, types, since)
+        try:
+            for i in range(len(types)):
+                self._run_pass(ahead.take(i), ahead.top_up)
+        finally:
+            ahead.stop()
+
+    def _run_pass(self, p: "_Pass", after_write: Callable[[], None] = lambda: None) -> None:
+        res_type, counts = p.res_type, self.summary.of(p.res_type)
+        if p.resumed_after is not None:
             self.summary.resumed.append(res_type)
-            self.progress.note(f"{res_type}: resuming the interrupted pass after page {cur.pages}")
-        else:
-            pass_since = since or (cur.high_water if cur else None)
-            url, params = f"{self.base}/{res_type}", self._search_params(pass_since)
+            self.progress.note(f"{res_type}: resuming the interrupted pass after page {p.resumed_after}")
         self.progress.start(res_type, None)
         first = True
         try:
-            for page_url, bundle, err in self._pages(url, params):
+            for page_url, bundle, err in p.pager.pages():
                 if err is not None:
                     self._error(res_type, page_url, err)
                     return
+                assert bundle is not None
                 if first and isinstance(bundle.get("total"), int):
                     self.progress.start(res_type, bundle["total"])
                 first = False
                 resources = self._matches(res_type, page_url, bundle)
                 counts.fetched += len(resources)
-                nxt = next((link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
-                self._write_page(res_type, resources, cursor=(pass_since, nxt))
+                nxt = _next_link(bundle)
+                self._write_page(res_type, resources, cursor=(p.pass_since, nxt))
                 counts.pages += 1
                 self.progress.advance(len(resources))
                 if self.after_page:
                     self.after_page(res_type, counts.pages)
+                after_write()
         finally:
+            p.pager.stop()
             self.progress.finish()
 
     def _run_scoped(self, identifiers: list[str], since: str | None, types: list[str]) -> None:
@@ -672,3 +679,158 @@ def _references(node: Any) -> Iterator[dict]:
     elif isinstance(node, list):
         for v in node:
             yield from _references(v)
+
+
+def _next_link(bundle: dict[str, Any]) -> str | None:
+    return next((link.get("url") for link in bundle.get("link") or [] if isinstance(link, dict) and link.get("relation") == "next"), None)
+
+
+_END = object()
+
+
+def _has_records(item: Any) -> bool:
+    return item is not _END and item[1] is not None and bool(item[1].get("entry"))
+
+
+class _Pager:
+    """One search's pages, following its next links. Started, it fetches on its own thread up
+    to PREFETCH_PAGES pages ahead of the reader (a bounded queue); not started, each page is
+    fetched when read. Fetching only reads the upstream: what is written, and the cursor, stay
+    with the reader, page by page."""
+
+    def __init__(self, syncer: "Syncer", first_url: str, params: list[tuple[str, str]] | None):
+        self.syncer, self.first_url, self.params = syncer, first_url, params
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_PAGES)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.held = 0  # pages with records fetched and not yet read
+        self._held_lock = threading.Lock()
+        self.fetching = False
+
+    @property
+    def load(self) -> int:
+        """Pages this search holds unread or is fetching: what the read-ahead budget counts."""
+        return self.held + (1 if self.fetching else 0)
+
+    def start(self) -> None:
+        self.fetching = True
+        self._thread = threading.Thread(target=self._fetch_all, name="familyview-sync-pages", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop fetching (a request under way finishes, within the client's timeout)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _fetched(self) -> Iterator[tuple[str, dict[str, Any] | None, BaseException | None]]:
+        url: str | None = self.first_url
+        p, seen = self.params, set()
+        while url and not self._stop.is_set():
+            try:
+                bundle = self.syncer._get_page(url, p)
+                nxt = _next_link(bundle)
+            except Exception as exc:  # an UpstreamError is reported; anything else is raised by the reader
+                yield url, None, exc
+                return
+            if nxt and (nxt in seen or nxt == url):
+                nxt = None  # a server that links a page to itself would loop forever
+            seen.add(url)
+            yield url, bundle, None
+            url, p = nxt, None
+
+    def _fetch_all(self) -> None:
+        try:
+            for item in self._fetched():
+                if not self._put(item):
+                    return
+            self._put(_END)
+        finally:
+            self.fetching = False
+
+    def _put(self, item: Any) -> bool:
+        counted = _has_records(item)
+        if counted:
+            self._count(1)  # before the reader can take it
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        if counted:
+            self._count(-1)
+        return False
+
+    def _count(self, n: int) -> None:
+        with self._held_lock:
+            self.held += n
+
+    def pages(self) -> Iterator[tuple[str, dict[str, Any] | None, UpstreamError | None]]:
+        """(url, bundle, error) for each page, in order; an error ends the pages. The time the
+        reader stands waiting for a page is added to the summary's upstream_wait."""
+        source = self._fetched() if self._thread is None else None
+        while True:
+            waited = time.perf_counter()
+            try:
+                item: Any = next(source, _END) if source is not None else self._queue.get()
+            finally:
+                self.syncer.summary.upstream_wait += time.perf_counter() - waited
+            if item is _END:
+                return
+            if source is None and _has_records(item):
+                self._count(-1)
+            url, bundle, exc = item
+            if exc is not None:
+                if isinstance(exc, UpstreamError):
+                    yield url, None, exc
+                    return
+                raise exc
+            yield url, bundle, None
+
+
+class _ReadAhead:
+    """The passes of a run's types, planned (cursor read) and started in order ahead of the writes,
+    within PREFETCH_BUDGET; a type is planned only once its earlier pass in the list is written
+    (its cursor must be read after that pass's last page)."""
+
+    def __init__(self, syncer: "Syncer", types: list[str], since: str | None):
+        self.syncer, self.types, self.since = syncer, types, since
+        self.passes: dict[int, _Pass] = {}  # planned, not yet taken
+        self.current = 0
+        self.active: _Pass | None = None  # the pass being written
+        self.planned = 0  # types[:planned] have their pass
+
+    def take(self, i: int) -> "_Pass":
+        self.current, self.active = i, None
+        self.top_up()
+        self.active = self.passes.pop(i)
+        return self.active
+
+    def top_up(self) -> None:
+        """Plan and start the next passes while the budget allows (always the current one)."""
+        while self.planned < len(self.types):
+            j, i = self.planned, self.current
+            if j > i:
+                if not self.syncer.prefetch or self.types[j] in self.types[i:j]:
+                    return
+                if sum(p.pager.load for p in [*self.passes.values(), *([self.active] if self.active else [])]) >= PREFETCH_BUDGET:
+                    return
+            p = self.passes[j] = self.syncer._plan_pass(self.types[j], self.since)
+            if self.syncer.prefetch:
+                p.pager.start()
+            self.planned += 1
+
+    def stop(self) -> None:
+        for p in self.passes.values():
+            p.pager.stop()
+
+
+@dataclass
+class _Pass:
+    """One type's pass over the upstream: its pages and where its cursor stands."""
+    res_type: str
+    pager: _Pager
+    pass_since: str | None
+    resumed_after: int | None = None  # the pages an interrupted pass had committed, when resuming it
