@@ -93,6 +93,15 @@ def family(i: int, numbers) -> list[dict]:
 
 
 
+def cpu_seconds(pid: str | None) -> float | None:
+    """User + system CPU seconds a process has used (Linux /proc), None when unknown."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
 def Databases(kind: str) -> _Databases:
     if kind == "postgres" and not os.environ.get("FAMILYVIEW_TEST_POSTGRES_URL"):
         sys.exit("benchmarks/sync.py: --database postgres needs FAMILYVIEW_TEST_POSTGRES_URL (run it under scripts/with-postgres.sh)")
@@ -149,11 +158,11 @@ def main() -> int:
                     r = client.post(fhir_base, content=body)
                     if r.status_code != 200:
                         sys.exit(f"ingest refused a bundle: {r.status_code} {r.text[:500]}")
-                queue.wait_until_linked()
+                linking = queue.wait_until_linked()
                 seconds = time.perf_counter() - t0
             queue.close()
             print(f"ingest ({when}): {total:,} resources as {len(payloads)} transaction Bundles of 100 in {seconds:.1f}s = "
-                  f"{total / seconds:,.0f} resources/s", flush=True)
+                  f"{total / seconds:,.0f} resources/s (of which linking after the last Bundle: {linking:.1f}s)", flush=True)
             return seconds
 
         ingest_s = [ingest(base, upstream_url, "before the sync")]
@@ -198,13 +207,16 @@ def main() -> int:
             if local_queue is not None:
                 local_queue.wait_for_worker()  # as the ingest server's worker was, before its clock started
                 local_queue.close()
+            hapi_cpu0 = cpu_seconds(os.environ.get("HAPI_FHIR_PID")) if args.upstream == "hapi" else None
             t0 = time.perf_counter()
             if profiler:
                 profiler.enable()
             summary = syncer.run()
             if profiler:
                 profiler.disable()
+            written = time.perf_counter()
         sync_s = time.perf_counter() - t0  # with what was left to link on the way out
+        hapi_cpu1 = cpu_seconds(os.environ.get("HAPI_FHIR_PID")) if hapi_cpu0 is not None else None
         if profiler:
             import pstats
             pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(args.profile)
@@ -216,7 +228,10 @@ def main() -> int:
             sys.exit(f"the sync did not bring every record across ({summary.total('created')} of {total})")
         sync_rate = fetched / sync_s
         print(f"sync from {args.upstream}: {fetched:,} resources in {summary.total('pages')} pages of {args.page_size} in {sync_s:.1f}s = {sync_rate:,.0f} resources/s", flush=True)
-        print(f"  of which waiting for {args.upstream}'s pages: {summary.upstream_wait:.1f}s", flush=True)
+        print(f"  of which waiting for {args.upstream}'s pages: {summary.upstream_wait:.1f}s; linking after the last page: "
+              f"{t0 + sync_s - written:.1f}s", flush=True)
+        if hapi_cpu0 is not None and hapi_cpu1 is not None:  # the upstream on the same cores: in life it has its own
+            print(f"  HAPI's own CPU meanwhile (serving the pages, on the same 2 cores): {hapi_cpu1 - hapi_cpu0:.1f}s", flush=True)
         server.stop()
         again_url = dbs.new("upstream_again")
         server = Server(again_url, key)

@@ -82,6 +82,7 @@ done
 echo "with-hapi: $SOFTWARE (CapabilityStatement.software) at $BASE, started in $((SECONDS - start))s" >&2
 
 export HAPI_FHIR_BASE_URL="$BASE"
+export HAPI_FHIR_PID="$HAPI_PID"  # for a benchmark to read the server's CPU time (/proc)
 export HAPI_FHIR_LOG="$LOG"
 export HAPI_FHIR_DISPOSABLE=1  # started for this command alone: the suite may $expunge it
 set +e

@@ -66,10 +66,13 @@ _CONTAINED_MEDICATION_ID = "med"
 _MAX_DEPENDENCY_DEPTH = 3
 # Read-ahead, bounded: each search is fetched on its own thread up to PREFETCH_PAGES pages ahead
 # of the writes, and the next types' searches start while the current type is written, as long
-# as fewer than PREFETCH_BUDGET pages are held unwritten or being fetched. An upstream's page
-# latency is mostly not CPU (HAPI polls its own search task between pages), so the writes need
-# not stand idle for it; memory stays bounded to about PREFETCH_BUDGET + 2 pages.
+# as fewer than PREFETCH_SEARCHES searches are still fetching and fewer than PREFETCH_BUDGET pages
+# are held unwritten or being fetched. An upstream's page latency is mostly not CPU (HAPI polls
+# its own search task between pages), so the writes need not stand idle for it; few searches at
+# once, so the pages needed next are not slowed by those needed later; memory stays bounded to
+# about PREFETCH_BUDGET + PREFETCH_SEARCHES pages.
 PREFETCH_PAGES = 2
+PREFETCH_SEARCHES = 2
 PREFETCH_BUDGET = 6
 
 # A page's look-ups bind each column's values as one list (an array on PostgreSQL) and keep
@@ -364,7 +367,9 @@ class Syncer:
         finally:
             ahead.stop()
 
-    def _run_pass(self, p: "_Pass", after_write: Callable[[], None] = lambda: None) -> None:
+    def _run_pass(self, p: "_Pass", read_ahead: Callable[[], None] = lambda: None) -> None:
+        """One type's pages, each written with the cursor; ``read_ahead`` is called while waiting
+        for a page and after each write (to start the next searches)."""
         res_type, counts = p.res_type, self.summary.of(p.res_type)
         if p.resumed_after is not None:
             self.summary.resumed.append(res_type)
@@ -372,7 +377,7 @@ class Syncer:
         self.progress.start(res_type, None)
         first = True
         try:
-            for page_url, bundle, err in p.pager.pages():
+            for page_url, bundle, err in p.pager.pages(read_ahead):
                 if err is not None:
                     self._error(res_type, page_url, err)
                     return
@@ -388,7 +393,7 @@ class Syncer:
                 self.progress.advance(len(resources))
                 if self.after_page:
                     self.after_page(res_type, counts.pages)
-                after_write()
+                read_ahead()
         finally:
             p.pager.stop()
             self.progress.finish()
@@ -670,15 +675,15 @@ class Syncer:
 
 def _references(node: Any) -> Iterator[dict]:
     """Every Reference with a literal reference string (not inside contained resources)."""
-    if isinstance(node, dict):
-        if isinstance(node.get("reference"), str):
-            yield node
-        for k, v in node.items():
-            if k != "contained" and isinstance(v, (dict, list)):
-                yield from _references(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _references(v)
+    stack = [node]
+    while stack:  # iterative (a recursive generator re-yields each Reference once per level), in document order
+        n = stack.pop()
+        if isinstance(n, dict):
+            if isinstance(n.get("reference"), str):
+                yield n
+            stack.extend(reversed([v for k, v in n.items() if k != "contained" and isinstance(v, (dict, list))]))
+        elif isinstance(n, list):
+            stack.extend(reversed([v for v in n if isinstance(v, (dict, list))]))
 
 
 def _next_link(bundle: dict[str, Any]) -> str | None:
@@ -732,11 +737,14 @@ class _Pager:
                 bundle = self.syncer._get_page(url, p)
                 nxt = _next_link(bundle)
             except Exception as exc:  # an UpstreamError is reported; anything else is raised by the reader
+                self.fetching = False
                 yield url, None, exc
                 return
             if nxt and (nxt in seen or nxt == url):
                 nxt = None  # a server that links a page to itself would loop forever
             seen.add(url)
+            if not nxt:
+                self.fetching = False  # the last page: nothing more asked of the upstream
             yield url, bundle, None
             url, p = nxt, None
 
@@ -763,18 +771,27 @@ class _Pager:
             self._count(-1)
         return False
 
+    def _get(self, while_waiting: Callable[[], None]) -> Any:
+        while True:
+            try:
+                return self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._thread is not None and not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError(f"sync: the thread fetching {self.first_url} stopped without its pages") from None
+                while_waiting()
+
     def _count(self, n: int) -> None:
         with self._held_lock:
             self.held += n
 
-    def pages(self) -> Iterator[tuple[str, dict[str, Any] | None, UpstreamError | None]]:
+    def pages(self, while_waiting: Callable[[], None] = lambda: None) -> Iterator[tuple[str, dict[str, Any] | None, UpstreamError | None]]:
         """(url, bundle, error) for each page, in order; an error ends the pages. The time the
         reader stands waiting for a page is added to the summary's upstream_wait."""
         source = self._fetched() if self._thread is None else None
         while True:
             waited = time.perf_counter()
             try:
-                item: Any = next(source, _END) if source is not None else self._queue.get()
+                item: Any = next(source, _END) if source is not None else self._get(while_waiting)
             finally:
                 self.syncer.summary.upstream_wait += time.perf_counter() - waited
             if item is _END:
@@ -815,7 +832,8 @@ class _ReadAhead:
             if j > i:
                 if not self.syncer.prefetch or self.types[j] in self.types[i:j]:
                     return
-                if sum(p.pager.load for p in [*self.passes.values(), *([self.active] if self.active else [])]) >= PREFETCH_BUDGET:
+                pagers = [p.pager for p in [*self.passes.values(), *([self.active] if self.active else [])]]
+                if sum(p.fetching for p in pagers) >= PREFETCH_SEARCHES or sum(p.load for p in pagers) >= PREFETCH_BUDGET:
                     return
             p = self.passes[j] = self.syncer._plan_pass(self.types[j], self.since)
             if self.syncer.prefetch:
