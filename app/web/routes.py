@@ -351,7 +351,6 @@ def _find_by_name(request: Request, current: web_session.WebSession, form: dict[
 
 def _view(request: Request, principal: Principal, req: FamilyViewRequest):
     state = request.app.state
-    settle(state.db, state.settings)
     req.request_id = _request_id(request)
     ctx = FhirContext(principal, state.db, state.settings, state.settings.fhir_base(str(request.base_url)), state.ingest_hooks)
     return family_view(ctx, req)
