@@ -37,16 +37,22 @@ def _scope(method: str, path: str) -> dict:
     return {"type": "http", "method": method, "path": path}
 
 
+def _gated_app():
+    """An app that notes each request's path as it starts and holds it until its gate is set."""
+    started: list[str] = []
+    gates: dict[str, asyncio.Event] = {}
+
+    async def app(scope, receive, send):
+        started.append(scope["path"])
+        gates[scope["path"]] = gate = asyncio.Event()
+        await gate.wait()
+
+    return started, gates, app
+
+
 def test_the_most_urgent_waiting_request_runs_next():
     async def scenario():
-        started: list[str] = []
-        gates: dict[str, asyncio.Event] = {}
-
-        async def app(scope, receive, send):
-            started.append(scope["path"])
-            gates[scope["path"]] = gate = asyncio.Event()
-            await gate.wait()
-
+        started, gates, app = _gated_app()
         mw = AdmissionMiddleware(app, slots=1)
         holder = asyncio.create_task(mw(_scope("POST", "/fhir"), None, None))
         await asyncio.sleep(0)
@@ -67,12 +73,7 @@ def test_the_most_urgent_waiting_request_runs_next():
 
 def test_a_client_gone_while_waiting_or_at_its_turn_keeps_no_slot():
     async def scenario():
-        gates: dict[str, asyncio.Event] = {}
-
-        async def app(scope, receive, send):
-            gates[scope["path"]] = gate = asyncio.Event()
-            await gate.wait()
-
+        _, gates, app = _gated_app()
         mw = AdmissionMiddleware(app, slots=1)
         holder = asyncio.create_task(mw(_scope("POST", "/fhir"), None, None))
         await asyncio.sleep(0)
@@ -121,14 +122,7 @@ def test_probes_and_the_export_are_never_held():
 
 def test_writes_never_hold_every_slot_so_a_view_runs_beside_a_bulk_load():
     async def scenario():
-        started: list[str] = []
-        gates: dict[str, asyncio.Event] = {}
-
-        async def app(scope, receive, send):
-            started.append(scope["path"])
-            gates[scope["path"]] = gate = asyncio.Event()
-            await gate.wait()
-
+        started, gates, app = _gated_app()
         mw = AdmissionMiddleware(app, slots=2, write_slots=1)
         bulk = asyncio.create_task(mw(_scope("POST", "/fhir"), None, None))
         second = asyncio.create_task(mw(_scope("PUT", "/fhir/Patient/p1"), None, None))
