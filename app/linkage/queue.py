@@ -38,7 +38,7 @@ from sqlalchemy import delete, func, select
 
 from app.auth.deps import get_principal
 from app.auth.tokens import Principal
-from app.db import Database, in_list, insert_rows, plan_each_execution
+from app.db import Database, in_list, insert_tables, plan_each_execution
 from app.fhir.models import StoredResource
 from app.ingest.hooks import Written
 from app.linkage.models import QueuedRecord
@@ -65,9 +65,8 @@ def enqueue(session, written: list[Written]) -> None:
     worker is told at commit: NOTIFY is delivered then, and not at all on rollback)."""
     conn = session.connection()
     now = datetime.now(timezone.utc)
-    insert_rows(conn, _Q, [{"res_type": w.res_type, "res_id": w.res_id, "enqueued_at": now} for w in written])
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+    notify = (f"NOTIFY {CHANNEL}",) if conn.dialect.name == "postgresql" else ()
+    insert_tables(conn, [(_Q, [{"res_type": w.res_type, "res_id": w.res_id, "enqueued_at": now} for w in written])], then=notify)  # one round trip
 
 
 def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch: int = BATCH) -> int:
