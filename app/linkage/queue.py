@@ -34,11 +34,11 @@ from typing import Iterator
 
 import orjson
 from fastapi import Depends, Request
-from sqlalchemy import delete, func, select
+from sqlalchemy import Integer, and_, bindparam, delete, func, select
 
 from app.auth.deps import get_principal
 from app.auth.tokens import Principal
-from app.db import Database, in_list, insert_tables, plan_each_execution
+from app.db import Database, in_list, insert_tables, pipelined, plan_each_execution_first
 from app.fhir.models import StoredResource
 from app.ingest.hooks import Written
 from app.linkage.models import QueuedRecord
@@ -51,9 +51,20 @@ _Q = QueuedRecord.__table__
 _R = StoredResource.__table__
 BATCH = 1000  # records linked per transaction: a few Bundles' worth when the worker is behind
 
-_SEL_BATCH = select(_Q.c.id, _Q.c.res_type, _Q.c.res_id).order_by(_Q.c.id)
-_SEL_RESOURCES = select(_R.c.res_type, _R.c.res_id, _R.c.version_id, _R.c.body, _R.c.source_org, _R.c.source_system).where(
-    in_list(_R.c.res_id, "ids"), _R.c.deleted.is_(False))
+
+
+def _batch_query(wait: bool):
+    """A batch of queue entries (up to :up_to, :batch of them, locked; another drainer's
+    skipped unless ``wait``) with each one's record, in queue order: one statement."""
+    entries = (select(_Q.c.id, _Q.c.res_type, _Q.c.res_id).where(_Q.c.id <= bindparam("up_to")).order_by(_Q.c.id)
+               .limit(bindparam("batch", type_=Integer())).with_for_update(skip_locked=not wait).subquery("q"))
+    record = and_(_R.c.res_type == entries.c.res_type, _R.c.res_id == entries.c.res_id, _R.c.deleted.is_(False))
+    return (select(entries.c.id, entries.c.res_type, entries.c.res_id, _R.c.version_id, _R.c.body, _R.c.source_org, _R.c.source_system)
+            .select_from(entries.outerjoin(_R, record)).order_by(entries.c.id))
+
+
+_SEL_BATCH = {wait: _batch_query(wait) for wait in (False, True)}
+_ALL = 2**62  # up_to when every entry is wanted
 _DEL_BATCH = delete(_Q).where(in_list(_Q.c.id, "qids"))
 
 
@@ -77,21 +88,21 @@ def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch
     reader) waits for that drainer's transaction, so when it returns every entry up to
     ``up_to`` is linked. On SQLite, writers are serialised by BEGIN IMMEDIATE anyway."""
     done = 0
-    query = _SEL_BATCH.limit(batch).with_for_update(skip_locked=not wait)
-    if up_to is not None:
-        query = query.where(_Q.c.id <= up_to)
+    params = {"up_to": _ALL if up_to is None else up_to, "batch": batch}
     while True:
         with db.session() as session:
             conn = session.connection()
-            plan_each_execution(conn)  # linking binds arrays of key hashes, as the write path does
-            entries = conn.execute(query).all()
+            # linking binds arrays of key hashes, as the write path does: plan_each_execution,
+            # in one round trip with the batch (and the transaction's BEGIN) on PostgreSQL
+            entries = pipelined(conn, plan_each_execution_first(conn) + [(_SEL_BATCH[wait], params)])[-1]
             if not entries:
                 return done
-            order = {(e.res_type, e.res_id): None for e in entries}  # each record once, in queue order
-            stored = {(r.res_type, r.res_id): r for r in conn.execute(_SEL_RESOURCES, {"ids": sorted({i for _, i in order})})}
+            stored = {}
+            for e in entries:  # each record once, in queue order
+                stored.setdefault((e.res_type, e.res_id), e)
             written = [
                 Written(r.res_type, r.res_id, r.version_id, orjson.loads(r.body), False, r.source_org, r.source_system)
-                for r in map(stored.get, order) if r is not None
+                for r in stored.values() if r.version_id is not None
             ]
             if written:
                 LinkageService.from_settings(session, settings).link_written(written)
