@@ -105,9 +105,8 @@ def append_each(session: Session, entries: list[tuple[dict[str, Any], AuditColum
 def append(session: Session, event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> None:
     """Append one AuditEvent to the chain, in the caller's transaction."""
     conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        conn.execute(_CHAIN_LOCK, {"k": _CHAIN_LOCK_KEY})
-        conn.execute(_APPEND_PG, _append_pg_params(event, columns, index))
+    if conn.dialect.name == "postgresql":  # the chain lock and the append in one round trip
+        pipelined(conn, [(_CHAIN_LOCK, {"k": _CHAIN_LOCK_KEY}), (_APPEND_PG, _append_pg_params(event, columns, index))])
         return
     recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
     body = json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False)

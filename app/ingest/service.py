@@ -259,6 +259,7 @@ class IngestService:
         self.settings = settings
         self.hooks = hooks or []
         self._custom_plans = False
+        self.limits = ResourceLimits.of(settings)  # read once, not per entry
         self.interaction: str | None = None  # transaction | batch entry | plain create/update: how the audit names it
         self.request_id = ""
 
@@ -445,7 +446,7 @@ class IngestService:
             )
         require(self.principal, res_type, "c" if req.method == "POST" else "u")
         try:
-            validate_resource(req.resource, expected_type=res_type, limits=ResourceLimits.of(self.settings))
+            validate_resource(req.resource, expected_type=res_type, limits=self.limits)
         except FhirError as err:
             raise err.prefixed(prefix, f"entry {req.index}") if req.in_bundle else err
         access.check_type(self.principal, "fhir.write", res_type)  # e.g. only a source system records a Consent
