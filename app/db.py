@@ -65,7 +65,30 @@ def make_engine(url: str, *, statement_timeout_ms: int = 0) -> Engine:
 
         return engine
     connect_args = {"options": f"-c statement_timeout={int(statement_timeout_ms)}"} if statement_timeout_ms > 0 else {}
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
+    if engine.dialect.driver == "psycopg":
+        engine.dialect.do_ping = _ping_outside_transaction(engine.dialect.do_ping)  # type: ignore[method-assign]
+    return engine
+
+
+def _ping_outside_transaction(default_ping):
+    """pool_pre_ping's check in one round trip: the dialect's opens a transaction first (BEGIN,
+    then the ping: two), and the request's first statements then find it open, so a first
+    pipeline (pipelined) cannot carry the BEGIN. A broken connection still fails the ping
+    (the driver marks it broken), and the pool replaces it."""
+    from psycopg.pq import TransactionStatus
+
+    def ping(dbapi_connection) -> bool:
+        if dbapi_connection.info.transaction_status != TransactionStatus.IDLE:
+            return default_ping(dbapi_connection)
+        dbapi_connection.autocommit = True
+        try:
+            dbapi_connection.execute(";")
+        finally:
+            dbapi_connection.autocommit = False
+        return True
+
+    return ping
 
 
 def plan_each_execution(conn: Connection) -> None:

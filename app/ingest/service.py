@@ -660,7 +660,13 @@ class IngestService:
                 new_keys.append({"source_org": row["source_org"], "res_type": p.res_type, "system": system, "value": value[:255], "res_id": p.res_id})
             written.append(Written(p.res_type, p.res_id, version, resource, existing is None, row["source_org"], self.principal.source_system))
             results.append(EntryResult(201 if existing is None else 200, p.res_type, p.res_id, version, now, resource))
-        self._flush(creates, updates, versions, rows, new_keys, known_keys)
+        extra: list = []
+        then: tuple[str, ...] = ()
+        for hook in self.hooks:  # e.g. the linkage queue's entries: inserted with the records
+            more, statements = hook.stored_with(self.session, written)
+            extra += more
+            then += statements
+        self._flush(creates, updates, versions, rows, new_keys, known_keys, extra, then)
         for hook in self.hooks:
             hook.after_write(self.session, written)
         events = []
@@ -675,7 +681,8 @@ class IngestService:
             balp.record_each(self.session, events, self.request_id)
         return results
 
-    def _flush(self, creates, updates, versions, rows: IndexRows, new_keys, known_keys: dict[tuple, str] | None) -> None:
+    def _flush(self, creates, updates, versions, rows: IndexRows, new_keys, known_keys: dict[tuple, str] | None,
+               extra: list, then: tuple[str, ...]) -> None:
         s = self.session.connection()  # Core executemany: no ORM unit of work on the write path
         if updates:
             stmt = (
@@ -697,7 +704,8 @@ class IngestService:
             (SearchToken.__table__, rows.tokens), (SearchString.__table__, rows.strings),
             (SearchDate.__table__, rows.dates), (SearchReference.__table__, rows.references),
             (SourceKey.__table__, self._new_source_keys(new_keys, known_keys) if new_keys else []),
-        ])
+            *extra,
+        ], then)
 
     def _new_source_keys(self, keys: list[dict], known: dict[tuple, str] | None) -> list[dict]:
         """The source-key rows to insert: each written identifier as this source's key to the

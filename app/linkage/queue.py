@@ -75,9 +75,15 @@ def enqueue(session, written: list[Written]) -> None:
     """Name the written records in the queue, in the write's transaction (on PostgreSQL the
     worker is told at commit: NOTIFY is delivered then, and not at all on rollback)."""
     conn = session.connection()
+    insert_tables(conn, *queue_entries(conn, written))  # one round trip
+
+
+def queue_entries(conn, written: list[Written]) -> tuple[list, tuple[str, ...]]:
+    """enqueue's rows and statements, for a writer to insert with its own rows (insert_tables):
+    the queue table's rows, and on PostgreSQL the NOTIFY that wakes the worker at commit."""
     now = datetime.now(timezone.utc)
     notify = (f"NOTIFY {CHANNEL}",) if conn.dialect.name == "postgresql" else ()
-    insert_tables(conn, [(_Q, [{"res_type": w.res_type, "res_id": w.res_id, "enqueued_at": now} for w in written])], then=notify)  # one round trip
+    return [(_Q, [{"res_type": w.res_type, "res_id": w.res_id, "enqueued_at": now} for w in written])], notify
 
 
 def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch: int = BATCH) -> int:
