@@ -54,6 +54,11 @@ class AdmissionMiddleware:
             self._finish(klass)
 
     async def _acquire(self, klass: int) -> None:
+        if self.running < self.slots and (klass != WRITE or self.writes < self.write_slots) and not any(self._waiting.values()):
+            self.running += 1  # a free slot and no one waiting: the unloaded server's way, no future
+            if klass == WRITE:
+                self.writes += 1
+            return
         turn = asyncio.get_running_loop().create_future()
         self._waiting[klass].append(turn)
         self._dispatch()
