@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+from psycopg.types.string import ByteaBinaryLoader
 from sqlalchemy import String, and_, bindparam, literal_column, select, type_coerce
 
 from app.audit.models import AuditRecord
@@ -59,11 +60,14 @@ def _recorded_column(dialect: str) -> Any:
     return type_coerce(AuditRecord.recorded, String)
 
 
-def _batches(db: Database, where: Any, batch: int, columns: Callable[[str], tuple[Any, ...]]) -> Iterator[list[Any]]:
+def _batches(db: Database, where: Any, batch: int, columns: Callable[[str], tuple[Any, ...]], *,
+             text_as_bytes: bool = False) -> Iterator[list[Any]]:
     """The period's rows, seq first, in chain order, ``batch`` at a time (a keyset walk on one
     read transaction); plain driver tuples: no ORM objects, no Row objects, no conversion per
     value. The next batch is fetched on a second thread while the caller writes this one (the
-    database, PostgreSQL's own process or SQLite without the GIL, works beside the Python)."""
+    database, PostgreSQL's own process or SQLite without the GIL, works beside the Python).
+    ``text_as_bytes``: PostgreSQL sends text in binary and it comes as the UTF-8 bytes it is
+    (no decode to str and encode back)."""
     with db.session(readonly=True) as session:
         connection = session.connection()
         dialect = connection.dialect.name
@@ -71,10 +75,20 @@ def _batches(db: Database, where: Any, batch: int, columns: Callable[[str], tupl
         if where is not None:
             q = q.where(where)
         q = q.where(AuditRecord.seq > bindparam("last")).order_by(AuditRecord.seq).limit(batch)
+        fetch: Callable[[int], list[Any]]
+        if text_as_bytes and dialect == "postgresql":
+            compiled = q.compile(dialect=connection.dialect)
+            statement, params = str(compiled), compiled.params
+            cursor = connection.connection.driver_connection.cursor(binary=True)  # type: ignore[union-attr]
+            cursor.adapters.register_loader("text", ByteaBinaryLoader)
 
-        def fetch(last: int) -> list[Any]:
-            result = connection.execute(q, {"last": last})
-            return result.cursor.fetchall() if result.cursor is not None else []  # the driver's tuples, as they come
+            def fetch(last: int) -> list[Any]:
+                cursor.execute(statement, {**params, "last": last})
+                return cursor.fetchall()
+        else:
+            def fetch(last: int) -> list[Any]:
+                result = connection.execute(q, {"last": last})
+                return result.cursor.fetchall() if result.cursor is not None else []  # the driver's tuples, as they come
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="audit-export")
         try:
@@ -93,7 +107,7 @@ def ndjson(db: Database, where: Any, *, batch: int = 5000) -> Iterator[bytes]:
     """Each event's stored body, one per line, in chain order (a chunk per batch)."""
     # SQLite hands over the stored UTF-8 bytes as they are (no decode to str and encode back)
     body = {"sqlite": literal_column("CAST(audit_event.body AS BLOB)")}
-    for rows in _batches(db, where, batch, lambda dialect: (body.get(dialect, AuditRecord.body),)):
+    for rows in _batches(db, where, batch, lambda dialect: (body.get(dialect, AuditRecord.body),), text_as_bytes=True):
         if isinstance(rows[0][1], bytes):
             yield b"\n".join([body for _, body in rows]) + b"\n"
         else:
