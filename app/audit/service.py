@@ -265,7 +265,7 @@ class _Body(msgspec.Struct, gc=False):
     action: str | None = None
     outcome: str | None = None
     purposeOfEvent: list[_Concept] | None = None
-    agent: list[_Agent] | None = None
+    agent: msgspec.Raw = msgspec.Raw(b"null")  # read by _agent_facts, once per distinct list
     extension: list[_Extension] | None = None
     entity: list[_Entity] | None = None
 
@@ -273,18 +273,46 @@ class _Body(msgspec.Struct, gc=False):
 _BODY = msgspec.json.Decoder(_Body)
 
 
+_AGENTS = msgspec.json.Decoder(list[_Agent] | None)
+_AGENT_FACTS: dict[bytes, tuple[Any, Any, Any]] = {}  # an agent list's JSON -> (agent_sub, agent_org, agent_role)
+
+
+def _agent_facts(raw: msgspec.Raw) -> tuple[Any, Any, Any]:
+    """The agent columns of an agent list, read once per distinct list (the same users and
+    organisations recur through the chain): keyed by the list's exact JSON, so the same bytes
+    give the same columns; a list of another shape raises ValidationError (the exact walk's)."""
+    key = bytes(raw)
+    facts = _AGENT_FACTS.get(key)
+    if facts is None:
+        user = org = None
+        for a in _AGENTS.decode(key) or ():
+            if a.requestor:
+                if user is None:
+                    user = a
+            elif org is None:
+                org = a
+        role = sub = org_code = None
+        if user is not None:
+            for r in user.role or ():
+                if r.coding:
+                    role = r.coding[0].code
+                    break
+            if user.who is not None and user.who.identifier is not None:
+                sub = user.who.identifier.value
+        if org is not None and org.who is not None and org.who.identifier is not None:
+            org_code = org.who.identifier.value
+        if len(_AGENT_FACTS) >= 10_000:
+            _AGENT_FACTS.clear()
+        facts = _AGENT_FACTS[key] = (sub, org_code, role)
+    return facts
+
+
 def _typed_facts(seq: int, b: _Body) -> tuple[tuple[Any, ...], str]:
     """_implied_columns and index_from_body of event ``seq``'s typed body (plain loops: verify
     calls it a million times), the index rows as the fast walk's SQL folds the stored ones:
     sorted by (param, value), each as seq:len(param):param len(value):value."""
-    user = org = None
-    for a in b.agent or ():
-        if a.requestor:
-            if user is None:
-                user = a
-        elif org is None:
-            org = a
-    subtype = purpose = role = sub = org_code = None
+    sub, org_code, role = _agent_facts(b.agent)
+    subtype = purpose = None
     for c in b.subtype or ():
         if c.system == _SUBTYPE_SYSTEM:
             subtype = c.code
@@ -293,15 +321,6 @@ def _typed_facts(seq: int, b: _Body) -> tuple[tuple[Any, ...], str]:
         if p.coding:
             purpose = p.coding[0].code
             break
-    if user is not None:
-        for r in user.role or ():
-            if r.coding:
-                role = r.coding[0].code
-                break
-        if user.who is not None and user.who.identifier is not None:
-            sub = user.who.identifier.value
-    if org is not None and org.who is not None and org.who.identifier is not None:
-        org_code = org.who.identifier.value
     review = policy = None
     seen_review = seen_policy = False
     for x in b.extension or ():  # _ext(): the first extension of the url; valueBoolean when the key is there (even null)
@@ -533,7 +552,10 @@ def verify(session: Session, batch: int = 5000, *, expect_head: str | None = Non
                 return False
             if b.id != r[1] or b.recorded is None or b.recorded != r[18]:  # r[18]: the instant as the body writes it (to the ms)
                 return False
-            columns, index_text = _typed_facts(r[0], b)
+            try:
+                columns, index_text = _typed_facts(r[0], b)
+            except msgspec.ValidationError:
+                return False
             if columns != r[3:13]:  # bool == 0/1 too: a review flag stored otherwise is for the exact walk
                 return False
             pieces.append(index_text)

@@ -121,7 +121,7 @@ def test_a_body_of_another_shape_is_left_to_the_exact_walk(odd):
     import orjson
 
     with pytest.raises(msgspec.ValidationError):
-        _BODY.decode(orjson.dumps({**BASE, **odd}))
+        _typed_facts(1, _BODY.decode(orjson.dumps({**BASE, **odd})))
 
 
 def _record(database, n: int) -> None:
