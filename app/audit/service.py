@@ -479,6 +479,25 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _bodies_agree(rows: list[Any]) -> str | None:
+    """The fast walk's check of each row's body against its columns, rows as (seq, event_id,
+    the instant as the body writes it, (type_code .. policy_version), body): the search rows
+    the bodies imply, folded as the fast walk's SQL folds the stored ones; None when in doubt."""
+    decode, pieces = _BODY.decode, []
+    try:
+        for seq, event_id, said, stored_columns, body in rows:
+            b = decode(body)
+            if b.id != event_id or b.recorded is None or b.recorded != said:
+                return None
+            columns, index_text = _typed_facts(seq, b)
+            if columns != stored_columns:  # bool == 0/1 too: a review flag stored otherwise is for the exact walk
+                return None
+            pieces.append(index_text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return "".join(pieces)
+
+
 def verify(session: Session, batch: int = 5000, *, expect_head: str | None = None, expect_count: int | None = None) -> VerifyResult:
     """Walk the chain from the first event; name the first link that does not hold.
 
@@ -507,7 +526,7 @@ def verify(session: Session, batch: int = 5000, *, expect_head: str | None = Non
     heads_sql, index_sql = sql(_WALK_HEADS), sql(_WALK_INDEX)
     events_sql, index_sql_fast = (sql(q) for q in _fast_sql(dialect))
     end_sql = sql(_FAST_END)
-    sha256, loads, decode = hashlib.sha256, orjson.loads, _BODY.decode
+    sha256, loads = hashlib.sha256, orjson.loads
     prev_hash, checked, last_seq, rechecked = GENESIS, 0, 0, 0
     anchor_seen = expect_head is None or expect_head == GENESIS
 
@@ -544,24 +563,11 @@ def verify(session: Session, batch: int = 5000, *, expect_head: str | None = Non
         nonlocal prev_hash, checked, last_seq, anchor_seen
         if not chained or rows[0][14] != prev_hash:
             return False
-        pieces = []
-        for r in rows:
-            try:
-                b = decode(r[13])
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                return False
-            if b.id != r[1] or b.recorded is None or b.recorded != r[18]:  # r[18]: the instant as the body writes it (to the ms)
-                return False
-            try:
-                columns, index_text = _typed_facts(r[0], b)
-            except msgspec.ValidationError:
-                return False
-            if columns != r[3:13]:  # bool == 0/1 too: a review flag stored otherwise is for the exact walk
-                return False
-            pieces.append(index_text)
+        # r[18]: the instant as the body writes it (to the millisecond); r[3:13]: the searchable columns
+        implied = _bodies_agree([(r[0], r[1], r[18], r[3:13], r[13]) for r in rows])
         stored_index, odd, heads = others
         # every search row of the range, in order, is one the bodies imply; every head row is an event's
-        if odd or heads != len(rows) or (stored_index or "") != "".join(pieces):
+        if implied is None or odd or heads != len(rows) or (stored_index or "") != implied:
             return False
         prev_hash, last_seq = rows[-1][15], hi
         anchor_seen = anchor_seen or anchored
