@@ -498,7 +498,7 @@ def _bodies_agree(rows: list[Any]) -> str | None:
     return "".join(pieces)
 
 
-def verify(session: Session, batch: int = 5000, *, expect_head: str | None = None, expect_count: int | None = None) -> VerifyResult:
+def verify(session: Session, batch: int = 2000, *, expect_head: str | None = None, expect_count: int | None = None) -> VerifyResult:
     """Walk the chain from the first event; name the first link that does not hold.
 
     Each event's hash recomputed over its stored bytes and linked to the one before; each

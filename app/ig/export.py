@@ -103,7 +103,7 @@ def _batches(db: Database, where: Any, batch: int, columns: Callable[[str], tupl
             pool.shutdown(wait=True)
 
 
-def ndjson(db: Database, where: Any, *, batch: int = 5000) -> Iterator[bytes]:
+def ndjson(db: Database, where: Any, *, batch: int = 2000) -> Iterator[bytes]:
     """Each event's stored body, one per line, in chain order (a chunk per batch)."""
     # SQLite hands over the stored UTF-8 bytes as they are (no decode to str and encode back)
     body = {"sqlite": literal_column("CAST(audit_event.body AS BLOB)")}
@@ -145,7 +145,7 @@ def _csv_line(dialect: str) -> Any:
     return literal_column(f"CASE WHEN {ok} THEN " + " || ',' || ".join(cells) + " END")
 
 
-def csv_rows(db: Database, where: Any, *, batch: int = 5000) -> Iterator[bytes]:
+def csv_rows(db: Database, where: Any, *, batch: int = 2000) -> Iterator[bytes]:
     """A header, then a row per event: who, what kind, when, outcome and the chain hashes."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
