@@ -7,3 +7,4 @@ def import_all_models() -> None:
     import app.ig.models  # noqa: F401
     import app.linkage.models  # noqa: F401
     import app.sync.models  # noqa: F401
+    import app.web.models  # noqa: F401

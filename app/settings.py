@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     hsts_seconds: int = 365 * 24 * 3600
     metrics_token: str | None = None  # when set, /metrics needs "Authorization: Bearer <it>"
     workers: int = Field(default=1, ge=1)  # uvicorn workers (serve --workers sets it); rate limits are shared out among them
+    # Requests running at once in one server process; beyond it the most urgent waiting runs
+    # next: family views and pages, then reads, then writes (app.ops.admission). 0: no limit.
+    admission_slots: int = Field(default=2, ge=0)
+    admission_write_slots: int = Field(default=1, ge=1)  # of those, at most this many writes
     # Per-client token buckets: an authenticated client by its token's subject, anyone else by IP.
     # A request with a token that fails verification counts against the stricter bad-token bucket.
     rate_limit_enabled: bool = True

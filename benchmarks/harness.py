@@ -102,14 +102,14 @@ class Databases:
 
 
 class Server:
-    """`familyview serve` in a subprocess: one uvicorn worker, as the targets say."""
+    """`familyview serve` in a subprocess: one uvicorn worker, as most targets say (load.py: two)."""
 
-    def __init__(self, url: str, key: Path):
+    def __init__(self, url: str, key: Path, workers: int = 1):
         self.port = free_port()
         env = {**os.environ, "FAMILYVIEW_DATABASE_URL": url, "FAMILYVIEW_AUTH_LOCAL_KEY_PATH": str(key), "FAMILYVIEW_LOG_LEVEL": "WARNING",
                "FAMILYVIEW_RATE_LIMIT_ENABLED": "false"}  # a benchmark measures speed, not the limits
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--dev-auth", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "app.cli", "serve", "--dev-auth", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         deadline = time.time() + 60

@@ -18,15 +18,13 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from datetime import date, timedelta
-from pathlib import Path
 
-from harness import ROOT, Databases, LinkageQueue, free_port, nhs_numbers, percentile
+from harness import Databases, LinkageQueue, Server, nhs_numbers, percentile
 
 import httpx  # noqa: E402
 
@@ -37,56 +35,6 @@ from ingest import NHS, family  # noqa: E402
 
 MAT, HV = "RMT01", "RHV01"
 WEIGHTS = {"ingest": 0.15, "read": 0.45, "family-view": 0.40}
-
-
-class WorkersServer:
-    """The server at --workers N: `familyview serve --workers N` when serve has it, else uvicorn's
-    own --workers over the app factory with the linkage worker beside it (as serve starts it)."""
-
-    def __init__(self, url: str, key: Path, workers: int):
-        self.port = free_port()
-        env = {**os.environ, "FAMILYVIEW_DATABASE_URL": url, "FAMILYVIEW_AUTH_LOCAL_KEY_PATH": str(key), "FAMILYVIEW_LOG_LEVEL": "WARNING",
-               "FAMILYVIEW_RATE_LIMIT_ENABLED": "false"}  # a few tokens stand for many clients here: the per-client limits are tested in tests/ops
-        serve_help = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--help"], cwd=ROOT, env=env, capture_output=True, text=True).stdout
-        self.procs: list[subprocess.Popen] = []
-        if "--workers" in serve_help:
-            extra = ["--dev-auth"] if "--dev-auth" in serve_help else []
-            cmd = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), *extra]
-            self.how = f"familyview serve --workers {workers}"
-            self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        else:
-            cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
-            self.how = f"uvicorn --factory app.main:create_app --workers {workers} + familyview linkage-worker"
-            server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            self.procs.append(server)
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "app.cli", "linkage-worker"],  # stopped with the server (stop())
-                                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.base}/fhir/metadata", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.procs[0].poll() is not None:
-                sys.exit(f"the server did not start: {self.procs[0].stderr.read().decode()[-2000:]}")
-            time.sleep(0.3)
-        self.stop()
-        sys.exit("the server did not start within 90 s")
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        for p in reversed(self.procs):
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 class Recorder:
@@ -225,10 +173,10 @@ def main() -> int:
     try:
         url = dbs.new("load")
         settings = Settings(database_url=url, auth_local_key_path=key)
-        server = WorkersServer(url, key, args.workers)
+        server = Server(url, key, workers=args.workers)
         queue = LinkageQueue(url)
         try:
-            print(f"load: PostgreSQL, {server.how}, {args.clients} clients, {args.seconds:.0f} s", flush=True)
+            print(f"load: PostgreSQL, familyview serve --workers {args.workers}, {args.clients} clients, {args.seconds:.0f} s", flush=True)
             world = World(settings, server.base)
             t0 = time.perf_counter()
             world.seed(args.families)

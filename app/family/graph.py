@@ -16,7 +16,7 @@ from app.errors import FhirError, not_found
 from app.family import roles
 from app.auth.tokens import Principal
 from app.family.members import FamilyGraph, FamilyMember, KeyPerson, Rec, Relationship
-from app.family.plan import PERSON_CONFIDENTIALITY, record_labels
+from app.family.plan import PERSON_CONFIDENTIALITY, postcode_key, record_labels, telecom_key
 from app.fhir import store
 from app.fhir.models import ResourceVersion
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM, parse_reference
@@ -525,11 +525,88 @@ def as_shown(session: Session, principal: Principal, rows: list[StoredResource |
     person sent by another organisation loses what their restricted (R) or very restricted (V)
     label withholds, the label found on any linked record of theirs from any source (a label is
     the person's, as in the family view: plan.person_labels), so the GP's unlabelled copy of a
-    restricted mother shows an administrator no more than maternity's labelled one."""
+    restricted mother shows an administrator no more than maternity's labelled one; and, as the
+    family view does, the phone numbers and homes it shares with a restricted person it is
+    related to (her baby's address is hers; so is the home of the partner she lives with)."""
     others = {(r.res_type, r.res_id): r for r in rows if r.source_org != principal.org and r.res_type in PERSON_TYPES}
     labels: dict[str, set[str]] = {}
+    shared: dict[str, tuple[set[tuple[str, str]], set[str]]] = {}
     if others:
         recs = [Rec(r.res_type, r.res_id, json.loads(r.body), r.source_org) for r in others.values()]
         for ref, same in same_person_many(session, recs).items():
-            labels[ref] = {code for rec in same for code in record_labels(rec)[1] if code in PERSON_CONFIDENTIALITY}
-    return [store.shown(principal, r, labels.get(f"{r.res_type}/{r.res_id}", set())) for r in rows]
+            labels[ref] = _confidentiality_of(same)
+        shared = _restricted_relatives_contact(session, recs, labels)
+    out = []
+    for r in rows:
+        ref = f"{r.res_type}/{r.res_id}"
+        resource = store.shown(principal, r, labels.get(ref, set()))
+        if ref in shared:
+            _withhold_shared(resource, *shared[ref])
+        out.append(resource)
+    return out
+
+
+def _confidentiality_of(records: Iterable[Rec]) -> set[str]:
+    return {code for rec in records for code in record_labels(rec)[1] if code in PERSON_CONFIDENTIALITY}
+
+
+def _restricted_relatives_contact(session: Session, recs: list[Rec], labels: dict[str, set[str]]
+                                  ) -> dict[str, tuple[set[tuple[str, str]], set[str]]]:
+    """For each record of an unrestricted person: the phone numbers (as compared) and home
+    postcodes of the restricted (R/V) people it is related to: the person a RelatedPerson is
+    recorded on, and the RelatedPersons recorded on a Patient (the baby's mother, the mother's
+    partner), with every linked record of theirs."""
+    plain = [r for r in recs if not labels.get(r.ref)]
+    if not plain:
+        return {}
+    related: dict[str, list[Rec]] = {r.ref: [] for r in plain}
+    targets = {}
+    for rec in plain:
+        parsed = parse_reference(((rec.body.get("patient") or {}).get("reference") or "")) if rec.res_type == "RelatedPerson" else None
+        if parsed and parsed[0] == "Patient":
+            targets.setdefault(parsed, []).append(rec.ref)
+    for target in load_records(session, targets):
+        for ref in targets[(target.res_type, target.res_id)]:
+            related[ref].append(target)
+    patients = [r for r in plain if r.res_type == "Patient"]
+    for rp in referencing(session, ("RelatedPerson",), ("patient",), patients):
+        on = rp.body.get("patient") or {}
+        parsed = parse_reference(on.get("reference") or "")
+        ident = on.get("identifier") or {}
+        for rec in patients:  # literally, or logically by an identifier the Patient carries
+            if parsed == (rec.res_type, rec.res_id) or (parsed is None and (ident.get("system"), ident.get("value")) in rec.identifiers):
+                related[rec.ref].append(rp)
+    relatives = {r.ref: r for rs in related.values() for r in rs}
+    persons = same_person_many(session, list(relatives.values()))
+    out = {}
+    for ref, rels in related.items():
+        phones: set[tuple[str, str]] = set()
+        homes: set[str] = set()
+        for rel in rels:
+            same = persons.get(rel.ref, [rel])
+            if _confidentiality_of(same) and ref not in {s.ref for s in same}:
+                for r in same:
+                    phones |= {telecom_key(t) for t in r.body.get("telecom") or [] if isinstance(t, dict) and t.get("value")}
+                    homes |= {k for a in r.body.get("address") or [] if (k := postcode_key(a))}
+        if phones or homes:
+            out[ref] = (phones, homes)
+    return out
+
+
+def _withhold_shared(resource: dict[str, Any], phones: set[tuple[str, str]], homes: set[str]) -> None:
+    """Remove the contact points and addresses a restricted relative shares; marked REDACTED."""
+    removed = False
+    for name, keep in (("telecom", lambda t: not (isinstance(t, dict) and t.get("value") and telecom_key(t) in phones)),
+                       ("address", lambda a: postcode_key(a) not in homes)):
+        if name in resource:
+            kept = [x for x in resource[name] if keep(x)]
+            if len(kept) != len(resource[name]):
+                removed = True
+                if kept:
+                    resource[name] = kept
+                else:
+                    del resource[name]
+    if removed:
+        meta = resource.setdefault("meta", {})
+        if store.REDACTED not in meta.get("security", []):
+            meta["security"] = [*meta.get("security", []), store.REDACTED]

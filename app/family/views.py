@@ -16,10 +16,10 @@ from app.family.service import FamilyViewRequest, FamilyViewResult, FamilyViewSe
 from app.ops.refusals import RefusalCoalescer
 from app.fhir.http import FhirContext, FhirResponse, fhir_body, fhir_context
 from app.ig.notifications import enqueue
-from app.linkage.queue import linkage_settled
+from app.linkage.queue import settling_session
 
 log = logging.getLogger("familyview")
-router = APIRouter(prefix="/fhir/Patient", tags=["Family view"], dependencies=[Depends(linkage_settled)])
+router = APIRouter(prefix="/fhir/Patient", tags=["Family view"])
 
 
 def _notifier(ctx: FhirContext):
@@ -46,7 +46,9 @@ def family_view(ctx: FhirContext, req: FamilyViewRequest, refusals: RefusalCoale
         req.problem = req.problem or _bad(f"justification is at most {limit} characters", "justification", code="too-costly")
         req.justification = req.justification[:limit]
     try:
-        with ctx.db.session() as session:
+        # the family's queued linkage settled as the view reads it (not the whole queue: a
+        # family view never waits behind a bulk load of other records)
+        with settling_session(ctx.db, ctx.settings) as session:
             return FamilyViewService(session, ctx.principal, notify=_notifier(ctx), refusals=refusals).run(req)
     except SQLAlchemyError:
         log.error("family view not returned: the audit could not be written (request_id=%s)", req.request_id, exc_info=False)

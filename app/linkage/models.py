@@ -16,6 +16,8 @@
                         reject with who and why.
 * ``linkage_queue``     records written but not linked yet, when linkage runs after the
                         write's commit (migration 0007; ``app.linkage.queue``).
+* ``linkage_queue_key`` the blocking keys of queued records (migration 0014), so a reader
+                        settles only the queued records that could join the people it reads.
 
 On SQLite ``linkage_link`` and ``linkage_key`` are WITHOUT ROWID tables (migration 0006): the
 rows live in their primary-key B-tree, so a record is found with one B-tree descent instead
@@ -157,3 +159,23 @@ class QueuedRecord(Base):
     res_type: Mapped[str] = mapped_column(String(40), nullable=False)
     res_id: Mapped[str] = mapped_column(String(64), nullable=False)
     enqueued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (Index("ix_linkage_queue_record", "res_type", "res_id"),)
+
+
+class QueuedRecordKey(Base):
+    """The blocking keys of a queued record, written with its queue entry (migration 0014): a
+    reader of linkage settles only the queued records that could join the people it reads,
+    those sharing a key with them (``app.linkage.queue.settle_records``), so a family view
+    does not wait for a bulk load of unrelated records to be linked. Kept while any queue
+    entry names the record. ``key_hash`` 0 (ANY_KEY) marks a record queued before keys were
+    kept: every reader settles it."""
+
+    __tablename__ = "linkage_queue_key"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    key_hash: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    res_type: Mapped[str] = mapped_column(String(40), nullable=False)
+    res_id: Mapped[str] = mapped_column(String(64), nullable=False)
+
+    __table_args__ = (Index("ix_linkage_queue_key_hash", "key_hash"), Index("ix_linkage_queue_key_record", "res_type", "res_id"))

@@ -30,7 +30,7 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import orjson
 from fastapi import Depends, Request
@@ -41,20 +41,28 @@ from app.auth.tokens import Principal
 from app.db import Database, in_list, insert_rows, plan_each_execution
 from app.fhir.models import StoredResource
 from app.ingest.hooks import Written
-from app.linkage.models import QueuedRecord
-from app.linkage.service import LinkageService
+from app.linkage.matching import PersonRecord, blocking_keys
+from app.linkage.models import BlockingKey, Link, QueuedRecord, QueuedRecordKey
+from app.linkage.service import BEFORE_LINKAGE_READ, LinkageService, key_hash
 from app.errors import error_summary
 
 log = logging.getLogger("familyview")
 
 _Q = QueuedRecord.__table__
+_QK = QueuedRecordKey.__table__
+_K = BlockingKey.__table__
+_L = Link.__table__
 _R = StoredResource.__table__
+ANY_KEY = 0  # a queued record's key row when its keys are not known: every reader settles it
 BATCH = 1000  # records linked per transaction: a few Bundles' worth when the worker is behind
 
 _SEL_BATCH = select(_Q.c.id, _Q.c.res_type, _Q.c.res_id).order_by(_Q.c.id)
 _SEL_RESOURCES = select(_R.c.res_type, _R.c.res_id, _R.c.version_id, _R.c.body, _R.c.source_org, _R.c.source_system).where(
     in_list(_R.c.res_id, "ids"), _R.c.deleted.is_(False))
 _DEL_BATCH = delete(_Q).where(in_list(_Q.c.id, "qids"))
+# a drained record's keys go once no entry names it any more (a write queued meanwhile keeps them)
+_DEL_KEYS = delete(_QK).where(in_list(_QK.c.res_type, "types"), in_list(_QK.c.res_id, "ids"), ~(
+    select(_Q.c.id).where(_Q.c.res_type == _QK.c.res_type, _Q.c.res_id == _QK.c.res_id).exists()))
 
 
 CHANNEL = "familyview_linkage"  # PostgreSQL NOTIFY channel: wakes the worker at each commit
@@ -66,13 +74,20 @@ def enqueue(session, written: list[Written]) -> None:
     conn = session.connection()
     now = datetime.now(timezone.utc)
     insert_rows(conn, _Q, [{"res_type": w.res_type, "res_id": w.res_id, "enqueued_at": now} for w in written])
+    insert_rows(conn, _QK, [{"key_hash": h, "res_type": w.res_type, "res_id": w.res_id} for w in written for h in _key_hashes(w)])
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
 
 
-def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch: int = BATCH) -> int:
+def _key_hashes(w: Written) -> set[int]:
+    resource = dict(w.resource)
+    resource["id"] = w.res_id
+    return {key_hash(k) for k in blocking_keys(PersonRecord.from_fhir(resource))}
+
+
+def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch: int = BATCH, ids: list[int] | None = None) -> int:
     """Link queued records, a batch per transaction, until none is left (or none up to
-    ``up_to``); returns how many queue entries were done.
+    ``up_to``, or of ``ids``); returns how many queue entries were done.
 
     ``wait=False`` (the worker) skips entries another drainer holds. ``wait=True`` (a
     reader) waits for that drainer's transaction, so when it returns every entry up to
@@ -81,6 +96,8 @@ def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch
     query = _SEL_BATCH.limit(batch).with_for_update(skip_locked=not wait)
     if up_to is not None:
         query = query.where(_Q.c.id <= up_to)
+    if ids is not None:
+        query = query.where(_Q.c.id.in_(sorted(ids)))
     while True:
         with db.session() as session:
             conn = session.connection()
@@ -97,6 +114,7 @@ def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch
             if written:
                 LinkageService.from_settings(session, settings).link_written(written)
             conn.execute(_DEL_BATCH, {"qids": [e.id for e in entries]})
+            conn.execute(_DEL_KEYS, {"types": sorted({t for t, _ in order}), "ids": sorted({i for _, i in order})})
         done += len(entries)
 
 
@@ -106,6 +124,88 @@ def settle(db: Database, settings) -> None:
         last = session.scalar(select(func.max(_Q.c.id)))
     if last is not None:
         drain(db, settings, wait=True, up_to=last)
+
+
+# the closure of settle_records: a record's blocking keys (linked and queued), the other
+# records of its person, and the queued records sharing any of those keys
+_SEL_KEYS = (select(_K.c.res_type, _K.c.res_id, _K.c.key_hash).where(in_list(_K.c.res_type, "types"), in_list(_K.c.res_id, "ids"))
+             .union_all(select(_QK.c.res_type, _QK.c.res_id, _QK.c.key_hash).where(in_list(_QK.c.res_type, "types"), in_list(_QK.c.res_id, "ids"))))
+_ME = _L.alias("me")
+_SEL_MEMBERS = (select(_ME.c.res_type.label("me_type"), _ME.c.res_id.label("me_id"), _L.c.res_type, _L.c.res_id)
+                .join(_L, _L.c.person_id == _ME.c.person_id).where(in_list(_ME.c.res_type, "types"), in_list(_ME.c.res_id, "ids")))
+_SEL_SHARING = select(_QK.c.res_type, _QK.c.res_id).where(in_list(_QK.c.key_hash, "hashes"))
+_SEL_ENTRIES = select(_Q.c.id, _Q.c.res_type, _Q.c.res_id).where(in_list(_Q.c.res_type, "types"), in_list(_Q.c.res_id, "ids"))
+CLOSURE_LIMIT = 2000  # records: a reader whose closure grows past this settles the whole queue
+
+
+def _types_ids(refs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    refs = list(refs)
+    return {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})}
+
+
+def pending_for(conn, refs: Iterable[tuple[str, str]]) -> list[int] | None:
+    """The queue entries a reader of these records must see linked: the records themselves, the
+    other records of their persons, and every queued record sharing a blocking key with any of
+    those, transitively (linking a record compares it only with records sharing a key and with
+    its own person's). None when that closure is too large to follow: then settle it all."""
+    if conn.execute(select(_Q.c.id).limit(1)).first() is None:
+        return []
+    hashes, known = {ANY_KEY}, set()
+    frontier = set(refs)
+    sharing = {(r.res_type, r.res_id) for r in conn.execute(_SEL_SHARING, {"hashes": [ANY_KEY]})}
+    frontier |= sharing
+    while frontier:
+        known |= frontier
+        if len(known) > CLOSURE_LIMIT:
+            return None
+        binds = _types_ids(frontier)
+        new_hashes = {r.key_hash for r in conn.execute(_SEL_KEYS, binds) if (r.res_type, r.res_id) in frontier} - hashes
+        members = {(r.res_type, r.res_id) for r in conn.execute(_SEL_MEMBERS, binds) if (r.me_type, r.me_id) in frontier}
+        hashes |= new_hashes
+        found = {(r.res_type, r.res_id) for r in conn.execute(_SEL_SHARING, {"hashes": sorted(new_hashes)})} if new_hashes else set()
+        frontier = (members | found) - known
+    return [e.id for e in conn.execute(_SEL_ENTRIES, _types_ids(known)) if (e.res_type, e.res_id) in known]
+
+
+def settle_records(db: Database, settings, refs: Iterable[tuple[str, str]]) -> None:
+    """:func:`settle` for a reader of these records only: links what is queued that could join
+    their people, and waits for nothing else (a bulk load of unrelated records stays queued)."""
+    with db.session(readonly=True) as session:
+        ids = pending_for(session.connection(), refs)
+    if ids is None:
+        settle(db, settings)
+    elif ids:
+        drain(db, settings, wait=True, ids=ids)
+
+
+@contextmanager
+def settling_session(db: Database, settings) -> Iterator:
+    """A session (one transaction, as ``db.session()``) whose linkage reads settle first only
+    the queued records they could see (each once, :func:`settle_records`): a family view waits
+    for its own family's linking, never for a bulk load of others. On PostgreSQL each statement
+    of the transaction (READ COMMITTED) sees what a drain committed meanwhile; SQLite's reader
+    keeps the snapshot of its first read, so there the whole queue is settled before the session
+    (inline linkage, the default there, leaves it empty)."""
+    if db.dialect != "postgresql":
+        settle(db, settings)
+        with db.session() as session:
+            yield session
+        return
+    with db.session() as session:
+        _settle_before_reads(session, db, settings)
+        yield session
+
+
+def _settle_before_reads(session, db: Database, settings) -> None:
+    settled: set[tuple[str, str]] = set()
+
+    def before_read(refs: set[tuple[str, str]]) -> None:
+        new = refs - settled
+        if new:
+            settle_records(db, settings, new)
+            settled.update(new)
+
+    session.info[BEFORE_LINKAGE_READ] = before_read
 
 
 def linkage_settled(request: Request, principal: Principal = Depends(get_principal)) -> None:

@@ -268,6 +268,11 @@ _LINKED_MANY = (
 )
 
 
+# session.info key of a callable(refs) run before linked_records_many reads: the queued
+# linkage of those records settled first (app.linkage.queue.settle_on_read)
+BEFORE_LINKAGE_READ = "familyview.before_linkage_read"
+
+
 def linked_records_many(session: Session, refs: Iterable[tuple[str, str]], min_assurance: str = "level2") -> dict[tuple[str, str], list[LinkedRecord]]:
     """`linked_records` for many records in one query (the family view asks for a whole family)."""
     if min_assurance not in LEVELS:
@@ -275,6 +280,9 @@ def linked_records_many(session: Session, refs: Iterable[tuple[str, str]], min_a
     refs = set(refs)
     if not refs:
         return {}
+    before_read = session.info.get(BEFORE_LINKAGE_READ)
+    if before_read is not None:
+        before_read(refs)
     rows = session.connection().execute(
         _LINKED_MANY, {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})}
     ).all()

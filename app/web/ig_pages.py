@@ -209,7 +209,7 @@ def review_form(request: Request, event_id: str) -> Response:
 
 @router.post("/reviews/{event_id}")
 async def review_submit(request: Request, event_id: str) -> Response:
-    current = _ig(request, "ig.review", "review form")
+    current = await run_in_threadpool(_ig, request, "ig.review", "review form")  # it may ask and write the database
     if not isinstance(current, web_session.WebSession):
         return current
     form = await _form(request, current)

@@ -79,7 +79,8 @@ SECURITY_HEADERS = {
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    context.setdefault("session", web_session.current(request))
+    if "session" not in context:
+        context["session"] = web_session.current(request)
     context.setdefault("errors", {})
     context.setdefault("form", {})
     html = _env.get_template(template).render(request=request, **context)
@@ -165,7 +166,7 @@ async def sign_in_demo(request: Request) -> Response:
     form = await _fields(request)  # before sign-in: the CSRF token is the sign-in flow's
     flow = web_session.signer(request).loads(request.cookies.get(web_session.FLOW_COOKIE)) or {}
     if not settings.demo_sign_in:
-        return render(request, "refused.html", 404, heading="Page not found", summary="There is no demo sign-in here",
+        return render(request, "refused.html", 404, session=None, heading="Page not found", summary="There is no demo sign-in here",
                       reason="This deployment signs in with NHS Care Identity.", back="/sign-in", back_text="Sign in")
     if not flow.get("csrf") or not secrets.compare_digest(str(flow["csrf"]), form.get("csrf_token", "")):
         return _bad_form(request)
@@ -251,7 +252,7 @@ def sign_in_callback(request: Request, code: str | None = None, state: str | Non
 
 @router.post("/sign-out")
 async def sign_out(request: Request) -> Response:
-    current = _signed_in(request)
+    current = await run_in_threadpool(_signed_in, request)  # it may ask the database
     if current is None:
         return _to_sign_in()
     form = await _form(request, current)
@@ -261,7 +262,7 @@ async def sign_out(request: Request) -> Response:
                             role=current.principal.role, org=current.principal.org, how=current.how, detail="signed out",
                             request_id=_request_id(request))
     resp = _to_sign_in("You have signed out.")
-    web_session.end(request, resp)
+    await run_in_threadpool(web_session.end, request, resp)
     return resp
 
 
@@ -287,7 +288,7 @@ def nhs_number_problem(raw: str) -> str | None:
 
 @router.post("/find")
 async def find_submit(request: Request) -> Response:
-    current = _signed_in(request)
+    current = await run_in_threadpool(_signed_in, request)  # it may ask the database
     if current is None:
         return _to_sign_in()
     form = await _form(request, current)
@@ -312,7 +313,7 @@ async def find_submit(request: Request) -> Response:
 async def find_ask(request: Request) -> Response:
     """The purpose chooser for a family found by NHS number (say, by the MASH, which has no
     relationship of its own and reaches a family only on a safeguarding basis)."""
-    current = _signed_in(request)
+    current = await run_in_threadpool(_signed_in, request)  # it may ask the database
     if current is None:
         return _to_sign_in()
     form = await _form(request, current)
@@ -351,7 +352,6 @@ def _find_by_name(request: Request, current: web_session.WebSession, form: dict[
 
 def _view(request: Request, principal: Principal, req: FamilyViewRequest):
     state = request.app.state
-    settle(state.db, state.settings)
     req.request_id = _request_id(request)
     ctx = FhirContext(principal, state.db, state.settings, state.settings.fhir_base(str(request.base_url)), state.ingest_hooks)
     return family_view(ctx, req)
@@ -421,7 +421,7 @@ def ask(request: Request, patient_id: str) -> Response:
 
 @router.post("/family/{patient_id}/ask")
 async def ask_submit(request: Request, patient_id: str) -> Response:
-    current = _signed_in(request)
+    current = await run_in_threadpool(_signed_in, request)  # it may ask the database
     if current is None:
         return _to_sign_in()
     form = await _form(request, current)

@@ -1,6 +1,7 @@
 """The page session: a signed cookie holding who signed in (as the claims mapping made them)
 and the form token that every POST must echo (CSRF). HttpOnly, SameSite=Lax, Secure on https;
-it expires after Settings.web_session_minutes. Signed with HMAC-SHA256: the secret is
+it expires after Settings.web_session_minutes, or when its holder signs out (its id revoked in
+the database, so a copy of the cookie is refused too). Signed with HMAC-SHA256: the secret is
 Settings.web_session_secret, or in the embedded default one derived from the local signing key."""
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from datetime import datetime, timezone
+
 from fastapi import Request, Response
+from sqlalchemy import delete
 
 from app.auth.tokens import DEFAULT_SCOPES, LocalKey, Principal, Scope
 from app.settings import Settings
+from app.web.models import RevokedSession
 
 COOKIE = "familyview_session"
 FLOW_COOKIE = "familyview_signin"  # the OpenID sign-in under way: state, nonce, PKCE verifier
@@ -81,8 +86,15 @@ def signer(request: Request) -> Signer:
 
 
 def current(request: Request) -> WebSession | None:
+    """The request's session (read once a request: it asks the database whether it was revoked)."""
+    if "web_session" not in request.state._state:
+        request.state.web_session = _current(request)
+    return request.state.web_session
+
+
+def _current(request: Request) -> WebSession | None:
     data = signer(request).loads(request.cookies.get(COOKIE))
-    if data is None:
+    if data is None or not data.get("sid") or _revoked(request, str(data["sid"])):
         return None
     role = data["role"]
     principal = Principal(sub=data["sub"], role=role, org=data["org"], service=data.get("service"),
@@ -104,7 +116,19 @@ def start(request: Request, response: Response, principal: Principal, *, name: s
 
 
 def end(request: Request, response: Response) -> None:
+    """Sign out: the cookie deleted, and its session id revoked, so a copy of it is refused too."""
+    data = signer(request).loads(request.cookies.get(COOKIE))
+    if data is not None and data.get("sid"):
+        expires = datetime.fromtimestamp(float(data["exp"]), timezone.utc)
+        with request.app.state.db.session() as session:
+            session.execute(delete(RevokedSession).where(RevokedSession.expires_at < datetime.now(timezone.utc)))
+            session.merge(RevokedSession(sid=str(data["sid"]), expires_at=expires))
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax", secure=_secure(request))
+
+
+def _revoked(request: Request, sid: str) -> bool:
+    with request.app.state.db.session(readonly=True) as session:
+        return session.get(RevokedSession, sid) is not None
 
 
 def csrf_ok(session: WebSession, token: str | None) -> bool:

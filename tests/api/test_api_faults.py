@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,8 +22,9 @@ from sqlalchemy import create_engine, text
 
 from app.auth.tokens import mint_token
 from app.settings import PROJECT_ROOT, Settings
-from tests.conftest import GP_ORG, MATERNITY_ORG, PG_URL, free_port, new_database_url
+from tests.conftest import GP_ORG, MATERNITY_ORG, PG_URL, new_database_url
 from tests.fhirdata import family_bundle, nhs_numbers
+from tests.serve import ServeProcess
 
 PGDATA = os.environ.get("FAMILYVIEW_TEST_PGDATA")
 PG_BIN = os.environ.get("FAMILYVIEW_TEST_PG_BIN")
@@ -41,51 +41,18 @@ def pg_url(tmp_path, sqlite_template, pg_template):
     drop()
 
 
+def _serve(url: str, key: Path, log: Path) -> ServeProcess:
+    env = {"FAMILYVIEW_DATABASE_URL": url, "FAMILYVIEW_AUTH_LOCAL_KEY_PATH": str(key), "FAMILYVIEW_LOG_LEVEL": "WARNING",
+           "FAMILYVIEW_RATE_LIMIT_ENABLED": "false"}  # a few tokens stand for many clients here: the per-client limits are tested in tests/ops
+    return ServeProcess(env, "--dev-auth", log=log).wait_up()
+
+
 def restart_postgres() -> None:
     """pg_ctl restart -m fast: every connection is cut, the server is back when it returns."""
     cmd = [f"{PG_BIN}/pg_ctl", "-D", PGDATA, "-m", "fast", "-w", "-t", "60", "restart"]
     if os.getuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=90)
-
-
-class Server:
-    """`familyview serve` against one database, as an operator runs it."""
-
-    def __init__(self, url: str, key: Path, log: Path):
-        env = {**os.environ, "FAMILYVIEW_DATABASE_URL": url, "FAMILYVIEW_AUTH_LOCAL_KEY_PATH": str(key), "FAMILYVIEW_LOG_LEVEL": "WARNING",
-               "FAMILYVIEW_RATE_LIMIT_ENABLED": "false"}  # a few tokens stand for many clients here: the per-client limits are tested in tests/ops
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "app.cli", "serve", "--dev-auth", "--host", "127.0.0.1", "--port", str(self.port)]
-        self.log = open(log, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.base}/fhir/metadata", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, f"the server did not start: {log.read_text()[-2000:]}"
-            time.sleep(0.2)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 @dataclass
@@ -149,7 +116,7 @@ def _viewer(base: str, token: str, ledger: Ledger, stop: threading.Event) -> Non
                 time.sleep(0.05)
 
 
-def _load(server: Server, settings: Settings, numbers, ledger: Ledger):
+def _load(server: ServeProcess, settings: Settings, numbers, ledger: Ledger):
     stop = threading.Event()
     source = mint_token(settings, role="source-system", org=MATERNITY_ORG, service="maternity")
     gp = mint_token(settings, role="gp", org=GP_ORG)
@@ -179,7 +146,7 @@ def test_sigkill_and_database_restart_under_load_lose_no_acknowledged_bundle(pg_
     ledger = Ledger()
 
     # 1. the server SIGKILLed while eight clients post transactions
-    server = Server(pg_url, key_path, tmp_path / "serve-1.log")
+    server = _serve(pg_url, key_path, tmp_path / "serve-1.log")
     finish = _load(server, settings, numbers, ledger)
     try:
         _wait_for(ledger, 20, 120, "before the SIGKILL")
@@ -191,7 +158,7 @@ def test_sigkill_and_database_restart_under_load_lose_no_acknowledged_bundle(pg_
     killed_at = ledger.acks()
 
     # 2. a new server; the database restarted while the clients post again
-    server = Server(pg_url, key_path, tmp_path / "serve-2.log")
+    server = _serve(pg_url, key_path, tmp_path / "serve-2.log")
     finish = _load(server, settings, numbers, ledger)
     try:
         _wait_for(ledger, killed_at + 20, 120, "before the database restart")

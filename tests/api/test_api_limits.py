@@ -415,3 +415,35 @@ def test_a_restricted_related_person_is_redacted_for_an_administrator(live):
     admin = live.client("admin", "X26")
     _no_secrets(admin.get("/RelatedPerson", params={"patient": f"Patient/{baby}"}).text)
     _no_secrets(admin.get(f"/RelatedPerson/{r.json()['id']}").text)
+
+
+def test_a_restricted_mothers_home_and_phone_are_not_read_on_her_baby_or_her_partner(live):
+    """Scenario 8 on the REST reads, as the family view does it: her baby's record (maternity's)
+    carries her home and mobile, and so does the record of the partner she lives with; another
+    organisation reads neither there, while what is the baby's own (another address) stays,
+    and maternity reads its records whole."""
+    mat = live.source(MATERNITY_ORG, "maternity")
+    own_home = {"use": "old", "line": ["1 Nursery Lane"], "postalCode": "LS2 7AA"}
+    baby = mat.post("/Patient", json=patient("Cradle", "Mia", nhs=nhs(), address=[SECRET_ADDRESS, own_home], telecom=[SECRET_PHONE]),
+                    headers=CT).json()["id"]
+    mother = _restricted_mother(nhs(), "R", "m-" + uuid.uuid4().hex[:6])
+    mum = mat.post("/Patient", json=mother, headers=CT).json()["id"]
+    mth = {"resourceType": "RelatedPerson", "patient": {"reference": f"Patient/{baby}"},
+           "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "MTH"}]}],
+           "identifier": mother["identifier"][:1], "name": mother["name"], "gender": "female", "birthDate": mother["birthDate"]}
+    assert mat.post("/RelatedPerson", json=mth, headers=CT).status_code == 201
+    partner = {"resourceType": "RelatedPerson", "patient": {"reference": f"Patient/{mum}"},
+               "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "FTH"}]}],
+               "name": [{"family": "Cradle", "given": ["Sam"]}], "gender": "male", "address": [SECRET_ADDRESS],
+               "telecom": [SECRET_PHONE, {"system": "phone", "value": "07700 900456"}]}
+    partner_id = mat.post("/RelatedPerson", json=partner, headers=CT).json()["id"]
+    admin = live.client("admin", "X26")
+    for r in (admin.get(f"/Patient/{baby}"), admin.get("/Patient", params={"family": "Cradle"}),
+              admin.get(f"/RelatedPerson/{partner_id}"), admin.get("/RelatedPerson", params={"patient": f"Patient/{mum}"})):
+        assert r.status_code == 200, r.text
+        _no_secrets(r.text)
+        assert "REDACTED" in r.text
+    read = admin.get(f"/Patient/{baby}").json()
+    assert read["address"] == [own_home] and "telecom" not in read and read["name"][0]["family"] == "Cradle"
+    assert admin.get(f"/RelatedPerson/{partner_id}").json()["telecom"] == [{"system": "phone", "value": "07700 900456"}]
+    assert "Refuge Row" in mat.get(f"/Patient/{baby}").text and "Refuge Row" in mat.get(f"/RelatedPerson/{partner_id}").text

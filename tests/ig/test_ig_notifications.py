@@ -7,10 +7,7 @@ its delivery status."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +21,7 @@ from app.demo.scenarios import GP_FAMILY, GP_FATHERS, HEALTH_VISITING, IG_ORG, N
 from app.ig.notifications import NOTIFICATION_ID_SYSTEM
 from tests.conftest import free_port, make_settings, start_server
 from tests.family.test_family_scenarios import JUSTIFICATION
+from tests.serve import ServeProcess
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,30 +75,6 @@ class Receiver:
         self.server.shutdown()
 
 
-class Familyview:
-    """`familyview serve` as its own process."""
-
-    def __init__(self, env: dict[str, str]):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--dev-auth", "--port", str(self.port)], cwd=ROOT,
-                                     env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.base}/fhir/metadata", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, self.proc.stderr.read().decode()[-2000:]
-            assert time.time() < deadline, "familyview did not start"
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
-
-
 def _ig_notifications(base: str, settings, **params) -> dict:
     r = _client(base, settings, "ig-officer", IG_ORG).get("/ig/notifications", params=params)
     assert r.status_code == 200, r.text
@@ -117,7 +91,7 @@ def test_delivery_survives_a_restart_between_failures_and_success(tmp_path, key_
     env = {"FAMILYVIEW_DATABASE_URL": url, "FAMILYVIEW_AUTH_LOCAL_KEY_PATH": str(key_path), "FAMILYVIEW_LOG_LEVEL": "WARNING",
            "FAMILYVIEW_NOTIFICATION_ENDPOINTS": json.dumps({GP_FATHERS.org: {"url": receiver.url, "kind": "fhir"}}),
            "FAMILYVIEW_NOTIFICATION_BACKOFF_SECONDS": "1.5", "FAMILYVIEW_NOTIFICATION_POLL_SECONDS": "0.1"}
-    server = Familyview(env)
+    server = ServeProcess(env, "--dev-auth", log=tmp_path / "serve-1.log").wait_up()
     try:
         load_demo(server.base, settings)
         event = _safeguarding_view(server.base, settings)
@@ -125,7 +99,7 @@ def test_delivery_survives_a_restart_between_failures_and_success(tmp_path, key_
         server.stop()  # ...and familyview stops before the third attempt is due
         time.sleep(0.5)
         assert len(receiver.bodies) == 2
-        server = Familyview(env)  # a new process: the outbox row is all it has
+        server = ServeProcess(env, "--dev-auth", log=tmp_path / "serve-2.log").wait_up()  # a new process: the outbox row is all it has
         receiver.wait_for(3)
         deadline = time.time() + 20
         while (found := _ig_notifications(server.base, settings))["notifications"][0]["status"] != "sent":

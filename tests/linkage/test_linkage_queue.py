@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
@@ -18,8 +19,8 @@ from sqlalchemy import create_engine, func, select, text
 from app.auth.tokens import mint_token
 from app.db import Database
 from app.ingest.service import EntryRequest, IngestService
-from app.linkage.models import Link, QueuedRecord
-from app.linkage.queue import drain, settle
+from app.linkage.models import Link, QueuedRecord, QueuedRecordKey
+from app.linkage.queue import drain, pending_for, settle, settle_records
 from app.linkage.hooks import LinkageHook
 from app.linkage.service import linked_person_id
 from app.settings import PROJECT_ROOT, Settings
@@ -37,6 +38,10 @@ def queued(database_url, key_path) -> Settings:
 def _queue(database) -> list[tuple[str, str]]:
     with database.session(readonly=True) as s:
         return [tuple(r) for r in s.execute(select(QueuedRecord.res_type, QueuedRecord.res_id).order_by(QueuedRecord.id))]
+
+
+def pending_ids(session, refs) -> list[int]:
+    return sorted(pending_for(session.connection(), refs) or [])
 
 
 def _links(database) -> int:
@@ -91,7 +96,7 @@ def test_a_record_written_twice_before_the_drain_is_linked_once_as_it_is_now(dat
 def test_every_reader_of_linkage_links_what_is_queued_first(queued):
     """No worker runs here (the app is served in-process): FHIR Person, the review queue and
     the family view each link what is queued before they read, so none sees a record
-    unlinked; an anonymous request is refused before anything is linked. (The family
+    unlinked (the family view, on PostgreSQL, only the records that could join the family); an anonymous request is refused before anything is linked. (The family
     scenarios run the view's content on PostgreSQL, where queued is the default.)"""
     base, app, _, stop = start_server(queued)
     db = app.state.db
@@ -121,10 +126,16 @@ def test_every_reader_of_linkage_links_what_is_queued_first(queued):
         assert admin.get("/linkage/candidates").status_code == 200
         assert _queue(db) == []
 
-        create(gp, person("Patient", "Tom", "Smith", "1999-01-01", nhs=next_nhs()))
+        # the family view settles what could join her family (on PostgreSQL nothing else: it
+        # never waits for a bulk load of others; SQLite's reader settles the whole queue)
+        unrelated = create(gp, person("Patient", "Tom", "Brown", "1989-01-01", nhs=next_nhs(), postcode="BD1 1AA"))
+        her_gp_record = create(gp, person("Patient", "Emma", "Taylor", "1999-09-09", gender="female", postcode="LS6 2AB"))
         r = hv.get(f"/fhir/{mum}/$family-view", params={"purpose": "direct-care"})
         assert r.status_code == 403, r.text  # no relationship with her: refused, but only after linking
-        assert _queue(db) == []
+        with db.session(readonly=True) as s:
+            assert linked_person_id(s, *her_gp_record.split("/")) == linked_person_id(s, *mum.split("/")) is not None
+        assert _queue(db) == ([tuple(unrelated.split("/"))] if db.dialect == "postgresql" else [])
+        settle(db, queued)
 
         create(gp, person("Patient", "Zoe", "Smith", "1999-01-02", nhs=next_nhs()))
         assert httpx.get(f"{base}/fhir/Person", params={"link": rp}).status_code == 401
@@ -159,6 +170,54 @@ def test_a_reader_waits_for_the_batch_another_drainer_holds(database, queued):
     with database.session(readonly=True) as s:
         assert linked_person_id(s, "Patient", ref.res_id) is not None
     assert _queue(database) == []
+
+
+@pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL")
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_family_reader_waits_for_its_familys_linking_not_for_a_bulk_load_of_others(database, queued):
+    """settle_records (the family view's settle) follows the blocking keys: a queued record
+    sharing a key with the family's records, or with another queued record that does
+    (transitively), is linked first, and waited for when a worker holds it; a batch of
+    unrelated records a worker holds is neither waited for nor linked."""
+    def write(body, org=GP_ORG, service="general-practice"):
+        with database.session() as s:
+            svc = IngestService(s, _source(org, service), queued, [LinkageHook(queued)], base="http://test/fhir")
+            return ("Patient", svc.write_one(EntryRequest(0, "POST", "Patient", body, in_bundle=False)).res_id)
+
+    mum = write(person("Patient", "Emma", "Taylor", "1999-09-09", gender="female", nhs=next_nhs(), postcode="LS6 2AB"), MATERNITY_ORG, "maternity")
+    settle(database, queued)
+    bulk = [write(person("Patient", "Robyn", "Nearduplicate", "2026-10-01", gender="female", nhs=next_nhs(), postcode="LS1 4AP")) for _ in range(5)]
+    gp_id = ("https://fhir.gp.example.nhs.uk/Id/local", uuid.uuid4().hex[:12])
+    her_gp = write(person("Patient", "Emma", "Taylor", "1999-09-09", gender="female", postcode="LS6 2AB", local=gp_id))  # shares her keys
+    # no key shared with her, only the GP's local identifier with her GP record: settled too
+    via_gp = write(person("Patient", "Emmy", "Jones", "1980-01-01", gender="female", postcode="M1 1AA", local=gp_id), "RHV01", "health-visiting")
+    with database.session(readonly=True) as s:
+        queued_ids = dict((r.res_id, r.id) for r in s.execute(select(QueuedRecord.id, QueuedRecord.res_id)))
+        assert pending_ids(s, [mum]) == sorted(queued_ids[r[1]] for r in (her_gp, via_gp))
+        assert pending_ids(s, [via_gp]) == pending_ids(s, [mum])
+        assert set(pending_ids(s, bulk[:1])) == {queued_ids[i] for _, i in bulk}  # near-duplicates share keys
+
+    holder = create_engine(queued.database_url)
+    conn = holder.connect()
+    bulk_ids = [r[0] for r in conn.execute(text("SELECT id FROM linkage_queue WHERE res_id = ANY(:ids) FOR UPDATE"), {"ids": [i for _, i in bulk]})]
+    try:
+        t0 = time.perf_counter()
+        settle_records(database, queued, [mum])  # a worker holds the bulk batch: not waited for
+        assert time.perf_counter() - t0 < 5
+        with database.session(readonly=True) as s:
+            assert linked_person_id(s, *her_gp) == linked_person_id(s, *mum) is not None
+            assert linked_person_id(s, *via_gp) is not None
+            assert all(linked_person_id(s, *b) is None for b in bulk)
+    finally:
+        conn.rollback()
+        conn.close()
+        holder.dispose()
+    assert sorted(_queue(database)) == sorted(bulk) and len(bulk_ids) == 5
+    with database.session() as s:  # their keys stay until they are linked, then go with them
+        assert s.scalar(select(func.count()).select_from(QueuedRecordKey).where(QueuedRecordKey.res_id.in_([i for _, i in bulk])))
+    settle(database, queued)
+    with database.session(readonly=True) as s:
+        assert s.scalar(select(func.count()).select_from(QueuedRecordKey)) == 0
 
 
 @pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL")

@@ -4,9 +4,6 @@ lives beside the database, and no token lives longer than the configured maximum
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,53 +15,33 @@ from app.auth.tokens import LocalKey, TokenVerifier, mint_token
 from app.errors import FhirError
 from app.migrate import upgrade
 from app.settings import PROJECT_ROOT, Settings
-from tests.conftest import HV_ORG, free_port
+from tests.conftest import HV_ORG
+from tests.serve import ServeProcess
 
 TEN_YEARS_MINUTES = 5_256_000
 
 
-def _serve(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.Popen, str, Path]:
+def _serve(tmp_path: Path, *args: str, **env: str) -> tuple[ServeProcess, Path]:
+    """serve on a new SQLite database, with none of this process's FAMILYVIEW_ settings."""
     db = tmp_path / "fv.db"
     if not db.exists():
         upgrade(f"sqlite:///{db}")
-    port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FAMILYVIEW_")}
-    full_env.update({"FAMILYVIEW_DATABASE_URL": f"sqlite:///{db}", "FAMILYVIEW_LOG_FORMAT": "json", **env})
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), *args], cwd=PROJECT_ROOT,
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return proc, f"http://127.0.0.1:{port}", db
-
-
-def _wait_up(proc: subprocess.Popen, base: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError("the server did not start")
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    proc.terminate()
-    _, err = proc.communicate(timeout=30)
-    return err
+    env = {"FAMILYVIEW_DATABASE_URL": f"sqlite:///{db}", "FAMILYVIEW_LOG_FORMAT": "json", **env}
+    return ServeProcess(env, *args, log=tmp_path / "serve.log", clean=True), db
 
 
 def test_serve_refuses_to_start_without_an_issuer(tmp_path):
-    proc, base, db = _serve(tmp_path)
-    rc = proc.wait(timeout=60)
-    err = proc.stderr.read()
+    server, db = _serve(tmp_path)
+    rc = server.proc.wait(timeout=60)
+    err = server.output()
     assert rc == 2 and "Refusing to start" in err and "--dev-auth" in err, err
     assert not (tmp_path / "fv-signing-key.pem").exists()  # and no key was made
 
 
 def test_serve_with_dev_auth_logs_it_loudly_and_keeps_the_key_beside_the_database(tmp_path):
-    proc, base, db = _serve(tmp_path, "--dev-auth")
+    server, db = _serve(tmp_path, "--dev-auth")
+    base = server.wait_up().base
     try:
-        _wait_up(proc, base)
         key = tmp_path / "fv-signing-key.pem"
         settings = Settings(database_url=f"sqlite:///{db}")
         assert settings.local_key_path == key
@@ -78,7 +55,7 @@ def test_serve_with_dev_auth_logs_it_loudly_and_keeps_the_key_beside_the_databas
         foreign = mint_token(other, role="health-visitor", org=HV_ORG)
         assert httpx.get(base + "/fhir/Patient", headers={"Authorization": f"Bearer {foreign}"}).status_code == 401
     finally:
-        err = _stop(proc)
+        err = server.stop()
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     warning = [x for x in lines if x.get("event") == "dev-auth"]
     assert warning and warning[0]["level"] == "WARNING" and "DEVELOPMENT AUTH" in warning[0]["message"], err[-2000:]
@@ -86,13 +63,13 @@ def test_serve_with_dev_auth_logs_it_loudly_and_keeps_the_key_beside_the_databas
 
 
 def test_serve_with_an_issuer_needs_no_dev_auth_and_trusts_no_local_key(tmp_path):
-    proc, base, db = _serve(tmp_path, FAMILYVIEW_AUTH_JWKS_URL="http://127.0.0.1:9/jwks", FAMILYVIEW_AUTH_ISSUER="https://idp.example.nhs.uk")
+    server, db = _serve(tmp_path, FAMILYVIEW_AUTH_JWKS_URL="http://127.0.0.1:9/jwks", FAMILYVIEW_AUTH_ISSUER="https://idp.example.nhs.uk")
+    base = server.wait_up().base
     try:
-        _wait_up(proc, base)
         local = mint_token(Settings(database_url=f"sqlite:///{db}"), role="health-visitor", org=HV_ORG)
         assert httpx.get(base + "/fhir/Patient", headers={"Authorization": f"Bearer {local}"}).status_code == 401
     finally:
-        err = _stop(proc)
+        err = server.stop()
     assert "DEVELOPMENT AUTH" not in err
 
 

@@ -71,6 +71,20 @@ def test_a_tampered_session_is_no_session(live):
     assert r.status_code == 303 and r.headers["location"] == "/sign-in"
 
 
+def test_signing_out_revokes_the_session_so_a_copied_cookie_is_refused(live):
+    """The session is a signed cookie: signing out deletes it in the browser and revokes its id
+    on the server, so a copy taken before (another tab, a shared machine, a stolen cookie)
+    opens nothing afterwards; another session of the same user is not affected."""
+    c, other = _signed_in(live), _signed_in(live)
+    copied = c.cookies[COOKIE]
+    assert c.post("/sign-out", data={"csrf_token": _csrf(c)}).status_code == 303
+    thief = httpx.Client(base_url=live.base_url, headers={"Accept": "text/html"}, cookies={COOKIE: copied})
+    r = thief.get("/find")
+    assert r.status_code == 303 and r.headers["location"] == "/sign-in"
+    assert thief.post("/find", data={"by": "nhs-number", "nhs_number": N["s1_infant"]}).status_code == 303
+    assert other.get("/find").status_code == 200
+
+
 def test_no_demo_sign_in_where_a_provider_is_configured(database_url, key_path):
     settings = make_settings(database_url, key_path, oidc_discovery_url="http://127.0.0.1:9/.well-known/openid-configuration",
                              oidc_client_id="x", web_session_secret="s" * 32)
