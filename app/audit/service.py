@@ -615,7 +615,9 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
             column = _body_problem(r, event, recorded)
             if column:
                 return broken(seq, event_id, f"its searchable column {column} disagrees with its body (a column was altered)")
-            if sorted(index.get(seq, ())) != index_from_body(event):
+            stored_rows = index.get(seq, [])
+            # (SQLite stores any type: a value that is not text is not the body's, and does not sort beside text)
+            if any(type(p) is not str or type(v) is not str for p, v in stored_rows) or sorted(stored_rows) != index_from_body(event):
                 return broken(seq, event_id, "its audit_index search rows disagree with its body (index rows were altered, inserted or deleted)")
             prev_hash = row_hash
             anchor_seen = anchor_seen or row_hash == expect_head
