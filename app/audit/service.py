@@ -433,7 +433,6 @@ def _fast_sql(dialect: str) -> tuple[str, str]:
                                odd="count(*)", where="(typeof(param) <> 'text' OR typeof(value) <> 'text') AND "))
 
 
-
 def _sqlite_recorded(stored: Any) -> str | None:
     """A SQLite row's instant as the chain hashes it; None when it is not an instant."""
     if isinstance(stored, str) and _SQLITE_INSTANT.fullmatch(stored):
@@ -506,9 +505,9 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
     head table against the events (the newest events deleted); and, when given, the anchor an
     IG officer kept from an earlier verify.
 
-    Each batch is first checked the fast way (_FAST: one statement brings each event with its
-    head row and its search rows folded into one string; the body read typed by msgspec, no
-    dicts). Any doubt there (a check that fails, a body of another shape) and the same batch is
+    Each batch is first checked the fast way (_FAST_EVENTS brings each event with its head
+    row's hash, _FAST_INDEX all the batch's search rows folded into one string; bodies read
+    typed by msgspec, no dicts; the next batch fetched meanwhile on a second thread). Any doubt there (a check that fails, a body of another shape) and the same batch is
     walked again the exact way (orjson dicts, columns_from_body, index_from_body), which names
     the problem: the fast way only ever says a batch is clean."""
     dialect = session.get_bind().dialect.name
