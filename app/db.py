@@ -12,6 +12,7 @@ from itertools import chain
 from contextlib import contextmanager
 from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -64,7 +65,30 @@ def make_engine(url: str, *, statement_timeout_ms: int = 0) -> Engine:
 
         return engine
     connect_args = {"options": f"-c statement_timeout={int(statement_timeout_ms)}"} if statement_timeout_ms > 0 else {}
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args)
+    if engine.dialect.driver == "psycopg":
+        engine.dialect.do_ping = _ping_outside_transaction(engine.dialect.do_ping)  # type: ignore[method-assign]
+    return engine
+
+
+def _ping_outside_transaction(default_ping):
+    """pool_pre_ping's check in one round trip: the dialect's opens a transaction first (BEGIN,
+    then the ping: two), and the request's first statements then find it open, so a first
+    pipeline (pipelined) cannot carry the BEGIN. A broken connection still fails the ping
+    (the driver marks it broken), and the pool replaces it."""
+    from psycopg.pq import TransactionStatus
+
+    def ping(dbapi_connection) -> bool:
+        if dbapi_connection.info.transaction_status != TransactionStatus.IDLE:
+            return default_ping(dbapi_connection)
+        dbapi_connection.autocommit = True
+        try:
+            dbapi_connection.execute(";")
+        finally:
+            dbapi_connection.autocommit = False
+        return True
+
+    return ping
 
 
 def plan_each_execution(conn: Connection) -> None:
@@ -75,7 +99,15 @@ def plan_each_execution(conn: Connection) -> None:
     array per row read, 17 ms instead of 1.6 ms for one Bundle's source keys. Reads (the
     family view's dozen small queries) keep their prepared plans."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+        conn.exec_driver_sql(CUSTOM_PLANS)
+
+
+CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"  # plan_each_execution's statement, for a pipeline
+
+
+def plan_each_execution_first(conn: Connection) -> list[tuple[Any, dict[str, Any]]]:
+    """plan_each_execution as the first statement of a pipeline (see pipelined): no round trip of its own."""
+    return [(CUSTOM_PLANS, {})] if conn.dialect.name == "postgresql" else []
 
 
 def plan_once_per_statement(conn: Connection) -> None:
@@ -163,16 +195,17 @@ def _json_default(value):
     raise TypeError
 
 
-def insert_tables(conn: Connection, batches: list[tuple[Table, list[dict]]]) -> None:
+def insert_tables(conn: Connection, batches: list[tuple[Table, list[dict]]], then: tuple[str, ...] = ()) -> None:
     """Bulk insert into several tables, in the order given. On PostgreSQL every table's rows
     go as one JSON array bound to one `INSERT ... SELECT ... FROM json_populate_recordset`,
     and all the tables' statements in one pipeline: one round trip to the server for all of
     them (COPY took two per table, and a Bundle fills seven tables; on a busy machine each
     round trip waits for the server's turn on a core). The rows are taken in array order,
-    so rows sorted to take unique keys in one order still do. On SQLite, insert_rows' way
-    per table (no round trips there)."""
+    so rows sorted to take unique keys in one order still do. `then`: statements without
+    parameters run after the inserts in the same pipeline (PostgreSQL only: a NOTIFY). On
+    SQLite, insert_rows' way per table (no round trips there)."""
     batches = [(t, rows) for t, rows in batches if rows]
-    if not batches:
+    if not batches and not then:
         return
     dialect = conn.dialect
     if dialect.name != "postgresql":
@@ -191,8 +224,62 @@ def insert_tables(conn: Connection, batches: list[tuple[Table, list[dict]]]) -> 
         with driver.pipeline(), driver.cursor() as cur:
             for statement, data in statements:
                 cur.execute(statement, (data,), prepare=False)
+            for statement in then:
+                cur.execute(statement, prepare=False)
     except dialect.loaded_dbapi.Error as err:  # as SQLAlchemy raises it (IntegrityError: a racing writer)
-        raise DBAPIError.instance("; ".join(s for s, _ in statements), None, err, dialect.loaded_dbapi.Error) from err
+        raise DBAPIError.instance("; ".join([s for s, _ in statements] + list(then)), None, err, dialect.loaded_dbapi.Error) from err
+
+
+_DRIVER_SQL: dict[int, tuple[Any, str, dict[str, Any]]] = {}
+
+
+def _driver_sql(dialect, statement) -> tuple[str, dict[str, Any]]:
+    """A statement built once (at import) compiled once for the driver: its SQL and bind processors."""
+    cached = _DRIVER_SQL.get(id(statement))
+    if cached is None or cached[0] is not statement:
+        compiled = statement.compile(dialect=dialect)
+        cached = _DRIVER_SQL[id(statement)] = (statement, str(compiled), dict(compiled._bind_processors))
+    return cached[1], cached[2]
+
+
+def pipelined(conn: Connection, statements: list[tuple[Any, dict[str, Any]]]) -> list[list[Any]]:
+    """Run statements in order and return each one's rows (named tuples; [] for a statement
+    without rows). On PostgreSQL they go in one pipeline: one round trip for all of them, the
+    transaction's BEGIN too when they open it (each still runs after the one before it, with its
+    own snapshot, so a lock taken by one holds for the next). A statement is a Core statement
+    built once at import, or plain SQL text without parameters. Errors are raised as SQLAlchemy
+    raises them (IntegrityError, OperationalError, ...). Elsewhere, one after another."""
+    if conn.dialect.name != "postgresql":
+        out = []
+        for statement, params in statements:
+            result = conn.exec_driver_sql(statement) if isinstance(statement, str) else conn.execute(statement, params)
+            out.append(result.all() if result.returns_rows else [])
+        return out
+    from psycopg.rows import namedtuple_row
+
+    dialect = conn.dialect
+    prepared = []
+    for statement, params in statements:
+        if isinstance(statement, str):
+            prepared.append((statement, None))
+            continue
+        sql, processors = _driver_sql(dialect, statement)
+        prepared.append((sql, {k: processors[k](v) if k in processors else v for k, v in params.items()}))
+    driver = conn.connection.driver_connection
+    try:
+        with driver.pipeline() as pipe:
+            cursors = []
+            for sql, params in prepared:
+                cur = driver.cursor(row_factory=namedtuple_row)
+                cur.execute(sql, params, prepare=False)  # unnamed: planned with its values
+                cursors.append(cur)
+            pipe.sync()
+            out = [cur.fetchall() if cur.description is not None else [] for cur in cursors]
+            for cur in cursors:
+                cur.close()
+            return out
+    except dialect.loaded_dbapi.Error as err:  # as SQLAlchemy raises it
+        raise DBAPIError.instance("; ".join(s for s, _ in prepared), None, err, dialect.loaded_dbapi.Error) from err
 
 
 def _insert_sqlite(conn: Connection, table: Table, rows: list[dict]) -> None:

@@ -35,7 +35,7 @@ STAGES = [
     ("source keys", [("app/ingest/service.py", "_dedupe_by_source_key"), ("app/ingest/service.py", "_new_source_keys")]),
     ("references", [("app/ingest/service.py", "_rewrite_references"), ("app/ingest/service.py", "_check_exist")]),
     ("inserts", [("app/ingest/service.py", "_flush")]),
-    ("audit", [("app/audit/balp.py", "record"), ("app/ingest/service.py", "audit_consent_writes")]),
+    ("audit", [("app/audit/balp.py", "record"), ("app/audit/balp.py", "record_each")]),
     ("commit", [("sqlalchemy/orm/session.py", "commit")]),
     ]
 

@@ -226,6 +226,23 @@ def record(session: Session, access: AccessEvent) -> str:
     return access.event_id
 
 
+def record_each(session: Session, entries: list[tuple[dict[str, Any], audit_store.AuditColumns, Iterable[tuple[str, str]]]],
+                request_id: str = "") -> None:
+    """Append a few prepared events (``entry``) in one go (``audit_store.append_each``: one
+    round trip on PostgreSQL), in the caller's transaction."""
+    try:
+        audit_store.append_each(session, entries)
+    except SQLAlchemyError:
+        log.error("access refused: its audit event could not be written (request_id=%s)", request_id)
+        raise audit_unavailable() from None
+
+
+def entry(access: AccessEvent) -> tuple[dict[str, Any], audit_store.AuditColumns, list[tuple[str, str]]]:
+    """An access as the audit store appends it: its FHIR body, columns and search rows."""
+    event = access.to_fhir()
+    return event, access.columns(event), audit_store.index_from_body(event)
+
+
 def record_many(session: Session, accesses: list[AccessEvent]) -> None:
     """Append several events in one go (``audit_store.append_many``), in the caller's transaction."""
     entries = []

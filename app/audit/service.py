@@ -20,7 +20,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from app.audit.models import AuditHead, AuditIndex, AuditRecord
-from app.db import insert_rows
+from app.db import insert_rows, pipelined
 from app.urls import CANONICAL_BASE
 
 GENESIS = "0" * 64
@@ -78,20 +78,41 @@ _APPEND_PG = text(
 )
 
 
-def append(session: Session, event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> None:
-    """Append one AuditEvent to the chain, in the caller's transaction."""
-    conn = session.connection()
+_CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+
+
+def _append_pg_params(event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> dict[str, Any]:
     recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
     body = json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     entries = sorted({(p, v[:255]) for p, v in index if v})
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_KEY})
-        conn.execute(_APPEND_PG, {
-            "genesis": GENESIS, "event_id": event["id"], "recorded": recorded, "body": body,
-            "suffix": f"|{event['id']}|{_recorded_text(recorded)}|{body}",
-            "params": [p for p, _ in entries], "vals": [v for _, v in entries], **columns.__dict__,
-        })
+    return {
+        "genesis": GENESIS, "event_id": event["id"], "recorded": recorded, "body": body,
+        "suffix": f"|{event['id']}|{_recorded_text(recorded)}|{body}",
+        "params": [p for p, _ in entries], "vals": [v for _, v in entries], **columns.__dict__,
+    }
+
+
+def append_each(session: Session, entries: list[tuple[dict[str, Any], AuditColumns, Iterable[tuple[str, str]]]]) -> None:
+    """Append a few events, in order, as ``append`` one by one would; on PostgreSQL the chain
+    lock and every event's statement go in one round trip (a pipeline: each statement runs
+    after the one before it, so each reads the head the previous one wrote)."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        for entry in entries:
+            append(session, *entry)
         return
+    pipelined(conn, [(_CHAIN_LOCK, {"k": _CHAIN_LOCK_KEY})] + [(_APPEND_PG, _append_pg_params(*entry)) for entry in entries])
+
+
+def append(session: Session, event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> None:
+    """Append one AuditEvent to the chain, in the caller's transaction."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":  # the chain lock and the append in one round trip
+        pipelined(conn, [(_CHAIN_LOCK, {"k": _CHAIN_LOCK_KEY}), (_APPEND_PG, _append_pg_params(event, columns, index))])
+        return
+    recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
+    body = json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    entries = sorted({(p, v[:255]) for p, v in index if v})
     prev_hash = conn.execute(_LAST_HASH).scalar() or GENESIS  # SQLite: BEGIN IMMEDIATE serialises writers
     digest = chain_hash(prev_hash, event["id"], _recorded_text(recorded), body)
     seq = conn.execute(

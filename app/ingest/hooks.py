@@ -25,5 +25,10 @@ class IngestHook(Protocol):
     def prepare(self, resource: dict[str, Any]) -> None:
         """Adjust a resource before it is stored (e.g. stamp security labels)."""
 
+    def stored_with(self, session: Session, written: list[Written]) -> tuple[list, tuple[str, ...]]:
+        """Rows to insert with the write's own, in the same round trip ((table, rows) pairs for
+        insert_tables, and statements without parameters to run after them): e.g. the linkage
+        queue's entries and its NOTIFY. ([], ()) for none."""
+
     def after_write(self, session: Session, written: list[Written]) -> None:
-        """Work that must commit or fail with the write (e.g. record linkage, or queueing it)."""
+        """Work that must commit or fail with the write (e.g. record linkage)."""

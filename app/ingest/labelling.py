@@ -17,5 +17,8 @@ class SecurityLabelHook:
             meta = resource.setdefault("meta", {})
             meta["security"] = list(meta.get("security") or []) + labels
 
+    def stored_with(self, session: Session, written: list[Written]) -> tuple[list, tuple[str, ...]]:
+        return [], ()
+
     def after_write(self, session: Session, written: list[Written]) -> None:
         return None

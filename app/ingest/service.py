@@ -11,16 +11,15 @@ from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.exc import DataError, SQLAlchemyError
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from app.audit import balp
-from app.audit import service as audit_store
 from app.audit.events import consent_write_event
 from app.auth import access
 from app.auth.access import require
 from app.auth.tokens import Principal
-from app.db import in_list, insert_tables, new_id, plan_each_execution
+from app.db import in_list, insert_tables, new_id, pipelined, plan_each_execution_first
 from app.errors import FhirError, bad_request, unprocessable
 from app.family.graph import as_shown  # a Bundle's GET entries are read as GET requests are
 from app.fhir import store
@@ -226,13 +225,6 @@ def _unique_key_order(e: EntryRequest) -> tuple:
     return (0, res_type, min(idents) if idents else ("", ""), e.url)
 
 
-def audit_consent_writes(session: Session, principal: Principal, written: list[Written]) -> None:
-    try:
-        audit_store.append(session, *consent_write_event(principal, written))
-    except SQLAlchemyError:
-        raise balp.audit_unavailable() from None
-
-
 def write_event(principal: Principal, interaction: str, written: list[Written], request_id: str = "") -> balp.AccessEvent:
     """The BALP create/update (or transaction) event of one write: an entity per record
     stored, and a patient entity per data subject the records are about."""
@@ -267,6 +259,7 @@ class IngestService:
         self.settings = settings
         self.hooks = hooks or []
         self._custom_plans = False
+        self.limits = ResourceLimits.of(settings)  # read once, not per entry
         self.interaction: str | None = None  # transaction | batch entry | plain create/update: how the audit names it
         self.request_id = ""
 
@@ -339,13 +332,9 @@ class IngestService:
 
     def _apply_writes(self, reqs: list[EntryRequest], *, allow_urn: bool) -> list[EntryResult]:
         types = [self._check_entry(r) for r in reqs]  # before the first statement: see _check_entry
-        if not self._custom_plans:
-            plan_each_execution(self.session.connection())
-            self._custom_plans = True
-        targets = {tuple(parts) for r in reqs if r.method == "PUT" and "?" not in r.url and len(parts := r.url.strip("/").split("/")) == 2}
-        current = {(row.res_type, row.res_id): row for row in current_rows(self.session.connection(), targets)}  # one look-up for every PUT
+        current, key_rows = self._first_lookups(reqs, types)
         plans = [self._plan(r, t, current) for r, t in zip(reqs, types)]
-        known_keys = self._dedupe_by_source_key(plans)
+        known_keys = self._dedupe_by_source_key(plans, key_rows)
         if len(plans) > 1:
             _check_no_overlap(plans)
         # Map fullUrl -> literal reference for the entries that will exist after this bundle.
@@ -372,6 +361,26 @@ class IngestService:
         self._check_exist(outside)
         self._check_consent_recorders(plans)
         return self._store(plans, known_keys)
+
+    def _first_lookups(self, reqs: list[EntryRequest], types: list[str]) -> tuple[dict[tuple[str, str], Any], list]:
+        """The current rows of every PUT's target and this source's keys for every identifier
+        sent, read together (on PostgreSQL in one round trip, with the transaction's BEGIN and
+        plan_each_execution): the dedupe keeps the keys of the entries it writes."""
+        conn = self.session.connection()
+        statements = []
+        if not self._custom_plans:
+            statements += plan_each_execution_first(conn)
+            self._custom_plans = True
+        targets = {tuple(parts) for r in reqs if r.method == "PUT" and "?" not in r.url and len(parts := r.url.strip("/").split("/")) == 2}
+        keys = {(t, s, v) for r, t in zip(reqs, types) for s, v in identifiers_of(r.resource or {})}
+        if targets:
+            statements.append((_CURRENT_ROWS, {"types": sorted({t for t, _ in targets}), "ids": sorted({i for _, i in targets})}))
+        if keys:
+            statements.append((_SOURCE_KEYS, {"org": self.principal.org, "values": sorted({k[2] for k in keys})}))
+        results = pipelined(conn, statements) if statements else []
+        key_rows = [r for r in results.pop() if (r.res_type, r.system, r.value) in keys] if keys else []
+        current = {(r.res_type, r.res_id): r for r in results.pop() if (r.res_type, r.res_id) in targets} if targets else {}
+        return current, key_rows
 
     def _check_consent_recorders(self, plans: list[_Plan]) -> None:
         """A Consent speaks for the records of the organisation that recorded it, so it must name
@@ -437,7 +446,7 @@ class IngestService:
             )
         require(self.principal, res_type, "c" if req.method == "POST" else "u")
         try:
-            validate_resource(req.resource, expected_type=res_type, limits=ResourceLimits.of(self.settings))
+            validate_resource(req.resource, expected_type=res_type, limits=self.limits)
         except FhirError as err:
             raise err.prefixed(prefix, f"entry {req.index}") if req.in_bundle else err
         access.check_type(self.principal, "fhir.write", res_type)  # e.g. only a source system records a Consent
@@ -492,14 +501,15 @@ class IngestService:
         result = store.search(self.session, self.principal, res_type, criteria, default_count=2, max_count=2, limits=SearchLimits.of(self.settings))
         return result.rows
 
-    def _dedupe_by_source_key(self, plans: list[_Plan]) -> dict[tuple, str]:
+    def _dedupe_by_source_key(self, plans: list[_Plan], key_rows: list) -> dict[tuple, str]:
         """A POST of a record this source already sent (same type and identifier) updates it.
 
-        Returns the source keys this source already holds for every identifier being
-        written ((org, type, system, value) -> id), so that storing needs no second look."""
+        `key_rows` are this source's keys for every identifier sent (_first_lookups). Returns
+        those of the identifiers being written ((org, type, system, value) -> id), so that
+        storing needs no second look."""
         org = self.principal.org
         written = {(p.res_type, s, v) for p in plans if p.noop_result is None for s, v in identifiers_of(p.req.resource or {})}
-        rows = source_keys(self.session.connection(), org, written)
+        rows = [r for r in key_rows if (r.res_type, r.system, r.value) in written]
         known = {(org, r.res_type, r.system, r.value): r.res_id for r in rows}
         wanted = {
             (p.res_type, s, v): p for p in plans if p.create and p.req.method in ("POST", "PUT") and p.noop_result is None
@@ -650,19 +660,29 @@ class IngestService:
                 new_keys.append({"source_org": row["source_org"], "res_type": p.res_type, "system": system, "value": value[:255], "res_id": p.res_id})
             written.append(Written(p.res_type, p.res_id, version, resource, existing is None, row["source_org"], self.principal.source_system))
             results.append(EntryResult(201 if existing is None else 200, p.res_type, p.res_id, version, now, resource))
-        self._flush(creates, updates, versions, rows, new_keys, known_keys)
+        extra: list = []
+        then: tuple[str, ...] = ()
+        for hook in self.hooks:  # e.g. the linkage queue's entries: inserted with the records
+            more, statements = hook.stored_with(self.session, written)
+            extra += more
+            then += statements
+        self._flush(creates, updates, versions, rows, new_keys, known_keys, extra, then)
         for hook in self.hooks:
             hook.after_write(self.session, written)
+        events = []
         consents = [w for w in written if w.res_type == "Consent"]
         if consents:  # a change to who may see a person's records is itself audited, in this transaction
-            audit_consent_writes(self.session, self.principal, consents)
+            events.append(consent_write_event(self.principal, consents))
         others = [w for w in written if w.res_type != "Consent"]  # a Consent's write is its consent-write event above
         if others:  # every write is audited in its own transaction: no audit, no write
             interaction = self.interaction or ("create" if all(w.created for w in others) else "update")
-            balp.record(self.session, write_event(self.principal, interaction, others, self.request_id))
+            events.append(balp.entry(write_event(self.principal, interaction, others, self.request_id)))
+        if events:  # appended together: one round trip on PostgreSQL
+            balp.record_each(self.session, events, self.request_id)
         return results
 
-    def _flush(self, creates, updates, versions, rows: IndexRows, new_keys, known_keys: dict[tuple, str] | None) -> None:
+    def _flush(self, creates, updates, versions, rows: IndexRows, new_keys, known_keys: dict[tuple, str] | None,
+               extra: list, then: tuple[str, ...]) -> None:
         s = self.session.connection()  # Core executemany: no ORM unit of work on the write path
         if updates:
             stmt = (
@@ -684,7 +704,8 @@ class IngestService:
             (SearchToken.__table__, rows.tokens), (SearchString.__table__, rows.strings),
             (SearchDate.__table__, rows.dates), (SearchReference.__table__, rows.references),
             (SourceKey.__table__, self._new_source_keys(new_keys, known_keys) if new_keys else []),
-        ])
+            *extra,
+        ], then)
 
     def _new_source_keys(self, keys: list[dict], known: dict[tuple, str] | None) -> list[dict]:
         """The source-key rows to insert: each written identifier as this source's key to the

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.ingest.hooks import Written
-from app.linkage.queue import enqueue
+from app.linkage.queue import queue_entries
 from app.linkage.service import LINKED_TYPES, LinkageService
 
 
@@ -28,11 +28,14 @@ class LinkageHook:
     def prepare(self, resource: dict[str, Any]) -> None:  # nothing to stamp
         return None
 
+    def stored_with(self, session: Session, written: list[Written]) -> tuple[list, tuple[str, ...]]:
+        """Queued: the records' queue entries, inserted with the write's own rows (one round trip)."""
+        mine = [w for w in written if w.res_type in LINKED_TYPES]
+        if not mine or not self.settings.linkage_queued:
+            return [], ()
+        return queue_entries(session.connection(), mine)
+
     def after_write(self, session: Session, written: list[Written]) -> None:
         mine = [w for w in written if w.res_type in LINKED_TYPES]
-        if not mine:
-            return
-        if self.settings.linkage_queued:
-            enqueue(session, mine)
-        else:
+        if mine and not self.settings.linkage_queued:  # queued: named in the queue with the write's rows (stored_with)
             LinkageService.from_settings(session, self.settings).link_written(mine)

@@ -34,11 +34,11 @@ from typing import Iterable, Iterator
 
 import orjson
 from fastapi import Depends, Request
-from sqlalchemy import delete, func, select
+from sqlalchemy import Integer, and_, bindparam, delete, func, select
 
 from app.auth.deps import get_principal
 from app.auth.tokens import Principal
-from app.db import Database, in_list, insert_rows, plan_each_execution
+from app.db import Database, in_list, insert_tables, pipelined, plan_each_execution_first
 from app.fhir.models import StoredResource
 from app.ingest.hooks import Written
 from app.linkage.matching import PersonRecord, blocking_keys
@@ -56,9 +56,22 @@ _R = StoredResource.__table__
 ANY_KEY = 0  # a queued record's key row when its keys are not known: every reader settles it
 BATCH = 1000  # records linked per transaction: a few Bundles' worth when the worker is behind
 
-_SEL_BATCH = select(_Q.c.id, _Q.c.res_type, _Q.c.res_id).order_by(_Q.c.id)
-_SEL_RESOURCES = select(_R.c.res_type, _R.c.res_id, _R.c.version_id, _R.c.body, _R.c.source_org, _R.c.source_system).where(
-    in_list(_R.c.res_id, "ids"), _R.c.deleted.is_(False))
+
+
+def _batch_query(wait: bool, by_ids: bool):
+    """A batch of queue entries (up to :up_to, of :ids when ``by_ids``, :batch of them, locked;
+    another drainer's skipped unless ``wait``) with each one's record, in queue order: one statement."""
+    entries = select(_Q.c.id, _Q.c.res_type, _Q.c.res_id).where(_Q.c.id <= bindparam("up_to"))
+    if by_ids:
+        entries = entries.where(in_list(_Q.c.id, "ids"))
+    entries = entries.order_by(_Q.c.id).limit(bindparam("batch", type_=Integer())).with_for_update(skip_locked=not wait).subquery("q")
+    record = and_(_R.c.res_type == entries.c.res_type, _R.c.res_id == entries.c.res_id, _R.c.deleted.is_(False))
+    return (select(entries.c.id, entries.c.res_type, entries.c.res_id, _R.c.version_id, _R.c.body, _R.c.source_org, _R.c.source_system)
+            .select_from(entries.outerjoin(_R, record)).order_by(entries.c.id))
+
+
+_SEL_BATCH = {(wait, by_ids): _batch_query(wait, by_ids) for wait in (False, True) for by_ids in (False, True)}
+_ALL = 2**62  # up_to when every entry is wanted
 _DEL_BATCH = delete(_Q).where(in_list(_Q.c.id, "qids"))
 # a drained record's keys go once no entry names it any more (a write queued meanwhile keeps them)
 _DEL_KEYS = delete(_QK).where(in_list(_QK.c.res_type, "types"), in_list(_QK.c.res_id, "ids"), ~(
@@ -72,11 +85,16 @@ def enqueue(session, written: list[Written]) -> None:
     """Name the written records in the queue, in the write's transaction (on PostgreSQL the
     worker is told at commit: NOTIFY is delivered then, and not at all on rollback)."""
     conn = session.connection()
+    insert_tables(conn, *queue_entries(conn, written))  # one round trip
+
+
+def queue_entries(conn, written: list[Written]) -> tuple[list, tuple[str, ...]]:
+    """enqueue's rows and statements, for a writer to insert with its own rows (insert_tables):
+    the queue table's rows, and on PostgreSQL the NOTIFY that wakes the worker at commit."""
     now = datetime.now(timezone.utc)
-    insert_rows(conn, _Q, [{"res_type": w.res_type, "res_id": w.res_id, "enqueued_at": now} for w in written])
-    insert_rows(conn, _QK, [{"key_hash": h, "res_type": w.res_type, "res_id": w.res_id} for w in written for h in _key_hashes(w)])
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+    notify = (f"NOTIFY {CHANNEL}",) if conn.dialect.name == "postgresql" else ()
+    return [(_Q, [{"res_type": w.res_type, "res_id": w.res_id, "enqueued_at": now} for w in written]),
+            (_QK, [{"key_hash": h, "res_type": w.res_type, "res_id": w.res_id} for w in written for h in _key_hashes(w)])], notify
 
 
 def _key_hashes(w: Written) -> set[int]:
@@ -93,28 +111,27 @@ def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch
     reader) waits for that drainer's transaction, so when it returns every entry up to
     ``up_to`` is linked. On SQLite, writers are serialised by BEGIN IMMEDIATE anyway."""
     done = 0
-    query = _SEL_BATCH.limit(batch).with_for_update(skip_locked=not wait)
-    if up_to is not None:
-        query = query.where(_Q.c.id <= up_to)
-    if ids is not None:
-        query = query.where(_Q.c.id.in_(sorted(ids)))
+    params = {"up_to": _ALL if up_to is None else up_to, "batch": batch, **({"ids": sorted(ids)} if ids is not None else {})}
+    query = _SEL_BATCH[wait, ids is not None]
     while True:
         with db.session() as session:
             conn = session.connection()
-            plan_each_execution(conn)  # linking binds arrays of key hashes, as the write path does
-            entries = conn.execute(query).all()
+            # linking binds arrays of key hashes, as the write path does: plan_each_execution,
+            # in one round trip with the batch (and the transaction's BEGIN) on PostgreSQL
+            entries = pipelined(conn, plan_each_execution_first(conn) + [(query, params)])[-1]
             if not entries:
                 return done
-            order = {(e.res_type, e.res_id): None for e in entries}  # each record once, in queue order
-            stored = {(r.res_type, r.res_id): r for r in conn.execute(_SEL_RESOURCES, {"ids": sorted({i for _, i in order})})}
+            stored = {}
+            for e in entries:  # each record once, in queue order
+                stored.setdefault((e.res_type, e.res_id), e)
             written = [
                 Written(r.res_type, r.res_id, r.version_id, orjson.loads(r.body), False, r.source_org, r.source_system)
-                for r in map(stored.get, order) if r is not None
+                for r in stored.values() if r.version_id is not None
             ]
             if written:
                 LinkageService.from_settings(session, settings).link_written(written)
-            conn.execute(_DEL_BATCH, {"qids": [e.id for e in entries]})
-            conn.execute(_DEL_KEYS, {"types": sorted({t for t, _ in order}), "ids": sorted({i for _, i in order})})
+            pipelined(conn, [(_DEL_BATCH, {"qids": [e.id for e in entries]}),  # one round trip
+                             (_DEL_KEYS, {"types": sorted({t for t, _ in stored}), "ids": sorted({i for _, i in stored})})])
         done += len(entries)
 
 

@@ -89,7 +89,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import balp
 from app.auth.tokens import Principal
-from app.db import in_list, insert_rows, new_id
+from app.db import in_list, insert_tables, new_id, pipelined
 from app.ingest.hooks import Written
 from app.linkage.choice import Candidate, Choice, Current, Member, choose, persons_to_check, score_candidate
 from app.linkage.matching import (
@@ -566,8 +566,7 @@ class LinkageService:
             items.append((w.res_type, w.res_id, rec, sorted({key_hash(k) for k in blocking_keys(rec)}), w.source_org))
         if not items:
             return []
-        self.lock_keys(h for item in items for h in item[3])
-        results = self._link_batch(items, AUTO_ACTOR)
+        results = self._link_batch(items, AUTO_ACTOR, lock=[h for item in items for h in item[3]])
         audit_decisions(self.session, results)
         return results
 
@@ -576,13 +575,15 @@ class LinkageService:
         keys = blocking_keys(rec) if keys is None else keys
         return self._link_batch([(res_type, res_id, rec, sorted({key_hash(k) for k in keys}), source_org)], actor)[0]
 
-    def _link_batch(self, items: list[tuple[str, str, PersonRecord, list[int], str]], actor: str) -> list[LinkResult]:
+    def _link_batch(self, items: list[tuple[str, str, PersonRecord, list[int], str]], actor: str,
+                    lock: list[int] | None = None) -> list[LinkResult]:
+        """Link the records; ``lock``: key hashes to lock first (lock_keys), with the first reads."""
         s = self.session
         if s.new or s.dirty or s.deleted:  # pending ORM changes (an admin operation) must be visible to Core reads
             s.flush()
         conn = s.connection()
         b = _Batch(self.max_comparisons_per_call, self.max_reviews_per_call)
-        self._prefetch(conn, b, items)
+        self._prefetch(conn, b, items, lock)
         results = [self._link_one(conn, b, res_type, res_id, rec, hashes, source_org, actor)
                    for res_type, res_id, rec, hashes, source_org in items]
         if b.capped:  # said once per call, so an administrator sees why fewer pairs were queued or compared
@@ -634,17 +635,48 @@ class LinkageService:
                 by_hash.setdefault(row[0], []).append(b.add_row(row[1:]))
         return {h: [r.ref for r in sorted(rows, key=_row_order)] for h, rows in by_hash.items()}, truncated
 
-    def _prefetch(self, conn, b: _Batch, items) -> None:
+    def _prefetch(self, conn, b: _Batch, items, lock: list[int] | None = None) -> None:
+        """What the call's records need from the database, read together: on PostgreSQL the key
+        locks (``lock``, see lock_keys) and the first four look-ups in one round trip (each runs
+        after the one before it, so the reads see what the lock holders committed)."""
         refs = [f"{t}/{i}" for t, i, *_ in items]
-        self._rows_by_ref(conn, b, refs)
-        all_hashes = sorted({h for item in items for h in item[3]})
-        if all_hashes:
-            b.by_hash, b.truncated = self._candidate_rows(conn, b, all_hashes, self.max_candidates * 4 * len(items))
-        # decisions on any of the records, in the order they were made (a later one wins)
         ref_list = sorted(set(refs))
+        all_hashes = sorted({h for item in items for h in item[3]})
+        limit = self.max_candidates * 4 * len(items)
+        want = sorted({r for r in refs if r not in b.links})
+        pairs = [split_ref(r) for r in want]
+        statements: list = []
+        if lock and conn.dialect.name == "postgresql":
+            statements.append((_PG_LOCKS, {"hs": sorted(set(lock))}))
+        first = len(statements)
+        if want:
+            statements += [(_SEL_LINKS_BY_REF, {"types": sorted({t for t, _ in pairs}), "ids": ids})
+                           for ids in _chunks(sorted({i for _, i in pairs}))]
+        n_links = len(statements)
+        statements += [(_SEL_CANDIDATES, {"hashes": chunk, "lim": limit}) for chunk in _chunks(all_hashes)]
+        n_cands = len(statements)
+        statements += [(_SEL_DECISIONS, {"refs": chunk}) for chunk in _chunks(ref_list, _IN_CHUNK // 2)]
+        n_decisions = len(statements)
+        statements += [(_SEL_REVIEWS, {"refs": chunk}) for chunk in _chunks(ref_list, _IN_CHUNK // 2)]
+        results = pipelined(conn, statements)
+        wanted = set(want)
+        for found in results[first:n_links]:
+            for row in found:
+                if f"{row[0]}/{row[1]}" in wanted:
+                    b.add_row(row)
+        if all_hashes:
+            by_hash: dict[int, list[_Row]] = {}
+            truncated = False
+            for found in results[n_links:n_cands]:
+                truncated = truncated or len(found) >= limit
+                for row in found:
+                    by_hash.setdefault(row[0], []).append(b.add_row(row[1:]))
+            b.by_hash = {h: [r.ref for r in sorted(rows, key=_row_order)] for h, rows in by_hash.items()}
+            b.truncated = truncated
+        # decisions on any of the records, in the order they were made (a later one wins)
         rows = {}
-        for chunk in _chunks(ref_list, _IN_CHUNK // 2):
-            for r in conn.execute(_SEL_DECISIONS, {"refs": chunk}):
+        for found in results[n_cands:n_decisions]:
+            for r in found:
                 rows[r.id] = r
         mine = set(ref_list)
         barred: set[str] = set()
@@ -657,8 +689,8 @@ class LinkageService:
                 barred.update((r.a_ref, r.b_ref))
         self._rows_by_ref(conn, b, barred)
         # the review queue rows of any of the records
-        for chunk in _chunks(ref_list, _IN_CHUNK // 2):
-            for r in conn.execute(_SEL_REVIEWS, {"refs": chunk}):
+        for found in results[n_decisions:]:
+            for r in found:
                 key = (r.a_ref, r.b_ref)
                 if key not in b.reviews:
                     b.reviews[key] = r._asdict()
@@ -883,48 +915,60 @@ class LinkageService:
 
     # -------------------------------------------------------------- batched writes
     def _write(self, conn, b: _Batch) -> None:
+        """The call's changes, in order; inserts that follow one another go together
+        (insert_tables: on PostgreSQL one round trip for all of them)."""
+        inserts: list = []
+
+        def execute(statement, rows) -> None:  # an update or delete: the inserts before it first
+            if inserts:
+                insert_tables(conn, inserts)
+                inserts.clear()
+            conn.execute(statement, rows)
+
         if b.new_persons:
             rows = []
             for pid, created in b.new_persons.items():
                 n, at = b.touched.pop(pid, (0, None))
                 rows.append(dict(id=pid, version_id=1 + n, created_at=created, updated_at=at or created,
                                  active=pid not in b.retired))
-            insert_rows(conn, _P, rows)
+            inserts.append((_P, rows))
         links = b.links
         if b.link_insert:
-            insert_rows(conn, _L, [
+            inserts.append((_L, [
                 dict(res_type=r.res_type, res_id=r.res_id, person_id=r.person_id, assurance=r.assurance,
                      probability=r.probability, how=r.how, matched_ref=r.matched_ref, nhs_number=r.nhs_number,
                      source_org=r.source_org, features=r.features, updated_at=r.updated_at)
-                for r in map(links.get, b.link_insert)])
+                for r in map(links.get, b.link_insert)]))
         if b.link_update:
-            conn.execute(_UPD_LINK, [
+            execute(_UPD_LINK, [
                 dict(b_type=r.res_type, b_id=r.res_id, person_id=r.person_id, assurance=r.assurance,
                      probability=r.probability, how=r.how, matched_ref=r.matched_ref, nhs_number=r.nhs_number,
                      features=r.features, updated_at=r.updated_at)
                 for r in map(links.get, b.link_update)])
         founders = [r for r in b.founders if r not in b.link_insert and r not in b.link_update]
         if founders:
-            conn.execute(_UPD_LINK, [
+            execute(_UPD_LINK, [
                 dict(b_type=r.res_type, b_id=r.res_id, assurance=r.assurance, probability=r.probability, matched_ref=r.matched_ref)
                 for r in map(links.get, founders)])
         if b.key_delete:
-            conn.execute(_DEL_KEYS, [dict(b_type=r.res_type, b_id=r.res_id) for r in map(links.get, b.key_delete)])
+            execute(_DEL_KEYS, [dict(b_type=r.res_type, b_id=r.res_id) for r in map(links.get, b.key_delete)])
         keys = [{"key_hash": h, "res_type": r.res_type, "res_id": r.res_id}
                 for r in map(links.get, b.done) for h in b.new_keys[r.ref]]
         if keys:
-            insert_rows(conn, _K, keys)
+            inserts.append((_K, keys))
         if b.touched:
-            conn.execute(_TOUCH, [{"b_id": pid, "n": n, "at": at} for pid, (n, at) in b.touched.items()])
+            execute(_TOUCH, [{"b_id": pid, "n": n, "at": at} for pid, (n, at) in b.touched.items()])
         retire = [pid for pid in b.retired if pid not in b.new_persons]
         if retire:
-            conn.execute(_RETIRE, [{"b_id": pid} for pid in retire])
+            execute(_RETIRE, [{"b_id": pid} for pid in retire])
         if b.events:
-            insert_rows(conn, _E, b.events)
+            inserts.append((_E, b.events))
         if b.review_insert:
-            conn.execute(_INS_REVIEW, [{k: v for k, v in row.items() if k != "id"} for row in b.review_insert])
+            execute(_INS_REVIEW, [{k: v for k, v in row.items() if k != "id"} for row in b.review_insert])
         if b.review_update:
-            conn.execute(_UPD_REVIEW, [
+            execute(_UPD_REVIEW, [
                 dict(b_id=row["id"], status=row["status"], probability=row["probability"], match_weight=row["match_weight"],
                      explanation=row["explanation"], updated_at=row["updated_at"])
                 for row in b.review_update.values()])
+        if inserts:
+            insert_tables(conn, inserts)

@@ -96,6 +96,9 @@ class IngestCounter:
     def prepare(self, resource: dict[str, Any]) -> None:
         return None
 
+    def stored_with(self, session: Any, written: list[Any]) -> tuple[list, tuple[str, ...]]:
+        return [], ()
+
     def after_write(self, session: Any, written: list[Any]) -> None:
         pending = session.info.get("familyview_ingested")
         if pending is None:
