@@ -6,12 +6,14 @@ import gc
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterable
 
+import msgspec
 import orjson
 
 from sqlalchemy import func, insert, select, text
@@ -152,6 +154,7 @@ _FV = CANONICAL_BASE
 _EXT_IG_REVIEW = f"{_FV}/StructureDefinition/audit-ig-review-required"
 _EXT_POLICY_VERSION = f"{_FV}/StructureDefinition/audit-policy-version"
 _SUBTYPE_SYSTEM = f"{_FV}/CodeSystem/audit-subtype"
+_NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
 
 
 def _ext(body: dict[str, Any], url: str) -> Any:
@@ -201,7 +204,7 @@ def index_from_body(body: dict[str, Any]) -> list[tuple[str, str]]:
             if value:
                 add(("patient", value[:255]))
             ident = what.get("identifier") or {}
-            if ident.get("system") == "https://fhir.nhs.uk/Id/nhs-number":  # an NHS number without a record (BALP events)
+            if ident.get("system") == _NHS_NUMBER:  # an NHS number without a record (BALP events)
                 value = ident.get("value")
                 if value:
                     add(("patient", value[:255]))
@@ -222,6 +225,160 @@ def index_from_body(body: dict[str, Any]) -> list[tuple[str, str]]:
     return sorted(rows)
 
 
+# ---------------------------------------------------------------- the walk's typed reading of a body
+
+class _Code(msgspec.Struct, gc=False):
+    code: str | None = None
+    system: str | None = None
+
+
+class _Concept(msgspec.Struct, gc=False):
+    coding: list[_Code] | None = None
+
+
+class _Identifier(msgspec.Struct, gc=False):
+    system: str | None = None
+    value: str | None = None
+
+
+class _Who(msgspec.Struct, gc=False):
+    identifier: _Identifier | None = None
+
+
+class _Agent(msgspec.Struct, gc=False):
+    requestor: bool | None = None
+    role: list[_Concept] | None = None
+    who: _Who | None = None
+
+
+class _Extension(msgspec.Struct, gc=False):
+    url: str | None = None
+    valueBoolean: bool | None | msgspec.UnsetType = msgspec.UNSET
+    valueString: str | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class _What(msgspec.Struct, gc=False):
+    reference: str | None = None
+    display: str | None = None
+    identifier: _Identifier | None = None
+
+
+class _Detail(msgspec.Struct, gc=False):
+    type: str | None = None
+    valueString: str | None = None
+
+
+class _Entity(msgspec.Struct, gc=False):
+    role: _Code | None = None
+    what: _What | None = None
+    detail: list[_Detail] | None = None
+
+
+class _Body(msgspec.Struct, gc=False):
+    """What columns_from_body and index_from_body read of a body, typed: a body whose parts are
+    not these types (a code that is a number, an agent that is not an object) fails to decode
+    and the event is walked the exact way, with the dicts orjson gives."""
+
+    id: str | None = None
+    recorded: str | None = None
+    type: _Code | None = None
+    subtype: list[_Code] | None = None
+    action: str | None = None
+    outcome: str | None = None
+    purposeOfEvent: list[_Concept] | None = None
+    agent: msgspec.Raw = msgspec.Raw(b"null")  # read by _agent_facts, once per distinct list
+    extension: list[_Extension] | None = None
+    entity: list[_Entity] | None = None
+
+
+_BODY = msgspec.json.Decoder(_Body)
+
+
+_AGENTS = msgspec.json.Decoder(list[_Agent] | None)
+_AGENT_FACTS: dict[bytes, tuple[Any, Any, Any]] = {}  # an agent list's JSON -> (agent_sub, agent_org, agent_role)
+
+
+def _agent_facts(raw: msgspec.Raw) -> tuple[Any, Any, Any]:
+    """The agent columns of an agent list, read once per distinct list (the same users and
+    organisations recur through the chain): keyed by the list's exact JSON, so the same bytes
+    give the same columns; a list of another shape raises ValidationError (the exact walk's)."""
+    key = bytes(raw)
+    facts = _AGENT_FACTS.get(key)
+    if facts is None:
+        user = org = None
+        for a in _AGENTS.decode(key) or ():
+            if a.requestor:
+                if user is None:
+                    user = a
+            elif org is None:
+                org = a
+        role = sub = org_code = None
+        if user is not None:
+            for r in user.role or ():
+                if r.coding:
+                    role = r.coding[0].code
+                    break
+            if user.who is not None and user.who.identifier is not None:
+                sub = user.who.identifier.value
+        if org is not None and org.who is not None and org.who.identifier is not None:
+            org_code = org.who.identifier.value
+        if len(_AGENT_FACTS) >= 10_000:
+            _AGENT_FACTS.clear()
+        facts = _AGENT_FACTS[key] = (sub, org_code, role)
+    return facts
+
+
+def _typed_facts(seq: int, b: _Body) -> tuple[tuple[Any, ...], str]:
+    """_implied_columns and index_from_body of event ``seq``'s typed body (plain loops: verify
+    calls it a million times), the index rows as the fast walk's SQL folds the stored ones:
+    sorted by (param, value), each as seq:len(param):param len(value):value."""
+    sub, org_code, role = _agent_facts(b.agent)
+    subtype = purpose = None
+    for c in b.subtype or ():
+        if c.system == _SUBTYPE_SYSTEM:
+            subtype = c.code
+            break
+    for p in b.purposeOfEvent or ():
+        if p.coding:
+            purpose = p.coding[0].code
+            break
+    review = policy = None
+    seen_review = seen_policy = False
+    for x in b.extension or ():  # _ext(): the first extension of the url; valueBoolean when the key is there (even null)
+        if x.url == _EXT_IG_REVIEW and not seen_review:
+            seen_review = True
+            review = x.valueBoolean if x.valueBoolean is not msgspec.UNSET else (None if x.valueString is msgspec.UNSET else x.valueString)
+        elif x.url == _EXT_POLICY_VERSION and not seen_policy:
+            seen_policy = True
+            policy = x.valueBoolean if x.valueBoolean is not msgspec.UNSET else (None if x.valueString is msgspec.UNSET else x.valueString)
+    columns = (b.type.code if b.type is not None else None, subtype, b.action, b.outcome, purpose, sub, org_code, role, bool(review), policy)
+    rows: set[tuple[str, str]] = set()
+    add = rows.add
+    for e in b.entity or ():
+        code = e.role.code if e.role is not None else None
+        if code == "1":
+            what = e.what
+            if what is not None:
+                value = what.reference or what.display
+                if value:
+                    add(("7:patient", value[:255]))
+                ident = what.identifier
+                if ident is not None and ident.system == _NHS_NUMBER and ident.value:
+                    add(("7:patient", ident.value[:255]))
+            for d in e.detail or ():
+                if d.type == "nhs-number" and d.valueString:
+                    add(("7:patient", d.valueString[:255]))
+        elif code == "4":
+            value = ((e.what.reference if e.what is not None else None) or "").split("#", 1)[0]
+            if value:
+                add(("6:entity", value[:255]))
+            for d in e.detail or ():
+                if d.type == "subject" and d.valueString:
+                    add(("6:entity", d.valueString[:255]))
+    # "6:entity" sorts before "7:patient" as "entity" before "patient"
+    return columns, "".join([f"{seq}:{p}{len(v)}:{v}" for p, v in sorted(rows)])
+
+
 # ---------------------------------------------------------------- verification
 
 @dataclass
@@ -233,6 +390,7 @@ class VerifyResult:
     problem: str | None = None
     head_seq: int | None = None
     head_hash: str = GENESIS
+    rechecked: int = field(default=0, compare=False)  # events walked the exact way (a clean chain needs none)
 
     def __str__(self) -> str:
         if self.ok:
@@ -255,6 +413,45 @@ _WALK_BODY = {"postgresql": "body", "sqlite": "CAST(body AS BLOB)"}  # SQLite: t
 _WALK_HEADS = "SELECT seq, hash FROM audit_head WHERE seq > ? AND seq <= ?"
 _WALK_INDEX = "SELECT event_seq, param, value FROM audit_index WHERE event_seq > ? AND event_seq <= ?"
 _SQLITE_INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
+
+
+# The fast walk's statements, per batch: where it ends; its events with their head row's hash
+# (PostgreSQL also hashes each event, over the bytes the chain hashed, as append does); and
+# all their search rows folded into one string in (event, pk) order, each row as
+# seq:len(param):param len(value):value (lengths in characters, so that no two different lists
+# of rows make the same string), with the count of head rows in the range and (SQLite, which
+# stores any type in any column) of search rows that are not text. SQLite's instant comes
+# reshaped as the chain hashes it, or NULL when it is not one (the exact walk then names it).
+_FAST_END = "SELECT max(seq) FROM (SELECT seq FROM audit_event WHERE seq > ? ORDER BY seq LIMIT ?) b"
+_FAST_EVENTS = ("SELECT e.seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
+                "agent_role, review_required, policy_version, {body}, prev_hash, e.hash, h.hash, {hashed}, {said} "
+                "FROM audit_event e LEFT JOIN audit_head h ON h.seq = e.seq AND h.seq > ? AND h.seq <= ? "
+                "WHERE e.seq > ? AND e.seq <= ? ORDER BY e.seq")
+_FAST_INDEX = ("SELECT (SELECT {concat} FROM (SELECT event_seq || ':' || length(param) || ':' || param || length(value) || ':' || value AS r, "
+               "event_seq, pk FROM audit_index WHERE event_seq > ? AND event_seq <= ? {order}) i), "
+               "(SELECT {odd} FROM audit_index WHERE {where}event_seq > ? AND event_seq <= ?), "
+               "(SELECT count(*) FROM audit_head WHERE seq > ? AND seq <= ?)")
+_SQLITE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]"
+_PG_HASHED = ("encode(sha256(convert_to(prev_hash || '|' || event_id || '|' || {recorded} || '|' || body, 'UTF8')), 'hex') = e.hash"
+              .format(recorded=_WALK_RECORDED["postgresql"]))
+
+
+def _fast_sql(dialect: str) -> tuple[str, str]:
+    """The fast walk's events and search-rows statements for this database."""
+    if dialect == "postgresql":
+        said = "CASE WHEN mod(extract(microseconds FROM recorded)::bigint, 1000) = 0 THEN " \
+               "to_char(recorded AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END"
+        return (_FAST_EVENTS.format(recorded=_WALK_RECORDED[dialect], body="body", hashed=_PG_HASHED, said=said),
+                _FAST_INDEX.format(concat="string_agg(r, '' ORDER BY event_seq, pk)", order="", odd="0 * count(*)", where="false AND "))
+    # SQLite: group_concat takes the rows in the order of the inner query (ix_audit_index_event
+    # gives (event_seq, pk) without a sort); rows in another order only send the batch to the exact walk
+    instant = f"typeof(recorded) = 'text' AND recorded GLOB '{_SQLITE_GLOB}'"
+    return (_FAST_EVENTS.format(recorded=f"CASE WHEN {instant} THEN substr(recorded, 1, 10) || 'T' || substr(recorded, 12) || 'Z' END",
+                                body=_WALK_BODY.get(dialect, "body"), hashed="NULL",
+                                said=f"CASE WHEN {instant} AND substr(recorded, 24, 3) = '000' "
+                                     "THEN substr(recorded, 1, 10) || 'T' || substr(recorded, 12, 12) || 'Z' END"),
+            _FAST_INDEX.format(concat="group_concat(r, '')", order="ORDER BY event_seq, pk",
+                               odd="count(*)", where="(typeof(param) <> 'text' OR typeof(value) <> 'text') AND "))
 
 
 def _sqlite_recorded(stored: Any) -> str | None:
@@ -302,13 +499,38 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _bodies_agree(rows: list[Any]) -> str | None:
+    """The fast walk's check of each row's body against its columns, rows as (seq, event_id,
+    the instant as the body writes it, (type_code .. policy_version), body): the search rows
+    the bodies imply, folded as the fast walk's SQL folds the stored ones; None when in doubt."""
+    decode, pieces = _BODY.decode, []
+    try:
+        for seq, event_id, said, stored_columns, body in rows:
+            b = decode(body)
+            if b.id != event_id or b.recorded is None or b.recorded != said:
+                return None
+            columns, index_text = _typed_facts(seq, b)
+            if columns != stored_columns:  # bool == 0/1 too: a review flag stored otherwise is for the exact walk
+                return None
+            pieces.append(index_text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return "".join(pieces)
+
+
 def verify(session: Session, batch: int = 2000, *, expect_head: str | None = None, expect_count: int | None = None) -> VerifyResult:
     """Walk the chain from the first event; name the first link that does not hold.
 
     Each event's hash recomputed over its stored bytes and linked to the one before; each
     searchable column and each audit_index row against what the hash-chained body says; the
     head table against the events (the newest events deleted); and, when given, the anchor an
-    IG officer kept from an earlier verify."""
+    IG officer kept from an earlier verify.
+
+    Each batch is first checked the fast way (_FAST_EVENTS brings each event with its head
+    row's hash, _FAST_INDEX all the batch's search rows folded into one string; bodies read
+    typed by msgspec, no dicts; the next batch fetched meanwhile on a second thread). Any doubt there (a check that fails, a body of another shape) and the same batch is
+    walked again the exact way (orjson dicts, columns_from_body, index_from_body), which names
+    the problem: the fast way only ever says a batch is clean."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         # one snapshot for the whole walk: at READ COMMITTED an event appended by the running
@@ -319,63 +541,132 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
     def sql(q: str) -> str:
         return q.replace("?", "%s") if dialect == "postgresql" else q
 
+    sqlite = dialect == "sqlite"
     walk = sql(_WALK.format(recorded=_WALK_RECORDED.get(dialect, "recorded"), body=_WALK_BODY.get(dialect, "body")))
     heads_sql, index_sql = sql(_WALK_HEADS), sql(_WALK_INDEX)
-    sqlite = dialect == "sqlite"
+    events_sql, index_sql_fast = (sql(q) for q in _fast_sql(dialect))
+    end_sql = sql(_FAST_END)
     sha256, loads = hashlib.sha256, orjson.loads
-    prev_hash, checked, last_seq = GENESIS, 0, 0
+    prev_hash, checked, last_seq, rechecked = GENESIS, 0, 0, 0
     anchor_seen = expect_head is None or expect_head == GENESIS
 
-    def broken(seq, event_id, problem):
-        return VerifyResult(False, checked, seq, event_id, problem, last_seq, prev_hash)
+    def broken(seq: int, event_id: str | None, problem: str) -> VerifyResult:
+        return VerifyResult(False, checked, seq, event_id, problem, last_seq, prev_hash, rechecked)
 
-    try:
-        while True:
-            cursor.execute(walk, (last_seq, batch))
-            rows = cursor.fetchall()
-            if not rows:
+    def fetch(lo: int) -> tuple[int, list[Any], tuple[Any, ...], bool, bool] | None:
+        """The fast walk's rows of the batch after ``lo`` (None at the end of the chain), and
+        whether its chain holds within it: each event's hash over its stored bytes (SQLite:
+        hashed here, on the fetching thread, as hashlib lets go of the GIL), each linked to the
+        one before, each recorded in the head table; and whether the anchor is among them."""
+        cursor.execute(end_sql, (lo, batch))
+        hi = cursor.fetchone()[0]
+        if hi is None:
+            return None
+        cursor.execute(events_sql, (lo, hi, lo, hi))
+        rows = cursor.fetchall()
+        cursor.execute(index_sql_fast, (lo, hi, lo, hi, lo, hi))
+        others = cursor.fetchone()
+        chained, before = True, rows[0][15]
+        for r in rows:
+            seq, event_id, recorded, stored, row_prev, row_hash, head, hashed = r[:3] + r[13:18]
+            if hashed is None and recorded is not None:  # SQLite
+                hashed = sha256(f"{row_prev}|{event_id}|{recorded}|".encode() + stored).hexdigest() == row_hash
+            if not hashed or head != row_hash or (row_prev != before and r is not rows[0]):
+                chained = False
                 break
-            hi = rows[-1][0]
-            cursor.execute(heads_sql, (last_seq, hi))
-            heads = dict(cursor.fetchall())
-            cursor.execute(index_sql, (last_seq, hi))
-            index: dict[int, list[tuple[str, str]]] = {}
-            for seq, param, value in cursor.fetchall():
-                index.setdefault(seq, []).append((param, value))
-            seqs = {r[0] for r in rows}
-            stray = sorted(set(heads) - seqs)
-            if stray:
-                return broken(stray[0], None, "the head table records this event but it is missing from the audit (a row was removed)")
-            stray = sorted(set(index) - seqs)
-            if stray:
-                return broken(stray[0], None, "audit_index holds search rows for an event that does not exist (index rows were inserted)")
-            for r in rows:
-                seq, event_id, recorded, stored, row_prev, row_hash = r[0], r[1], r[2], r[13], r[14], r[15]
-                if row_prev != prev_hash:
-                    return broken(seq, event_id, "its previous-hash does not match the event before it (a row was removed or re-ordered)")
-                if sqlite:
-                    recorded = _sqlite_recorded(recorded)
-                    if recorded is None:
-                        return broken(seq, event_id, "its searchable column recorded is not an instant (a column was altered)")
-                body = stored if isinstance(stored, bytes) else stored.encode()
-                if sha256(f"{prev_hash}|{event_id}|{recorded}|".encode() + body).hexdigest() != row_hash:
-                    return broken(seq, event_id, "its content does not match its hash (the row was altered)")
-                if heads.get(seq) != row_hash:
-                    return broken(seq, event_id, "the head table does not record this event with this hash (the event was inserted or altered outside the gateway)")
-                try:
-                    event = loads(body)
-                except orjson.JSONDecodeError:
-                    return broken(seq, event_id, "its body is not valid JSON")
-                column = _body_problem(r, event, recorded)
-                if column:
-                    return broken(seq, event_id, f"its searchable column {column} disagrees with its body (a column was altered)")
-                if sorted(index.get(seq, ())) != index_from_body(event):
-                    return broken(seq, event_id, "its audit_index search rows disagree with its body (index rows were altered, inserted or deleted)")
-                prev_hash = row_hash
-                anchor_seen = anchor_seen or row_hash == expect_head
-                checked += 1
-                last_seq = seq
+            before = row_hash
+        return hi, rows, others, chained, expect_head is not None and any(r[15] == expect_head for r in rows)
+
+    def fast_batch(hi: int, rows: list[Any], others: tuple[Any, ...], chained: bool, anchored: bool) -> bool:
+        """Whether every check of the batch holds (then the walk advances past it); False when
+        in doubt, and nothing is advanced."""
+        nonlocal prev_hash, checked, last_seq, anchor_seen
+        if not chained or rows[0][14] != prev_hash:
+            return False
+        # r[18]: the instant as the body writes it (to the millisecond); r[3:13]: the searchable columns
+        implied = _bodies_agree([(r[0], r[1], r[18], r[3:13], r[13]) for r in rows])
+        stored_index, odd, heads = others
+        # every search row of the range, in order, is one the bodies imply; every head row is an event's
+        if implied is None or odd or heads != len(rows) or (stored_index or "") != implied:
+            return False
+        prev_hash, last_seq = rows[-1][15], hi
+        anchor_seen = anchor_seen or anchored
+        checked += len(rows)
+        return True
+
+    def exact_batch() -> VerifyResult | None:
+        """The next batch walked the exact way: the problem it finds, else None (state advanced)."""
+        nonlocal prev_hash, checked, last_seq, anchor_seen, rechecked
+        cursor.execute(walk, (last_seq, batch))
+        rows = cursor.fetchall()
+        if not rows:
+            return None
+        hi = rows[-1][0]
+        cursor.execute(heads_sql, (last_seq, hi))
+        heads = dict(cursor.fetchall())
+        cursor.execute(index_sql, (last_seq, hi))
+        index: dict[int, list[tuple[str, str]]] = {}
+        for seq, param, value in cursor.fetchall():
+            index.setdefault(seq, []).append((param, value))
+        seqs = {r[0] for r in rows}
+        stray = sorted(set(heads) - seqs)
+        if stray:
+            return broken(stray[0], None, "the head table records this event but it is missing from the audit (a row was removed)")
+        stray = sorted(set(index) - seqs)
+        if stray:
+            return broken(stray[0], None, "audit_index holds search rows for an event that does not exist (index rows were inserted)")
+        for r in rows:
+            seq, event_id, recorded, stored, row_prev, row_hash = r[0], r[1], r[2], r[13], r[14], r[15]
+            if row_prev != prev_hash:
+                return broken(seq, event_id, "its previous-hash does not match the event before it (a row was removed or re-ordered)")
+            if sqlite:
+                recorded = _sqlite_recorded(recorded)
+                if recorded is None:
+                    return broken(seq, event_id, "its searchable column recorded is not an instant (a column was altered)")
+            body = stored if isinstance(stored, bytes) else stored.encode()
+            if sha256(f"{prev_hash}|{event_id}|{recorded}|".encode() + body).hexdigest() != row_hash:
+                return broken(seq, event_id, "its content does not match its hash (the row was altered)")
+            if heads.get(seq) != row_hash:
+                return broken(seq, event_id, "the head table does not record this event with this hash (the event was inserted or altered outside the gateway)")
+            try:
+                event = loads(body)
+            except orjson.JSONDecodeError:
+                return broken(seq, event_id, "its body is not valid JSON")
+            column = _body_problem(r, event, recorded)
+            if column:
+                return broken(seq, event_id, f"its searchable column {column} disagrees with its body (a column was altered)")
+            stored_rows = index.get(seq, [])
+            # (SQLite stores any type: a value that is not text is not the body's, and does not sort beside text)
+            if any(type(p) is not str or type(v) is not str for p, v in stored_rows) or sorted(stored_rows) != index_from_body(event):
+                return broken(seq, event_id, "its audit_index search rows disagree with its body (index rows were altered, inserted or deleted)")
+            prev_hash = row_hash
+            anchor_seen = anchor_seen or row_hash == expect_head
+            checked += 1
+            rechecked += 1
+            last_seq = seq
+        return None
+
+    # the next batch is fetched on a second thread while this one is checked: the database
+    # (PostgreSQL's own process; SQLite without the GIL) works beside the Python
+    pool = ThreadPoolExecutor(1, thread_name_prefix="audit-verify")
+    try:
+        ahead = pool.submit(fetch, 0)
+        while True:
+            got = ahead.result()
+            if got is None:
+                break
+            ahead = pool.submit(fetch, got[0])
+            if fast_batch(*got):
+                continue
+            ahead.result()  # the connection is the exact walk's again
+            problem = exact_batch()
+            if problem is not None:
+                return problem
+            if last_seq != got[0]:  # pragma: no cover - the exact walk covers the same rows
+                raise RuntimeError("audit verify: the exact walk did not cover the batch the fast walk doubted")
+            ahead = pool.submit(fetch, last_seq)
     finally:
+        pool.shutdown(wait=True)
         cursor.close()
     after = session.execute(select(func.min(AuditHead.seq), func.count()).where(AuditHead.seq > last_seq)).one()
     if after[1]:
@@ -389,4 +680,4 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
         return broken(last_seq + 1, None, f"the chain holds {checked} events, fewer than the {expect_count} of the anchor (the newest events were deleted)")
     if not anchor_seen:
         return broken(last_seq + 1, None, f"no event has the anchored head hash {expect_head} (the events from the anchor back were deleted or altered)")
-    return VerifyResult(True, checked, head_seq=last_seq or None, head_hash=prev_hash)
+    return VerifyResult(True, checked, head_seq=last_seq or None, head_hash=prev_hash, rechecked=rechecked)
