@@ -167,6 +167,13 @@ def in_list(column, name: str) -> InList:
     return InList(column, name)
 
 
+def ref_lists(refs) -> dict[str, list[str]]:
+    """The binds of a look-up of (type, id) pairs by two in_list columns, "types" and "ids" (one
+    list per column: the statement is planned once; the caller keeps only the pairs it asked for)."""
+    refs = list(refs)
+    return {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})}
+
+
 def _columns_and_tuples(rows: list[dict]) -> tuple[list[str], list[tuple]]:
     """The columns the rows name and each row as a tuple in that order (None where a row
     omits a column). Rows of one shape, the usual case, go through itemgetter."""

@@ -11,12 +11,12 @@ from typing import Any, Iterable
 from sqlalchemy import and_, bindparam, func, null, select, union_all
 from sqlalchemy.orm import Session
 
-from app.db import in_list
+from app.db import in_list, ref_lists
 from app.errors import FhirError, not_found
 from app.family import roles
 from app.auth.tokens import Principal
 from app.family.members import FamilyGraph, FamilyMember, KeyPerson, Rec, Relationship
-from app.family.plan import PERSON_CONFIDENTIALITY, postcode_key, record_labels, telecom_key
+from app.family.plan import PERSON_CONFIDENTIALITY, contact_points, drop_shared_contact, record_labels
 from app.fhir import store
 from app.fhir.models import ResourceVersion
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM, parse_reference
@@ -75,7 +75,7 @@ def load_records(session: Session, refs: Iterable[tuple[str, str]]) -> list[Rec]
     if not refs:
         return []
     # plain IN lists on the primary key's columns: both databases use the index for these
-    rows = session.connection().execute(_LOAD, {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})}).all()
+    rows = session.connection().execute(_LOAD, ref_lists(refs)).all()
     return _rows_to_recs(r for r in rows if (r.res_type, r.res_id) in refs)
 
 
@@ -540,8 +540,8 @@ def as_shown(session: Session, principal: Principal, rows: list[StoredResource |
     for r in rows:
         ref = f"{r.res_type}/{r.res_id}"
         resource = store.shown(principal, r, labels.get(ref, set()))
-        if ref in shared:
-            _withhold_shared(resource, *shared[ref])
+        if ref in shared and drop_shared_contact(resource, *shared[ref]):
+            store.mark_redacted(resource)
         out.append(resource)
     return out
 
@@ -580,33 +580,9 @@ def _restricted_relatives_contact(session: Session, recs: list[Rec], labels: dic
     persons = same_person_many(session, list(relatives.values()))
     out = {}
     for ref, rels in related.items():
-        phones: set[tuple[str, str]] = set()
-        homes: set[str] = set()
-        for rel in rels:
-            same = persons.get(rel.ref, [rel])
-            if _confidentiality_of(same) and ref not in {s.ref for s in same}:
-                for r in same:
-                    phones |= {telecom_key(t) for t in r.body.get("telecom") or [] if isinstance(t, dict) and t.get("value")}
-                    homes |= {k for a in r.body.get("address") or [] if (k := postcode_key(a))}
+        restricted = [persons.get(rel.ref, [rel]) for rel in rels]
+        phones, homes = contact_points(r for same in restricted
+                                       if _confidentiality_of(same) and ref not in {s.ref for s in same} for r in same)
         if phones or homes:
             out[ref] = (phones, homes)
     return out
-
-
-def _withhold_shared(resource: dict[str, Any], phones: set[tuple[str, str]], homes: set[str]) -> None:
-    """Remove the contact points and addresses a restricted relative shares; marked REDACTED."""
-    removed = False
-    for name, keep in (("telecom", lambda t: not (isinstance(t, dict) and t.get("value") and telecom_key(t) in phones)),
-                       ("address", lambda a: postcode_key(a) not in homes)):
-        if name in resource:
-            kept = [x for x in resource[name] if keep(x)]
-            if len(kept) != len(resource[name]):
-                removed = True
-                if kept:
-                    resource[name] = kept
-                else:
-                    del resource[name]
-    if removed:
-        meta = resource.setdefault("meta", {})
-        if store.REDACTED not in meta.get("security", []):
-            meta["security"] = [*meta.get("security", []), store.REDACTED]

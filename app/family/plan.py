@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from consent import (
     ConsentRecord,
@@ -233,20 +233,26 @@ def merged_telecom(member: FamilyMember) -> list[dict[str, Any]]:
     return out
 
 
+def contact_points(records: Iterable[Rec]) -> tuple[set[tuple[str, str]], set[str]]:
+    """The contact points (as compared) and home postcodes these records give."""
+    phones: set[tuple[str, str]] = set()
+    homes: set[str] = set()
+    for r in records:
+        phones |= {telecom_key(t) for t in r.body.get("telecom") or [] if isinstance(t, dict) and t.get("value")}
+        homes |= {k for a in r.body.get("address") or [] if (k := postcode_key(a))}
+    return phones, homes
+
+
 def restricted_mothers_contact(graph: FamilyGraph) -> tuple[set[tuple[str, str]], set[str]]:
     """The contact points (as compared) and home postcodes of every mother whose record is
     restricted (R) or very restricted (V): shown on another member's entry (the partner she
     lives with), they would show hers."""
-    phones: set[tuple[str, str]] = set()
-    homes: set[str] = set()
-    for member in graph.members:
-        if member.role == "mother" and member.records and person_labels(member) & set(PERSON_CONFIDENTIALITY):
-            for r in member.records:
-                phones |= {
-                    telecom_key(t) for t in r.body.get("telecom") or [] if isinstance(t, dict) and t.get("value")
-                }
-                homes |= {k for a in r.body.get("address") or [] if (k := postcode_key(a))}
-    return phones, homes
+    return contact_points(
+        r
+        for member in graph.members
+        if member.role == "mother" and member.records and person_labels(member) & set(PERSON_CONFIDENTIALITY)
+        for r in member.records
+    )
 
 
 def member_consents(member: FamilyMember) -> tuple[ConsentRecord, ...]:
@@ -615,7 +621,7 @@ def plan_view(graph: FamilyGraph, asker: Asker, today: date, holder_names: dict[
                 # a number or home this person shares with the restricted mother (the partner she
                 # lives with, a household phone the midwife recorded on his record) is hers too,
                 # and is not shown on his entry
-                if _drop_mothers(resource, mothers_contact, mothers_homes):
+                if drop_shared_contact(resource, mothers_contact, mothers_homes):
                     plan.withheld.append(
                         Withheld(
                             "person",
@@ -805,9 +811,9 @@ def _override(plan: ViewPlan, asker: Asker, org_names: dict[str, str]) -> Overri
     return Override(refusal, break_glass, plan.review_required, told)
 
 
-def _drop_mothers(resource: dict[str, Any], phones: set[tuple[str, str]], homes: set[str]) -> bool:
-    """Remove from a member's entry the contact points and homes that are the restricted
-    mother's; whether any was removed."""
+def drop_shared_contact(resource: dict[str, Any], phones: set[tuple[str, str]], homes: set[str]) -> bool:
+    """Remove from a person's entry (or REST read) the contact points and homes that are a
+    restricted relative's; whether any was removed."""
     dropped = False
 
     def same(name: str, value: dict[str, Any]) -> bool:

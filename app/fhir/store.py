@@ -85,9 +85,15 @@ def shown(principal: Principal, row: StoredResource | ResourceVersion, person_la
     if withheld:
         for name in withheld:
             del resource[name]
-        meta = resource.setdefault("meta", {})
-        meta["security"] = [*meta.get("security", []), REDACTED]
+        mark_redacted(resource)
     return resource
+
+
+def mark_redacted(resource: dict[str, Any]) -> None:
+    """The REDACTED security label on a resource something was withheld from (once)."""
+    meta = resource.setdefault("meta", {})
+    if REDACTED not in meta.get("security", []):
+        meta["security"] = [*meta.get("security", []), REDACTED]
 
 
 def check_type(res_type: str) -> None:

@@ -19,7 +19,7 @@ from app.audit.events import consent_write_event
 from app.auth import access
 from app.auth.access import require
 from app.auth.tokens import Principal
-from app.db import in_list, insert_tables, new_id, pipelined, plan_each_execution_first
+from app.db import in_list, insert_tables, new_id, pipelined, plan_each_execution_first, ref_lists
 from app.errors import FhirError, bad_request, unprocessable
 from app.family.graph import as_shown  # a Bundle's GET entries are read as GET requests are
 from app.fhir import store
@@ -117,7 +117,7 @@ def current_rows(conn, refs: set[tuple[str, str]]) -> list:
     """Current rows for (type, id) pairs, by IN lists on the primary key's columns."""
     if not refs:
         return []
-    rows = conn.execute(_CURRENT_ROWS, {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})})
+    rows = conn.execute(_CURRENT_ROWS, ref_lists(refs))
     return [r for r in rows if (r.res_type, r.res_id) in refs]
 
 
@@ -374,7 +374,7 @@ class IngestService:
         targets = {tuple(parts) for r in reqs if r.method == "PUT" and "?" not in r.url and len(parts := r.url.strip("/").split("/")) == 2}
         keys = {(t, s, v) for r, t in zip(reqs, types) for s, v in identifiers_of(r.resource or {})}
         if targets:
-            statements.append((_CURRENT_ROWS, {"types": sorted({t for t, _ in targets}), "ids": sorted({i for _, i in targets})}))
+            statements.append((_CURRENT_ROWS, ref_lists(targets)))
         if keys:
             statements.append((_SOURCE_KEYS, {"org": self.principal.org, "values": sorted({k[2] for k in keys})}))
         results = pipelined(conn, statements) if statements else []

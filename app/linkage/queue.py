@@ -38,7 +38,7 @@ from sqlalchemy import Integer, and_, bindparam, delete, func, select
 
 from app.auth.deps import get_principal
 from app.auth.tokens import Principal
-from app.db import Database, in_list, insert_tables, pipelined, plan_each_execution_first
+from app.db import Database, in_list, insert_tables, pipelined, plan_each_execution_first, ref_lists
 from app.fhir.models import StoredResource
 from app.ingest.hooks import Written
 from app.linkage.matching import PersonRecord, blocking_keys
@@ -131,7 +131,7 @@ def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch
             if written:
                 LinkageService.from_settings(session, settings).link_written(written)
             pipelined(conn, [(_DEL_BATCH, {"qids": [e.id for e in entries]}),  # one round trip
-                             (_DEL_KEYS, {"types": sorted({t for t, _ in stored}), "ids": sorted({i for _, i in stored})})])
+                             (_DEL_KEYS, ref_lists(stored))])
         done += len(entries)
 
 
@@ -155,40 +155,42 @@ _SEL_ENTRIES = select(_Q.c.id, _Q.c.res_type, _Q.c.res_id).where(in_list(_Q.c.re
 CLOSURE_LIMIT = 2000  # records: a reader whose closure grows past this settles the whole queue
 
 
-def _types_ids(refs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    refs = list(refs)
-    return {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})}
-
-
 def pending_for(conn, refs: Iterable[tuple[str, str]]) -> list[int] | None:
     """The queue entries a reader of these records must see linked: the records themselves, the
     other records of their persons, and every queued record sharing a blocking key with any of
     those, transitively (linking a record compares it only with records sharing a key and with
-    its own person's). None when that closure is too large to follow: then settle it all."""
+    its own person's); records queued with ANY_KEY always. None when that closure is too large
+    to follow: then settle it all."""
     if conn.execute(select(_Q.c.id).limit(1)).first() is None:
         return []
-    hashes, known = {ANY_KEY}, set()
-    frontier = set(refs)
-    sharing = {(r.res_type, r.res_id) for r in conn.execute(_SEL_SHARING, {"hashes": [ANY_KEY]})}
-    frontier |= sharing
-    while frontier:
+    known: set[tuple[str, str]] = set()
+    hashes: set[int] = set()
+    frontier, new_hashes = set(refs), {ANY_KEY}
+    while True:
+        if new_hashes:
+            hashes |= new_hashes
+            frontier |= {(r.res_type, r.res_id) for r in conn.execute(_SEL_SHARING, {"hashes": sorted(new_hashes)})}
+        frontier -= known
+        if not frontier:
+            break
         known |= frontier
         if len(known) > CLOSURE_LIMIT:
             return None
-        binds = _types_ids(frontier)
+        binds = ref_lists(frontier)
         new_hashes = {r.key_hash for r in conn.execute(_SEL_KEYS, binds) if (r.res_type, r.res_id) in frontier} - hashes
-        members = {(r.res_type, r.res_id) for r in conn.execute(_SEL_MEMBERS, binds) if (r.me_type, r.me_id) in frontier}
-        hashes |= new_hashes
-        found = {(r.res_type, r.res_id) for r in conn.execute(_SEL_SHARING, {"hashes": sorted(new_hashes)})} if new_hashes else set()
-        frontier = (members | found) - known
-    return [e.id for e in conn.execute(_SEL_ENTRIES, _types_ids(known)) if (e.res_type, e.res_id) in known]
+        frontier = {(r.res_type, r.res_id) for r in conn.execute(_SEL_MEMBERS, binds) if (r.me_type, r.me_id) in frontier}
+    return [e.id for e in conn.execute(_SEL_ENTRIES, ref_lists(known)) if (e.res_type, e.res_id) in known]
 
 
-def settle_records(db: Database, settings, refs: Iterable[tuple[str, str]]) -> None:
+def settle_records(db: Database, settings, refs: Iterable[tuple[str, str]], conn=None) -> None:
     """:func:`settle` for a reader of these records only: links what is queued that could join
-    their people, and waits for nothing else (a bulk load of unrelated records stays queued)."""
-    with db.session(readonly=True) as session:
-        ids = pending_for(session.connection(), refs)
+    their people, and waits for nothing else (a bulk load of unrelated records stays queued).
+    ``conn``: the reader's own connection to find them on (else a session of its own)."""
+    if conn is None:
+        with db.session(readonly=True) as session:
+            ids = pending_for(session.connection(), refs)
+    else:
+        ids = pending_for(conn, refs)
     if ids is None:
         settle(db, settings)
     elif ids:
@@ -219,7 +221,7 @@ def _settle_before_reads(session, db: Database, settings) -> None:
     def before_read(refs: set[tuple[str, str]]) -> None:
         new = refs - settled
         if new:
-            settle_records(db, settings, new)
+            settle_records(db, settings, new, session.connection())  # READ COMMITTED: the drain's commits are seen
             settled.update(new)
 
     session.info[BEFORE_LINKAGE_READ] = before_read

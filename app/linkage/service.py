@@ -89,7 +89,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import balp
 from app.auth.tokens import Principal
-from app.db import in_list, insert_tables, new_id, pipelined
+from app.db import in_list, insert_tables, new_id, pipelined, ref_lists
 from app.ingest.hooks import Written
 from app.linkage.choice import Candidate, Choice, Current, Member, choose, persons_to_check, score_candidate
 from app.linkage.matching import (
@@ -284,7 +284,7 @@ def linked_records_many(session: Session, refs: Iterable[tuple[str, str]], min_a
     if before_read is not None:
         before_read(refs)
     rows = session.connection().execute(
-        _LINKED_MANY, {"types": sorted({t for t, _ in refs}), "ids": sorted({i for _, i in refs})}
+        _LINKED_MANY, ref_lists(refs)
     ).all()
     out: dict[tuple[str, str], list[LinkedRecord]] = {}
     for r in rows:

@@ -54,10 +54,8 @@ class AdmissionMiddleware:
             self._finish(klass)
 
     async def _acquire(self, klass: int) -> None:
-        if self.running < self.slots and (klass != WRITE or self.writes < self.write_slots) and not any(self._waiting.values()):
-            self.running += 1  # a free slot and no one waiting: the unloaded server's way, no future
-            if klass == WRITE:
-                self.writes += 1
+        if self._may_start(klass) and not any(self._waiting.values()):
+            self._start(klass)  # a free slot and no one waiting: the unloaded server's way, no future
             return
         turn = asyncio.get_running_loop().create_future()
         self._waiting[klass].append(turn)
@@ -68,6 +66,14 @@ class AdmissionMiddleware:
             if turn.done() and not turn.cancelled():
                 self._finish(klass)  # its turn came as the client went away: pass it on
             raise
+
+    def _may_start(self, klass: int) -> bool:
+        return self.running < self.slots and (klass != WRITE or self.writes < self.write_slots)
+
+    def _start(self, klass: int) -> None:
+        self.running += 1
+        if klass == WRITE:
+            self.writes += 1
 
     def _finish(self, klass: int) -> None:
         self.running -= 1
@@ -83,10 +89,8 @@ class AdmissionMiddleware:
                 queue = self._waiting[klass]
                 while queue and queue[0].done():
                     queue.popleft()
-                if queue and (klass != WRITE or self.writes < self.write_slots):
-                    self.running += 1
-                    if klass == WRITE:
-                        self.writes += 1
+                if queue and self._may_start(klass):
+                    self._start(klass)
                     queue.popleft().set_result(None)
                     break
             else:

@@ -37,7 +37,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from app.auth.tokens import Principal, Scope
-from app.db import Database, in_list, insert_rows, plan_each_execution
+from app.db import Database, in_list, insert_rows, plan_each_execution, ref_lists
 from app.errors import FhirError
 from app.fhir.indexing import WRITABLE_TYPES, identifiers_of
 from app.ingest.service import EntryRequest, EntryResult, IngestService, source_keys
@@ -87,10 +87,6 @@ _ANY_LINKS = (
     .where(SyncUpstream.__table__.c.base_url == bindparam("base"), in_list(_L.c.res_type, "types"), in_list(_L.c.upstream_res_id, "ids"))
 )
 _DEL_LINKS = delete(_L).where(_L.c.upstream_id == bindparam("up"), _L.c.res_type == bindparam("t"), in_list(_L.c.upstream_res_id, "ids"))
-
-
-def _pair_lists(pairs) -> dict[str, list[str]]:
-    return {"types": sorted({t for t, _ in pairs}), "ids": sorted({i for _, i in pairs})}
 
 
 def parse_instant(text: str | None) -> datetime | None:
@@ -538,7 +534,7 @@ class Syncer:
         conn = s.connection()
         known = {
             (r.res_type, r.upstream_res_id): r.local_res_id
-            for r in conn.execute(_OWN_LINKS, {"up": self.upstream_id, **_pair_lists(keys)})
+            for r in conn.execute(_OWN_LINKS, {"up": self.upstream_id, **ref_lists(keys)})
             if (r.res_type, r.upstream_res_id) in keys
         }
         new = [it for it in items if (it.res_type, it.upstream_id) not in known]
@@ -666,7 +662,7 @@ class Syncer:
         """Local ids of upstream records already synced from this upstream, by any source (own first)."""
         if not keys:
             return {}
-        rows = [r for r in s.connection().execute(_ANY_LINKS, {"base": self.base, **_pair_lists(keys)}) if (r.res_type, r.upstream_res_id) in keys]
+        rows = [r for r in s.connection().execute(_ANY_LINKS, {"base": self.base, **ref_lists(keys)}) if (r.res_type, r.upstream_res_id) in keys]
         out: dict[tuple[str, str], str] = {}
         for r in sorted(rows, key=lambda r: r.upstream_id != self.upstream_id, reverse=True):
             out[(r.res_type, r.upstream_res_id)] = r.local_res_id  # own row written last wins

@@ -80,15 +80,20 @@ def _client(live, role: str | None) -> httpx.Client:
     return httpx.Client(base_url=live.base_url, headers=headers, timeout=30)
 
 
-def test_each_row_allows_its_roles_and_refuses_the_others_over_http(live, routes):
-    src = _client(live, "source-system")
+def _infant(src: httpx.Client, family: str, gender: str, days: int) -> tuple[str, str]:
+    """A baby `days` old posted by the source: (its NHS number, its Patient id)."""
     nhs = next_nhs()
     infant = {"resourceType": "Patient", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
-              "name": [{"family": "Matrix", "given": ["Baby"]}], "gender": "female",
-              "birthDate": (date.today() - timedelta(days=30)).isoformat()}
+              "name": [{"family": family, "given": ["Baby"]}], "gender": gender,
+              "birthDate": (date.today() - timedelta(days=days)).isoformat()}
     r = src.post("/fhir/Patient", content=json.dumps(infant), headers=CT)
     assert r.status_code == 201, r.text
-    infant_id = r.json()["id"]
+    return nhs, r.json()["id"]
+
+
+def test_each_row_allows_its_roles_and_refuses_the_others_over_http(live, routes):
+    src = _client(live, "source-system")
+    nhs, infant_id = _infant(src, "Matrix", "female", days=30)
     clients = {role: _client(live, role) for role in ROLES}
     problems, refused = [], 0
     for method, path, op in routes:
@@ -122,13 +127,7 @@ def test_family_view_over_every_route_role_and_purpose(live, routes):
     others are never refused by the table, an unknown purpose is a 400 for everyone, and every
     answer, refusals included, is recorded in the audit (X-Audit-Event)."""
     src = _client(live, "source-system")
-    nhs = next_nhs()
-    infant = {"resourceType": "Patient", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
-              "name": [{"family": "Purposeful", "given": ["Baby"]}], "gender": "male",
-              "birthDate": (date.today() - timedelta(days=20)).isoformat()}
-    r = src.post("/fhir/Patient", content=json.dumps(infant), headers=CT)
-    assert r.status_code == 201, r.text
-    infant_id = r.json()["id"]
+    nhs, infant_id = _infant(src, "Purposeful", "male", days=20)
     rule = access.rule("family-view")
     fv_routes = [(m, p) for m, p, op in routes if op == "family-view"]
     assert len(fv_routes) == 4
