@@ -34,7 +34,10 @@ from typing import Iterable, Iterator
 
 import orjson
 from fastapi import Depends, Request
-from sqlalchemy import Integer, and_, bindparam, delete, func, select
+from sqlalchemy import Boolean, Integer, and_, bindparam, delete, func, literal_column, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from app.auth.deps import get_principal
 from app.auth.tokens import Principal
@@ -94,13 +97,13 @@ def queue_entries(conn, written: list[Written]) -> tuple[list, tuple[str, ...]]:
     now = datetime.now(timezone.utc)
     notify = (f"NOTIFY {CHANNEL}",) if conn.dialect.name == "postgresql" else ()
     return [(_Q, [{"res_type": w.res_type, "res_id": w.res_id, "enqueued_at": now} for w in written]),
-            (_QK, [{"key_hash": h, "res_type": w.res_type, "res_id": w.res_id} for w in written for h in _key_hashes(w)])], notify
+            (_QK, [{"res_type": w.res_type, "res_id": w.res_id, "key_hashes": hashes} for w in written if (hashes := _key_hashes(w))])], notify
 
 
-def _key_hashes(w: Written) -> set[int]:
+def _key_hashes(w: Written) -> list[int]:
     resource = dict(w.resource)
     resource["id"] = w.res_id
-    return {key_hash(k) for k in blocking_keys(PersonRecord.from_fhir(resource))}
+    return sorted({key_hash(k) for k in blocking_keys(PersonRecord.from_fhir(resource))})
 
 
 def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch: int = BATCH, ids: list[int] | None = None) -> int:
@@ -145,12 +148,39 @@ def settle(db: Database, settings) -> None:
 
 # the closure of settle_records: a record's blocking keys (linked and queued), the other
 # records of its person, and the queued records sharing any of those keys
-_SEL_KEYS = (select(_K.c.res_type, _K.c.res_id, _K.c.key_hash).where(in_list(_K.c.res_type, "types"), in_list(_K.c.res_id, "ids"))
-             .union_all(select(_QK.c.res_type, _QK.c.res_id, _QK.c.key_hash).where(in_list(_QK.c.res_type, "types"), in_list(_QK.c.res_id, "ids"))))
+class SharesKey(ColumnElement[bool]):
+    """A queued record's key hashes (``linkage_queue_key.key_hashes``) include any of a list
+    bound at execution: the array overlap `&&` on PostgreSQL (its GIN index), a look into
+    the JSON array on SQLite."""
+
+    inherit_cache = True
+    type = Boolean()
+    _is_implicitly_boolean = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement), ("name", InternalTraversal.dp_string)]
+
+    def __init__(self, column, name: str):
+        self.column = column
+        self.name = name
+
+
+@compiles(SharesKey)
+def _shares_key_json(element: SharesKey, compiler, **kw) -> str:
+    column = compiler.process(element.column, **kw)
+    values = compiler.process(literal_column("value").in_(bindparam(element.name, expanding=True)), **kw)
+    return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE {values})"
+
+
+@compiles(SharesKey, "postgresql")
+def _shares_key_array(element: SharesKey, compiler, **kw) -> str:
+    return compiler.process(element.column.op("&&")(bindparam(element.name, type_=element.column.type)), **kw)
+
+
+_SEL_KEYS = select(_K.c.res_type, _K.c.res_id, _K.c.key_hash).where(in_list(_K.c.res_type, "types"), in_list(_K.c.res_id, "ids"))
+_SEL_QUEUED_KEYS = select(_QK.c.res_type, _QK.c.res_id, _QK.c.key_hashes).where(in_list(_QK.c.res_type, "types"), in_list(_QK.c.res_id, "ids"))
 _ME = _L.alias("me")
 _SEL_MEMBERS = (select(_ME.c.res_type.label("me_type"), _ME.c.res_id.label("me_id"), _L.c.res_type, _L.c.res_id)
                 .join(_L, _L.c.person_id == _ME.c.person_id).where(in_list(_ME.c.res_type, "types"), in_list(_ME.c.res_id, "ids")))
-_SEL_SHARING = select(_QK.c.res_type, _QK.c.res_id).where(in_list(_QK.c.key_hash, "hashes"))
+_SEL_SHARING = select(_QK.c.res_type, _QK.c.res_id).where(SharesKey(_QK.c.key_hashes, "hashes"))
 _SEL_ENTRIES = select(_Q.c.id, _Q.c.res_type, _Q.c.res_id).where(in_list(_Q.c.res_type, "types"), in_list(_Q.c.res_id, "ids"))
 CLOSURE_LIMIT = 2000  # records: a reader whose closure grows past this settles the whole queue
 
@@ -177,7 +207,11 @@ def pending_for(conn, refs: Iterable[tuple[str, str]]) -> list[int] | None:
         if len(known) > CLOSURE_LIMIT:
             return None
         binds = ref_lists(frontier)
-        new_hashes = {r.key_hash for r in conn.execute(_SEL_KEYS, binds) if (r.res_type, r.res_id) in frontier} - hashes
+        new_hashes = {r.key_hash for r in conn.execute(_SEL_KEYS, binds) if (r.res_type, r.res_id) in frontier}
+        for r in conn.execute(_SEL_QUEUED_KEYS, binds):
+            if (r.res_type, r.res_id) in frontier:
+                new_hashes.update(r.key_hashes)
+        new_hashes -= hashes
         frontier = {(r.res_type, r.res_id) for r in conn.execute(_SEL_MEMBERS, binds) if (r.me_type, r.me_id) in frontier}
     return [e.id for e in conn.execute(_SEL_ENTRIES, ref_lists(known)) if (e.res_type, e.res_id) in known]
 
