@@ -21,9 +21,12 @@ write lock), and the queue stays empty.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import select as io_select
+import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +37,7 @@ from typing import Iterable, Iterator
 
 import orjson
 from fastapi import Depends, Request
-from sqlalchemy import Boolean, Integer, and_, bindparam, delete, func, literal_column, select
+from sqlalchemy import Boolean, Integer, and_, bindparam, delete, event, func, literal_column, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
@@ -82,6 +85,72 @@ _DEL_KEYS = delete(_QK).where(in_list(_QK.c.res_type, "types"), in_list(_QK.c.re
 
 
 CHANNEL = "familyview_linkage"  # PostgreSQL NOTIFY channel: wakes the worker at each commit
+
+
+# SQLite has no NOTIFY: a write that queued records wakes the worker after its commit with a
+# datagram on a Linux abstract socket named after the database file (no file to clean up;
+# elsewhere, or with no worker listening, the worker's poll interval is the fallback).
+def _wake_address(path: str | None) -> str | None:
+    if not path or path == ":memory:" or not sys.platform.startswith("linux"):
+        return None
+    return "\0familyview-linkage-" + hashlib.blake2b(os.path.abspath(path).encode(), digest_size=12).hexdigest()
+
+
+_SENDER: socket.socket | None = None
+
+
+def wake_after_commit(session) -> None:
+    """SQLite: tell the worker when this session's transaction commits (once per transaction)."""
+    address = _wake_address(session.get_bind().url.database)
+    if address is None or session.info.get(_WAKE_PENDING):
+        return
+    session.info[_WAKE_PENDING] = True
+
+    def committed(sess) -> None:
+        sess.info.pop(_WAKE_PENDING, None)
+        global _SENDER
+        try:
+            if _SENDER is None:
+                _SENDER = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                _SENDER.setblocking(False)
+            _SENDER.sendto(b"1", address)
+        except OSError:  # no worker listening, or its socket is full (it is awake then): nothing to do
+            pass
+
+    def rolled_back(sess, *_) -> None:
+        sess.info.pop(_WAKE_PENDING, None)
+
+    event.listen(session, "after_commit", committed, once=True)
+    event.listen(session, "after_soft_rollback", rolled_back, once=True)
+
+
+_WAKE_PENDING = "familyview.linkage_wake"
+
+
+def _listen_for_wakes(path: str | None) -> socket.socket | None:
+    """The worker's end of wake_after_commit; None when another worker holds it (that one is
+    woken; this one polls) or the platform has no abstract sockets."""
+    address = _wake_address(path)
+    if address is None:
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+def _wait_for_wake(sock: socket.socket, timeout: float) -> None:
+    ready, _, _ = io_select.select([sock], [], [], timeout)
+    if ready:
+        try:
+            while sock.recv(16):  # every wake so far: one drain links what they all queued
+                pass
+        except BlockingIOError:
+            pass
 
 
 def enqueue(session, written: list[Written]) -> None:
@@ -274,6 +343,7 @@ def run_worker(settings) -> None:
     db = Database(settings.database_url)
     idle = settings.linkage_worker_poll_seconds
     listener = None  # a pooled connection held checked out for LISTEN (PostgreSQL)
+    waker = _listen_for_wakes(db.engine.url.database) if db.dialect == "sqlite" else None
     while True:
         try:
             if db.dialect == "postgresql" and listener is None:
@@ -284,6 +354,8 @@ def run_worker(settings) -> None:
                 if listener is not None:
                     for _ in listener.driver_connection.notifies(timeout=idle, stop_after=1):
                         pass
+                elif waker is not None:
+                    _wait_for_wake(waker, idle)
                 else:
                     time.sleep(idle)
         except Exception:  # a database outage or a bug: logged, the entries stay queued, try again
