@@ -200,10 +200,13 @@ def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch
                 Written(r.res_type, r.res_id, r.version_id, orjson.loads(r.body), False, r.source_org, r.source_system)
                 for r in stored.values() if r.version_id is not None
             ]
+            # the entries go first (one round trip): linking ends with its audit event, whose chain
+            # lock every write's audit waits for, so the commit follows it at once (this process
+            # runs at a lower priority than the server's, and must not hold that lock long)
+            pipelined(conn, [(_DEL_BATCH, {"qids": [e.id for e in entries]}),
+                             (_DEL_KEYS, ref_lists(stored))])
             if written:
                 LinkageService.from_settings(session, settings).link_written(written)
-            pipelined(conn, [(_DEL_BATCH, {"qids": [e.id for e in entries]}),  # one round trip
-                             (_DEL_KEYS, ref_lists(stored))])
         done += len(entries)
 
 
