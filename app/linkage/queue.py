@@ -279,8 +279,9 @@ def pending_for(conn, refs: Iterable[tuple[str, str]]) -> list[int] | None:
         if len(known) > CLOSURE_LIMIT:
             return None
         binds = ref_lists(frontier)
-        new_hashes = {r.key_hash for r in conn.execute(_SEL_KEYS, binds) if (r.res_type, r.res_id) in frontier}
-        for r in conn.execute(_SEL_QUEUED_KEYS, binds):
+        linked, queued = pipelined(conn, [(_SEL_KEYS, binds), (_SEL_QUEUED_KEYS, binds)])  # one round trip
+        new_hashes = {r.key_hash for r in linked if (r.res_type, r.res_id) in frontier}
+        for r in queued:
             if (r.res_type, r.res_id) in frontier:
                 new_hashes.update(r.key_hashes)
         new_hashes -= hashes
