@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     # in parallel with the server and the database; inline on SQLite, where a second
     # writing process could only wait for the one write lock.
     linkage_mode: Literal["auto", "inline", "queued"] = "auto"
-    linkage_worker_poll_seconds: float = 0.25  # how often an idle worker looks (PostgreSQL also wakes it at each commit)
+    linkage_worker_poll_seconds: float = 0.25  # how often an idle worker looks (a commit also wakes it: NOTIFY on PostgreSQL, a datagram on SQLite)
 
     # Sync from an upstream FHIR server (`familyview sync`, the rest-hook receiver).
     # Auth to the upstream: a bearer token, or OAuth2 client credentials from sync_token_url.

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.ingest.hooks import Written
-from app.linkage.queue import queue_entries
+from app.linkage.queue import queue_entries, wake_after_commit
 from app.linkage.service import LINKED_TYPES, LinkageService
 
 
@@ -33,7 +33,10 @@ class LinkageHook:
         mine = [w for w in written if w.res_type in LINKED_TYPES]
         if not mine or not self.settings.linkage_queued:
             return [], ()
-        return queue_entries(session.connection(), mine)
+        conn = session.connection()
+        if conn.dialect.name == "sqlite":  # PostgreSQL's worker is woken by the NOTIFY at commit
+            wake_after_commit(session)
+        return queue_entries(conn, mine)
 
     def after_write(self, session: Session, written: list[Written]) -> None:
         mine = [w for w in written if w.res_type in LINKED_TYPES]

@@ -119,7 +119,10 @@ def level_rank(level: str | None) -> int:
 def nhs_number_is_valid(value: str | None) -> bool:
     """Modulus 11 check of a 10-digit NHS number, as ingest checks it (app.identifiers): ASCII
     digits only, no spaces or hyphens."""
-    return is_valid_nhs_number(value)
+    return _nhs_valid(value) if isinstance(value, str) else is_valid_nhs_number(value)
+
+
+_nhs_valid = lru_cache(maxsize=65536)(is_valid_nhs_number)  # a record's number is checked twice as it is read
 
 
 def normalise_nhs_number(value: str | None) -> str | None:
@@ -135,7 +138,13 @@ _NON_NAME = re.compile(r"[^a-z\s-]")
 _SPLIT = re.compile(r"[\s-]+")
 
 
+# The normalisations below are pure functions of one string, and the same strings recur (a
+# family's surname and address on every one of its records, a Bundle's records read again by
+# the linkage worker): each is cached, so reading a record costs a look-up per field.
+@lru_cache(maxsize=65536)
 def _ascii_lower(text: str) -> str:
+    if text.isascii():
+        return text.lower()
     text = unicodedata.normalize("NFKD", text)
     return "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
 
@@ -145,7 +154,12 @@ def name_tokens(text: str | None) -> tuple[str, ...]:
     hyphens and spaces split (Smith-Jones -> smith, jones)."""
     if not text:
         return ()
-    text = _ascii_lower(str(text)).replace("'", "").replace("’", "").replace(".", " ")
+    return _name_tokens(str(text))
+
+
+@lru_cache(maxsize=65536)
+def _name_tokens(text: str) -> tuple[str, ...]:
+    text = _ascii_lower(text).replace("'", "").replace("’", "").replace(".", " ")
     text = _NON_NAME.sub(" ", text)
     return tuple(t for t in _SPLIT.split(text) if t)
 
@@ -153,8 +167,16 @@ def name_tokens(text: str | None) -> tuple[str, ...]:
 def normalise_text(text: str | None) -> str | None:
     if text is None:
         return None
-    out = " ".join(_ascii_lower(str(text)).replace("'", "").split())
-    out = re.sub(r"[^a-z0-9 ]", " ", out)
+    return _normalise_text(str(text))
+
+
+_NON_TEXT = re.compile(r"[^a-z0-9 ]")
+
+
+@lru_cache(maxsize=65536)
+def _normalise_text(text: str) -> str | None:
+    out = " ".join(_ascii_lower(text).replace("'", "").split())
+    out = _NON_TEXT.sub(" ", out)
     out = " ".join(out.split())
     return out or None
 
@@ -166,7 +188,12 @@ def normalise_postcode(value: str | None) -> str | None:
     """UK postcodes as 'OUT IN' (e.g. 'LS1 4AP'); anything else upper-case, compact."""
     if value is None:
         return None
-    compact = re.sub(r"[^A-Za-z0-9]", "", str(value)).upper()
+    return _normalise_postcode(str(value))
+
+
+@lru_cache(maxsize=65536)
+def _normalise_postcode(value: str) -> str | None:
+    compact = re.sub(r"[^A-Za-z0-9]", "", value).upper()
     if not compact:
         return None
     m = _UK_POSTCODE.match(compact)

@@ -21,9 +21,12 @@ write lock), and the queue stays empty.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import select as io_select
+import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +37,10 @@ from typing import Iterable, Iterator
 
 import orjson
 from fastapi import Depends, Request
-from sqlalchemy import Integer, and_, bindparam, delete, func, select
+from sqlalchemy import Boolean, Integer, and_, bindparam, delete, event, func, literal_column, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from app.auth.deps import get_principal
 from app.auth.tokens import Principal
@@ -81,6 +87,72 @@ _DEL_KEYS = delete(_QK).where(in_list(_QK.c.res_type, "types"), in_list(_QK.c.re
 CHANNEL = "familyview_linkage"  # PostgreSQL NOTIFY channel: wakes the worker at each commit
 
 
+# SQLite has no NOTIFY: a write that queued records wakes the worker after its commit with a
+# datagram on a Linux abstract socket named after the database file (no file to clean up;
+# elsewhere, or with no worker listening, the worker's poll interval is the fallback).
+def _wake_address(path: str | None) -> str | None:
+    if not path or path == ":memory:" or not sys.platform.startswith("linux"):
+        return None
+    return "\0familyview-linkage-" + hashlib.blake2b(os.path.abspath(path).encode(), digest_size=12).hexdigest()
+
+
+_SENDER: socket.socket | None = None
+
+
+def wake_after_commit(session) -> None:
+    """SQLite: tell the worker when this session's transaction commits (once per transaction)."""
+    address = _wake_address(session.get_bind().url.database)
+    if address is None or session.info.get(_WAKE_PENDING):
+        return
+    session.info[_WAKE_PENDING] = True
+
+    def committed(sess) -> None:
+        sess.info.pop(_WAKE_PENDING, None)
+        global _SENDER
+        try:
+            if _SENDER is None:
+                _SENDER = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                _SENDER.setblocking(False)
+            _SENDER.sendto(b"1", address)
+        except OSError:  # no worker listening, or its socket is full (it is awake then): nothing to do
+            pass
+
+    def rolled_back(sess, *_) -> None:
+        sess.info.pop(_WAKE_PENDING, None)
+
+    event.listen(session, "after_commit", committed, once=True)
+    event.listen(session, "after_soft_rollback", rolled_back, once=True)
+
+
+_WAKE_PENDING = "familyview.linkage_wake"
+
+
+def _listen_for_wakes(path: str | None) -> socket.socket | None:
+    """The worker's end of wake_after_commit; None when another worker holds it (that one is
+    woken; this one polls) or the platform has no abstract sockets."""
+    address = _wake_address(path)
+    if address is None:
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+def _wait_for_wake(sock: socket.socket, timeout: float) -> None:
+    ready, _, _ = io_select.select([sock], [], [], timeout)
+    if ready:
+        try:
+            while sock.recv(16):  # every wake so far: one drain links what they all queued
+                pass
+        except BlockingIOError:
+            pass
+
+
 def enqueue(session, written: list[Written]) -> None:
     """Name the written records in the queue, in the write's transaction (on PostgreSQL the
     worker is told at commit: NOTIFY is delivered then, and not at all on rollback)."""
@@ -94,13 +166,13 @@ def queue_entries(conn, written: list[Written]) -> tuple[list, tuple[str, ...]]:
     now = datetime.now(timezone.utc)
     notify = (f"NOTIFY {CHANNEL}",) if conn.dialect.name == "postgresql" else ()
     return [(_Q, [{"res_type": w.res_type, "res_id": w.res_id, "enqueued_at": now} for w in written]),
-            (_QK, [{"key_hash": h, "res_type": w.res_type, "res_id": w.res_id} for w in written for h in _key_hashes(w)])], notify
+            (_QK, [{"res_type": w.res_type, "res_id": w.res_id, "key_hashes": hashes} for w in written if (hashes := _key_hashes(w))])], notify
 
 
-def _key_hashes(w: Written) -> set[int]:
+def _key_hashes(w: Written) -> list[int]:
     resource = dict(w.resource)
     resource["id"] = w.res_id
-    return {key_hash(k) for k in blocking_keys(PersonRecord.from_fhir(resource))}
+    return sorted({key_hash(k) for k in blocking_keys(PersonRecord.from_fhir(resource))})
 
 
 def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch: int = BATCH, ids: list[int] | None = None) -> int:
@@ -128,10 +200,13 @@ def drain(db: Database, settings, *, wait: bool, up_to: int | None = None, batch
                 Written(r.res_type, r.res_id, r.version_id, orjson.loads(r.body), False, r.source_org, r.source_system)
                 for r in stored.values() if r.version_id is not None
             ]
+            # the entries go first (one round trip): linking ends with its audit event, whose chain
+            # lock every write's audit waits for, so the commit follows it at once (this process
+            # runs at a lower priority than the server's, and must not hold that lock long)
+            pipelined(conn, [(_DEL_BATCH, {"qids": [e.id for e in entries]}),
+                             (_DEL_KEYS, ref_lists(stored))])
             if written:
                 LinkageService.from_settings(session, settings).link_written(written)
-            pipelined(conn, [(_DEL_BATCH, {"qids": [e.id for e in entries]}),  # one round trip
-                             (_DEL_KEYS, ref_lists(stored))])
         done += len(entries)
 
 
@@ -145,12 +220,39 @@ def settle(db: Database, settings) -> None:
 
 # the closure of settle_records: a record's blocking keys (linked and queued), the other
 # records of its person, and the queued records sharing any of those keys
-_SEL_KEYS = (select(_K.c.res_type, _K.c.res_id, _K.c.key_hash).where(in_list(_K.c.res_type, "types"), in_list(_K.c.res_id, "ids"))
-             .union_all(select(_QK.c.res_type, _QK.c.res_id, _QK.c.key_hash).where(in_list(_QK.c.res_type, "types"), in_list(_QK.c.res_id, "ids"))))
+class SharesKey(ColumnElement[bool]):
+    """A queued record's key hashes (``linkage_queue_key.key_hashes``) include any of a list
+    bound at execution: the array overlap `&&` on PostgreSQL (its GIN index), a look into
+    the JSON array on SQLite."""
+
+    inherit_cache = True
+    type = Boolean()
+    _is_implicitly_boolean = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement), ("name", InternalTraversal.dp_string)]
+
+    def __init__(self, column, name: str):
+        self.column = column
+        self.name = name
+
+
+@compiles(SharesKey)
+def _shares_key_json(element: SharesKey, compiler, **kw) -> str:
+    column = compiler.process(element.column, **kw)
+    values = compiler.process(literal_column("value").in_(bindparam(element.name, expanding=True)), **kw)
+    return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE {values})"
+
+
+@compiles(SharesKey, "postgresql")
+def _shares_key_array(element: SharesKey, compiler, **kw) -> str:
+    return compiler.process(element.column.op("&&")(bindparam(element.name, type_=element.column.type)), **kw)
+
+
+_SEL_KEYS = select(_K.c.res_type, _K.c.res_id, _K.c.key_hash).where(in_list(_K.c.res_type, "types"), in_list(_K.c.res_id, "ids"))
+_SEL_QUEUED_KEYS = select(_QK.c.res_type, _QK.c.res_id, _QK.c.key_hashes).where(in_list(_QK.c.res_type, "types"), in_list(_QK.c.res_id, "ids"))
 _ME = _L.alias("me")
 _SEL_MEMBERS = (select(_ME.c.res_type.label("me_type"), _ME.c.res_id.label("me_id"), _L.c.res_type, _L.c.res_id)
                 .join(_L, _L.c.person_id == _ME.c.person_id).where(in_list(_ME.c.res_type, "types"), in_list(_ME.c.res_id, "ids")))
-_SEL_SHARING = select(_QK.c.res_type, _QK.c.res_id).where(in_list(_QK.c.key_hash, "hashes"))
+_SEL_SHARING = select(_QK.c.res_type, _QK.c.res_id).where(SharesKey(_QK.c.key_hashes, "hashes"))
 _SEL_ENTRIES = select(_Q.c.id, _Q.c.res_type, _Q.c.res_id).where(in_list(_Q.c.res_type, "types"), in_list(_Q.c.res_id, "ids"))
 CLOSURE_LIMIT = 2000  # records: a reader whose closure grows past this settles the whole queue
 
@@ -177,7 +279,12 @@ def pending_for(conn, refs: Iterable[tuple[str, str]]) -> list[int] | None:
         if len(known) > CLOSURE_LIMIT:
             return None
         binds = ref_lists(frontier)
-        new_hashes = {r.key_hash for r in conn.execute(_SEL_KEYS, binds) if (r.res_type, r.res_id) in frontier} - hashes
+        linked, queued = pipelined(conn, [(_SEL_KEYS, binds), (_SEL_QUEUED_KEYS, binds)])  # one round trip
+        new_hashes = {r.key_hash for r in linked if (r.res_type, r.res_id) in frontier}
+        for r in queued:
+            if (r.res_type, r.res_id) in frontier:
+                new_hashes.update(r.key_hashes)
+        new_hashes -= hashes
         frontier = {(r.res_type, r.res_id) for r in conn.execute(_SEL_MEMBERS, binds) if (r.me_type, r.me_id) in frontier}
     return [e.id for e in conn.execute(_SEL_ENTRIES, ref_lists(known)) if (e.res_type, e.res_id) in known]
 
@@ -240,6 +347,7 @@ def run_worker(settings) -> None:
     db = Database(settings.database_url)
     idle = settings.linkage_worker_poll_seconds
     listener = None  # a pooled connection held checked out for LISTEN (PostgreSQL)
+    waker = _listen_for_wakes(db.engine.url.database) if db.dialect == "sqlite" else None
     while True:
         try:
             if db.dialect == "postgresql" and listener is None:
@@ -250,6 +358,8 @@ def run_worker(settings) -> None:
                 if listener is not None:
                     for _ in listener.driver_connection.notifies(timeout=idle, stop_after=1):
                         pass
+                elif waker is not None:
+                    _wait_for_wake(waker, idle)
                 else:
                     time.sleep(idle)
         except Exception:  # a database outage or a bug: logged, the entries stay queued, try again

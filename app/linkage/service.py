@@ -82,6 +82,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from functools import lru_cache
 from typing import Iterable
 
 from sqlalchemy import Integer, bindparam, delete, insert, or_, select, text, union_all, update
@@ -116,6 +117,7 @@ def _now() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+@lru_cache(maxsize=65536)  # a household's keys recur on its records, and the worker hashes what the write hashed
 def key_hash(key: str) -> int:
     """Signed 64-bit hash of a blocking key (BIGINT column and advisory-lock id)."""
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big", signed=True)

@@ -15,12 +15,13 @@ import uuid
 import httpx
 import pytest
 from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
 
 from app.auth.tokens import mint_token
 from app.db import Database
 from app.ingest.service import EntryRequest, IngestService
 from app.linkage.models import Link, QueuedRecord, QueuedRecordKey
-from app.linkage.queue import drain, pending_for, settle, settle_records
+from app.linkage.queue import _wake_address, drain, pending_for, settle, settle_records
 from app.linkage.hooks import LinkageHook
 from app.linkage.service import linked_person_id
 from app.settings import PROJECT_ROOT, Settings
@@ -272,6 +273,37 @@ def test_serve_starts_a_worker_that_links_right_after_commit_and_is_restarted(da
     while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
         assert time.monotonic() < deadline, "the worker outlived its server"
         time.sleep(0.1)
+
+
+@pytest.mark.serial  # a worker process beside the writes: alone, not beside the parallel run
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the SQLite wake-up is a Linux abstract socket")
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_on_sqlite_a_queued_write_wakes_the_worker_at_commit(database, queued):
+    """SQLite has no NOTIFY: a write that queued records wakes the worker after its commit (a
+    datagram), so with linkage queued on SQLite the worker links at once, not at its next poll."""
+    env = {**os.environ, **{f"FAMILYVIEW_{k.upper()}": str(v) for k, v in (("database_url", queued.database_url),
+           ("linkage_mode", "queued"), ("auth_local_key_path", queued.auth_local_key_path))},
+           "FAMILYVIEW_LINKAGE_WORKER_POLL_SECONDS": "30"}  # so only the commit's wake-up can wake it this fast
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "linkage-worker"], cwd=PROJECT_ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        address = "@" + _wake_address(make_url(queued.database_url).database)[1:]
+        deadline = time.monotonic() + 60
+        while address not in open("/proc/net/unix").read():  # the worker is up and listening
+            assert worker.poll() is None and time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.1)
+        time.sleep(1)  # its first drain (of an empty queue) done, it waits
+        before = _links(database)
+        with database.session() as s:
+            svc = IngestService(s, _source(GP_ORG, "general-practice"), queued, [LinkageHook(queued)], base="http://test/fhir")
+            svc.write_one(EntryRequest(0, "POST", "Patient", person("Patient", "Ann", "Jones", "1990-01-01", nhs=next_nhs()), in_bundle=False))
+        t0 = time.monotonic()
+        while _links(database) == before or _queue(database):
+            assert time.monotonic() - t0 < 10, "the worker was not woken by the commit"
+            time.sleep(0.02)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
 
 
 def test_a_database_reopened_after_a_stop_still_links_what_was_queued(database_url, queued):
