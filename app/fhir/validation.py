@@ -412,41 +412,50 @@ def _types_and_rules_ok(resource: dict[str, Any], res_type: str) -> tuple[bool, 
     resources are walked with their own type's plan (_check_contained_types ran first)."""
     types_ok = rules_ok = True
     stack: list[tuple[Any, dict[str, Any]]] = [(resource, _type_plan(res_type))]
-    pop, push, ruled, rule_systems = stack.pop, stack.append, _RULED_ELEMENTS, _RULE_SYSTEMS
+    pop, push, ruled, rule_systems, plan_of = stack.pop, stack.append, _RULED_ELEMENTS, _RULE_SYSTEMS, _type_plan
     while stack:
         node, plan = pop()
-        if isinstance(node, list):  # an array in an array: walked for the rules alone
-            for item in node:
-                if isinstance(item, (dict, list)):
-                    push((item, _NO_PLAN))
-            continue
+        if type(node) is not dict:
+            if isinstance(node, list):  # an array in an array: walked for the rules alone
+                for item in node:
+                    if isinstance(item, (dict, list)):
+                        push((item, _NO_PLAN))
+                continue
         for key, value in node.items():
-            if rules_ok and key in ruled and not _element_kept(key, value):
+            if key in ruled and rules_ok and not _element_kept(key, value):
                 rules_ok = False
             spec = plan.get(key)
+            kind = type(value)
             if spec is None:  # unknown to the plan (contained, _primitive extensions): rules only
-                if key == "contained" and type(value) is list and plan is not _NO_PLAN:
+                if key == "contained" and kind is list and plan is not _NO_PLAN:
                     for item in value:
                         if isinstance(item, dict):
-                            kind = item.get("resourceType")
-                            push((item, _type_plan(kind) if type(kind) is str else _NO_PLAN))
+                            res = item.get("resourceType")
+                            push((item, plan_of(res) if type(res) is str else _NO_PLAN))
                         elif isinstance(item, list):
                             push((item, _NO_PLAN))
-                elif isinstance(value, (dict, list)):
+                elif kind is dict or kind is list or isinstance(value, (dict, list)):
                     push((value, _NO_PLAN))
-                continue
-            complex_ = type(spec) is str
-            for item in value if type(value) is list else (value,):
-                if isinstance(item, dict):
-                    push((item, _type_plan(spec) if complex_ else _NO_PLAN))  # type: ignore[arg-type]
-                    if not complex_:
-                        types_ok = False
-                elif isinstance(item, list):
-                    push((item, _NO_PLAN))
-                    if not complex_:
-                        types_ok = False
-                elif not complex_ and item is not None and type(item) not in spec:
+            elif kind is str:  # most values: a string for a string element
+                if type(spec) is not str and str not in spec:
                     types_ok = False
+            elif kind is list or isinstance(value, list):
+                complex_ = type(spec) is str
+                for item in value:
+                    if isinstance(item, dict):
+                        push((item, plan_of(spec) if complex_ else _NO_PLAN))  # type: ignore[arg-type]
+                        types_ok = types_ok and complex_
+                    elif isinstance(item, list):
+                        push((item, _NO_PLAN))
+                        types_ok = types_ok and complex_
+                    elif not complex_ and item is not None and type(item) not in spec:
+                        types_ok = False
+            elif isinstance(value, dict):
+                complex_ = type(spec) is str
+                push((value, plan_of(spec) if complex_ else _NO_PLAN))  # type: ignore[arg-type]
+                types_ok = types_ok and complex_
+            elif type(spec) is not str and value is not None and kind not in spec:  # a primitive of another JSON type
+                types_ok = False
         if rules_ok:
             system = node.get("system")
             if isinstance(system, str) and system in rule_systems and not _system_rule_kept(node, system):
