@@ -138,14 +138,19 @@ def _references(resource: dict) -> list[dict]:
     """Every Reference-like dict in a resource (excluding contained resources)."""
     found = []
     stack: list[Any] = [resource]
+    pop, push = stack.pop, stack.append
     while stack:
-        n = stack.pop()
+        n = pop()
         if isinstance(n, dict):
             if isinstance(n.get("reference"), str) or (isinstance(n.get("identifier"), dict) and "type" in n):
                 found.append(n)
-            stack.extend(v for k, v in n.items() if k != "contained" and isinstance(v, (dict, list)))
-        elif isinstance(n, list):
-            stack.extend(n)
+            for k, v in n.items():
+                if type(v) is not str and isinstance(v, (dict, list)) and k != "contained":
+                    push(v)
+        else:  # a list: its objects and arrays, in order
+            for v in n:
+                if type(v) is not str and isinstance(v, (dict, list)):
+                    push(v)
     return found
 
 
