@@ -29,7 +29,7 @@ STAGES = [
     ("linkage", [("app/linkage/hooks.py", "after_write")]),
     ("labelling", [("app/ingest/labelling.py", "prepare")]),
     ("business rules", [("app/fhir/validation.py", "check_business_rules"), ("app/fhir/validation.py", "_check_local_references")]),
-    ("R4B validation", [("app/fhir/validation.py", "validate_structure")]),
+    ("R4B validation", [("app/fhir/validation.py", "validate_structure"), ("app/fhir/validation.py", "_validate_structure")]),
     ("validation, all (holds the two above)", [("app/fhir/validation.py", "validate_resource")]),
     ("search index", [("app/fhir/indexing.py", "index_resource")]),
     ("source keys", [("app/ingest/service.py", "_dedupe_by_source_key"), ("app/ingest/service.py", "_new_source_keys")]),

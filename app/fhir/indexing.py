@@ -271,6 +271,7 @@ _MIN_INSTANT = datetime(1, 1, 1)
 _MAX_INSTANT = datetime(9999, 12, 31, 23, 59, 59)
 
 
+@lru_cache(maxsize=16_384)  # dates repeat (birth dates, recorded dates): each is parsed once
 def date_range(value: str) -> tuple[str, str]:
     """The [low, high] instant range a FHIR date/dateTime/instant covers, as UTC ISO strings.
     The value's precision defines the range (FHIR search): a year, month or day covers all of
@@ -383,7 +384,14 @@ def index_resource(resource: dict[str, Any], rows: IndexRows | None = None) -> I
         if kind == "token":
             seen: set = set()
             for value in values:
-                for system, code in _tokens(value):
+                if isinstance(value, str):  # a code
+                    found: Any = ((None, value),)
+                elif isinstance(value, dict) and "coding" not in value and "value" not in value:  # a Coding
+                    code = value.get("code")
+                    found = ((value.get("system"), code),) if isinstance(code, str) else ()
+                else:  # an Identifier, a CodeableConcept, a boolean
+                    found = _tokens(value)
+                for system, code in found:
                     key = (system, code[:255])
                     if key not in seen:
                         seen.add(key)
@@ -391,7 +399,7 @@ def index_resource(resource: dict[str, Any], rows: IndexRows | None = None) -> I
         elif kind == "string":
             seen = set()
             for value in values:
-                for text in _strings(value):
+                for text in (value,) if isinstance(value, str) else _strings(value):
                     n = normalise_string(text)
                     if n and n not in seen:
                         seen.add(n)
