@@ -714,15 +714,43 @@ def _breaks_a_rule(resource: dict[str, Any]) -> bool:
     return False
 
 
+@lru_cache(maxsize=None)
+def _required_plan(res_type: str) -> tuple[tuple[tuple[str, ...], set[str]], ...]:
+    """A type's required bindings (REQUIRED_CODES) as (path parts, allowed codes)."""
+    return tuple((tuple(path.split(".")), allowed) for path, allowed in REQUIRED_CODES.get(res_type, {}).items())
+
+
+def _required_codes_kept(resource: dict[str, Any], res_type: str) -> bool:
+    """Whether every code at a required binding's path is in its value set: the values
+    _iter_paths yields, gathered level by level without building their expressions."""
+    for parts, allowed in _required_plan(res_type):
+        values: list[Any] = [resource]
+        for part in parts:
+            found: list[Any] = []
+            for v in values:
+                if isinstance(v, dict) and part in v:
+                    x = v[part]
+                    if isinstance(x, list):
+                        found += x
+                    else:
+                        found.append(x)
+            values = found
+        for value in values:
+            if not isinstance(value, str) or value not in allowed:
+                return False
+    return True
+
+
 def check_business_rules(resource: dict[str, Any], facts: _Facts | None = None) -> None:
     """400 for a code outside a required binding (invalid FHIR); 422 for valid FHIR that breaks a
     rule of this gateway (NHS number, ODS code). `facts`: what validate_resource's structure
     check learnt of this resource (else the walks below find it out)."""
     res_type = resource["resourceType"]
-    for path, allowed in REQUIRED_CODES.get(res_type, {}).items():
-        for expr, value in _iter_paths(resource, path, res_type):
-            if value not in allowed:
-                raise _code_error(expr, value, allowed)
+    if not _required_codes_kept(resource, res_type):  # find and name the first code outside its value set
+        for path, allowed in REQUIRED_CODES.get(res_type, {}).items():
+            for expr, value in _iter_paths(resource, path, res_type):
+                if value not in allowed:
+                    raise _code_error(expr, value, allowed)
     for path, (system, allowed) in REQUIRED_CONCEPTS.get(res_type, {}).items():
         for expr, value in _iter_paths(resource, path, res_type):
             for i, coding in enumerate((value or {}).get("coding") or []):
