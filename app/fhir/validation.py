@@ -403,17 +403,26 @@ def _element_kept(key: str, value: Any) -> bool:
 _RULE_SYSTEMS = frozenset({NHS_NUMBER_SYSTEM, ODS_SYSTEM, CONFIDENTIALITY_SYSTEM})
 
 
-def _types_and_rules_ok(resource: dict[str, Any], res_type: str) -> tuple[bool, bool]:
+def _types_and_rules_ok(resource: dict[str, Any], res_type: str, references: list[dict[str, Any]] | None = None) -> tuple[bool, bool]:
     """(no primitive has the wrong JSON type, no object breaks a rule of _rule_error): one
     walk of every object, each known element checked against its model's compiled plan and
     each element or system that _rule_error reads checked as it does (conservatively: a
     False only means the naming walk runs). A False sends the resource to check_json_types
     or to check_business_rules' naming walk, which find and name the problem. Contained
-    resources are walked with their own type's plan (_check_contained_types ran first)."""
+    resources are walked last, with their own type's plan (_check_contained_types ran first).
+    `references`, when given, gets every Reference-like object outside contained resources,
+    in the order reference resolution reads them (app.ingest.service._references)."""
     types_ok = rules_ok = True
     stack: list[tuple[Any, dict[str, Any]]] = [(resource, _type_plan(res_type))]
+    contained: list[tuple[Any, dict[str, Any]]] = []  # walked once the rest is: no reference is read there
     pop, push, ruled, rule_systems, plan_of = stack.pop, stack.append, _RULED_ELEMENTS, _RULE_SYSTEMS, _type_plan
-    while stack:
+    collect = references is not None
+    while True:
+        if not stack:
+            if not contained:
+                break
+            stack, contained, collect = contained, [], False
+            pop, push = stack.pop, stack.append
         node, plan = pop()
         if type(node) is not dict:
             if isinstance(node, list):  # an array in an array: walked for the rules alone
@@ -421,19 +430,24 @@ def _types_and_rules_ok(resource: dict[str, Any], res_type: str) -> tuple[bool, 
                     if isinstance(item, (dict, list)):
                         push((item, _NO_PLAN))
                 continue
+        if collect and (isinstance(node.get("reference"), str) or (isinstance(node.get("identifier"), dict) and "type" in node)):
+            references.append(node)  # type: ignore[union-attr]
         for key, value in node.items():
             if key in ruled and rules_ok and not _element_kept(key, value):
                 rules_ok = False
             spec = plan.get(key)
             kind = type(value)
             if spec is None:  # unknown to the plan (contained, _primitive extensions): rules only
-                if key == "contained" and kind is list and plan is not _NO_PLAN:
-                    for item in value:
-                        if isinstance(item, dict):
-                            res = item.get("resourceType")
-                            push((item, plan_of(res) if type(res) is str else _NO_PLAN))
-                        elif isinstance(item, list):
-                            push((item, _NO_PLAN))
+                if key == "contained":
+                    if kind is list and plan is not _NO_PLAN:  # resources, each walked by its type's plan
+                        for item in value:
+                            if isinstance(item, dict):
+                                res = item.get("resourceType")
+                                contained.append((item, plan_of(res) if type(res) is str else _NO_PLAN))
+                            elif isinstance(item, list):
+                                contained.append((item, _NO_PLAN))
+                    elif isinstance(value, (dict, list)):
+                        contained.append((value, _NO_PLAN))
                 elif kind is dict or kind is list or isinstance(value, (dict, list)):
                     push((value, _NO_PLAN))
             elif kind is str:  # most values: a string for a string element
@@ -536,7 +550,8 @@ class _Facts:
     local_refs: bool  # some string starts with "#": _check_local_references decides
 
 
-def _validate_structure(resource: Any, expected_type: str | None, limits: ResourceLimits) -> _Facts:
+def _validate_structure(resource: Any, expected_type: str | None, limits: ResourceLimits,
+                        references: list[dict[str, Any]] | None = None) -> _Facts:
     if not isinstance(resource, dict):
         raise FhirError(400, "structure", "The resource must be a JSON object", expression="Resource")
     res_type = resource.get("resourceType")
@@ -583,7 +598,7 @@ def _validate_structure(resource: Any, expected_type: str | None, limits: Resour
         raise FhirError(400, "structure", f"{res_type} is nested too deeply", expression=res_type, spine_code="INVALID_RESOURCE") from None
     except (ValueError, TypeError) as exc:  # pragma: no cover - defensive
         raise FhirError(400, "structure", f"{res_type} is not valid: {type(exc).__name__}", expression=res_type) from None
-    types_ok, rules_ok = _types_and_rules_ok(resource, res_type)
+    types_ok, rules_ok = _types_and_rules_ok(resource, res_type, references)
     if not types_ok:
         check_json_types(resource, res_type)
     return _Facts(not rules_ok, local_refs)
@@ -846,6 +861,10 @@ def _check_local_references(resource: dict[str, Any], res_type: str) -> None:
             raise FhirError(400, "invalid", f"{where}: {problem}", expression=where, spine_code="INVALID_REFERENCE")
 
 
-def validate_resource(resource: Any, *, expected_type: str | None = None, limits: ResourceLimits = DEFAULT_LIMITS) -> dict[str, Any]:
-    check_business_rules(resource, _validate_structure(resource, expected_type, limits))
+def validate_resource(resource: Any, *, expected_type: str | None = None, limits: ResourceLimits = DEFAULT_LIMITS,
+                      references: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """400 or 422 unless the resource passes every rule. `references`, when given, is filled
+    with its Reference-like objects outside contained resources, as the one walk of the
+    structure check meets them (ingest resolves them without walking the resource again)."""
+    check_business_rules(resource, _validate_structure(resource, expected_type, limits, references))
     return resource

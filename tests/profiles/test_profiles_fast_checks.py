@@ -3,7 +3,8 @@ one serialisation (shape) and one walk by compiled per-type plans (JSON types, b
 required codes); only when either is unsure do the walks that name the problem run. Here
 thousands of resources, each the examples with a few values changed at random (nulls, control
 characters, wrong JSON types, bad codes, NHS and ODS numbers, over-long strings, nested arrays),
-are put to both: whenever the walks find a problem, the quick answer must not have said fine."""
+are put to both: whenever the walks find a problem, the quick answer must not have said fine.
+The typed walk also hands ingest the references it met, which must be those _references finds."""
 from __future__ import annotations
 
 import copy
@@ -15,6 +16,7 @@ from typing import Any
 from app.errors import FhirError
 from app.fhir import validation as v
 from app.fhir.indexing import NHS_NUMBER_SYSTEM, ODS_SYSTEM
+from app.ingest.service import _references
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "fhir_profiles" / "examples"
 SMALL = v.ResourceLimits(string_length=200, name_length=200, identifiers=20, repeats=5)
@@ -95,7 +97,10 @@ def test_the_quick_answers_never_pass_what_the_walks_refuse():
             continue
         if not v._json_shape_ok(resource):
             continue
-        types_fine, rules_fine = v._types_and_rules_ok(resource, res_type)
+        references: list[dict[str, Any]] = []
+        types_fine, rules_fine = v._types_and_rules_ok(resource, res_type, references)
+        # reference resolution reads the references the walk met: the same objects, in the same order
+        assert [id(r) for r in references] == [id(r) for r in _references(resource)], resource
         if types_fine:
             assert v._first_wrong_primitive(resource, res_type, paths=False) is None, resource
         if rules_fine:
