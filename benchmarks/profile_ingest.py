@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from app.auth.tokens import mint_token  # noqa: E402
 from app.fhir import views  # noqa: E402
 from app.main import create_app  # noqa: E402
+from app.runtime import collect_garbage_rarely  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from ingest import make_bundles  # noqa: E402
 
@@ -29,7 +30,7 @@ STAGES = [
     ("linkage", [("app/linkage/hooks.py", "after_write")]),
     ("labelling", [("app/ingest/labelling.py", "prepare")]),
     ("business rules", [("app/fhir/validation.py", "check_business_rules"), ("app/fhir/validation.py", "_check_local_references")]),
-    ("R4B validation", [("app/fhir/validation.py", "validate_structure")]),
+    ("R4B validation", [("app/fhir/validation.py", "validate_structure"), ("app/fhir/validation.py", "_validate_structure")]),
     ("validation, all (holds the two above)", [("app/fhir/validation.py", "validate_resource")]),
     ("search index", [("app/fhir/indexing.py", "index_resource")]),
     ("source keys", [("app/ingest/service.py", "_dedupe_by_source_key"), ("app/ingest/service.py", "_new_source_keys")]),
@@ -61,6 +62,7 @@ def main() -> int:
         url = dbs.new("profile")
         settings = Settings(database_url=url, auth_local_key_path=dbs.tmp / "key.pem", linkage_mode="inline")
         app = create_app(settings)
+        collect_garbage_rarely()  # as the server does: otherwise collections land in whichever function allocates
         token = mint_token(settings, role="source-system", org="RMT01", service="maternity", minutes=60)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
         bundles = [json.dumps(b).encode() for b in make_bundles(args.bundles + 2)]

@@ -436,46 +436,52 @@ _SCALARS = (str, int, float, bool, type(None))
 _NOT_CLINICAL_TEXT = frozenset({"name", "address", "telecom", "identifier", "photo", "extension", "modifierExtension"})
 
 
+def _is_container(value: Any) -> bool:
+    # dict and list first, scalars next: the Mapping ABC check is slow
+    return isinstance(value, (dict, list)) or (not isinstance(value, _SCALARS) and isinstance(value, _AbcMapping))
+
+
 def _scan(node: Any) -> tuple[list[tuple[str, str]], list[str]]:
     """Every (system, code) in a resource and every text the term backstop reads, except
     its meta (labels are read separately). An explicit stack, not recursive generators: it
-    runs on every resource ingested."""
+    runs on every resource ingested; only objects and arrays are pushed on it."""
     codings: list[tuple[str, str]] = []
     texts: list[str] = []
+    if not _is_container(node):
+        return codings, texts
     stack: list[tuple[Any, Any]] = [(None, node)]
-    top = node
+    pop, push, top, not_clinical = stack.pop, stack.append, node, _NOT_CLINICAL_TEXT
     while stack:
-        parent, n = stack.pop()
+        parent, n = pop()
         if isinstance(n, list):
-            stack.extend((parent, v) for v in n)
-        elif isinstance(n, dict) or isinstance(n, _AbcMapping):  # dict first: the ABC check is slow
-            code = n.get("code")
-            if isinstance(code, str) and "system" in n:
-                system = str(n.get("system") or "")
-                codings.append((system, code))
-                display = n.get("display")
-                if (
-                    isinstance(display, str)
-                    and not system.startswith(_HL7_TERMINOLOGY)
-                    and system != DATA_CATEGORY_SYSTEM
-                ):
-                    texts.append(display)
-            elif "code" in n and isinstance(n.get("display"), str):  # a coding with no system: its words still count
-                texts.append(n["display"])
-            if parent not in _NOT_CLINICAL_TEXT:
-                text = n.get("text")
-                if isinstance(text, str):
-                    texts.append(text)
-                value = n.get("valueString")
-                if isinstance(value, str):
-                    texts.append(value)
-            for key, value in n.items():
-                # dict and list first, scalars next: the Mapping ABC check is slow
-                if isinstance(value, (dict, list)) or (
-                    not isinstance(value, _SCALARS) and isinstance(value, _AbcMapping)
-                ):
-                    if not (n is top and key == "meta"):
-                        stack.append((key, value))
+            for v in n:
+                if type(v) is not str and _is_container(v):
+                    push((parent, v))
+            continue
+        code = n.get("code")
+        if isinstance(code, str) and "system" in n:
+            system = str(n.get("system") or "")
+            codings.append((system, code))
+            display = n.get("display")
+            if isinstance(display, str) and not system.startswith(_HL7_TERMINOLOGY) and system != DATA_CATEGORY_SYSTEM:
+                texts.append(display)
+        elif "code" in n and isinstance(n.get("display"), str):  # a coding with no system: its words still count
+            texts.append(n["display"])
+        if parent not in not_clinical:
+            text = n.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+            value = n.get("valueString")
+            if isinstance(value, str):
+                texts.append(value)
+        at_top = n is top
+        for key, value in n.items():
+            if type(value) is str:  # most values: nothing below
+                continue
+            if (
+                isinstance(value, (dict, list)) or (not isinstance(value, _SCALARS) and isinstance(value, _AbcMapping))
+            ) and not (at_top and key == "meta"):
+                push((key, value))
     return codings, texts
 
 

@@ -81,9 +81,25 @@ _APPEND_PG = text(
 _CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 
 
+_EVENT_TEXT = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def event_text(event: dict[str, Any]) -> str:
+    """An event's body as stored and hashed: compact JSON, keys sorted, non-ASCII as is. By
+    orjson, ten times as fast as json.dumps (a transaction's event names every record it
+    wrote), and the same text for what events hold (strings, integers, booleans, nulls; a
+    float in exponent form may be spelt otherwise, which is as valid);
+    anything else orjson would write its own way (a subclass, a date) goes to json.dumps as
+    before. The chain hashes the text stored, so verifying never re-serialises."""
+    try:
+        return orjson.dumps(event, option=_EVENT_TEXT).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
 def _append_pg_params(event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> dict[str, Any]:
     recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
-    body = json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    body = event_text(event)
     entries = sorted({(p, v[:255]) for p, v in index if v})
     return {
         "genesis": GENESIS, "event_id": event["id"], "recorded": recorded, "body": body,
@@ -111,7 +127,7 @@ def append(session: Session, event: dict[str, Any], columns: AuditColumns, index
         pipelined(conn, [(_CHAIN_LOCK, {"k": _CHAIN_LOCK_KEY}), (_APPEND_PG, _append_pg_params(event, columns, index))])
         return
     recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
-    body = json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    body = event_text(event)
     entries = sorted({(p, v[:255]) for p, v in index if v})
     prev_hash = conn.execute(_LAST_HASH).scalar() or GENESIS  # SQLite: BEGIN IMMEDIATE serialises writers
     digest = chain_hash(prev_hash, event["id"], _recorded_text(recorded), body)
@@ -137,7 +153,7 @@ def append_many(session: Session, entries: list[tuple[dict[str, Any], AuditColum
     prev = conn.execute(_LAST_HASH).scalar() or GENESIS
     for event, columns, idx in entries:
         recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
-        body = json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        body = event_text(event)
         digest = chain_hash(prev, event["id"], _recorded_text(recorded), body)
         rows.append({"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev, "hash": digest, **columns.__dict__})
         index.append(sorted({(p, v[:255]) for p, v in idx if v}))

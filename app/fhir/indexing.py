@@ -271,6 +271,7 @@ _MIN_INSTANT = datetime(1, 1, 1)
 _MAX_INSTANT = datetime(9999, 12, 31, 23, 59, 59)
 
 
+@lru_cache(maxsize=16_384)  # dates repeat (birth dates, recorded dates): each is parsed once
 def date_range(value: str) -> tuple[str, str]:
     """The [low, high] instant range a FHIR date/dateTime/instant covers, as UTC ISO strings.
     The value's precision defines the range (FHIR search): a year, month or day covers all of
@@ -350,31 +351,66 @@ class IndexRows:
     references: list[dict] = field(default_factory=list)
 
 
+@lru_cache(maxsize=None)
+def _index_plan(res_type: str) -> tuple[tuple[str, str, SearchParam, tuple[tuple[str, str, bool], ...]], ...]:
+    """A type's compiled index plan: per search parameter (name, kind, the parameter, and per
+    path its first element, the path, and whether that element alone is the path). A resource
+    holds few of its type's elements, so most parameters end at one look-up."""
+    return tuple(
+        (p.name, p.kind, p, tuple((path.split(".")[0], path, "." not in path) for path in p.paths))
+        for p in SEARCH_PARAMS.get(res_type, {}).values()
+    )
+
+
 def index_resource(resource: dict[str, Any], rows: IndexRows | None = None) -> IndexRows:
     rows = rows or IndexRows()
     res_type, res_id = resource["resourceType"], resource["id"]
     tokens, strings, dates, references = rows.tokens, rows.strings, rows.dates, rows.references
-    for param in SEARCH_PARAMS.get(res_type, {}).values():
-        name, kind = param.name, param.kind
-        seen: set = set()
-        for path in param.paths:
-            for value in walk(resource, path):
-                if kind == "token":
-                    for system, code in _tokens(value):
-                        key = (system, code[:255])
-                        if key not in seen:
-                            seen.add(key)
-                            tokens.append({"res_type": res_type, "res_id": res_id, "param": name, "system": system, "code": key[1]})
-                elif kind == "string":
-                    for text in _strings(value):
-                        n = normalise_string(text)
-                        if n and n not in seen:
-                            seen.add(n)
-                            strings.append({"res_type": res_type, "res_id": res_id, "param": name, "value": n})
-                elif kind == "date":
-                    for low, high in _dates(value):
-                        dates.append({"res_type": res_type, "res_id": res_id, "param": name, "low": low, "high": high})
-                elif kind == "reference" and isinstance(value, dict):
+    get = resource.get
+    for name, kind, param, paths in _index_plan(res_type):
+        values: list[Any] = []
+        for first, path, alone in paths:
+            top = get(first)
+            if top is None:
+                continue
+            if not alone:
+                values += walk(resource, path)
+            elif isinstance(top, list):
+                values += [i for i in top if i is not None]
+            else:
+                values.append(top)
+        if not values:
+            continue
+        if kind == "token":
+            seen: set = set()
+            for value in values:
+                if isinstance(value, str):  # a code
+                    found: Any = ((None, value),)
+                elif isinstance(value, dict) and "coding" not in value and "value" not in value:  # a Coding
+                    code = value.get("code")
+                    found = ((value.get("system"), code),) if isinstance(code, str) else ()
+                else:  # an Identifier, a CodeableConcept, a boolean
+                    found = _tokens(value)
+                for system, code in found:
+                    key = (system, code[:255])
+                    if key not in seen:
+                        seen.add(key)
+                        tokens.append({"res_type": res_type, "res_id": res_id, "param": name, "system": system, "code": key[1]})
+        elif kind == "string":
+            seen = set()
+            for value in values:
+                for text in (value,) if isinstance(value, str) else _strings(value):
+                    n = normalise_string(text)
+                    if n and n not in seen:
+                        seen.add(n)
+                        strings.append({"res_type": res_type, "res_id": res_id, "param": name, "value": n})
+        elif kind == "date":
+            for value in values:
+                for low, high in _dates(value):
+                    dates.append({"res_type": res_type, "res_id": res_id, "param": name, "low": low, "high": high})
+        elif kind == "reference":
+            for value in values:
+                if isinstance(value, dict):
                     row = reference_row(value, param)
                     if row is not None:
                         row.update(res_type=res_type, res_id=res_id, param=name)

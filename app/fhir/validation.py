@@ -186,6 +186,27 @@ def _json_shape_ok(resource: Any, limits: ResourceLimits = DEFAULT_LIMITS) -> bo
     return True
 
 
+def _serialised(resource: dict[str, Any], limits: ResourceLimits) -> tuple[bool, bool]:
+    """(the shape is surely fine, some string starts with "#"), from one C-speed serialisation.
+    Conservative: a "fine" holds for the resource; otherwise the walks of check_json_shape
+    decide (and a "#" sends it to _check_local_references). In orjson's compact output a null
+    member is ':null', and a control character other than tab, LF and CR an escape (backslash
+    b, f or u), in a key as in a value; no string is longer than the whole text, and nothing
+    nests deeper, or repeats more, than the text has '{' and '[', or ','."""
+    try:
+        raw = orjson.dumps(resource)
+    except (TypeError, orjson.JSONEncodeError):  # not plain JSON (a big integer, a non-string key): walk it
+        return False, True
+    shape_ok = (
+        len(raw) <= limits.string_length
+        and b":null" not in raw
+        and (b"\\" not in raw or (b"\\u" not in raw and b"\\b" not in raw and b"\\f" not in raw))
+        and raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH
+        and raw.count(b",") < limits.repeats
+    )
+    return shape_ok, b'"#' in raw
+
+
 def check_json_shape(resource: Any, res_type: str, limits: ResourceLimits = DEFAULT_LIMITS) -> None:
     """400 naming the first element whose string holds a control character, the first null
     element (the models would take it as absent and store it as sent, so that a required
@@ -328,6 +349,134 @@ def _first_wrong_primitive(resource: dict[str, Any], res_type: str, paths: bool)
     return None
 
 
+_TYPES_OF_KIND = {"boolean": frozenset({bool}), "integer": frozenset({int}), "decimal": frozenset({int, float}), "string": frozenset({str})}
+_NO_PLAN: dict[str, Any] = {}
+
+
+@lru_cache(maxsize=None)
+def _type_plan(model_name: str) -> dict[str, frozenset[type] | str]:
+    """A model's compiled plan: JSON name -> the Python types its primitive takes (what
+    _json_ok accepts), or the datatype of its complex value."""
+    return {k: child if kind == "complex" and child else _TYPES_OF_KIND[kind] for k, (kind, child) in _element_kinds(model_name).items()}
+
+
+# what _rule_error reads, by element name: the (system, value) fields whose length is indexed,
+# and the datatype codes bound to a value set
+_RULED_ELEMENTS: dict[str, tuple[tuple[str, ...], list[tuple[str, set[str]]]]] = {
+    key: ({"identifier": ("system", "value"), "coding": ("system", "code")}.get(key, ()), _DATATYPE_BY_ELEMENT.get(key, []))
+    for key in ("identifier", "coding", *_DATATYPE_BY_ELEMENT)
+}
+
+
+def _system_rule_kept(node: dict[str, Any], system: str) -> bool:
+    """Whether an Identifier or Coding of a checked system keeps _rule_error's rule for it."""
+    if system == NHS_NUMBER_SYSTEM:
+        return "value" not in node or is_valid_nhs_number(node.get("value"))
+    if system == ODS_SYSTEM:
+        return "value" not in node or is_valid_ods_code(node.get("value"))
+    if system == CONFIDENTIALITY_SYSTEM:
+        code = node.get("code")
+        return "code" not in node or (isinstance(code, str) and code in _CONFIDENTIALITY_CODES)
+    return True
+
+
+def _element_kept(key: str, value: Any) -> bool:
+    """Whether the element `key` of an object keeps the rules _rule_error checks there: its
+    indexed fields' lengths, its datatype codes."""
+    lengths, codes = _RULED_ELEMENTS[key]
+    for item in value if isinstance(value, list) else (value,):
+        if not isinstance(item, dict):
+            continue
+        for f in lengths:
+            v = item.get(f)
+            if isinstance(v, str) and len(v) > MAX_INDEXED:
+                return False
+        for attr, allowed in codes:
+            if attr in item:
+                v = item[attr]
+                for code in v if isinstance(v, list) else (v,):
+                    if not isinstance(code, str) or code not in allowed:
+                        return False
+    return True
+
+
+_RULE_SYSTEMS = frozenset({NHS_NUMBER_SYSTEM, ODS_SYSTEM, CONFIDENTIALITY_SYSTEM})
+
+
+def _types_and_rules_ok(resource: dict[str, Any], res_type: str, references: list[dict[str, Any]] | None = None) -> tuple[bool, bool]:
+    """(no primitive has the wrong JSON type, no object breaks a rule of _rule_error): one
+    walk of every object, each known element checked against its model's compiled plan and
+    each element or system that _rule_error reads checked as it does (conservatively: a
+    False only means the naming walk runs). A False sends the resource to check_json_types
+    or to check_business_rules' naming walk, which find and name the problem. Contained
+    resources are walked last, with their own type's plan (_check_contained_types ran first).
+    `references`, when given, gets every Reference-like object outside contained resources,
+    in the order reference resolution reads them (app.ingest.service._references)."""
+    types_ok = rules_ok = True
+    stack: list[tuple[Any, dict[str, Any]]] = [(resource, _type_plan(res_type))]
+    contained: list[tuple[Any, dict[str, Any]]] = []  # walked once the rest is: no reference is read there
+    pop, push, ruled, rule_systems, plan_of = stack.pop, stack.append, _RULED_ELEMENTS, _RULE_SYSTEMS, _type_plan
+    collect = references is not None
+    while True:
+        if not stack:
+            if not contained:
+                break
+            stack, contained, collect = contained, [], False
+            pop, push = stack.pop, stack.append
+        node, plan = pop()
+        if type(node) is not dict:
+            if isinstance(node, list):  # an array in an array: walked for the rules alone
+                for item in node:
+                    if isinstance(item, (dict, list)):
+                        push((item, _NO_PLAN))
+                continue
+        if collect and (isinstance(node.get("reference"), str) or (isinstance(node.get("identifier"), dict) and "type" in node)):
+            references.append(node)  # type: ignore[union-attr]
+        for key, value in node.items():
+            if key in ruled and rules_ok and not _element_kept(key, value):
+                rules_ok = False
+            spec = plan.get(key)
+            kind = type(value)
+            if spec is None:  # unknown to the plan (contained, _primitive extensions): rules only
+                if key == "contained":
+                    if kind is list and plan is not _NO_PLAN:  # resources, each walked by its type's plan
+                        for item in value:
+                            if isinstance(item, dict):
+                                res = item.get("resourceType")
+                                contained.append((item, plan_of(res) if type(res) is str else _NO_PLAN))
+                            elif isinstance(item, list):
+                                contained.append((item, _NO_PLAN))
+                    elif isinstance(value, (dict, list)):
+                        contained.append((value, _NO_PLAN))
+                elif kind is dict or kind is list or isinstance(value, (dict, list)):
+                    push((value, _NO_PLAN))
+            elif kind is str:  # most values: a string for a string element
+                if type(spec) is not str and str not in spec:
+                    types_ok = False
+            elif kind is list or isinstance(value, list):
+                complex_ = type(spec) is str
+                for item in value:
+                    if isinstance(item, dict):
+                        push((item, plan_of(spec) if complex_ else _NO_PLAN))  # type: ignore[arg-type]
+                        types_ok = types_ok and complex_
+                    elif isinstance(item, list):
+                        push((item, _NO_PLAN))
+                        types_ok = types_ok and complex_
+                    elif not complex_ and item is not None and type(item) not in spec:
+                        types_ok = False
+            elif isinstance(value, dict):
+                complex_ = type(spec) is str
+                push((value, plan_of(spec) if complex_ else _NO_PLAN))  # type: ignore[arg-type]
+                types_ok = types_ok and complex_
+            elif type(spec) is not str and value is not None and kind not in spec:  # a primitive of another JSON type
+                types_ok = False
+        if rules_ok:
+            system = node.get("system")
+            if isinstance(system, str) and system in rule_systems and not _system_rule_kept(node, system):
+                rules_ok = False
+    return types_ok, rules_ok
+
+
 def check_json_types(resource: dict[str, Any], res_type: str) -> None:
     """400 naming the first primitive sent as the wrong JSON type ("active": "yes")."""
     if _first_wrong_primitive(resource, res_type, paths=False) is None:
@@ -390,6 +539,19 @@ def _check_contained_types(resource: dict[str, Any], res_type: str) -> None:
 
 def validate_structure(resource: Any, *, expected_type: str | None = None, limits: ResourceLimits = DEFAULT_LIMITS) -> None:
     """400 unless the resource is a well-formed R4 resource of a type this gateway stores."""
+    _validate_structure(resource, expected_type, limits)
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What validating the structure learnt that the business rules need not learn again."""
+
+    may_break_rule: bool  # some element holds what _rule_error reads: its naming walk decides
+    local_refs: bool  # some string starts with "#": _check_local_references decides
+
+
+def _validate_structure(resource: Any, expected_type: str | None, limits: ResourceLimits,
+                        references: list[dict[str, Any]] | None = None) -> _Facts:
     if not isinstance(resource, dict):
         raise FhirError(400, "structure", "The resource must be a JSON object", expression="Resource")
     res_type = resource.get("resourceType")
@@ -407,7 +569,9 @@ def validate_structure(resource: Any, *, expected_type: str | None = None, limit
         except (ValueError, KeyError, AttributeError):
             msg = f"Unknown resource type {res_type!r}"
         raise FhirError(400, "not-supported", msg, expression=f"{res_type}.resourceType", spine_code="INVALID_RESOURCE")
-    check_json_shape(resource, res_type, limits)
+    shape_ok, local_refs = _serialised(resource, limits)
+    if not shape_ok:
+        check_json_shape(resource, res_type, limits)
     check_sizes(resource, res_type, limits)
     if isinstance(resource.get("id"), str) and len(resource["id"]) > 64:  # FHIR ids are 1 to 64 characters
         raise FhirError(400, "structure", f"{res_type}.id: an id is at most 64 characters", expression=f"{res_type}.id", spine_code="INVALID_RESOURCE")
@@ -434,7 +598,10 @@ def validate_structure(resource: Any, *, expected_type: str | None = None, limit
         raise FhirError(400, "structure", f"{res_type} is nested too deeply", expression=res_type, spine_code="INVALID_RESOURCE") from None
     except (ValueError, TypeError) as exc:  # pragma: no cover - defensive
         raise FhirError(400, "structure", f"{res_type} is not valid: {type(exc).__name__}", expression=res_type) from None
-    check_json_types(resource, res_type)
+    types_ok, rules_ok = _types_and_rules_ok(resource, res_type, references)
+    if not types_ok:
+        check_json_types(resource, res_type)
+    return _Facts(not rules_ok, local_refs)
 
 
 def _iter_paths(node: Any, path: str, expr: str) -> Iterator[tuple[str, Any]]:
@@ -562,14 +729,43 @@ def _breaks_a_rule(resource: dict[str, Any]) -> bool:
     return False
 
 
-def check_business_rules(resource: dict[str, Any]) -> None:
+@lru_cache(maxsize=None)
+def _required_plan(res_type: str) -> tuple[tuple[tuple[str, ...], set[str]], ...]:
+    """A type's required bindings (REQUIRED_CODES) as (path parts, allowed codes)."""
+    return tuple((tuple(path.split(".")), allowed) for path, allowed in REQUIRED_CODES.get(res_type, {}).items())
+
+
+def _required_codes_kept(resource: dict[str, Any], res_type: str) -> bool:
+    """Whether every code at a required binding's path is in its value set: the values
+    _iter_paths yields, gathered level by level without building their expressions."""
+    for parts, allowed in _required_plan(res_type):
+        values: list[Any] = [resource]
+        for part in parts:
+            found: list[Any] = []
+            for v in values:
+                if isinstance(v, dict) and part in v:
+                    x = v[part]
+                    if isinstance(x, list):
+                        found += x
+                    else:
+                        found.append(x)
+            values = found
+        for value in values:
+            if not isinstance(value, str) or value not in allowed:
+                return False
+    return True
+
+
+def check_business_rules(resource: dict[str, Any], facts: _Facts | None = None) -> None:
     """400 for a code outside a required binding (invalid FHIR); 422 for valid FHIR that breaks a
-    rule of this gateway (NHS number, ODS code)."""
+    rule of this gateway (NHS number, ODS code). `facts`: what validate_resource's structure
+    check learnt of this resource (else the walks below find it out)."""
     res_type = resource["resourceType"]
-    for path, allowed in REQUIRED_CODES.get(res_type, {}).items():
-        for expr, value in _iter_paths(resource, path, res_type):
-            if value not in allowed:
-                raise _code_error(expr, value, allowed)
+    if not _required_codes_kept(resource, res_type):  # find and name the first code outside its value set
+        for path, allowed in REQUIRED_CODES.get(res_type, {}).items():
+            for expr, value in _iter_paths(resource, path, res_type):
+                if value not in allowed:
+                    raise _code_error(expr, value, allowed)
     for path, (system, allowed) in REQUIRED_CONCEPTS.get(res_type, {}).items():
         for expr, value in _iter_paths(resource, path, res_type):
             for i, coding in enumerate((value or {}).get("coding") or []):
@@ -581,14 +777,15 @@ def check_business_rules(resource: dict[str, Any]) -> None:
             for expr, value in _iter_paths(item, path, f"{res_type}.contained[{i}]"):
                 if value not in allowed:
                     raise _code_error(expr, value, allowed)
-    _check_local_references(resource, res_type)
+    if facts is None or facts.local_refs:
+        _check_local_references(resource, res_type)
     if res_type == "Consent":
         for expr, prov in _provisions(resource, res_type):
             for path, allowed in _CONSENT_PROVISION.items():
                 for e, value in _iter_paths(prov, path, expr):
                     if value not in allowed:
                         raise _code_error(e, value, allowed)
-    if not _breaks_a_rule(resource):
+    if not (facts.may_break_rule if facts is not None else _breaks_a_rule(resource)):
         return
     for expr, node in _walk_dicts(resource, res_type):  # find and name the first problem
         error = _rule_error(node, expr)
@@ -664,7 +861,10 @@ def _check_local_references(resource: dict[str, Any], res_type: str) -> None:
             raise FhirError(400, "invalid", f"{where}: {problem}", expression=where, spine_code="INVALID_REFERENCE")
 
 
-def validate_resource(resource: Any, *, expected_type: str | None = None, limits: ResourceLimits = DEFAULT_LIMITS) -> dict[str, Any]:
-    validate_structure(resource, expected_type=expected_type, limits=limits)
-    check_business_rules(resource)
+def validate_resource(resource: Any, *, expected_type: str | None = None, limits: ResourceLimits = DEFAULT_LIMITS,
+                      references: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """400 or 422 unless the resource passes every rule. `references`, when given, is filled
+    with its Reference-like objects outside contained resources, as the one walk of the
+    structure check meets them (ingest resolves them without walking the resource again)."""
+    check_business_rules(resource, _validate_structure(resource, expected_type, limits, references))
     return resource

@@ -50,6 +50,7 @@ class EntryRequest:
     if_none_exist: str | None = None
     if_match: str | None = None
     in_bundle: bool = True
+    references: list[dict[str, Any]] | None = None  # its Reference-like objects, found as it was validated
 
     @property
     def expr_prefix(self) -> str:
@@ -138,14 +139,19 @@ def _references(resource: dict) -> list[dict]:
     """Every Reference-like dict in a resource (excluding contained resources)."""
     found = []
     stack: list[Any] = [resource]
+    pop, push = stack.pop, stack.append
     while stack:
-        n = stack.pop()
+        n = pop()
         if isinstance(n, dict):
             if isinstance(n.get("reference"), str) or (isinstance(n.get("identifier"), dict) and "type" in n):
                 found.append(n)
-            stack.extend(v for k, v in n.items() if k != "contained" and isinstance(v, (dict, list)))
-        elif isinstance(n, list):
-            stack.extend(n)
+            for k, v in n.items():
+                if type(v) is not str and isinstance(v, (dict, list)) and k != "contained":
+                    push(v)
+        else:  # a list: its objects and arrays, in order
+            for v in n:
+                if type(v) is not str and isinstance(v, (dict, list)):
+                    push(v)
     return found
 
 
@@ -445,11 +451,13 @@ class IngestService:
                 expression=f"Bundle.entry[{req.index}].request.url" if req.in_bundle else None,
             )
         require(self.principal, res_type, "c" if req.method == "POST" else "u")
+        references: list[dict[str, Any]] = []
         try:
-            validate_resource(req.resource, expected_type=res_type, limits=self.limits)
+            validate_resource(req.resource, expected_type=res_type, limits=self.limits, references=references)
         except FhirError as err:
             raise err.prefixed(prefix, f"entry {req.index}") if req.in_bundle else err
         access.check_type(self.principal, "fhir.write", res_type)  # e.g. only a source system records a Consent
+        req.references = references
         return res_type
 
     def _plan(self, req: EntryRequest, res_type: str, current: dict[tuple[str, str], Any]) -> _Plan:
@@ -557,7 +565,8 @@ class IngestService:
         def expr(ref: dict) -> str:
             return f"{prefix}{(_path_to(resource, ref) or '').lstrip('.')}.reference"
 
-        for n, ref in enumerate(_references(resource)):
+        found = plan.req.references if plan.req.references is not None and plan.req.resource is resource else _references(resource)
+        for n, ref in enumerate(found):
             literal = ref.get("reference")
             if not isinstance(literal, str):
                 continue
