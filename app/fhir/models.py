@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -104,8 +104,11 @@ class SearchReference(Base):
     ident_value: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
-        Index("ix_search_reference_target", "param", "target_type", "target_id"),
-        Index("ix_search_reference_ident", "param", "ident_value", "ident_system"),
+        # partial on PostgreSQL: a reference is literal (target) or logical (identifier), rarely
+        # both, and every look-up binds the column it probes, so the index holds only the rows
+        # a look-up can find (a Bundle's ~150 references made ~150 entries of NULLs)
+        Index("ix_search_reference_target", "param", "target_type", "target_id", postgresql_where=text("target_id IS NOT NULL")),
+        Index("ix_search_reference_ident", "param", "ident_value", "ident_system", postgresql_where=text("ident_value IS NOT NULL")),
         Index("ix_search_reference_resource", "res_type", "res_id"),
     )
 
