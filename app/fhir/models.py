@@ -126,7 +126,8 @@ class SourceKey(Base):
     res_id: Mapped[str] = mapped_column(String(64), nullable=False)
 
     __table_args__ = (
-        UniqueConstraint("source_org", "res_type", "system", "value", name="uq_source_key"),
+        # led by value: the write path looks a Bundle's identifiers up by value alone (one probe
+        # each), and the one index serves that and uniqueness (0018_source_key_by_value_unique)
+        UniqueConstraint("source_org", "value", "res_type", "system", name="uq_source_key"),
         Index("ix_source_key_resource", "res_type", "res_id"),
-        Index("ix_source_key_value", "source_org", "value"),
     )
