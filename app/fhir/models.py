@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -104,8 +104,11 @@ class SearchReference(Base):
     ident_value: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
-        Index("ix_search_reference_target", "param", "target_type", "target_id"),
-        Index("ix_search_reference_ident", "param", "ident_value", "ident_system"),
+        # partial on PostgreSQL: a reference is literal (target) or logical (identifier), rarely
+        # both, and every look-up binds the column it probes, so the index holds only the rows
+        # a look-up can find (a Bundle's ~150 references made ~150 entries of NULLs)
+        Index("ix_search_reference_target", "param", "target_type", "target_id", postgresql_where=text("target_id IS NOT NULL")),
+        Index("ix_search_reference_ident", "param", "ident_value", "ident_system", postgresql_where=text("ident_value IS NOT NULL")),
         Index("ix_search_reference_resource", "res_type", "res_id"),
     )
 
@@ -123,7 +126,8 @@ class SourceKey(Base):
     res_id: Mapped[str] = mapped_column(String(64), nullable=False)
 
     __table_args__ = (
-        UniqueConstraint("source_org", "res_type", "system", "value", name="uq_source_key"),
+        # led by value: the write path looks a Bundle's identifiers up by value alone (one probe
+        # each), and the one index serves that and uniqueness (0018_source_key_by_value_unique)
+        UniqueConstraint("source_org", "value", "res_type", "system", name="uq_source_key"),
         Index("ix_source_key_resource", "res_type", "res_id"),
-        Index("ix_source_key_value", "source_org", "value"),
     )

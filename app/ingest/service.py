@@ -92,7 +92,7 @@ class _Plan:
 
 
 # Statements built once; IN lists expand at execution.
-# by value alone (ix_source_key_value): one probe per identifier; type and system are checked on the rows
+# by value alone (uq_source_key leads with it): one probe per identifier; type and system are checked on the rows
 _SOURCE_KEYS = select(SourceKey.res_type, SourceKey.system, SourceKey.value, SourceKey.res_id).where(
     SourceKey.source_org == bindparam("org"), in_list(SourceKey.value, "values"),
 )

@@ -29,7 +29,7 @@ def test_write_path_lookups_are_index_searches_on_sqlite(tmp_path):
     engine = create_engine(url)
     with engine.connect() as conn:
         expected = {
-            "source keys": (_SOURCE_KEYS, "SEARCH source_key USING INDEX ix_source_key_value"),
+            "source keys": (_SOURCE_KEYS, "SEARCH source_key USING INDEX sqlite_autoindex_source_key_1 (source_org=? AND value=?)"),
             "current rows": (_CURRENT_ROWS, "SEARCH resource USING"),
             "linkage candidates": (_SEL_CANDIDATES, "SEARCH linkage_key USING"),
             "links by record": (_SEL_LINKS_BY_REF, "SEARCH linkage_link USING"),
