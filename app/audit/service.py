@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import hashlib
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from sqlalchemy.orm import Session
 from app.audit.models import AuditHead, AuditIndex, AuditRecord
 from app.db import insert_rows, pipelined
 from app.urls import CANONICAL_BASE
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 _CHAIN_LOCK_KEY = 7_274_220_261  # pg_advisory_xact_lock key serialising appends to the chain
@@ -679,9 +682,13 @@ def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str
     # this process, whose threads may hold locks (SQLite's among them) a fork would copy held
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["__main__", __name__])
-    with ProcessPoolExecutor(min(workers, len(bounds)), mp_context=context) as pool:
-        futures = [pool.submit(_span_worker, url, snapshot, lo, hi, batch, expect_head) for lo, hi in bounds]
-        return [f.result() for f in futures]
+    try:
+        with ProcessPoolExecutor(min(workers, len(bounds)), mp_context=context) as pool:
+            futures = [pool.submit(_span_worker, url, snapshot, lo, hi, batch, expect_head) for lo, hi in bounds]
+            return [f.result() for f in futures]
+    except Exception as exc:  # a worker that could not start or connect: the serial walk does it all
+        log.warning("audit verify: the worker processes failed (%s); walking the chain in this process", type(exc).__name__)
+        return []
 
 
 def verify(session: Session, batch: int = 2000, *, expect_head: str | None = None, expect_count: int | None = None,

@@ -261,3 +261,20 @@ def test_the_workers_see_the_anchor(database, monkeypatch):
     with database.session(readonly=True) as s:
         missed = verify(s, batch=4, workers=2, expect_head="e" * 64)
     assert not missed.ok and "no event has the anchored head hash" in (missed.problem or "")
+
+
+def test_workers_that_cannot_start_leave_the_walk_to_this_process(database, monkeypatch):
+    import concurrent.futures
+
+    from app.audit import service
+
+    class NoProcesses:
+        def __init__(self, *args, **kwargs):
+            raise OSError("no processes here")
+
+    monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", NoProcesses)
+    _record(database, 9)
+    with database.session(readonly=True) as s:
+        result = verify(s, batch=4, workers=2)
+    assert result.ok and result.checked == 9 and result.worker_cpu == 0, result
