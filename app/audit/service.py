@@ -659,7 +659,10 @@ _SPANS_PER_WORKER = 4  # spans a little smaller than an equal share: a worker on
 def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str | None, workers: int) -> list[_Span]:
     """The chain's events cut into spans of consecutive events and each walked the fast way by
     a worker process (the walk is Python bound: threads would share one core), in order; [] when
-    the chain is too short to be worth it or the database is not one a second process can read."""
+    the chain is too short to be worth it or the database is not one a second process can read.
+    The spans end at the newest event this transaction sees; on PostgreSQL the workers read in
+    its exported snapshot, on SQLite each in a read transaction of its own (which sees the same
+    events up to there, unless someone alters them while verify runs)."""
     bind = session.get_bind()
     if dialect not in ("sqlite", "postgresql") or (dialect == "sqlite" and bind.url.database in (None, "", ":memory:")):
         return []
