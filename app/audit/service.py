@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -684,14 +685,25 @@ def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str
     # forked from a fork server of its own (single-threaded, this module imported once), not from
     # this process, whose threads may hold locks (SQLite's among them) a fork would copy held
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", __name__])
+    context.set_forkserver_preload([__name__])
+    main = sys.modules["__main__"]
+    script = main.__dict__.pop("__file__", None)  # (see below)
     try:
         with ProcessPoolExecutor(min(workers, len(bounds)), mp_context=context) as pool:
             futures = [pool.submit(_span_worker, url, snapshot, lo, hi, batch, expect_head) for lo, hi in bounds]
+            if script is not None:
+                # the workers are started (at the first submit): without the script's path they do not
+                # each run the caller's script again first (multiprocessing's rule, for functions
+                # defined there; _span_worker is this module's), seconds of imports for a benchmark
+                main.__file__ = script
+                script = None
             return [f.result() for f in futures]
     except Exception as exc:  # a worker that could not start or connect: the serial walk does it all
         log.warning("audit verify: the worker processes failed (%s); walking the chain in this process", type(exc).__name__)
         return []
+    finally:
+        if script is not None:
+            main.__file__ = script
 
 
 def verify(session: Session, batch: int = 2000, *, expect_head: str | None = None, expect_count: int | None = None,
