@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -141,16 +142,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     try:
         with collector_paused(), db.session(readonly=True) as session:
             if args.action == "anchor":
-                result, token = anchor.make_anchor(session, settings)
+                result, token = anchor.make_anchor(session, settings, workers=args.workers)
             elif args.anchor:
                 try:
                     token = Path(args.anchor).read_text()
                 except OSError as exc:
                     print(f"familyview audit verify: cannot read the anchor {args.anchor}: {exc.strerror}", file=sys.stderr)
                     return 2
-                result, check = anchor.verify_against(session, settings, token)
+                result, check = anchor.verify_against(session, settings, token, workers=args.workers)
             else:
-                result = verify(session, expect_head=args.expect_head, expect_count=args.expect_count)
+                result = verify(session, expect_head=args.expect_head, expect_count=args.expect_count, workers=args.workers)
     finally:
         db.dispose()
     if args.action == "anchor":
@@ -258,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", metavar="URL", help="anchor: POST the signed checkpoint (application/jose) to this URL")
     p.add_argument("--expect-head", metavar="HASH", help="an anchor kept from an earlier verify: fail unless an event has this chain hash")
     p.add_argument("--expect-count", metavar="N", type=int, help="an anchor kept from an earlier verify: fail if the chain holds fewer than N events")
+    p.add_argument("--workers", metavar="N", type=int, default=min(os.cpu_count() or 1, 4),
+                   help="processes that walk spans of a long chain side by side (default: the machine's cores, at most 4)")
     p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("policy", help="explain the disclosure policy, or check an edited policy file")

@@ -3,8 +3,11 @@ first 20,000 one at a time, as each request appends its own, app.audit.balp.reco
 500 to a transaction with app.audit.balp.record_many, the same chain in bulk), then `familyview audit verify`'s walk of the whole chain, then the IG export of
 all of it as NDJSON and as CSV (app.ig.export, streamed). Prints each rate and the process's
 peak memory, each beside the same run's baseline taken just before it: fetching the rows that
-phase reads with bare SELECTs through the driver (the floor any walk of the chain stands on;
-on a shared machine the ratio is the steadier figure).
+phase reads with bare SELECTs through the driver, on one connection (the floor a one-process
+walk of the chain stands on; on a shared machine the ratio is the steadier figure). Verify runs
+as `familyview audit verify` does: with --workers processes (default the machine's cores, at
+most 4) that walk spans of the chain side by side; their CPU time and peak memory are printed
+beside the benchmark's own.
 
 Targets: verify and export >= 100,000 events/s; peak memory < 200 MB.
 
@@ -15,6 +18,7 @@ Targets: verify and export >= 100,000 events/s; peak memory < 200 MB.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import resource
 import sys
@@ -33,27 +37,49 @@ ORGS = [("health-visitor", "RHV01"), ("gp", "A99001"), ("source-system", "RMT01"
 KINDS = ["read", "search-type", "create", "update", "read", "read", "vread", "transaction"]
 
 
+def _rss_anon(pid: str) -> int:
+    """A process's anonymous resident memory, KiB (0 when it has gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(pid: str) -> list[str]:
+    """The process ids below ``pid`` (verify's fork server and its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                kids = f.read().split()
+        except OSError:
+            continue
+        found += kids
+        todo += kids
+    return found
+
+
 class PeakMemory:
     """The process's peak anonymous memory (heap, Python objects, buffers), sampled every 20 ms
-    from /proc/self/status (RssAnon). SQLite maps the database file into memory (mmap_size),
-    and those file pages count in the resident set (ru_maxrss, printed beside it) though they
-    are the OS page cache, not the process's memory."""
+    from /proc/self/status (RssAnon); and the largest of its worker processes' (verify's). SQLite
+    maps the database file into memory (mmap_size), and those file pages count in the resident
+    set (ru_maxrss, printed beside it) though they are the OS page cache, not the process's memory."""
 
     def __init__(self) -> None:
-        self.peak = 0
+        self.peak = self.worker_peak = 0
         threading.Thread(target=self._run, daemon=True).start()
 
     def sample(self) -> int:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        kb = int(line.split()[1])
-                        self.peak = max(self.peak, kb)
-                        return kb
-        except OSError:
-            pass
-        return 0
+        kb = _rss_anon("self")
+        self.peak = max(self.peak, kb)
+        for pid in _descendants(str(os.getpid())):
+            self.worker_peak = max(self.worker_peak, _rss_anon(pid))
+        return kb
 
     def _run(self) -> None:
         while True:
@@ -70,6 +96,11 @@ def peak_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     MEMORY.sample()
     return MEMORY.peak / 1024
+
+
+def worker_peak_mb() -> float:
+    """The largest peak anonymous memory of one of the worker processes so far, MB."""
+    return MEMORY.worker_peak / 1024 if MEMORY is not None else 0.0
 
 
 def rss_mb() -> float:
@@ -142,15 +173,15 @@ def bare_read(db: Database, queries: tuple[str, ...]) -> float:
 
 def timed(n: int, label: str, seconds: float, baseline: float, cpu: float) -> None:
     """A phase's rate beside its baseline's; and the events per second of this process's own CPU
-    time (all its threads; not the PostgreSQL server's): on a shared machine, what the Python
-    side would do with a core to itself."""
+    time (all its threads, and verify's worker processes'; not the PostgreSQL server's): on a
+    shared machine, what the Python side would do with a core to itself."""
     rate = n / seconds
     print(f"{label:14}: {rate:>10,.0f} events/s  ({seconds:.1f} s)   same run's bare SELECT of its rows: {n / baseline:>10,.0f}/s "
           f"({rate * baseline / n:.0%} of it)   peak {peak_mb():.0f} MB   target >= 100,000/s: {'met' if rate >= 100_000 else 'NOT met'}   "
           f"[{n / cpu:,.0f} events per CPU-second of this process]", flush=True)
 
 
-def run(kind: str, n: int, per_tx: int, one_by_one: int) -> None:
+def run(kind: str, n: int, per_tx: int, one_by_one: int, workers: int) -> None:
     dbs = Databases(kind)
     try:
         db = Database(dbs.new("audit"))
@@ -167,12 +198,15 @@ def run(kind: str, n: int, per_tx: int, one_by_one: int) -> None:
         b = bare_read(db, BASELINES["verify"])
         started, cpu = time.perf_counter(), time.process_time()
         with collector_paused(), db.session(readonly=True) as s:  # as `familyview audit verify` walks it
-            result = verify(s)
-        v, cpu = time.perf_counter() - started, time.process_time() - cpu
+            result = verify(s, workers=workers)
+        v, cpu = time.perf_counter() - started, time.process_time() - cpu + result.worker_cpu
         assert result.ok and result.checked == n, result
         # every batch of a clean chain is checked the fast way; the exact walk is only for doubt
         assert result.rechecked == 0, f"{result.rechecked} events needed the exact walk"
         timed(n, "verify", v, b, cpu)
+        if workers > 1:
+            print(f"{'':14}  ({workers} worker processes: {result.worker_cpu:.1f} CPU-s between them (in the figure above), "
+                  f"peak {worker_peak_mb():.0f} MB anonymous the largest of them)", flush=True)
         for fmt, gen in (("ndjson", export.ndjson), ("csv", export.csv_rows)):
             b = bare_read(db, BASELINES[fmt])
             started, cpu = time.perf_counter(), time.process_time()
@@ -180,7 +214,9 @@ def run(kind: str, n: int, per_tx: int, one_by_one: int) -> None:
             x, cpu = time.perf_counter() - started, time.process_time() - cpu
             timed(n, f"export {fmt}", x, b, cpu)
             print(f"{'':14}  ({size / 1e6:,.0f} MB streamed)", flush=True)
-        print(f"peak memory: {peak_mb():.0f} MB anonymous (heap)   target < 200 MB: {'met' if peak_mb() < 200 else 'NOT met'}   "
+        peak = max(peak_mb(), worker_peak_mb())
+        print(f"peak memory: {peak_mb():.0f} MB anonymous (heap), {worker_peak_mb():.0f} MB the largest verify worker   "
+              f"target < 200 MB: {'met' if peak < 200 else 'NOT met'}   "
               f"(peak resident set {rss_mb():.0f} MB, which counts the database file SQLite maps)", flush=True)
         db.dispose()
     finally:
@@ -193,11 +229,13 @@ def main() -> None:
     ap.add_argument("--per-transaction", type=int, default=500)
     ap.add_argument("--one-by-one", type=int, default=20_000, help="how many of the events are appended one at a time (the rest in bulk)")
     ap.add_argument("--database", action="append", choices=["sqlite", "postgres"])
+    ap.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 4),
+                    help="verify's worker processes, as `familyview audit verify --workers` (default the cores, at most 4)")
     args = ap.parse_args()
     global MEMORY
     MEMORY = PeakMemory()
     for kind in backends(args.database):
-        run(kind, args.events, args.per_transaction, args.one_by_one)
+        run(kind, args.events, args.per_transaction, args.one_by_one, args.workers)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,9 @@ def sign(settings: Settings, result: VerifyResult) -> str:
     return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": TYPE})
 
 
-def make_anchor(session: Session, settings: Settings) -> tuple[VerifyResult, str | None]:
+def make_anchor(session: Session, settings: Settings, *, workers: int = 1) -> tuple[VerifyResult, str | None]:
     """Verify the chain and sign its checkpoint; a broken chain is not anchored."""
-    result = verify(session)
+    result = verify(session, workers=workers)
     return result, sign(settings, result) if result.ok else None
 
 
@@ -67,13 +67,13 @@ def read_anchor(settings: Settings, token: str) -> AnchorCheck:
     return AnchorCheck(True, "", claims)
 
 
-def verify_against(session: Session, settings: Settings, token: str) -> tuple[VerifyResult | None, AnchorCheck]:
+def verify_against(session: Session, settings: Settings, token: str, *, workers: int = 1) -> tuple[VerifyResult | None, AnchorCheck]:
     """The chain verified, and held against a signed checkpoint."""
     check = read_anchor(settings, token)
     if not check.ok or check.claims is None:
         return None, check
     count, head = check.claims["count"], check.claims["head_hash"]
-    result = verify(session, expect_head=head if count else None, expect_count=count)
+    result = verify(session, expect_head=head if count else None, expect_count=count, workers=workers)
     if not result.ok:
         return result, AnchorCheck(False, str(result), check.claims)
     if count:

@@ -2,10 +2,14 @@
 row cannot be written, the transaction fails and nothing it would have disclosed is sent."""
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
+import logging
 import re
+import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Iterator
@@ -22,6 +26,8 @@ from sqlalchemy.orm import Session
 from app.audit.models import AuditHead, AuditIndex, AuditRecord
 from app.db import insert_rows, pipelined
 from app.urls import CANONICAL_BASE
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 _CHAIN_LOCK_KEY = 7_274_220_261  # pg_advisory_xact_lock key serialising appends to the chain
@@ -407,6 +413,7 @@ class VerifyResult:
     head_seq: int | None = None
     head_hash: str = GENESIS
     rechecked: int = field(default=0, compare=False)  # events walked the exact way (a clean chain needs none)
+    worker_cpu: float = field(default=0.0, compare=False)  # CPU seconds of verify's worker processes (the benchmark's figure)
 
     def __str__(self) -> str:
         if self.ok:
@@ -534,54 +541,40 @@ def _bodies_agree(rows: list[Any]) -> str | None:
     return "".join(pieces)
 
 
-def verify(session: Session, batch: int = 2000, *, expect_head: str | None = None, expect_count: int | None = None) -> VerifyResult:
-    """Walk the chain from the first event; name the first link that does not hold.
+def _driver_sql(dialect: str, q: str) -> str:
+    """A walk statement in the driver's own placeholders."""
+    return q.replace("?", "%s") if dialect == "postgresql" else q
 
-    Each event's hash recomputed over its stored bytes and linked to the one before; each
-    searchable column and each audit_index row against what the hash-chained body says; the
-    head table against the events (the newest events deleted); and, when given, the anchor an
-    IG officer kept from an earlier verify.
 
-    Each batch is first checked the fast way (_FAST_EVENTS brings each event with its head
-    row's hash, _FAST_INDEX all the batch's search rows folded into one string; bodies read
-    typed by msgspec, no dicts; the next batch fetched meanwhile on a second thread). Any doubt there (a check that fails, a body of another shape) and the same batch is
-    walked again the exact way (orjson dicts, columns_from_body, index_from_body), which names
-    the problem: the fast way only ever says a batch is clean."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        # one snapshot for the whole walk: at READ COMMITTED an event appended by the running
-        # service between two of its statements would look like a deleted newest event
-        session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+class _FastWalk:
+    """The fast walk's reading and checking of batches on one driver cursor: verify's own, or
+    a worker process's (verify's workers)."""
 
-    def sql(q: str) -> str:
-        return q.replace("?", "%s") if dialect == "postgresql" else q
+    def __init__(self, cursor: Any, dialect: str, batch: int, expect_head: str | None) -> None:
+        self.cursor, self.batch, self.expect_head = cursor, batch, expect_head
+        self.events_sql, self.index_sql = (_driver_sql(dialect, q) for q in _fast_sql(dialect))
+        self.end_sql = _driver_sql(dialect, _FAST_END)
 
-    sqlite = dialect == "sqlite"
-    walk = sql(_WALK.format(recorded=_WALK_RECORDED.get(dialect, "recorded"), body=_WALK_BODY.get(dialect, "body")))
-    heads_sql, index_sql = sql(_WALK_HEADS), sql(_WALK_INDEX)
-    events_sql, index_sql_fast = (sql(q) for q in _fast_sql(dialect))
-    end_sql = sql(_FAST_END)
-    sha256, loads = hashlib.sha256, orjson.loads
-    prev_hash, checked, last_seq, rechecked = GENESIS, 0, 0, 0
-    anchor_seen = expect_head is None or expect_head == GENESIS
-
-    def broken(seq: int, event_id: str | None, problem: str) -> VerifyResult:
-        return VerifyResult(False, checked, seq, event_id, problem, last_seq, prev_hash, rechecked)
-
-    def fetch(lo: int) -> tuple[int, list[Any], tuple[Any, ...], bool, bool] | None:
-        """The fast walk's rows of the batch after ``lo`` (None at the end of the chain), and
-        whether its chain holds within it: each event's hash over its stored bytes (SQLite:
-        hashed here, on the fetching thread, as hashlib lets go of the GIL), each linked to the
-        one before, each recorded in the head table; and whether the anchor is among them."""
-        cursor.execute(end_sql, (lo, batch))
+    def fetch(self, lo: int, end: int | None = None) -> tuple[int, list[Any], tuple[Any, ...], bool, bool] | None:
+        """The fast walk's rows of the batch after ``lo`` (up to ``end`` when given; None at the
+        end), and whether its chain holds within it: each event's hash over its stored bytes
+        (SQLite: hashed here, on the fetching thread, as hashlib lets go of the GIL), each
+        linked to the one before, each recorded in the head table; and whether the anchor is
+        among them."""
+        cursor, batch, expect_head = self.cursor, self.batch, self.expect_head
+        if end is not None and lo >= end:
+            return None
+        cursor.execute(self.end_sql, (lo, batch))
         hi = cursor.fetchone()[0]
         if hi is None:
             return None
-        cursor.execute(events_sql, (lo, hi, lo, hi))
+        if end is not None and hi > end:
+            hi = end  # a span's last batch (end is one of its events' seq: the batch is not empty)
+        cursor.execute(self.events_sql, (lo, hi, lo, hi))
         rows = cursor.fetchall()
-        cursor.execute(index_sql_fast, (lo, hi, lo, hi, lo, hi))
+        cursor.execute(self.index_sql, (lo, hi, lo, hi, lo, hi))
         others = cursor.fetchone()
+        sha256 = hashlib.sha256
         chained, before = True, rows[0][15]
         for r in rows:
             seq, event_id, recorded, stored, row_prev, row_hash, head, hashed = r[:3] + r[13:18]
@@ -593,17 +586,195 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
             before = row_hash
         return hi, rows, others, chained, expect_head is not None and any(r[15] == expect_head for r in rows)
 
-    def fast_batch(hi: int, rows: list[Any], others: tuple[Any, ...], chained: bool, anchored: bool) -> bool:
-        """Whether every check of the batch holds (then the walk advances past it); False when
-        in doubt, and nothing is advanced."""
-        nonlocal prev_hash, checked, last_seq, anchor_seen
+    @staticmethod
+    def clean(prev_hash: str, rows: list[Any], others: tuple[Any, ...], chained: bool) -> bool:
+        """Whether every check of a fetched batch holds, its first event linked to ``prev_hash``;
+        False when in doubt."""
         if not chained or rows[0][14] != prev_hash:
             return False
         # r[18]: the instant as the body writes it (to the millisecond); r[3:13]: the searchable columns
         implied = _bodies_agree([(r[0], r[1], r[18], r[3:13], r[13]) for r in rows])
         stored_index, odd, heads = others
         # every search row of the range, in order, is one the bodies imply; every head row is an event's
-        if implied is None or odd or heads != len(rows) or (stored_index or "") != implied:
+        return not (implied is None or odd or heads != len(rows) or (stored_index or "") != implied)
+
+
+@dataclass(frozen=True)
+class _Span:
+    """A worker's fast walk of the events in (lo, hi]: clean, or in doubt somewhere (then the
+    serial walk takes the chain over from the span's start); its first event's previous-hash
+    and its last event's hash, for verify to link the spans."""
+
+    lo: int
+    hi: int
+    clean: bool
+    count: int = 0
+    first_prev: str | None = None
+    last_hash: str | None = None
+    anchored: bool = False
+    cpu: float = 0.0  # the worker's CPU seconds for the span (its threads; the benchmark's figure)
+
+
+def _walk_span(fast: _FastWalk, lo: int, hi: int) -> _Span:
+    """The fast walk of the events in (lo, hi], the next batch fetched while one is checked."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="audit-verify")
+    count, first_prev, last_hash, anchored = 0, None, None, False
+    try:
+        ahead = pool.submit(fast.fetch, lo, hi)
+        while True:
+            got = ahead.result()
+            if got is None:
+                return _Span(lo, hi, True, count, first_prev, last_hash, anchored)
+            ahead = pool.submit(fast.fetch, got[0], hi)
+            _, rows, others, chained, seen = got
+            if first_prev is None:
+                first_prev = last_hash = rows[0][14]  # the link into the span: verify checks it against the span before
+            if not fast.clean(last_hash, rows, others, chained):  # type: ignore[arg-type]
+                return _Span(lo, hi, False)
+            count, last_hash, anchored = count + len(rows), rows[-1][15], anchored or seen
+    finally:
+        pool.shutdown(wait=True)
+
+
+_SPAN_ENGINES: dict[str, Any] = {}  # a worker process's engine, kept for its next span
+_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
+
+
+def _span_worker(url: str, snapshot: str | None, lo: int, hi: int, batch: int, expect_head: str | None) -> _Span:
+    """A worker process's span of the chain, on a connection of its own; on PostgreSQL in the
+    snapshot verify exported (the same committed events verify's own transaction sees)."""
+    from app.db import make_engine
+
+    gc.disable()  # a process of verify's own: see collector_paused
+    engine = _SPAN_ENGINES.get(url)
+    if engine is None:
+        engine = _SPAN_ENGINES[url] = make_engine(url).execution_options(familyview_readonly=True)
+    with engine.connect() as conn:
+        try:
+            if snapshot is not None:
+                if not _SNAPSHOT_ID.fullmatch(snapshot):
+                    raise ValueError("not a PostgreSQL snapshot id")
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            else:
+                conn.exec_driver_sql("SELECT 1")  # SQLite: BEGIN (a read transaction) before the walk's reads
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            started = time.process_time()
+            try:
+                span = _walk_span(_FastWalk(cursor, conn.dialect.name, batch, expect_head), lo, hi)
+                return dataclasses.replace(span, cpu=time.process_time() - started)
+            finally:
+                cursor.close()
+        finally:
+            conn.rollback()
+
+
+_PARALLEL_MIN_EVENTS = 100_000  # below this, starting the workers costs more than they save
+_SPANS_PER_WORKER = 4  # spans a little smaller than an equal share: a worker on a busier core does fewer
+
+
+def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str | None, workers: int) -> list[_Span]:
+    """The chain's events cut into spans of consecutive events and each walked the fast way by
+    a worker process (the walk is Python bound: threads would share one core), in order; [] when
+    the chain is too short to be worth it or the database is not one a second process can read.
+    The spans end at the newest event this transaction sees; on PostgreSQL the workers read in
+    its exported snapshot, on SQLite each in a read transaction of its own (which sees the same
+    events up to there, unless someone alters them while verify runs)."""
+    bind = session.get_bind()
+    if dialect not in ("sqlite", "postgresql") or (dialect == "sqlite" and bind.url.database in (None, "", ":memory:")):
+        return []
+    top = session.execute(select(func.max(AuditRecord.seq))).scalar() or 0
+    if top < _PARALLEL_MIN_EVENTS:
+        return []
+    size = max(batch, -(-top // (workers * _SPANS_PER_WORKER)))
+    nth = text("SELECT seq FROM audit_event WHERE seq > :lo ORDER BY seq LIMIT 1 OFFSET :k")
+    bounds, lo = [], 0
+    while lo < top:
+        hi = session.execute(nth, {"lo": lo, "k": size - 1}).scalar() or top
+        bounds.append((lo, hi))
+        lo = hi
+    snapshot = session.execute(text("SELECT pg_export_snapshot()")).scalar() if dialect == "postgresql" else None
+    url = bind.url.render_as_string(hide_password=False)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forked from a fork server of its own (single-threaded, this module imported once), not from
+    # this process, whose threads may hold locks (SQLite's among them) a fork would copy held
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    main = sys.modules["__main__"]
+    script = main.__dict__.pop("__file__", None)  # (see below)
+    try:
+        with ProcessPoolExecutor(min(workers, len(bounds)), mp_context=context) as pool:
+            futures = [pool.submit(_span_worker, url, snapshot, lo, hi, batch, expect_head) for lo, hi in bounds]
+            if script is not None:
+                # the workers are started (at the first submit): without the script's path they do not
+                # each run the caller's script again first (multiprocessing's rule, for functions
+                # defined there; _span_worker is this module's), seconds of imports for a benchmark
+                main.__file__ = script
+                script = None
+            return [f.result() for f in futures]
+    except Exception as exc:  # a worker that could not start or connect: the serial walk does it all
+        log.warning("audit verify: the worker processes failed (%s); walking the chain in this process", type(exc).__name__)
+        return []
+    finally:
+        if script is not None:
+            main.__file__ = script
+
+
+def verify(session: Session, batch: int = 2000, *, expect_head: str | None = None, expect_count: int | None = None,
+           workers: int = 1) -> VerifyResult:
+    """Walk the chain from the first event; name the first link that does not hold.
+
+    Each event's hash recomputed over its stored bytes and linked to the one before; each
+    searchable column and each audit_index row against what the hash-chained body says; the
+    head table against the events (the newest events deleted); and, when given, the anchor an
+    IG officer kept from an earlier verify.
+
+    Each batch is first checked the fast way (_FAST_EVENTS brings each event with its head
+    row's hash, _FAST_INDEX all the batch's search rows folded into one string; bodies read
+    typed by msgspec, no dicts; the next batch fetched meanwhile on a second thread). Any doubt there (a check that fails, a body of another shape) and the same batch is
+    walked again the exact way (orjson dicts, columns_from_body, index_from_body), which names
+    the problem: the fast way only ever says a batch is clean.
+
+    With ``workers`` > 1 (`familyview audit verify`, a process of its own) a long chain is
+    first cut into spans that worker processes walk the fast way side by side; the clean,
+    linked spans from the first on count as walked, and the walk goes on from the first span
+    in doubt (or whose first event does not link to the span before) as above: only the serial
+    walk names a problem."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        # one snapshot for the whole walk: at READ COMMITTED an event appended by the running
+        # service between two of its statements would look like a deleted newest event
+        session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+    prev_hash, checked, last_seq, rechecked = GENESIS, 0, 0, 0
+    anchor_seen = expect_head is None or expect_head == GENESIS
+    spans = _parallel_spans(session, dialect, batch, expect_head, workers) if workers > 1 else []
+    worker_cpu = sum(span.cpu for span in spans)
+    for span in spans:  # the clean spans from the first, each linked to the one before, count as walked
+        if not span.clean or span.first_prev != prev_hash:
+            break
+        prev_hash, last_seq, checked = span.last_hash or prev_hash, span.hi, checked + span.count
+        anchor_seen = anchor_seen or span.anchored
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    def sql(q: str) -> str:
+        return _driver_sql(dialect, q)
+
+    sqlite = dialect == "sqlite"
+    walk = sql(_WALK.format(recorded=_WALK_RECORDED.get(dialect, "recorded"), body=_WALK_BODY.get(dialect, "body")))
+    heads_sql, index_sql = sql(_WALK_HEADS), sql(_WALK_INDEX)
+    fast = _FastWalk(cursor, dialect, batch, expect_head)
+    sha256, loads = hashlib.sha256, orjson.loads
+
+    def broken(seq: int, event_id: str | None, problem: str) -> VerifyResult:
+        return VerifyResult(False, checked, seq, event_id, problem, last_seq, prev_hash, rechecked, worker_cpu)
+
+    def fast_batch(hi: int, rows: list[Any], others: tuple[Any, ...], chained: bool, anchored: bool) -> bool:
+        """Whether every check of the batch holds (then the walk advances past it); False when
+        in doubt, and nothing is advanced."""
+        nonlocal prev_hash, checked, last_seq, anchor_seen
+        if not fast.clean(prev_hash, rows, others, chained):
             return False
         prev_hash, last_seq = rows[-1][15], hi
         anchor_seen = anchor_seen or anchored
@@ -666,12 +837,12 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
     # (PostgreSQL's own process; SQLite without the GIL) works beside the Python
     pool = ThreadPoolExecutor(1, thread_name_prefix="audit-verify")
     try:
-        ahead = pool.submit(fetch, 0)
+        ahead = pool.submit(fast.fetch, last_seq)
         while True:
             got = ahead.result()
             if got is None:
                 break
-            ahead = pool.submit(fetch, got[0])
+            ahead = pool.submit(fast.fetch, got[0])
             if fast_batch(*got):
                 continue
             ahead.result()  # the connection is the exact walk's again
@@ -680,7 +851,7 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
                 return problem
             if last_seq != got[0]:  # pragma: no cover - the exact walk covers the same rows
                 raise RuntimeError("audit verify: the exact walk did not cover the batch the fast walk doubted")
-            ahead = pool.submit(fetch, last_seq)
+            ahead = pool.submit(fast.fetch, last_seq)
     finally:
         pool.shutdown(wait=True)
         cursor.close()
@@ -696,4 +867,4 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
         return broken(last_seq + 1, None, f"the chain holds {checked} events, fewer than the {expect_count} of the anchor (the newest events were deleted)")
     if not anchor_seen:
         return broken(last_seq + 1, None, f"no event has the anchored head hash {expect_head} (the events from the anchor back were deleted or altered)")
-    return VerifyResult(True, checked, head_seq=last_seq or None, head_hash=prev_hash, rechecked=rechecked)
+    return VerifyResult(True, checked, head_seq=last_seq or None, head_hash=prev_hash, rechecked=rechecked, worker_cpu=worker_cpu)

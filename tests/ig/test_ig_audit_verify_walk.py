@@ -180,3 +180,101 @@ def test_a_search_row_stored_as_bytes_is_not_taken_for_its_text(database):
     with database.session(readonly=True) as s:
         result = verify(s)
     assert not result.ok and result.broken_at == 2 and "audit_index" in (result.problem or ""), result
+
+
+# ---------------------------------------------------------------- verify's workers (`familyview audit verify`)
+
+def _tamper(database, *statements: tuple[str, dict]) -> None:
+    """Someone with database access: the append-only triggers bypassed, then the statements run."""
+    eng = create_engine(database.engine.url)
+    try:
+        with eng.begin() as c:
+            for table in ("audit_event", "audit_index", "audit_head"):
+                if eng.dialect.name == "postgresql":
+                    c.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+                else:
+                    for action in ("update", "delete"):
+                        c.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_{action}"))
+            for stmt, params in statements:
+                c.execute(text(stmt), params)
+            if eng.dialect.name == "postgresql":
+                for table in ("audit_event", "audit_index", "audit_head"):
+                    c.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+    finally:
+        eng.dispose()
+
+
+_ODD_INDEX = "INSERT INTO audit_index (event_seq, param, value) VALUES (:s, 'patient', '9434765919')"
+
+
+@pytest.mark.parametrize("tamper", [
+    [],
+    [("UPDATE audit_event SET body = replace(body, '\"outcome\":\"0\"', '\"outcome\":\"0\" ') WHERE seq = 14", {})],
+    [("UPDATE audit_event SET action = 'X' WHERE seq = 3", {})],
+    [("UPDATE audit_event SET agent_sub = 'someone-else' WHERE seq = 21", {})],
+    [("UPDATE audit_index SET value = 'x' WHERE pk = (SELECT min(pk) FROM audit_index WHERE event_seq = 9)", {})],
+    [("DELETE FROM audit_index WHERE pk = (SELECT max(pk) FROM audit_index WHERE event_seq = 16)", {})],
+    [(_ODD_INDEX, {"s": 12})],
+    [(_ODD_INDEX, {"s": 1000})],
+    [("DELETE FROM audit_event WHERE seq = 8", {})],  # the first event of a span: its link is verify's to check
+    [("DELETE FROM audit_event WHERE seq = 8", {}), ("DELETE FROM audit_head WHERE seq = 8", {}),
+     ("DELETE FROM audit_index WHERE event_seq = 8", {})],
+    [("DELETE FROM audit_event WHERE seq = 24", {})],  # the newest
+    [("DELETE FROM audit_head WHERE seq = 17", {})],
+    [("UPDATE audit_head SET hash = :h WHERE seq = 5", {"h": "f" * 64})],
+])
+def test_the_workers_judge_as_the_serial_walk(database, monkeypatch, tamper):
+    """Spans walked by worker processes: a clean chain needs no exact walk; anything else is
+    named exactly as the serial walk names it (the walk goes on from the first span in doubt)."""
+    from app.audit import service
+
+    monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
+    monkeypatch.setattr(service, "_SPANS_PER_WORKER", 3)  # 24 events, batches of 4: spans of 4 events
+    _record(database, 24)
+    _tamper(database, *tamper)
+    with database.session(readonly=True) as s:
+        serial = verify(s, batch=4)
+    with database.session(readonly=True) as s:
+        spans = service._parallel_spans(s, database.engine.dialect.name, 4, None, 2)
+    assert [(x.lo, x.hi) for x in spans] == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 20), (20, 24)] or tamper
+    with database.session(readonly=True) as s:
+        parallel = verify(s, batch=4, workers=2)
+    assert parallel == serial and parallel.ok == (not tamper), (parallel, serial)
+    if not tamper:
+        assert parallel.checked == 24 and parallel.rechecked == 0
+    else:
+        assert parallel.rechecked <= serial.rechecked
+
+
+def test_the_workers_see_the_anchor(database, monkeypatch):
+    from app.audit import service
+
+    monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
+    _record(database, 20)
+    with database.session(readonly=True) as s:
+        head = s.execute(text("SELECT hash FROM audit_event WHERE seq = 13")).scalar()
+    with database.session(readonly=True) as s:
+        assert verify(s, batch=4, workers=2, expect_head=head, expect_count=20).ok
+    with database.session(readonly=True) as s:
+        missed = verify(s, batch=4, workers=2, expect_head="e" * 64, expect_count=21)
+    assert not missed.ok and "fewer than the 21" in (missed.problem or "")
+    with database.session(readonly=True) as s:
+        missed = verify(s, batch=4, workers=2, expect_head="e" * 64)
+    assert not missed.ok and "no event has the anchored head hash" in (missed.problem or "")
+
+
+def test_workers_that_cannot_start_leave_the_walk_to_this_process(database, monkeypatch):
+    import concurrent.futures
+
+    from app.audit import service
+
+    class NoProcesses:
+        def __init__(self, *args, **kwargs):
+            raise OSError("no processes here")
+
+    monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", NoProcesses)
+    _record(database, 9)
+    with database.session(readonly=True) as s:
+        result = verify(s, batch=4, workers=2)
+    assert result.ok and result.checked == 9 and result.worker_cpu == 0, result
