@@ -151,11 +151,9 @@ def new_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-class InList(ColumnElement[bool]):
-    """`column IN (:name)` for a list bound at execution. On PostgreSQL one array parameter,
-    `column = ANY(:name)`: an expanding IN renders and the driver re-parses one placeholder
-    per value on every call (~9 ms for a Bundle's few hundred identifiers); SQLite gets the
-    expanding IN. Build statements with it once, at import."""
+class ListPredicate(ColumnElement[bool]):
+    """A condition on a column and a list bound at execution under ``name``, rendered per
+    dialect by its subclass's @compiles functions. Build statements with it once, at import."""
 
     inherit_cache = True
     type = Boolean()
@@ -165,6 +163,14 @@ class InList(ColumnElement[bool]):
     def __init__(self, column, name: str):
         self.column = column
         self.name = name
+
+
+class InList(ListPredicate):
+    """`column IN (:name)`. On PostgreSQL one array parameter, `column = ANY(:name)`: an
+    expanding IN renders and the driver re-parses one placeholder per value on every call
+    (~9 ms for a Bundle's few hundred identifiers); SQLite gets the expanding IN."""
+
+    inherit_cache = True
 
 
 @compiles(InList)

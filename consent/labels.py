@@ -478,9 +478,7 @@ def _scan(node: Any) -> tuple[list[tuple[str, str]], list[str]]:
         for key, value in n.items():
             if type(value) is str:  # most values: nothing below
                 continue
-            if (
-                isinstance(value, (dict, list)) or (not isinstance(value, _SCALARS) and isinstance(value, _AbcMapping))
-            ) and not (at_top and key == "meta"):
+            if _is_container(value) and not (at_top and key == "meta"):
                 push((key, value))
     return codings, texts
 

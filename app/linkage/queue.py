@@ -37,14 +37,12 @@ from typing import Iterable, Iterator
 
 import orjson
 from fastapi import Depends, Request
-from sqlalchemy import Boolean, Integer, and_, bindparam, delete, event, func, literal_column, select
+from sqlalchemy import Integer, and_, bindparam, delete, event, func, literal_column, select
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.visitors import InternalTraversal
 
 from app.auth.deps import get_principal
 from app.auth.tokens import Principal
-from app.db import Database, in_list, insert_tables, pipelined, plan_each_execution_first, ref_lists
+from app.db import Database, ListPredicate, in_list, insert_tables, pipelined, plan_each_execution_first, ref_lists
 from app.fhir.models import StoredResource
 from app.ingest.hooks import Written
 from app.linkage.matching import PersonRecord, blocking_keys
@@ -97,6 +95,7 @@ def _wake_address(path: str | None) -> str | None:
 
 
 _SENDER: socket.socket | None = None
+_WAKE_PENDING = "familyview.linkage_wake"  # session.info: this transaction will wake the worker at commit
 
 
 def wake_after_commit(session) -> None:
@@ -122,9 +121,6 @@ def wake_after_commit(session) -> None:
 
     event.listen(session, "after_commit", committed, once=True)
     event.listen(session, "after_soft_rollback", rolled_back, once=True)
-
-
-_WAKE_PENDING = "familyview.linkage_wake"
 
 
 def _listen_for_wakes(path: str | None) -> socket.socket | None:
@@ -220,19 +216,12 @@ def settle(db: Database, settings) -> None:
 
 # the closure of settle_records: a record's blocking keys (linked and queued), the other
 # records of its person, and the queued records sharing any of those keys
-class SharesKey(ColumnElement[bool]):
+class SharesKey(ListPredicate):
     """A queued record's key hashes (``linkage_queue_key.key_hashes``) include any of a list
     bound at execution: the array overlap `&&` on PostgreSQL (its GIN index), a look into
     the JSON array on SQLite."""
 
     inherit_cache = True
-    type = Boolean()
-    _is_implicitly_boolean = True
-    _traverse_internals = [("column", InternalTraversal.dp_clauseelement), ("name", InternalTraversal.dp_string)]
-
-    def __init__(self, column, name: str):
-        self.column = column
-        self.name = name
 
 
 @compiles(SharesKey)

@@ -59,6 +59,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from app.audit import balp  # noqa: E402
 from app.audit.service import _BODY, _EXT_IG_REVIEW, _EXT_POLICY_VERSION, _typed_facts, index_from_body, verify  # noqa: E402
 from app.auth.tokens import Principal  # noqa: E402
+from tests.family.test_family_audit import _as_attacker  # noqa: E402
 
 _SUBTYPE = "https://familyview.example.nhs.uk/fhir/CodeSystem/audit-subtype"
 
@@ -184,26 +185,6 @@ def test_a_search_row_stored_as_bytes_is_not_taken_for_its_text(database):
 
 # ---------------------------------------------------------------- verify's workers (`familyview audit verify`)
 
-def _tamper(database, *statements: tuple[str, dict]) -> None:
-    """Someone with database access: the append-only triggers bypassed, then the statements run."""
-    eng = create_engine(database.engine.url)
-    try:
-        with eng.begin() as c:
-            for table in ("audit_event", "audit_index", "audit_head"):
-                if eng.dialect.name == "postgresql":
-                    c.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
-                else:
-                    for action in ("update", "delete"):
-                        c.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_{action}"))
-            for stmt, params in statements:
-                c.execute(text(stmt), params)
-            if eng.dialect.name == "postgresql":
-                for table in ("audit_event", "audit_index", "audit_head"):
-                    c.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
-    finally:
-        eng.dispose()
-
-
 _ODD_INDEX = "INSERT INTO audit_index (event_seq, param, value) VALUES (:s, 'patient', '9434765919')"
 
 
@@ -231,7 +212,7 @@ def test_the_workers_judge_as_the_serial_walk(database, monkeypatch, tamper):
     monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
     monkeypatch.setattr(service, "_SPANS_PER_WORKER", 3)  # 24 events, batches of 4: spans of 4 events
     _record(database, 24)
-    _tamper(database, *tamper)
+    _as_attacker(database.engine.url, *tamper)
     with database.session(readonly=True) as s:
         serial = verify(s, batch=4)
     with database.session(readonly=True) as s:
