@@ -254,6 +254,12 @@ class _Code(msgspec.Struct, gc=False):
     system: str | None = None
 
 
+class _CodeOnly(msgspec.Struct, gc=False):
+    """A Coding where only its code is read (its other keys skipped, not kept)."""
+
+    code: str | None = None
+
+
 class _Concept(msgspec.Struct, gc=False):
     coding: list[_Code] | None = None
 
@@ -291,7 +297,7 @@ class _Detail(msgspec.Struct, gc=False):
 
 
 class _Entity(msgspec.Struct, gc=False):
-    role: _Code | None = None
+    role: _CodeOnly | None = None
     what: _What | None = None
     detail: list[_Detail] | None = None
 
@@ -303,7 +309,7 @@ class _Body(msgspec.Struct, gc=False):
 
     id: str | None = None
     recorded: str | None = None
-    type: _Code | None = None
+    type: _CodeOnly | None = None
     subtype: list[_Code] | None = None
     action: str | None = None
     outcome: str | None = None
@@ -438,43 +444,38 @@ _WALK_INDEX = "SELECT event_seq, param, value FROM audit_index WHERE event_seq >
 _SQLITE_INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
 
 
-# The fast walk's statements, per batch: where it ends; its events with their head row's hash
-# (PostgreSQL also hashes each event, over the bytes the chain hashed, as append does); and
-# all their search rows folded into one string in (event, pk) order, each row as
+# The fast walk's statements, per batch: where it ends; its events with their head row's hash;
+# and all their search rows folded into one string in (event, pk) order, each row as
 # seq:len(param):param len(value):value (lengths in characters, so that no two different lists
 # of rows make the same string), with the count of head rows in the range and (SQLite, which
-# stores any type in any column) of search rows that are not text. SQLite's instant comes
-# reshaped as the chain hashes it, or NULL when it is not one (the exact walk then names it).
-_FAST_END = "SELECT max(seq) FROM (SELECT seq FROM audit_event WHERE seq > ? ORDER BY seq LIMIT ?) b"
+# stores any type in any column) of search rows that are not text. The instant comes as the
+# database holds it (SQLite) or as the chain hashes it (PostgreSQL formats it); each event is
+# hashed on the fetching thread, over the bytes the chain hashed (hashlib lets go of the GIL;
+# PostgreSQL would decompress each body twice, to hash it and to send it).
+_NO_END = (1 << 63) - 1  # beyond any seq: the walk's last batch ends at the newest event
+_FAST_END = "SELECT max(seq), count(*) FROM (SELECT seq FROM audit_event WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?) b"
 _FAST_EVENTS = ("SELECT e.seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
-                "agent_role, review_required, policy_version, {body}, prev_hash, e.hash, h.hash, {hashed}, {said} "
+                "agent_role, review_required, policy_version, {body}, prev_hash, e.hash, h.hash "
                 "FROM audit_event e LEFT JOIN audit_head h ON h.seq = e.seq AND h.seq > ? AND h.seq <= ? "
                 "WHERE e.seq > ? AND e.seq <= ? ORDER BY e.seq")
 _FAST_INDEX = ("SELECT (SELECT {concat} FROM (SELECT event_seq || ':' || length(param) || ':' || param || length(value) || ':' || value AS r, "
                "event_seq, pk FROM audit_index WHERE event_seq > ? AND event_seq <= ? {order}) i), "
                "(SELECT {odd} FROM audit_index WHERE {where}event_seq > ? AND event_seq <= ?), "
                "(SELECT count(*) FROM audit_head WHERE seq > ? AND seq <= ?)")
-_SQLITE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]"
-_PG_HASHED = ("encode(sha256(convert_to(prev_hash || '|' || event_id || '|' || {recorded} || '|' || body, 'UTF8')), 'hex') = e.hash"
-              .format(recorded=_WALK_RECORDED["postgresql"]))
 
 
 def _fast_sql(dialect: str) -> tuple[str, str]:
     """The fast walk's events and search-rows statements for this database."""
     if dialect == "postgresql":
-        said = "CASE WHEN mod(extract(microseconds FROM recorded)::bigint, 1000) = 0 THEN " \
-               "to_char(recorded AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END"
-        return (_FAST_EVENTS.format(recorded=_WALK_RECORDED[dialect], body="body", hashed=_PG_HASHED, said=said),
+        return (_FAST_EVENTS.format(recorded=_WALK_RECORDED[dialect], body="body"),
                 _FAST_INDEX.format(concat="string_agg(r, '' ORDER BY event_seq, pk)", order="", odd="0 * count(*)", where="false AND "))
     # SQLite: group_concat takes the rows in the order of the inner query (ix_audit_index_event
     # gives (event_seq, pk) without a sort); rows in another order only send the batch to the exact walk
-    instant = f"typeof(recorded) = 'text' AND recorded GLOB '{_SQLITE_GLOB}'"
-    return (_FAST_EVENTS.format(recorded=f"CASE WHEN {instant} THEN substr(recorded, 1, 10) || 'T' || substr(recorded, 12) || 'Z' END",
-                                body=_WALK_BODY.get(dialect, "body"), hashed="NULL",
-                                said=f"CASE WHEN {instant} AND substr(recorded, 24, 3) = '000' "
-                                     "THEN substr(recorded, 1, 10) || 'T' || substr(recorded, 12, 12) || 'Z' END"),
-            _FAST_INDEX.format(concat="group_concat(r, '')", order="ORDER BY event_seq, pk",
-                               odd="count(*)", where="(typeof(param) <> 'text' OR typeof(value) <> 'text') AND "))
+    return (_FAST_EVENTS.format(recorded="recorded", body=_WALK_BODY.get(dialect, "body")),
+            _FAST_INDEX.replace("event_seq || ':' || length(param) || ':' || param || length(value) || ':' || value",
+                                "printf('%s:%d:%s%d:%s', event_seq, length(param), param, length(value), value)")  # the same text, one call
+            .format(concat="group_concat(r, '')", order="ORDER BY event_seq, pk",
+                               odd="count(*)", where="(typeof(param) <> 'text' OR typeof(value) <> 'text' OR typeof(event_seq) <> 'integer') AND "))
 
 
 def _sqlite_recorded(stored: Any) -> str | None:
@@ -554,46 +555,56 @@ class _FastWalk:
         self.cursor, self.batch, self.expect_head = cursor, batch, expect_head
         self.events_sql, self.index_sql = (_driver_sql(dialect, q) for q in _fast_sql(dialect))
         self.end_sql = _driver_sql(dialect, _FAST_END)
+        self.sqlite = dialect == "sqlite"
 
-    def fetch(self, lo: int, end: int | None = None) -> tuple[int, list[Any], tuple[Any, ...], bool, bool] | None:
+    def fetch(self, lo: int, end: int | None = None) -> tuple[int, list[Any], tuple[Any, ...], list[Any] | None, bool] | None:
         """The fast walk's rows of the batch after ``lo`` (up to ``end`` when given; None at the
-        end), and whether its chain holds within it: each event's hash over its stored bytes
-        (SQLite: hashed here, on the fetching thread, as hashlib lets go of the GIL), each
-        linked to the one before, each recorded in the head table; and whether the anchor is
-        among them."""
+        end); when the chain holds within it (each event's hash over its stored bytes, each
+        linked to the one before, each recorded in the head table), each event as _bodies_agree
+        takes it, else None; and whether the anchor is among them."""
         cursor, batch, expect_head = self.cursor, self.batch, self.expect_head
         if end is not None and lo >= end:
             return None
-        cursor.execute(self.end_sql, (lo, batch))
-        hi = cursor.fetchone()[0]
-        if hi is None:
-            return None
-        if end is not None and hi > end:
-            hi = end  # a span's last batch (end is one of its events' seq: the batch is not empty)
+        cursor.execute(self.end_sql, (lo, _NO_END if end is None else end, batch))
+        hi, n = cursor.fetchone()
+        if end is None:
+            if hi is None:
+                return None
+        elif n < batch:
+            hi = end  # a span's last batch runs to its end: head and search rows in a gap are checked too
         cursor.execute(self.events_sql, (lo, hi, lo, hi))
         rows = cursor.fetchall()
         cursor.execute(self.index_sql, (lo, hi, lo, hi, lo, hi))
         others = cursor.fetchone()
-        sha256 = hashlib.sha256
-        chained, before = True, rows[0][15]
+        sha256, instant, sqlite = hashlib.sha256, _SQLITE_INSTANT.fullmatch, self.sqlite
+        agree: list[Any] | None = []
+        append = agree.append
+        before = rows[0][14] if rows else None
         for r in rows:
-            seq, event_id, recorded, stored, row_prev, row_hash, head, hashed = r[:3] + r[13:18]
-            if hashed is None and recorded is not None:  # SQLite
-                hashed = sha256(f"{row_prev}|{event_id}|{recorded}|".encode() + stored).hexdigest() == row_hash
-            if not hashed or head != row_hash or (row_prev != before and r is not rows[0]):
-                chained = False
+            seq, event_id, recorded, stored, row_prev, row_hash, head = r[:3] + r[13:]
+            if sqlite:  # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) as the chain hashes it; anything else is for the exact walk
+                if type(recorded) is not str or not instant(recorded):
+                    agree = None
+                    break
+                recorded = f"{recorded[:10]}T{recorded[11:]}Z"
+            if (head != row_hash or row_prev != before
+                    or sha256(f"{row_prev}|{event_id}|{recorded}|".encode() + stored if type(stored) is bytes
+                              else f"{row_prev}|{event_id}|{recorded}|{stored}".encode()).hexdigest() != row_hash):
+                agree = None
                 break
             before = row_hash
-        return hi, rows, others, chained, expect_head is not None and any(r[15] == expect_head for r in rows)
+            # the body writes the instant to the millisecond: the same instant when the rest is zeros
+            append((seq, event_id, f"{recorded[:23]}Z" if recorded[23:26] == "000" else None, r[3:13], stored))
+        return hi, rows, others, agree, expect_head is not None and any(r[15] == expect_head for r in rows)
 
     @staticmethod
-    def clean(prev_hash: str, rows: list[Any], others: tuple[Any, ...], chained: bool) -> bool:
+    def clean(prev_hash: str, rows: list[Any], others: tuple[Any, ...], agree: list[Any] | None) -> bool:
         """Whether every check of a fetched batch holds, its first event linked to ``prev_hash``;
         False when in doubt."""
-        if not chained or rows[0][14] != prev_hash:
+        if agree is None or (rows and rows[0][14] != prev_hash):
             return False
-        # r[18]: the instant as the body writes it (to the millisecond); r[3:13]: the searchable columns
-        implied = _bodies_agree([(r[0], r[1], r[18], r[3:13], r[13]) for r in rows])
+        # the searchable columns and search rows the bodies imply, against the stored ones
+        implied = _bodies_agree(agree)
         stored_index, odd, heads = others
         # every search row of the range, in order, is one the bodies imply; every head row is an event's
         return not (implied is None or odd or heads != len(rows) or (stored_index or "") != implied)
@@ -612,26 +623,31 @@ class _Span:
     first_prev: str | None = None
     last_hash: str | None = None
     anchored: bool = False
+    last_seq: int = 0  # its newest event's
     cpu: float = 0.0  # the worker's CPU seconds for the span (its threads; the benchmark's figure)
 
 
 def _walk_span(fast: _FastWalk, lo: int, hi: int) -> _Span:
     """The fast walk of the events in (lo, hi], the next batch fetched while one is checked."""
     pool = ThreadPoolExecutor(1, thread_name_prefix="audit-verify")
-    count, first_prev, last_hash, anchored = 0, None, None, False
+    count, first_prev, last_hash, anchored, last_seq = 0, None, None, False, 0
     try:
         ahead = pool.submit(fast.fetch, lo, hi)
         while True:
             got = ahead.result()
             if got is None:
-                return _Span(lo, hi, True, count, first_prev, last_hash, anchored)
+                return _Span(lo, hi, True, count, first_prev, last_hash, anchored, last_seq)
             ahead = pool.submit(fast.fetch, got[0], hi)
-            _, rows, others, chained, seen = got
+            _, rows, others, agree, seen = got
+            if not rows:  # a span's end with no events (a gap in the seqs)
+                if not fast.clean("", rows, others, agree):
+                    return _Span(lo, hi, False)
+                continue
             if first_prev is None:
                 first_prev = last_hash = rows[0][14]  # the link into the span: verify checks it against the span before
-            if not fast.clean(last_hash, rows, others, chained):  # type: ignore[arg-type]
+            if not fast.clean(last_hash, rows, others, agree):  # type: ignore[arg-type]
                 return _Span(lo, hi, False)
-            count, last_hash, anchored = count + len(rows), rows[-1][15], anchored or seen
+            count, last_hash, anchored, last_seq = count + len(rows), rows[-1][15], anchored or seen, rows[-1][0]
     finally:
         pool.shutdown(wait=True)
 
@@ -686,13 +702,10 @@ def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str
     top = session.execute(select(func.max(AuditRecord.seq))).scalar() or 0
     if top < _PARALLEL_MIN_EVENTS:
         return []
+    # cut by seq, not by counting rows (SQLite would read the whole table to count them): the
+    # chain's seqs run from 1 with few gaps, and a span with no events is walked as empty
     size = max(batch, -(-top // (workers * _SPANS_PER_WORKER)))
-    nth = text("SELECT seq FROM audit_event WHERE seq > :lo ORDER BY seq LIMIT 1 OFFSET :k")
-    bounds, lo = [], 0
-    while lo < top:
-        hi = session.execute(nth, {"lo": lo, "k": size - 1}).scalar() or top
-        bounds.append((lo, hi))
-        lo = hi
+    bounds = [(lo, min(lo + size, top)) for lo in range(0, top, size)]
     snapshot = session.execute(text("SELECT pg_export_snapshot()")).scalar() if dialect == "postgresql" else None
     url = bind.url.render_as_string(hide_password=False)
     import multiprocessing
@@ -752,9 +765,11 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
     spans = _parallel_spans(session, dialect, batch, expect_head, workers) if workers > 1 else []
     worker_cpu = sum(span.cpu for span in spans)
     for span in spans:  # the clean spans from the first, each linked to the one before, count as walked
+        if span.clean and span.count == 0:  # no events in it
+            continue
         if not span.clean or span.first_prev != prev_hash:
             break
-        prev_hash, last_seq, checked = span.last_hash or prev_hash, span.hi, checked + span.count
+        prev_hash, last_seq, checked = span.last_hash or prev_hash, span.last_seq, checked + span.count
         anchor_seen = anchor_seen or span.anchored
     cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
 
@@ -770,11 +785,11 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
     def broken(seq: int, event_id: str | None, problem: str) -> VerifyResult:
         return VerifyResult(False, checked, seq, event_id, problem, last_seq, prev_hash, rechecked, worker_cpu)
 
-    def fast_batch(hi: int, rows: list[Any], others: tuple[Any, ...], chained: bool, anchored: bool) -> bool:
+    def fast_batch(hi: int, rows: list[Any], others: tuple[Any, ...], agree: list[Any] | None, anchored: bool) -> bool:
         """Whether every check of the batch holds (then the walk advances past it); False when
         in doubt, and nothing is advanced."""
         nonlocal prev_hash, checked, last_seq, anchor_seen
-        if not fast.clean(prev_hash, rows, others, chained):
+        if not fast.clean(prev_hash, rows, others, agree):
             return False
         prev_hash, last_seq = rows[-1][15], hi
         anchor_seen = anchor_seen or anchored
