@@ -9,7 +9,6 @@ import json
 import logging
 import re
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -687,7 +686,7 @@ def _span_worker(url: str, snapshot: str | None, lo: int, hi: int, batch: int, e
 
 
 _PARALLEL_MIN_EVENTS = 100_000  # below this, starting the workers costs more than they save
-_SPANS_PER_WORKER = 8  # spans much smaller than an equal share: the walkers (this process too) end close together
+_SPANS_PER_WORKER = 8  # spans much smaller than an equal share: a worker on a busier core does fewer, and they end close together
 
 
 def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str | None, workers: int) -> list[_Span]:
@@ -718,71 +717,20 @@ def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str
     context.set_forkserver_preload([__name__])
     main = sys.modules["__main__"]
     script = main.__dict__.pop("__file__", None)  # (see below)
-    # The workers take spans from the first on, this process from the last on, until they meet:
-    # it walks while the fork server starts (the first worker waits for its imports) and beside
-    # the workers after. The pool is given a span whenever one of its workers is free, so that
-    # the spans it has not started stay this process's to take.
-    spans: list[_Span | None] = [None] * len(bounds)
-    futures: dict[int, Any] = {}
-    claim = threading.Lock()
-    ends = [0, len(bounds)]  # the next span from the front, one past the next from the back
-
-    def take(front: bool) -> int | None:
-        with claim:
-            if ends[0] >= ends[1]:
-                return None
-            if front:
-                ends[0] += 1
-                return ends[0] - 1
-            ends[1] -= 1
-            return ends[1]
-
-    n_workers = min(workers, len(bounds))
-    free = threading.Semaphore(n_workers)
-    failed: list[BaseException] = []
-
-    def give_the_pool_its_spans(pool: Any) -> None:
-        nonlocal script
-        try:
-            while free.acquire() and (i := take(True)) is not None:
-                lo, hi = bounds[i]
-                futures[i] = pool.submit(_span_worker, url, snapshot, lo, hi, batch, expect_head)
-                futures[i].add_done_callback(lambda _: free.release())
-        except BaseException as exc:  # noqa: BLE001 - reported below, in the caller's thread
-            failed.append(exc)
-        finally:
+    try:
+        with ProcessPoolExecutor(min(workers, len(bounds)), mp_context=context) as pool:
+            futures = [pool.submit(_span_worker, url, snapshot, lo, hi, batch, expect_head) for lo, hi in bounds]
             if script is not None:
-                # the workers are started (a submit starts one while they are all busy): without the
-                # script's path they do not each run the caller's script again first (multiprocessing's
-                # rule, for functions defined there; _span_worker is this module's), seconds of imports
+                # the workers are started (at the first submit): without the script's path they do not
+                # each run the caller's script again first (multiprocessing's rule, for functions
+                # defined there; _span_worker is this module's), seconds of imports for a benchmark
                 main.__file__ = script
                 script = None
-
-    own = _FastWalk(session.connection().connection.driver_connection.cursor(), dialect, batch, expect_head)  # type: ignore[union-attr]
-    try:
-        with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
-            giver = threading.Thread(target=give_the_pool_its_spans, args=(pool,), name="audit-verify-spans", daemon=True)
-            giver.start()
-            try:
-                while (i := take(False)) is not None:
-                    spans[i] = _walk_span(own, *bounds[i])
-            finally:
-                with claim:
-                    ends[0] = ends[1]  # nothing more for the pool
-                free.release()
-                giver.join()
-            if failed:
-                raise failed[0]
-            for i, f in futures.items():
-                spans[i] = f.result()
-        if any(span is None for span in spans):  # pragma: no cover - every span was taken by one or the other
-            raise RuntimeError("a span was walked by neither")
-        return spans  # type: ignore[return-value]
+            return [f.result() for f in futures]
     except Exception as exc:  # a worker that could not start or connect: the serial walk does it all
         log.warning("audit verify: the worker processes failed (%s); walking the chain in this process", type(exc).__name__)
         return []
     finally:
-        own.cursor.close()
         if script is not None:
             main.__file__ = script
 
