@@ -8,7 +8,9 @@ import hashlib
 import json
 import logging
 import re
+import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -656,16 +658,22 @@ _SPAN_ENGINES: dict[str, Any] = {}  # a worker process's engine, kept for its ne
 _SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
 
 
-def _span_worker(url: str, snapshot: str | None, lo: int, hi: int, batch: int, expect_head: str | None) -> _Span:
-    """A worker process's span of the chain, on a connection of its own; on PostgreSQL in the
-    snapshot verify exported (the same committed events verify's own transaction sees)."""
+def _span_engine(url: str) -> Any:
+    """A worker process's engine, kept for its next span; the collector paused (a process of
+    verify's own: see collector_paused)."""
     from app.db import make_engine
 
-    gc.disable()  # a process of verify's own: see collector_paused
+    gc.disable()
     engine = _SPAN_ENGINES.get(url)
     if engine is None:
         engine = _SPAN_ENGINES[url] = make_engine(url).execution_options(familyview_readonly=True)
-    with engine.connect() as conn:
+    return engine
+
+
+def _span_worker(url: str, snapshot: str | None, lo: int, hi: int, batch: int, expect_head: str | None) -> _Span:
+    """A worker process's span of the chain, on a connection of its own; on PostgreSQL in the
+    snapshot verify exported (the same committed events verify's own transaction sees)."""
+    with _span_engine(url).connect() as conn:
         try:
             if snapshot is not None:
                 if not _SNAPSHOT_ID.fullmatch(snapshot):
@@ -686,53 +694,107 @@ def _span_worker(url: str, snapshot: str | None, lo: int, hi: int, batch: int, e
 
 
 _PARALLEL_MIN_EVENTS = 100_000  # below this, starting the workers costs more than they save
+_WALK_WHILE_WORKERS_START = True  # (the tests turn it off to have the workers walk a short chain)
 _SPANS_PER_WORKER = 8  # spans much smaller than an equal share: a worker on a busier core does fewer, and they end close together
 
 
-def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str | None, workers: int) -> list[_Span]:
-    """The chain's events cut into spans of consecutive events and each walked the fast way by
-    a worker process (the walk is Python bound: threads would share one core), in order; [] when
-    the chain is too short to be worth it or the database is not one a second process can read.
-    The spans end at the newest event this transaction sees; on PostgreSQL the workers read in
-    its exported snapshot, on SQLite each in a read transaction of its own (which sees the same
-    events up to there, unless someone alters them while verify runs)."""
-    bind = session.get_bind()
-    if dialect not in ("sqlite", "postgresql") or (dialect == "sqlite" and bind.url.database in (None, "", ":memory:")):
-        return []
-    top = session.execute(select(func.max(AuditRecord.seq))).scalar() or 0
-    if top < _PARALLEL_MIN_EVENTS:
-        return []
-    # cut by seq, not by counting rows (SQLite would read the whole table to count them): the
-    # chain's seqs run from 1 with few gaps, and a span with no events is walked as empty
-    size = max(batch, -(-top // (workers * _SPANS_PER_WORKER)))
-    bounds = [(lo, min(lo + size, top)) for lo in range(0, top, size)]
-    snapshot = session.execute(text("SELECT pg_export_snapshot()")).scalar() if dialect == "postgresql" else None
-    url = bind.url.render_as_string(hide_password=False)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+def _warm_worker(url: str) -> int:
+    """A worker process ready to walk: its engine made and connected."""
+    with _span_engine(url).connect():
+        return os.getpid()
 
-    # forked from a fork server of its own (single-threaded, this module imported once), not from
-    # this process, whose threads may hold locks (SQLite's among them) a fork would copy held
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    main = sys.modules["__main__"]
-    script = main.__dict__.pop("__file__", None)  # (see below)
-    try:
-        with ProcessPoolExecutor(min(workers, len(bounds)), mp_context=context) as pool:
-            futures = [pool.submit(_span_worker, url, snapshot, lo, hi, batch, expect_head) for lo, hi in bounds]
+
+class _Workers:
+    """verify's worker processes, started on a thread of this process's own while verify walks
+    the chain's first batches itself (the fork server's imports and the workers' connections
+    take most of a second); then the rest of the chain, cut into spans of consecutive events,
+    is theirs to walk the fast way side by side (the walk is Python bound: threads would share
+    one core). The spans end at the newest event verify's transaction sees; on PostgreSQL the
+    workers read in its exported snapshot, on SQLite each in a read transaction of its own
+    (which sees the same events up to there, unless someone alters them while verify runs)."""
+
+    def __init__(self, session: Session, dialect: str, batch: int, expect_head: str | None, workers: int, top: int) -> None:
+        self.batch, self.expect_head, self.workers, self.top = batch, expect_head, workers, top
+        self.snapshot = session.execute(text("SELECT pg_export_snapshot()")).scalar() if dialect == "postgresql" else None
+        self.url = session.get_bind().url.render_as_string(hide_password=False)
+        self.pool: Any = None
+        self.warm: list[Any] = []
+        self.failed: BaseException | None = None
+        self.thread = threading.Thread(target=self._start, name="audit-verify-workers", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def start(cls, session: Session, dialect: str, batch: int, expect_head: str | None, workers: int) -> "_Workers | None":
+        """The workers for this chain; None when it is too short to be worth them or the database
+        is not one a second process can read."""
+        bind = session.get_bind()
+        if workers < 2 or dialect not in ("sqlite", "postgresql") or (dialect == "sqlite" and bind.url.database in (None, "", ":memory:")):
+            return None
+        top = session.execute(select(func.max(AuditRecord.seq))).scalar() or 0
+        return cls(session, dialect, batch, expect_head, workers, top) if top >= _PARALLEL_MIN_EVENTS else None
+
+    def _start(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # forked from a fork server of its own (single-threaded, this module imported once), not from
+        # this process, whose threads may hold locks (SQLite's among them) a fork would copy held
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        main = sys.modules["__main__"]
+        # without the script's path the workers do not each run the caller's script again first
+        # (multiprocessing's rule, for functions defined there; these are this module's): seconds
+        # of imports for a benchmark. Hidden while they start (a submit starts one while all are busy)
+        script = main.__dict__.pop("__file__", None)
+        try:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self.warm = [self.pool.submit(_warm_worker, self.url) for _ in range(self.workers)]
+        except Exception as exc:  # noqa: BLE001 - reported by walk(), in verify's thread
+            self.failed = exc
+        finally:
             if script is not None:
-                # the workers are started (at the first submit): without the script's path they do not
-                # each run the caller's script again first (multiprocessing's rule, for functions
-                # defined there; _span_worker is this module's), seconds of imports for a benchmark
                 main.__file__ = script
-                script = None
+
+    def ready(self) -> bool:
+        """Whether the workers are up (or failed to start): time to hand them the rest of the chain."""
+        return not self.thread.is_alive() and (self.failed is not None or all(f.done() for f in self.warm))
+
+    def walk(self, lo: int) -> list[_Span]:
+        """The events after ``lo`` walked in spans by the workers, in order; [] when the workers
+        could not start or connect (the serial walk then does it all)."""
+        self.thread.join()
+        try:
+            if self.failed is not None:
+                raise self.failed
+            for f in self.warm:
+                f.result()
+            if lo >= self.top:
+                return []
+            # cut by seq, not by counting rows (SQLite would read the whole table to count them):
+            # the chain's seqs run from 1 with few gaps, and a span with no events is walked as empty
+            size = max(self.batch, -(-(self.top - lo) // (self.workers * _SPANS_PER_WORKER)))
+            futures = [self.pool.submit(_span_worker, self.url, self.snapshot, a, min(a + size, self.top), self.batch, self.expect_head)
+                       for a in range(lo, self.top, size)]
             return [f.result() for f in futures]
-    except Exception as exc:  # a worker that could not start or connect: the serial walk does it all
-        log.warning("audit verify: the worker processes failed (%s); walking the chain in this process", type(exc).__name__)
+        except Exception as exc:
+            log.warning("audit verify: the worker processes failed (%s); walking the chain in this process", type(exc).__name__)
+            return []
+
+    def close(self) -> None:
+        self.thread.join()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str | None, workers: int, lo: int = 0) -> list[_Span]:
+    """The events after ``lo`` walked in spans by worker processes (the tests' view of them)."""
+    helpers = _Workers.start(session, dialect, batch, expect_head, workers)
+    if helpers is None:
         return []
+    try:
+        return helpers.walk(lo)
     finally:
-        if script is not None:
-            main.__file__ = script
+        helpers.close()
 
 
 def verify(session: Session, batch: int = 2000, *, expect_head: str | None = None, expect_count: int | None = None,
@@ -760,17 +822,33 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
         # one snapshot for the whole walk: at READ COMMITTED an event appended by the running
         # service between two of its statements would look like a deleted newest event
         session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-    prev_hash, checked, last_seq, rechecked = GENESIS, 0, 0, 0
+    prev_hash, checked, last_seq, rechecked, worker_cpu = GENESIS, 0, 0, 0, 0.0
     anchor_seen = expect_head is None or expect_head == GENESIS
-    spans = _parallel_spans(session, dialect, batch, expect_head, workers) if workers > 1 else []
-    worker_cpu = sum(span.cpu for span in spans)
-    for span in spans:  # the clean spans from the first, each linked to the one before, count as walked
-        if span.clean and span.count == 0:  # no events in it
-            continue
-        if not span.clean or span.first_prev != prev_hash:
-            break
-        prev_hash, last_seq, checked = span.last_hash or prev_hash, span.last_seq, checked + span.count
-        anchor_seen = anchor_seen or span.anchored
+    helpers = _Workers.start(session, dialect, batch, expect_head, workers)
+    if helpers is not None and not _WALK_WHILE_WORKERS_START:
+        helpers.thread.join()
+        for f in helpers.warm:
+            f.exception()
+
+    def hand_over_to_the_workers() -> None:
+        """The rest of the chain walked by the workers: the clean spans from the first, each
+        linked to the one before, count as walked; the walk goes on after them."""
+        nonlocal prev_hash, checked, last_seq, anchor_seen, worker_cpu, helpers
+        assert helpers is not None
+        try:
+            spans = helpers.walk(last_seq)
+        finally:
+            helpers.close()
+            helpers = None
+        worker_cpu = sum(span.cpu for span in spans)
+        for span in spans:
+            if span.clean and span.count == 0:  # no events in it
+                continue
+            if not span.clean or span.first_prev != prev_hash:
+                break
+            prev_hash, last_seq, checked = span.last_hash or prev_hash, span.last_seq, checked + span.count
+            anchor_seen = anchor_seen or span.anchored
+
     cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
 
     def sql(q: str) -> str:
@@ -854,6 +932,10 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
     try:
         ahead = pool.submit(fast.fetch, last_seq)
         while True:
+            if helpers is not None and helpers.ready():
+                ahead.result()  # (its batch is the workers' now)
+                hand_over_to_the_workers()
+                ahead = pool.submit(fast.fetch, last_seq)
             got = ahead.result()
             if got is None:
                 break
@@ -870,6 +952,8 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
     finally:
         pool.shutdown(wait=True)
         cursor.close()
+        if helpers is not None:  # the chain was walked before they were up
+            helpers.close()
     after = session.execute(select(func.min(AuditHead.seq), func.count()).where(AuditHead.seq > last_seq)).one()
     if after[1]:
         return broken(after[0], None, f"the head table records {after[1]} newer event(s) that are missing from the audit (the newest events were deleted)")

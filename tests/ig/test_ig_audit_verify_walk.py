@@ -210,6 +210,7 @@ def test_the_workers_judge_as_the_serial_walk(database, monkeypatch, tamper):
     from app.audit import service
 
     monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
+    monkeypatch.setattr(service, "_WALK_WHILE_WORKERS_START", False)  # a short chain: all the workers'
     monkeypatch.setattr(service, "_SPANS_PER_WORKER", 3)  # 24 events, batches of 4: spans of 4 events
     _record(database, 24)
     _as_attacker(database.engine.url, *tamper)
@@ -231,6 +232,7 @@ def test_the_workers_see_the_anchor(database, monkeypatch):
     from app.audit import service
 
     monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
+    monkeypatch.setattr(service, "_WALK_WHILE_WORKERS_START", False)  # a short chain: all the workers'
     _record(database, 20)
     with database.session(readonly=True) as s:
         head = s.execute(text("SELECT hash FROM audit_event WHERE seq = 13")).scalar()
@@ -254,6 +256,7 @@ def test_workers_that_cannot_start_leave_the_walk_to_this_process(database, monk
             raise OSError("no processes here")
 
     monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
+    monkeypatch.setattr(service, "_WALK_WHILE_WORKERS_START", False)  # a short chain: all the workers'
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", NoProcesses)
     _record(database, 9)
     with database.session(readonly=True) as s:
@@ -270,6 +273,7 @@ def test_the_workers_walk_a_chain_with_gaps_in_its_seqs(database, monkeypatch):
     if database.engine.dialect.name != "postgresql":
         pytest.skip("SQLite gives a rolled-back seq out again")
     monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
+    monkeypatch.setattr(service, "_WALK_WHILE_WORKERS_START", False)  # a short chain: all the workers'
     monkeypatch.setattr(service, "_SPANS_PER_WORKER", 3)
     _record(database, 6)
     someone = Principal(sub="gp-1@A99001", role="gp", org="A99001")
@@ -299,3 +303,35 @@ def test_postgresql_keeps_audit_bodies_compressed_with_lz4(database):
         methods = s.execute(text("SELECT DISTINCT pg_column_compression(body) FROM audit_event")).scalars().all()
         sizes = s.execute(text("SELECT min(octet_length(body)) FROM audit_event")).scalar()
     assert sizes > 2100 and methods == ["lz4"], (sizes, methods)
+
+
+@pytest.mark.parametrize("tamper", [[], [("UPDATE audit_event SET action = 'X' WHERE seq = 3", {})],
+                                    [("UPDATE audit_event SET action = 'X' WHERE seq = 19", {})]])
+def test_verify_walks_the_first_batches_while_its_workers_start(database, monkeypatch, tamper):
+    """verify walks batches itself until the workers are up, then hands them the rest from
+    where it got to: the same judgement as the serial walk, wherever the problem lies."""
+    from app.audit import service
+
+    monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
+    ready, asked = service._Workers.ready, []
+
+    def up_after_three_batches(self):
+        asked.append(1)
+        if len(asked) <= 3:
+            return False
+        self.thread.join()
+        for f in self.warm:
+            f.exception()
+        return ready(self)
+
+    monkeypatch.setattr(service._Workers, "ready", up_after_three_batches)
+    _record(database, 24)
+    _as_attacker(database.engine.url, *tamper)
+    with database.session(readonly=True) as s:
+        serial = verify(s, batch=4)
+    with database.session(readonly=True) as s:
+        parallel = verify(s, batch=4, workers=2)
+    assert parallel == serial and parallel.ok == (not tamper), (parallel, serial)
+    assert len(asked) >= 4 or parallel.broken_at == 3  # (a problem in verify's own batches ends the walk there)
+    if not tamper:
+        assert parallel.checked == 24 and parallel.rechecked == 0 and parallel.worker_cpu > 0
