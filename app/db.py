@@ -30,6 +30,26 @@ class Base(DeclarativeBase):
     pass
 
 
+_SQLITE_CACHE_KIB = 65536  # a connection's page cache
+_SQLITE_SCAN_CACHE_KIB = 2048  # while it reads a long table once
+
+
+@contextmanager
+def scan_cache(connection: Any) -> Iterator[None]:
+    """SQLite: a small page cache while this connection reads a long table once (an audit
+    export, the audit walk). Past mmap_size's 2 GiB a read goes through the page cache, which
+    would fill to its 64 MiB with pages never read again (the process's memory, not the OS's
+    page cache); the connection's own size is back for its next user after."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    connection.exec_driver_sql(f"PRAGMA cache_size=-{_SQLITE_SCAN_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        connection.exec_driver_sql(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
+
+
 def make_engine(url: str, *, statement_timeout_ms: int = 0) -> Engine:
     """The engine; on PostgreSQL with `statement_timeout_ms`, no statement runs longer than that
     (set once per connection, so it costs no round trip per request)."""
@@ -50,7 +70,7 @@ def make_engine(url: str, *, statement_timeout_ms: int = 0) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             # a server's working set: 64 MiB page cache and memory-mapped reads per connection
-            cur.execute("PRAGMA cache_size=-65536")
+            cur.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
             # reads of a large linkage index come straight from the OS page cache (2 GiB is
             # SQLite's default ceiling for mmap)
             cur.execute("PRAGMA mmap_size=2147418112")

@@ -26,7 +26,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from app.audit.models import AuditHead, AuditIndex, AuditRecord
-from app.db import insert_rows, pipelined
+from app.db import insert_rows, pipelined, scan_cache
 from app.urls import CANONICAL_BASE
 
 log = logging.getLogger(__name__)
@@ -460,9 +460,8 @@ _FAST_EVENTS = ("SELECT e.seq, event_id, {recorded}, type_code, subtype_code, ac
                 "agent_role, review_required, policy_version, {body}, prev_hash, e.hash, h.hash "
                 "FROM audit_event e LEFT JOIN audit_head h ON h.seq = e.seq AND h.seq > ? AND h.seq <= ? "
                 "WHERE e.seq > ? AND e.seq <= ? ORDER BY e.seq")
-_FAST_INDEX = ("SELECT (SELECT {concat} FROM (SELECT event_seq || ':' || length(param) || ':' || param || length(value) || ':' || value AS r, "
-               "event_seq, pk FROM audit_index WHERE event_seq > ? AND event_seq <= ? {order}) i), "
-               "(SELECT {odd} FROM audit_index WHERE {where}event_seq > ? AND event_seq <= ?), "
+_FAST_INDEX = ("SELECT (SELECT {concat} FROM (SELECT {row} AS r, event_seq, pk FROM audit_index "
+               "WHERE event_seq > ? AND event_seq <= ? {order}) i), "
                "(SELECT count(*) FROM audit_head WHERE seq > ? AND seq <= ?)")
 
 
@@ -470,14 +469,17 @@ def _fast_sql(dialect: str) -> tuple[str, str]:
     """The fast walk's events and search-rows statements for this database."""
     if dialect == "postgresql":
         return (_FAST_EVENTS.format(recorded=_WALK_RECORDED[dialect], body="body"),
-                _FAST_INDEX.format(concat="string_agg(r, '' ORDER BY event_seq, pk)", order="", odd="0 * count(*)", where="false AND "))
+                _FAST_INDEX.format(concat="string_agg(r, '' ORDER BY event_seq, pk)", order="",
+                                   row="event_seq || ':' || length(param) || ':' || param || length(value) || ':' || value"))
     # SQLite: group_concat takes the rows in the order of the inner query (ix_audit_index_event
-    # gives (event_seq, pk) without a sort); rows in another order only send the batch to the exact walk
+    # gives (event_seq, pk) without a sort); rows in another order only send the batch to the
+    # exact walk. SQLite stores any type in any column: a row whose param or value is not text
+    # (or whose event_seq is not an integer) ends in "!", which no row the bodies imply does
     return (_FAST_EVENTS.format(recorded="recorded", body=_WALK_BODY.get(dialect, "body")),
-            _FAST_INDEX.replace("event_seq || ':' || length(param) || ':' || param || length(value) || ':' || value",
-                                "printf('%s:%d:%s%d:%s', event_seq, length(param), param, length(value), value)")  # the same text, one call
-            .format(concat="group_concat(r, '')", order="ORDER BY event_seq, pk",
-                               odd="count(*)", where="(typeof(param) <> 'text' OR typeof(value) <> 'text' OR typeof(event_seq) <> 'integer') AND "))
+            _FAST_INDEX.format(concat="group_concat(r, '')", order="ORDER BY event_seq, pk",
+                               row="printf('%s:%d:%s%d:%s%s', event_seq, length(param), param, length(value), value, "
+                                   "CASE WHEN typeof(param) = 'text' AND typeof(value) = 'text' AND typeof(event_seq) = 'integer' "
+                                   "THEN '' ELSE '!' END)"))
 
 
 def _sqlite_recorded(stored: Any) -> str | None:
@@ -576,7 +578,7 @@ class _FastWalk:
             hi = end  # a span's last batch runs to its end: head and search rows in a gap are checked too
         cursor.execute(self.events_sql, (lo, hi, lo, hi))
         rows = cursor.fetchall()
-        cursor.execute(self.index_sql, (lo, hi, lo, hi, lo, hi))
+        cursor.execute(self.index_sql, (lo, hi, lo, hi))
         others = cursor.fetchone()
         sha256, instant, sqlite = hashlib.sha256, _SQLITE_INSTANT.fullmatch, self.sqlite
         agree: list[Any] | None = []
@@ -607,9 +609,9 @@ class _FastWalk:
             return False
         # the searchable columns and search rows the bodies imply, against the stored ones
         implied = _bodies_agree(agree)
-        stored_index, odd, heads = others
+        stored_index, heads = others
         # every search row of the range, in order, is one the bodies imply; every head row is an event's
-        return not (implied is None or odd or heads != len(rows) or (stored_index or "") != implied)
+        return not (implied is None or heads != len(rows) or (stored_index or "") != implied)
 
 
 @dataclass(frozen=True)
@@ -673,7 +675,7 @@ def _span_engine(url: str) -> Any:
 def _span_worker(url: str, snapshot: str | None, lo: int, hi: int, batch: int, expect_head: str | None) -> _Span:
     """A worker process's span of the chain, on a connection of its own; on PostgreSQL in the
     snapshot verify exported (the same committed events verify's own transaction sees)."""
-    with _span_engine(url).connect() as conn:
+    with _span_engine(url).connect() as conn, scan_cache(conn):
         try:
             if snapshot is not None:
                 if not _SNAPSHOT_ID.fullmatch(snapshot):
@@ -817,6 +819,11 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
     linked spans from the first on count as walked, and the walk goes on from the first span
     in doubt (or whose first event does not link to the span before) as above: only the serial
     walk names a problem."""
+    with scan_cache(session.connection()):
+        return _verify(session, batch, expect_head, expect_count, workers)
+
+
+def _verify(session: Session, batch: int, expect_head: str | None, expect_count: int | None, workers: int) -> VerifyResult:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         # one snapshot for the whole walk: at READ COMMITTED an event appended by the running

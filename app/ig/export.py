@@ -16,7 +16,7 @@ from psycopg.types.string import ByteaBinaryLoader
 from sqlalchemy import String, and_, bindparam, literal_column, select, type_coerce
 
 from app.audit.models import AuditRecord
-from app.db import Database
+from app.db import Database, scan_cache
 from app.fhir import search
 from app.ig.disclosure import safe_cell
 
@@ -68,7 +68,7 @@ def _batches(db: Database, where: Any, batch: int, columns: Callable[[str], tupl
     database, PostgreSQL's own process or SQLite without the GIL, works beside the Python).
     ``text_as_bytes``: PostgreSQL sends text in binary and it comes as the UTF-8 bytes it is
     (no decode to str and encode back)."""
-    with db.session(readonly=True) as session:
+    with db.session(readonly=True) as session, scan_cache(session.connection()):
         connection = session.connection()
         dialect = connection.dialect.name
         q = select(AuditRecord.seq, *columns(dialect))

@@ -132,3 +132,39 @@ def test_export_csv_quotes_and_defuses_awkward_cells_as_csv_writer_does(database
     reference = io.StringIO()
     csv.writer(reference, lineterminator="\r\n").writerows(rows)
     assert body == reference.getvalue()
+
+
+def test_a_long_read_keeps_a_small_page_cache_and_gives_the_connection_its_own_back(database, monkeypatch):
+    """SQLite reads past mmap's 2 GiB through the connection's page cache: an export (or the
+    audit walk) reads with a small one, so that a million events do not fill 64 MiB of the
+    process's memory, and the connection has its own size again for its next user."""
+    from contextlib import contextmanager
+
+    import app.ig.export as export
+    from app.audit import balp
+    from app.auth.tokens import Principal
+    from app.db import scan_cache
+
+    if database.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's cache is the server's")
+
+    def cache_kib(conn) -> int:
+        return -conn.exec_driver_sql("PRAGMA cache_size").scalar()
+
+    with database.engine.connect() as conn:
+        assert cache_kib(conn) == 65536
+        with scan_cache(conn):
+            assert cache_kib(conn) == 2048
+        assert cache_kib(conn) == 65536
+    during = []
+
+    @contextmanager
+    def watched(conn):
+        with scan_cache(conn):
+            during.append(cache_kib(conn))
+            yield
+
+    with database.session() as s:
+        balp.record(s, balp.AccessEvent(Principal(sub="gp-1@A99001", role="gp", org="A99001"), "read", request_id="r"))
+    monkeypatch.setattr(export, "scan_cache", watched)
+    assert len(b"".join(export.ndjson(database, None)).splitlines()) >= 1 and during == [2048]
