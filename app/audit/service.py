@@ -814,11 +814,12 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
     walked again the exact way (orjson dicts, columns_from_body, index_from_body), which names
     the problem: the fast way only ever says a batch is clean.
 
-    With ``workers`` > 1 (`familyview audit verify`, a process of its own) a long chain is
-    first cut into spans that worker processes walk the fast way side by side; the clean,
-    linked spans from the first on count as walked, and the walk goes on from the first span
-    in doubt (or whose first event does not link to the span before) as above: only the serial
-    walk names a problem."""
+    With ``workers`` > 1 (`familyview audit verify`, a process of its own) on a long chain,
+    worker processes start while verify walks the first batches itself; the rest of the chain
+    is then cut into spans that the workers walk the fast way side by side; the clean, linked
+    spans from the first on count as walked, and the walk goes on from the first span in doubt
+    (or whose first event does not link to the span before) as above: only the serial walk
+    names a problem."""
     with scan_cache(session.connection()):
         return _verify(session, batch, expect_head, expect_count, workers)
 
