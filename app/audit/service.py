@@ -585,15 +585,15 @@ class _FastWalk:
         append = agree.append
         before = rows[0][14] if rows else None
         for r in rows:
-            seq, event_id, recorded, stored, row_prev, row_hash, head = r[:3] + r[13:]
+            seq, event_id, recorded, _, _, _, _, _, _, _, _, _, _, stored, row_prev, row_hash, head = r
             if sqlite:  # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) as the chain hashes it; anything else is for the exact walk
                 if type(recorded) is not str or not instant(recorded):
                     agree = None
                     break
                 recorded = f"{recorded[:10]}T{recorded[11:]}Z"
-            if (head != row_hash or row_prev != before
-                    or sha256(f"{row_prev}|{event_id}|{recorded}|".encode() + stored if type(stored) is bytes
-                              else f"{row_prev}|{event_id}|{recorded}|{stored}".encode()).hexdigest() != row_hash):
+            if head != row_hash or row_prev != before or sha256(
+                    f"{row_prev}|{event_id}|{recorded}|".encode() + stored if type(stored) is bytes
+                    else f"{row_prev}|{event_id}|{recorded}|{stored}".encode()).hexdigest() != row_hash:
                 agree = None
                 break
             before = row_hash
