@@ -103,7 +103,7 @@ def _batches(db: Database, where: Any, batch: int, columns: Callable[[str], tupl
             pool.shutdown(wait=True)
 
 
-def ndjson(db: Database, where: Any, *, batch: int = 2000) -> Iterator[bytes]:
+def ndjson(db: Database, where: Any, *, batch: int = 500) -> Iterator[bytes]:
     """Each event's stored body, one per line, in chain order (a chunk per batch)."""
     # SQLite hands over the stored UTF-8 bytes as they are (no decode to str and encode back)
     body = {"sqlite": literal_column("CAST(audit_event.body AS BLOB)")}
