@@ -167,7 +167,7 @@ def test_the_audit_search_filters_and_pages(page, world, overrides):
     screenshot(page, "ig-audit-search")
     page.get_by_label("Outcome").select_option("4")  # a refused request: none for this person on a safeguarding basis
     page.get_by_role("button", name="Search the audit").click()
-    assert page.get_by_test_id("no-events").is_visible()
+    page.get_by_test_id("no-events").wait_for(state="visible")  # the page the form submitted (is_visible() does not wait for it)
 
     page.goto("/governance/audit?subtype=&from=2000-01-01")
     showing = page.get_by_test_id("showing").first.inner_text()
@@ -251,4 +251,4 @@ def test_the_notification_page_shows_delivery_to_the_fathers_practice(page, worl
     screenshot(page, "ig-notifications")
     page.get_by_label("Delivery status").select_option("failed")
     page.get_by_role("button", name="Show").click()
-    assert page.get_by_test_id("no-notifications").is_visible()
+    page.get_by_test_id("no-notifications").wait_for(state="visible")  # the page the form submitted (is_visible() does not wait for it)
