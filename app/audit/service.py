@@ -757,6 +757,12 @@ class _Workers:
             if script is not None:
                 main.__file__ = script
 
+    def wait_until_up(self) -> None:
+        """Until the workers are up (or failed to start)."""
+        self.thread.join()
+        for f in self.warm:
+            f.exception()
+
     def ready(self) -> bool:
         """Whether the workers are up (or failed to start): time to hand them the rest of the chain."""
         return not self.thread.is_alive() and (self.failed is not None or all(f.done() for f in self.warm))
@@ -788,13 +794,13 @@ class _Workers:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str | None, workers: int, lo: int = 0) -> list[_Span]:
-    """The events after ``lo`` walked in spans by worker processes (the tests' view of them)."""
+def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str | None, workers: int) -> list[_Span]:
+    """The whole chain walked in spans by worker processes (the tests' view of them)."""
     helpers = _Workers.start(session, dialect, batch, expect_head, workers)
     if helpers is None:
         return []
     try:
-        return helpers.walk(lo)
+        return helpers.walk(0)
     finally:
         helpers.close()
 
@@ -834,9 +840,7 @@ def _verify(session: Session, batch: int, expect_head: str | None, expect_count:
     anchor_seen = expect_head is None or expect_head == GENESIS
     helpers = _Workers.start(session, dialect, batch, expect_head, workers)
     if helpers is not None and not _WALK_WHILE_WORKERS_START:
-        helpers.thread.join()
-        for f in helpers.warm:
-            f.exception()
+        helpers.wait_until_up()
 
     def hand_over_to_the_workers() -> None:
         """The rest of the chain walked by the workers: the clean spans from the first, each

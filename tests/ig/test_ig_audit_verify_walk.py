@@ -319,9 +319,7 @@ def test_verify_walks_the_first_batches_while_its_workers_start(database, monkey
         asked.append(1)
         if len(asked) <= 3:
             return False
-        self.thread.join()
-        for f in self.warm:
-            f.exception()
+        self.wait_until_up()
         return ready(self)
 
     monkeypatch.setattr(service._Workers, "ready", up_after_three_batches)
