@@ -137,6 +137,69 @@ class Server:
             self.proc.kill()
 
 
+class CpuMeter:
+    """CPU seconds spent while a benchmark's clock runs, by the machine's cores and by the
+    processes that did the work: the server, its linkage worker, the database server's
+    processes (PostgreSQL's backends; SQLite runs inside the server) and the rest (the
+    benchmark itself, HAPI, anything else on the machine). A rate that needs more CPU than
+    the cores give in its time cannot be reached by overlapping work: it shows where the
+    ceiling is. Linux (/proc); elsewhere it measures nothing (`available` is False)."""
+
+    def __init__(self, server_pid: int):
+        self.server_pid = server_pid
+        self.available = os.path.exists("/proc/stat")
+        self.tick = os.sysconf("SC_CLK_TCK") if self.available else 100
+        self.cores = os.cpu_count() or 1
+        self.totals: dict[str, float] = {}
+        self._start: tuple[float, dict[int, tuple[str, float]]] | None = None
+
+    def _role(self, pid: int, cmd: str) -> str | None:
+        if pid == self.server_pid:
+            return "server"
+        if "linkage-worker" in cmd and f"--exit-with {self.server_pid}" in cmd:
+            return "linkage worker"
+        if cmd.startswith("postgres"):
+            return "database"
+        return None
+
+    def _sample(self) -> tuple[float, dict[int, tuple[str, float]]]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        busy = (sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)) / self.tick  # all but idle and iowait
+        procs: dict[int, tuple[str, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            role = self._role(int(entry), cmd)
+            if role is not None:
+                procs[int(entry)] = (role, (int(stat[11]) + int(stat[12])) / self.tick)  # utime + stime
+        return busy, procs
+
+    def start(self) -> None:
+        if self.available:
+            self._start = self._sample()
+
+    def stop(self) -> None:
+        """Adds the CPU since start() to the totals."""
+        if not self.available or self._start is None:
+            return
+        (busy0, procs0), (busy1, procs1) = self._start, self._sample()
+        self._start = None
+        self.totals["machine"] = self.totals.get("machine", 0.0) + busy1 - busy0
+        for pid, (role, cpu) in procs1.items():
+            before = procs0.get(pid)
+            spent = cpu - (before[1] if before is not None and before[0] == role else 0.0)
+            self.totals[role] = self.totals.get(role, 0.0) + spent
+        self.totals["other"] = self.totals["machine"] - sum(v for k, v in self.totals.items() if k not in ("machine", "other"))
+
+
 class LinkageQueue:
     """A server's linkage queue, seen from outside: with linkage queued (the default on
     PostgreSQL) records are linked after the write's response, so a benchmark of writes times
