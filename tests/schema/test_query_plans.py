@@ -44,3 +44,43 @@ def test_write_path_lookups_are_index_searches_on_sqlite(tmp_path):
 def test_list_parameters_are_one_array_on_postgresql():
     sql = str(_SOURCE_KEYS.compile(dialect=postgresql.dialect()))
     assert "= ANY (%(values)s" in sql and "POSTCOMPILE" not in sql
+
+
+def test_write_path_lookups_are_index_probes_on_postgresql(backend, database_url):
+    """A Bundle's few hundred keys are probed in the indexes of tables of tens of thousands of
+    rows, not found by reading the tables whole (the planner's choice for them at PostgreSQL's
+    default random_page_cost); the setting is the write transaction's own."""
+    if backend != "postgres":
+        return
+    from sqlalchemy import text
+
+    from app.db import _driver_sql, plan_each_execution
+
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:  # a deployment some weeks in: 20,000 source keys, 40,000 linkage keys of 5,000 records
+            conn.execute(text("INSERT INTO source_key (source_org, res_type, system, value, res_id) "
+                              "SELECT 'RMT01', 'Patient', 'https://example.nhs.uk/id', 'v' || g, 'p' || g FROM generate_series(1, 20000) g"))
+            conn.execute(text("INSERT INTO linkage_person (id, version_id, created_at, updated_at, active) "
+                              "SELECT 'person-' || g, 1, now(), now(), true FROM generate_series(1, 5000) g"))
+            conn.execute(text("INSERT INTO linkage_link (res_type, res_id, person_id, assurance, probability, how, source_org, features, updated_at) "
+                              "SELECT 'Patient', 'p' || g, 'person-' || g, 'high', 1.0, 'nhs', 'RMT01', '{}', now() FROM generate_series(1, 5000) g"))
+            conn.execute(text("INSERT INTO linkage_key (key_hash, res_type, res_id) "
+                              "SELECT hashtextextended('k' || g, 0), 'Patient', 'p' || (g % 5000 + 1) FROM generate_series(1, 40000) g"))
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE source_key, linkage_key, linkage_link")
+            conn.commit()
+            server_default = conn.exec_driver_sql("SHOW random_page_cost").scalar()
+            conn.commit()
+            with conn.begin():
+                plan_each_execution(conn)
+                cursor = conn.connection.driver_connection.cursor()
+                binds = {"org": "RMT01", "values": [f"v{i}" for i in range(1, 20000, 67)], "hashes": list(range(1, 371)), "lim": 64000}
+                for name, stmt, table in (("source keys", _SOURCE_KEYS, "source_key"), ("linkage candidates", _SEL_CANDIDATES, "linkage_key")):
+                    sql, _ = _driver_sql(conn.dialect, stmt)
+                    cursor.execute("EXPLAIN " + sql, {k: v for k, v in binds.items() if f"%({k})s" in sql})
+                    plan = " | ".join(r[0] for r in cursor.fetchall())
+                    assert f"Seq Scan on {table}" not in plan and "Index" in plan, f"{name}: {plan}"
+            assert conn.exec_driver_sql("SHOW random_page_cost").scalar() == server_default  # the transaction's own
+    finally:
+        engine.dispose()
