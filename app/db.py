@@ -138,16 +138,16 @@ def plan_each_execution(conn: Connection) -> None:
     a look-up of a Bundle's few hundred keys read the whole source-key table (and the
     linkage-key table) well past 20,000 rows, a cost that grew with every write."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(CUSTOM_PLANS)
+        conn.exec_driver_sql(_WRITE_PLANNING)
 
 
-CUSTOM_PLANS = ("SELECT set_config('plan_cache_mode', 'force_custom_plan', true) AS plan_cache_mode, "
+_WRITE_PLANNING = ("SELECT set_config('plan_cache_mode', 'force_custom_plan', true) AS plan_cache_mode, "
                 "set_config('random_page_cost', '1.1', true) AS random_page_cost")  # plan_each_execution's statement, for a pipeline
 
 
 def plan_each_execution_first(conn: Connection) -> list[tuple[Any, dict[str, Any]]]:
     """plan_each_execution as the first statement of a pipeline (see pipelined): no round trip of its own."""
-    return [(CUSTOM_PLANS, {})] if conn.dialect.name == "postgresql" else []
+    return [(_WRITE_PLANNING, {})] if conn.dialect.name == "postgresql" else []
 
 
 def plan_once_per_statement(conn: Connection) -> None:

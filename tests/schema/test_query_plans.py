@@ -3,6 +3,7 @@
 cannot serve from an index), or every Bundle scans the source-key and linkage tables."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.dialects import postgresql
 
@@ -51,7 +52,7 @@ def test_write_path_lookups_are_index_probes_on_postgresql(backend, database_url
     rows, not found by reading the tables whole (the planner's choice for them at PostgreSQL's
     default random_page_cost); the setting is the write transaction's own."""
     if backend != "postgres":
-        return
+        pytest.skip("the planner's choice on PostgreSQL; SQLite's is test_write_path_lookups_are_index_searches_on_sqlite")
     from sqlalchemy import text
 
     from app.db import _driver_sql, plan_each_execution
