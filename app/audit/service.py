@@ -2,16 +2,12 @@
 row cannot be written, the transaction fails and nothing it would have disclosed is sent."""
 from __future__ import annotations
 
-import dataclasses
 import gc
 import hashlib
 import json
 import logging
-import re
-import os
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Iterator
@@ -19,13 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterable
 
-import msgspec
 import orjson
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
+from app.audit import walk
 from app.audit.models import AuditHead, AuditIndex, AuditRecord
+from app.audit.walk import NHS_NUMBER, SQLITE_INSTANT, AuditUrls
 from app.db import insert_rows, pipelined, scan_cache
 from app.urls import CANONICAL_BASE
 
@@ -178,7 +175,7 @@ _FV = CANONICAL_BASE
 _EXT_IG_REVIEW = f"{_FV}/StructureDefinition/audit-ig-review-required"
 _EXT_POLICY_VERSION = f"{_FV}/StructureDefinition/audit-policy-version"
 _SUBTYPE_SYSTEM = f"{_FV}/CodeSystem/audit-subtype"
-_NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
+_URLS = AuditUrls(_EXT_IG_REVIEW, _EXT_POLICY_VERSION, _SUBTYPE_SYSTEM)  # the fast walk's (app.audit.walk)
 
 
 def _ext(body: dict[str, Any], url: str) -> Any:
@@ -228,7 +225,7 @@ def index_from_body(body: dict[str, Any]) -> list[tuple[str, str]]:
             if value:
                 add(("patient", value[:255]))
             ident = what.get("identifier") or {}
-            if ident.get("system") == _NHS_NUMBER:  # an NHS number without a record (BALP events)
+            if ident.get("system") == NHS_NUMBER:  # an NHS number without a record (BALP events)
                 value = ident.get("value")
                 if value:
                     add(("patient", value[:255]))
@@ -247,166 +244,6 @@ def index_from_body(body: dict[str, Any]) -> list[tuple[str, str]]:
                     if value:
                         add(("entity", value[:255]))
     return sorted(rows)
-
-
-# ---------------------------------------------------------------- the walk's typed reading of a body
-
-class _Code(msgspec.Struct, gc=False):
-    code: str | None = None
-    system: str | None = None
-
-
-class _CodeOnly(msgspec.Struct, gc=False):
-    """A Coding where only its code is read (its other keys skipped, not kept)."""
-
-    code: str | None = None
-
-
-class _Concept(msgspec.Struct, gc=False):
-    coding: list[_Code] | None = None
-
-
-class _Identifier(msgspec.Struct, gc=False):
-    system: str | None = None
-    value: str | None = None
-
-
-class _Who(msgspec.Struct, gc=False):
-    identifier: _Identifier | None = None
-
-
-class _Agent(msgspec.Struct, gc=False):
-    requestor: bool | None = None
-    role: list[_Concept] | None = None
-    who: _Who | None = None
-
-
-class _Extension(msgspec.Struct, gc=False):
-    url: str | None = None
-    valueBoolean: bool | None | msgspec.UnsetType = msgspec.UNSET
-    valueString: str | None | msgspec.UnsetType = msgspec.UNSET
-
-
-class _What(msgspec.Struct, gc=False):
-    reference: str | None = None
-    display: str | None = None
-    identifier: _Identifier | None = None
-
-
-class _Detail(msgspec.Struct, gc=False):
-    type: str | None = None
-    valueString: str | None = None
-
-
-class _Entity(msgspec.Struct, gc=False):
-    role: _CodeOnly | None = None
-    what: _What | None = None
-    detail: list[_Detail] | None = None
-
-
-class _Body(msgspec.Struct, gc=False):
-    """What columns_from_body and index_from_body read of a body, typed: a body whose parts are
-    not these types (a code that is a number, an agent that is not an object) fails to decode
-    and the event is walked the exact way, with the dicts orjson gives."""
-
-    id: str | None = None
-    recorded: str | None = None
-    type: _CodeOnly | None = None
-    subtype: list[_Code] | None = None
-    action: str | None = None
-    outcome: str | None = None
-    purposeOfEvent: list[_Concept] | None = None
-    agent: msgspec.Raw = msgspec.Raw(b"null")  # read by _agent_facts, once per distinct list
-    extension: list[_Extension] | None = None
-    entity: list[_Entity] | None = None
-
-
-_BODY = msgspec.json.Decoder(_Body)
-
-
-_AGENTS = msgspec.json.Decoder(list[_Agent] | None)
-_AGENT_FACTS: dict[bytes, tuple[Any, Any, Any]] = {}  # an agent list's JSON -> (agent_sub, agent_org, agent_role)
-
-
-def _agent_facts(raw: msgspec.Raw) -> tuple[Any, Any, Any]:
-    """The agent columns of an agent list, read once per distinct list (the same users and
-    organisations recur through the chain): keyed by the list's exact JSON, so the same bytes
-    give the same columns; a list of another shape raises ValidationError (the exact walk's)."""
-    key = bytes(raw)
-    facts = _AGENT_FACTS.get(key)
-    if facts is None:
-        user = org = None
-        for a in _AGENTS.decode(key) or ():
-            if a.requestor:
-                if user is None:
-                    user = a
-            elif org is None:
-                org = a
-        role = sub = org_code = None
-        if user is not None:
-            for r in user.role or ():
-                if r.coding:
-                    role = r.coding[0].code
-                    break
-            if user.who is not None and user.who.identifier is not None:
-                sub = user.who.identifier.value
-        if org is not None and org.who is not None and org.who.identifier is not None:
-            org_code = org.who.identifier.value
-        if len(_AGENT_FACTS) >= 10_000:
-            _AGENT_FACTS.clear()
-        facts = _AGENT_FACTS[key] = (sub, org_code, role)
-    return facts
-
-
-def _typed_facts(seq: int, b: _Body) -> tuple[tuple[Any, ...], str]:
-    """_implied_columns and index_from_body of event ``seq``'s typed body (plain loops: verify
-    calls it a million times), the index rows as the fast walk's SQL folds the stored ones:
-    sorted by (param, value), each as seq:len(param):param len(value):value."""
-    sub, org_code, role = _agent_facts(b.agent)
-    subtype = purpose = None
-    for c in b.subtype or ():
-        if c.system == _SUBTYPE_SYSTEM:
-            subtype = c.code
-            break
-    for p in b.purposeOfEvent or ():
-        if p.coding:
-            purpose = p.coding[0].code
-            break
-    review = policy = None
-    seen_review = seen_policy = False
-    for x in b.extension or ():  # _ext(): the first extension of the url; valueBoolean when the key is there (even null)
-        if x.url == _EXT_IG_REVIEW and not seen_review:
-            seen_review = True
-            review = x.valueBoolean if x.valueBoolean is not msgspec.UNSET else (None if x.valueString is msgspec.UNSET else x.valueString)
-        elif x.url == _EXT_POLICY_VERSION and not seen_policy:
-            seen_policy = True
-            policy = x.valueBoolean if x.valueBoolean is not msgspec.UNSET else (None if x.valueString is msgspec.UNSET else x.valueString)
-    columns = (b.type.code if b.type is not None else None, subtype, b.action, b.outcome, purpose, sub, org_code, role, bool(review), policy)
-    rows: set[tuple[str, str]] = set()
-    add = rows.add
-    for e in b.entity or ():
-        code = e.role.code if e.role is not None else None
-        if code == "1":
-            what = e.what
-            if what is not None:
-                value = what.reference or what.display
-                if value:
-                    add(("7:patient", value[:255]))
-                ident = what.identifier
-                if ident is not None and ident.system == _NHS_NUMBER and ident.value:
-                    add(("7:patient", ident.value[:255]))
-            for d in e.detail or ():
-                if d.type == "nhs-number" and d.valueString:
-                    add(("7:patient", d.valueString[:255]))
-        elif code == "4":
-            value = ((e.what.reference if e.what is not None else None) or "").split("#", 1)[0]
-            if value:
-                add(("6:entity", value[:255]))
-            for d in e.detail or ():
-                if d.type == "subject" and d.valueString:
-                    add(("6:entity", d.valueString[:255]))
-    # "6:entity" sorts before "7:patient" as "entity" before "patient"
-    return columns, "".join([f"{seq}:{p}{len(v)}:{v}" for p, v in sorted(rows)])
 
 
 # ---------------------------------------------------------------- verification
@@ -439,52 +276,12 @@ _COLUMN_NAMES = tuple(AuditColumns.__dataclass_fields__)
 # it; SQLite holds it as text ("YYYY-MM-DD HH:MM:SS.ffffff", UTC), reshaped in Python.
 _WALK = ("SELECT seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
          "agent_role, review_required, policy_version, {body}, prev_hash, hash FROM audit_event WHERE seq > ? ORDER BY seq LIMIT ?")
-_WALK_RECORDED = {"postgresql": "to_char(recorded AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", "sqlite": "recorded"}
-_WALK_BODY = {"postgresql": "body", "sqlite": "CAST(body AS BLOB)"}  # SQLite: the stored UTF-8 bytes, hashed as they are
 _WALK_HEADS = "SELECT seq, hash FROM audit_head WHERE seq > ? AND seq <= ?"
 _WALK_INDEX = "SELECT event_seq, param, value FROM audit_index WHERE event_seq > ? AND event_seq <= ?"
-_SQLITE_INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
-
-
-# The fast walk's statements, per batch: where it ends; its events with their head row's hash;
-# and all their search rows folded into one string in (event, pk) order, each row as
-# seq:len(param):param len(value):value (lengths in characters, so that no two different lists
-# of rows make the same string), with the count of head rows in the range and (SQLite, which
-# stores any type in any column) of search rows that are not text. The instant comes as the
-# database holds it (SQLite) or as the chain hashes it (PostgreSQL formats it); each event is
-# hashed on the fetching thread, over the bytes the chain hashed (hashlib lets go of the GIL;
-# PostgreSQL would decompress each body twice, to hash it and to send it).
-_NO_END = (1 << 63) - 1  # beyond any seq: the walk's last batch ends at the newest event
-_FAST_END = "SELECT max(seq), count(*) FROM (SELECT seq FROM audit_event WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?) b"
-_FAST_EVENTS = ("SELECT e.seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
-                "agent_role, review_required, policy_version, {body}, prev_hash, e.hash, h.hash "
-                "FROM audit_event e LEFT JOIN audit_head h ON h.seq = e.seq AND h.seq > ? AND h.seq <= ? "
-                "WHERE e.seq > ? AND e.seq <= ? ORDER BY e.seq")
-_FAST_INDEX = ("SELECT (SELECT {concat} FROM (SELECT {row} AS r, event_seq, pk FROM audit_index "
-               "WHERE event_seq > ? AND event_seq <= ? {order}) i), "
-               "(SELECT count(*) FROM audit_head WHERE seq > ? AND seq <= ?)")
-
-
-def _fast_sql(dialect: str) -> tuple[str, str]:
-    """The fast walk's events and search-rows statements for this database."""
-    if dialect == "postgresql":
-        return (_FAST_EVENTS.format(recorded=_WALK_RECORDED[dialect], body="body"),
-                _FAST_INDEX.format(concat="string_agg(r, '' ORDER BY event_seq, pk)", order="",
-                                   row="event_seq || ':' || length(param) || ':' || param || length(value) || ':' || value"))
-    # SQLite: group_concat takes the rows in the order of the inner query (ix_audit_index_event
-    # gives (event_seq, pk) without a sort); rows in another order only send the batch to the
-    # exact walk. SQLite stores any type in any column: a row whose param or value is not text
-    # (or whose event_seq is not an integer) ends in "!", which no row the bodies imply does
-    return (_FAST_EVENTS.format(recorded="recorded", body=_WALK_BODY.get(dialect, "body")),
-            _FAST_INDEX.format(concat="group_concat(r, '')", order="ORDER BY event_seq, pk",
-                               row="printf('%s:%d:%s%d:%s%s', event_seq, length(param), param, length(value), value, "
-                                   "CASE WHEN typeof(param) = 'text' AND typeof(value) = 'text' AND typeof(event_seq) = 'integer' "
-                                   "THEN '' ELSE '!' END)"))
-
 
 def _sqlite_recorded(stored: Any) -> str | None:
     """A SQLite row's instant as the chain hashes it; None when it is not an instant."""
-    if isinstance(stored, str) and _SQLITE_INSTANT.fullmatch(stored):
+    if isinstance(stored, str) and SQLITE_INSTANT.fullmatch(stored):
         return f"{stored[:10]}T{stored[11:]}Z"
     try:
         return _recorded_text(stored if isinstance(stored, datetime) else datetime.fromisoformat(str(stored)))
@@ -527,189 +324,15 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _bodies_agree(rows: list[Any]) -> str | None:
-    """The fast walk's check of each row's body against its columns, rows as (seq, event_id,
-    the instant as the body writes it, (type_code .. policy_version), body): the search rows
-    the bodies imply, folded as the fast walk's SQL folds the stored ones; None when in doubt."""
-    decode, pieces = _BODY.decode, []
-    try:
-        for seq, event_id, said, stored_columns, body in rows:
-            b = decode(body)
-            if b.id != event_id or b.recorded is None or b.recorded != said:
-                return None
-            columns, index_text = _typed_facts(seq, b)
-            if columns != stored_columns:  # bool == 0/1 too: a review flag stored otherwise is for the exact walk
-                return None
-            pieces.append(index_text)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    return "".join(pieces)
-
-
-def _driver_sql(dialect: str, q: str) -> str:
-    """A walk statement in the driver's own placeholders."""
-    return q.replace("?", "%s") if dialect == "postgresql" else q
-
-
-class _FastWalk:
-    """The fast walk's reading and checking of batches on one driver cursor: verify's own, or
-    a worker process's (verify's workers)."""
-
-    def __init__(self, cursor: Any, dialect: str, batch: int, expect_head: str | None) -> None:
-        self.cursor, self.batch, self.expect_head = cursor, batch, expect_head
-        self.events_sql, self.index_sql = (_driver_sql(dialect, q) for q in _fast_sql(dialect))
-        self.end_sql = _driver_sql(dialect, _FAST_END)
-        self.sqlite = dialect == "sqlite"
-
-    def fetch(self, lo: int, end: int | None = None) -> tuple[int, list[Any], tuple[Any, ...], list[Any] | None, bool] | None:
-        """The fast walk's rows of the batch after ``lo`` (up to ``end`` when given; None at the
-        end); when the chain holds within it (each event's hash over its stored bytes, each
-        linked to the one before, each recorded in the head table), each event as _bodies_agree
-        takes it, else None; and whether the anchor is among them."""
-        cursor, batch, expect_head = self.cursor, self.batch, self.expect_head
-        if end is not None and lo >= end:
-            return None
-        cursor.execute(self.end_sql, (lo, _NO_END if end is None else end, batch))
-        hi, n = cursor.fetchone()
-        if end is None:
-            if hi is None:
-                return None
-        elif n < batch:
-            hi = end  # a span's last batch runs to its end: head and search rows in a gap are checked too
-        cursor.execute(self.events_sql, (lo, hi, lo, hi))
-        rows = cursor.fetchall()
-        cursor.execute(self.index_sql, (lo, hi, lo, hi))
-        others = cursor.fetchone()
-        sha256, instant, sqlite = hashlib.sha256, _SQLITE_INSTANT.fullmatch, self.sqlite
-        agree: list[Any] | None = []
-        append = agree.append
-        before = rows[0][14] if rows else None
-        for r in rows:
-            seq, event_id, recorded, _, _, _, _, _, _, _, _, _, _, stored, row_prev, row_hash, head = r
-            if sqlite:  # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) as the chain hashes it; anything else is for the exact walk
-                if type(recorded) is not str or not instant(recorded):
-                    agree = None
-                    break
-                recorded = f"{recorded[:10]}T{recorded[11:]}Z"
-            if head != row_hash or row_prev != before or sha256(
-                    f"{row_prev}|{event_id}|{recorded}|".encode() + stored if type(stored) is bytes
-                    else f"{row_prev}|{event_id}|{recorded}|{stored}".encode()).hexdigest() != row_hash:
-                agree = None
-                break
-            before = row_hash
-            # the body writes the instant to the millisecond: the same instant when the rest is zeros
-            append((seq, event_id, f"{recorded[:23]}Z" if recorded[23:26] == "000" else None, r[3:13], stored))
-        return hi, rows, others, agree, expect_head is not None and any(r[15] == expect_head for r in rows)
-
-    @staticmethod
-    def clean(prev_hash: str, rows: list[Any], others: tuple[Any, ...], agree: list[Any] | None) -> bool:
-        """Whether every check of a fetched batch holds, its first event linked to ``prev_hash``;
-        False when in doubt."""
-        if agree is None or (rows and rows[0][14] != prev_hash):
-            return False
-        # the searchable columns and search rows the bodies imply, against the stored ones
-        implied = _bodies_agree(agree)
-        stored_index, heads = others
-        # every search row of the range, in order, is one the bodies imply; every head row is an event's
-        return not (implied is None or heads != len(rows) or (stored_index or "") != implied)
-
-
-@dataclass(frozen=True)
-class _Span:
-    """A worker's fast walk of the events in (lo, hi]: clean, or in doubt somewhere (then the
-    serial walk takes the chain over from the span's start); its first event's previous-hash
-    and its last event's hash, for verify to link the spans."""
-
-    lo: int
-    hi: int
-    clean: bool
-    count: int = 0
-    first_prev: str | None = None
-    last_hash: str | None = None
-    anchored: bool = False
-    last_seq: int = 0  # its newest event's
-    cpu: float = 0.0  # the worker's CPU seconds for the span (its threads; the benchmark's figure)
-
-
-def _walk_span(fast: _FastWalk, lo: int, hi: int) -> _Span:
-    """The fast walk of the events in (lo, hi], the next batch fetched while one is checked."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="audit-verify")
-    count, first_prev, last_hash, anchored, last_seq = 0, None, None, False, 0
-    try:
-        ahead = pool.submit(fast.fetch, lo, hi)
-        while True:
-            got = ahead.result()
-            if got is None:
-                return _Span(lo, hi, True, count, first_prev, last_hash, anchored, last_seq)
-            ahead = pool.submit(fast.fetch, got[0], hi)
-            _, rows, others, agree, seen = got
-            if not rows:  # a span's end with no events (a gap in the seqs)
-                if not fast.clean("", rows, others, agree):
-                    return _Span(lo, hi, False)
-                continue
-            if first_prev is None:
-                first_prev = last_hash = rows[0][14]  # the link into the span: verify checks it against the span before
-            if not fast.clean(last_hash, rows, others, agree):  # type: ignore[arg-type]
-                return _Span(lo, hi, False)
-            count, last_hash, anchored, last_seq = count + len(rows), rows[-1][15], anchored or seen, rows[-1][0]
-    finally:
-        pool.shutdown(wait=True)
-
-
-_SPAN_ENGINES: dict[str, Any] = {}  # a worker process's engine, kept for its next span
-_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
-
-
-def _span_engine(url: str) -> Any:
-    """A worker process's engine, kept for its next span; the collector paused (a process of
-    verify's own: see collector_paused)."""
-    from app.db import make_engine
-
-    gc.disable()
-    engine = _SPAN_ENGINES.get(url)
-    if engine is None:
-        engine = _SPAN_ENGINES[url] = make_engine(url).execution_options(familyview_readonly=True)
-    return engine
-
-
-def _span_worker(url: str, snapshot: str | None, lo: int, hi: int, batch: int, expect_head: str | None) -> _Span:
-    """A worker process's span of the chain, on a connection of its own; on PostgreSQL in the
-    snapshot verify exported (the same committed events verify's own transaction sees)."""
-    with _span_engine(url).connect() as conn, scan_cache(conn):
-        try:
-            if snapshot is not None:
-                if not _SNAPSHOT_ID.fullmatch(snapshot):
-                    raise ValueError("not a PostgreSQL snapshot id")
-                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-            else:
-                conn.exec_driver_sql("SELECT 1")  # SQLite: BEGIN (a read transaction) before the walk's reads
-            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            started = time.process_time()
-            try:
-                span = _walk_span(_FastWalk(cursor, conn.dialect.name, batch, expect_head), lo, hi)
-                return dataclasses.replace(span, cpu=time.process_time() - started)
-            finally:
-                cursor.close()
-        finally:
-            conn.rollback()
-
-
 _PARALLEL_MIN_EVENTS = 100_000  # below this, starting the workers costs more than they save
 _WALK_WHILE_WORKERS_START = True  # (the tests turn it off to have the workers walk a short chain)
 _SPANS_PER_WORKER = 8  # spans much smaller than an equal share: a worker on a busier core does fewer, and they end close together
 
 
-def _warm_worker(url: str) -> int:
-    """A worker process ready to walk: its engine made and connected."""
-    with _span_engine(url).connect():
-        return os.getpid()
-
-
 class _Workers:
     """verify's worker processes, started on a thread of this process's own while verify walks
-    the chain's first batches itself (the fork server's imports and the workers' connections
-    take most of a second); then the rest of the chain, cut into spans of consecutive events,
+    the chain's first batches itself (the fork server imports app.audit.walk, which is made to
+    be quick to import, and the workers connect); then the rest of the chain, cut into spans of consecutive events,
     is theirs to walk the fast way side by side (the walk is Python bound: threads would share
     one core). The spans end at the newest event verify's transaction sees; on PostgreSQL the
     workers read in its exported snapshot, on SQLite each in a read transaction of its own
@@ -718,7 +341,10 @@ class _Workers:
     def __init__(self, session: Session, dialect: str, batch: int, expect_head: str | None, workers: int, top: int) -> None:
         self.batch, self.expect_head, self.workers, self.top = batch, expect_head, workers, top
         self.snapshot = session.execute(text("SELECT pg_export_snapshot()")).scalar() if dialect == "postgresql" else None
-        self.url = session.get_bind().url.render_as_string(hide_password=False)
+        bind = session.get_bind()
+        args, kwargs = bind.dialect.create_connect_args(bind.url)  # type: ignore[union-attr]  # the driver's connect(), as the engine's
+        kwargs.pop("context", None)  # (psycopg: SQLAlchemy's type adapters, not the workers')
+        self.connect: walk.Connect = (dialect, list(args), dict(kwargs))
         self.pool: Any = None
         self.warm: list[Any] = []
         self.failed: BaseException | None = None
@@ -739,18 +365,18 @@ class _Workers:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        # forked from a fork server of its own (single-threaded, this module imported once), not from
-        # this process, whose threads may hold locks (SQLite's among them) a fork would copy held
+        # forked from a fork server of its own (single-threaded, the walk module imported once), not
+        # from this process, whose threads may hold locks (SQLite's among them) a fork would copy held
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        context.set_forkserver_preload([walk.__name__])
         main = sys.modules["__main__"]
         # without the script's path the workers do not each run the caller's script again first
-        # (multiprocessing's rule, for functions defined there; these are this module's): seconds
+        # (multiprocessing's rule, for functions defined there; these are the walk module's): seconds
         # of imports for a benchmark. Hidden while they start (a submit starts one while all are busy)
         script = main.__dict__.pop("__file__", None)
         try:
             self.pool = ProcessPoolExecutor(self.workers, mp_context=context)
-            self.warm = [self.pool.submit(_warm_worker, self.url) for _ in range(self.workers)]
+            self.warm = [self.pool.submit(walk.warm_worker, self.connect) for _ in range(self.workers)]
         except Exception as exc:  # noqa: BLE001 - reported by walk(), in verify's thread
             self.failed = exc
         finally:
@@ -767,7 +393,7 @@ class _Workers:
         """Whether the workers are up (or failed to start): time to hand them the rest of the chain."""
         return not self.thread.is_alive() and (self.failed is not None or all(f.done() for f in self.warm))
 
-    def walk(self, lo: int) -> list[_Span]:
+    def walk(self, lo: int) -> list[walk.Span]:
         """The events after ``lo`` walked in spans by the workers, in order; [] when the workers
         could not start or connect (the serial walk then does it all)."""
         self.thread.join()
@@ -781,7 +407,8 @@ class _Workers:
             # cut by seq, not by counting rows (SQLite would read the whole table to count them):
             # the chain's seqs run from 1 with few gaps, and a span with no events is walked as empty
             size = max(self.batch, -(-(self.top - lo) // (self.workers * _SPANS_PER_WORKER)))
-            futures = [self.pool.submit(_span_worker, self.url, self.snapshot, a, min(a + size, self.top), self.batch, self.expect_head)
+            futures = [self.pool.submit(walk.span_worker, self.connect, self.snapshot, a, min(a + size, self.top), self.batch,
+                                       self.expect_head, _URLS)
                        for a in range(lo, self.top, size)]
             return [f.result() for f in futures]
         except Exception as exc:
@@ -794,7 +421,7 @@ class _Workers:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str | None, workers: int) -> list[_Span]:
+def _parallel_spans(session: Session, dialect: str, batch: int, expect_head: str | None, workers: int) -> list[walk.Span]:
     """The whole chain walked in spans by worker processes (the tests' view of them)."""
     helpers = _Workers.start(session, dialect, batch, expect_head, workers)
     if helpers is None:
@@ -864,12 +491,12 @@ def _verify(session: Session, batch: int, expect_head: str | None, expect_count:
     cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
 
     def sql(q: str) -> str:
-        return _driver_sql(dialect, q)
+        return walk.driver_sql(dialect, q)
 
     sqlite = dialect == "sqlite"
-    walk = sql(_WALK.format(recorded=_WALK_RECORDED.get(dialect, "recorded"), body=_WALK_BODY.get(dialect, "body")))
+    walk_sql = sql(_WALK.format(recorded=walk.WALK_RECORDED.get(dialect, "recorded"), body=walk.WALK_BODY.get(dialect, "body")))
     heads_sql, index_sql = sql(_WALK_HEADS), sql(_WALK_INDEX)
-    fast = _FastWalk(cursor, dialect, batch, expect_head)
+    fast = walk.FastWalk(cursor, dialect, batch, expect_head, _URLS)
     sha256, loads = hashlib.sha256, orjson.loads
 
     def broken(seq: int, event_id: str | None, problem: str) -> VerifyResult:
@@ -889,7 +516,7 @@ def _verify(session: Session, batch: int, expect_head: str | None, expect_count:
     def exact_batch() -> VerifyResult | None:
         """The next batch walked the exact way: the problem it finds, else None (state advanced)."""
         nonlocal prev_hash, checked, last_seq, anchor_seen, rechecked
-        cursor.execute(walk, (last_seq, batch))
+        cursor.execute(walk_sql, (last_seq, batch))
         rows = cursor.fetchall()
         if not rows:
             return None

@@ -57,7 +57,8 @@ def test_what_is_not_an_instant_is_none():
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from app.audit import balp  # noqa: E402
-from app.audit.service import _BODY, _EXT_IG_REVIEW, _EXT_POLICY_VERSION, _typed_facts, index_from_body, verify  # noqa: E402
+from app.audit.service import _EXT_IG_REVIEW, _EXT_POLICY_VERSION, _URLS, index_from_body, verify  # noqa: E402
+from app.audit.walk import BODY, typed_facts  # noqa: E402
 from app.auth.tokens import Principal  # noqa: E402
 from tests.family.test_family_audit import _as_attacker  # noqa: E402
 
@@ -113,7 +114,7 @@ def test_the_typed_reading_of_a_body_is_the_dict_reading(body):
     import orjson
 
     raw = orjson.dumps(body)
-    assert _typed_facts(42, _BODY.decode(raw)) == _dict_facts(42, orjson.loads(raw))
+    assert typed_facts(42, BODY.decode(raw), _URLS) == _dict_facts(42, orjson.loads(raw))
 
 
 @pytest.mark.parametrize("odd", REFUSED)
@@ -122,7 +123,7 @@ def test_a_body_of_another_shape_is_left_to_the_exact_walk(odd):
     import orjson
 
     with pytest.raises(msgspec.ValidationError):
-        _typed_facts(1, _BODY.decode(orjson.dumps({**BASE, **odd})))
+        typed_facts(1, BODY.decode(orjson.dumps({**BASE, **odd})), _URLS)
 
 
 def _record(database, n: int) -> None:
@@ -333,3 +334,16 @@ def test_verify_walks_the_first_batches_while_its_workers_start(database, monkey
     assert len(asked) >= 4 or parallel.broken_at == 3  # (a problem in verify's own batches ends the walk there)
     if not tamper:
         assert parallel.checked == 24 and parallel.rechecked == 0 and parallel.worker_cpu > 0
+
+
+def test_the_workers_module_imports_neither_sqlalchemy_nor_the_consent_engine():
+    """verify's worker processes start from app.audit.walk while verify walks the first batches
+    itself: what it imports is the workers' start-up (SQLAlchemy and the consent engine's code
+    lists were most of a second of it)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, app.audit.walk; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'consent', 'fastapi', 'pydantic', 'orjson'}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out

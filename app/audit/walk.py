@@ -1,0 +1,432 @@
+"""The audit chain's fast walk: each batch of events read with their head rows and search rows,
+hashed, linked and checked against what their bodies say, on one driver cursor. What
+`familyview audit verify`'s worker processes run, so it imports only the standard library,
+msgspec and the database driver (not SQLAlchemy, not the consent engine that app.urls brings):
+a worker is up in a fraction of the time the service module takes to import, while verify's
+own process walks the chain's first batches (app.audit.service: verify, the exact walk that
+names a problem, the workers' pool)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
+
+
+class AuditUrls(msgspec.Struct, frozen=True, gc=False):
+    """The gateway's canonical URLs a body's columns are read by (app.audit.service names them
+    from app.urls; passed in, so that this module does not import it)."""
+
+    ig_review: str
+    policy_version: str
+    subtype_system: str
+
+
+# ---------------------------------------------------------------- the walk's typed reading of a body
+
+class _Code(msgspec.Struct, gc=False):
+    code: str | None = None
+    system: str | None = None
+
+
+class _CodeOnly(msgspec.Struct, gc=False):
+    """A Coding where only its code is read (its other keys skipped, not kept)."""
+
+    code: str | None = None
+
+
+class _Concept(msgspec.Struct, gc=False):
+    coding: list[_Code] | None = None
+
+
+class _Identifier(msgspec.Struct, gc=False):
+    system: str | None = None
+    value: str | None = None
+
+
+class _Who(msgspec.Struct, gc=False):
+    identifier: _Identifier | None = None
+
+
+class _Agent(msgspec.Struct, gc=False):
+    requestor: bool | None = None
+    role: list[_Concept] | None = None
+    who: _Who | None = None
+
+
+class _Extension(msgspec.Struct, gc=False):
+    url: str | None = None
+    valueBoolean: bool | None | msgspec.UnsetType = msgspec.UNSET
+    valueString: str | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class _What(msgspec.Struct, gc=False):
+    reference: str | None = None
+    display: str | None = None
+    identifier: _Identifier | None = None
+
+
+class _Detail(msgspec.Struct, gc=False):
+    type: str | None = None
+    valueString: str | None = None
+
+
+class _Entity(msgspec.Struct, gc=False):
+    role: _CodeOnly | None = None
+    what: _What | None = None
+    detail: list[_Detail] | None = None
+
+
+class _Body(msgspec.Struct, gc=False):
+    """What columns_from_body and index_from_body read of a body, typed: a body whose parts are
+    not these types (a code that is a number, an agent that is not an object) fails to decode
+    and the event is walked the exact way, with the dicts orjson gives."""
+
+    id: str | None = None
+    recorded: str | None = None
+    type: _CodeOnly | None = None
+    subtype: list[_Code] | None = None
+    action: str | None = None
+    outcome: str | None = None
+    purposeOfEvent: list[_Concept] | None = None
+    agent: msgspec.Raw = msgspec.Raw(b"null")  # read by _agent_facts, once per distinct list
+    extension: list[_Extension] | None = None
+    entity: list[_Entity] | None = None
+
+
+BODY = msgspec.json.Decoder(_Body)
+
+
+_AGENTS = msgspec.json.Decoder(list[_Agent] | None)
+_AGENT_FACTS: dict[bytes, tuple[Any, Any, Any]] = {}  # an agent list's JSON -> (agent_sub, agent_org, agent_role)
+
+
+def _agent_facts(raw: msgspec.Raw) -> tuple[Any, Any, Any]:
+    """The agent columns of an agent list, read once per distinct list (the same users and
+    organisations recur through the chain): keyed by the list's exact JSON, so the same bytes
+    give the same columns; a list of another shape raises ValidationError (the exact walk's)."""
+    key = bytes(raw)
+    facts = _AGENT_FACTS.get(key)
+    if facts is None:
+        user = org = None
+        for a in _AGENTS.decode(key) or ():
+            if a.requestor:
+                if user is None:
+                    user = a
+            elif org is None:
+                org = a
+        role = sub = org_code = None
+        if user is not None:
+            for r in user.role or ():
+                if r.coding:
+                    role = r.coding[0].code
+                    break
+            if user.who is not None and user.who.identifier is not None:
+                sub = user.who.identifier.value
+        if org is not None and org.who is not None and org.who.identifier is not None:
+            org_code = org.who.identifier.value
+        if len(_AGENT_FACTS) >= 10_000:
+            _AGENT_FACTS.clear()
+        facts = _AGENT_FACTS[key] = (sub, org_code, role)
+    return facts
+
+
+def typed_facts(seq: int, b: _Body, urls: AuditUrls) -> tuple[tuple[Any, ...], str]:
+    """app.audit.service's _implied_columns and index_from_body of event ``seq``'s typed body
+    (plain loops: verify calls it a million times), the index rows as the fast walk's SQL folds
+    the stored ones: sorted by (param, value), each as seq:len(param):param len(value):value."""
+    ig_review, policy_version, subtype_system = urls.ig_review, urls.policy_version, urls.subtype_system
+    sub, org_code, role = _agent_facts(b.agent)
+    subtype = purpose = None
+    for c in b.subtype or ():
+        if c.system == subtype_system:
+            subtype = c.code
+            break
+    for p in b.purposeOfEvent or ():
+        if p.coding:
+            purpose = p.coding[0].code
+            break
+    review = policy = None
+    seen_review = seen_policy = False
+    for x in b.extension or ():  # _ext(): the first extension of the url; valueBoolean when the key is there (even null)
+        if x.url == ig_review and not seen_review:
+            seen_review = True
+            review = x.valueBoolean if x.valueBoolean is not msgspec.UNSET else (None if x.valueString is msgspec.UNSET else x.valueString)
+        elif x.url == policy_version and not seen_policy:
+            seen_policy = True
+            policy = x.valueBoolean if x.valueBoolean is not msgspec.UNSET else (None if x.valueString is msgspec.UNSET else x.valueString)
+    columns = (b.type.code if b.type is not None else None, subtype, b.action, b.outcome, purpose, sub, org_code, role, bool(review), policy)
+    rows: set[tuple[str, str]] = set()
+    add = rows.add
+    for e in b.entity or ():
+        code = e.role.code if e.role is not None else None
+        if code == "1":
+            what = e.what
+            if what is not None:
+                value = what.reference or what.display
+                if value:
+                    add(("7:patient", value[:255]))
+                ident = what.identifier
+                if ident is not None and ident.system == NHS_NUMBER and ident.value:
+                    add(("7:patient", ident.value[:255]))
+            for d in e.detail or ():
+                if d.type == "nhs-number" and d.valueString:
+                    add(("7:patient", d.valueString[:255]))
+        elif code == "4":
+            value = ((e.what.reference if e.what is not None else None) or "").split("#", 1)[0]
+            if value:
+                add(("6:entity", value[:255]))
+            for d in e.detail or ():
+                if d.type == "subject" and d.valueString:
+                    add(("6:entity", d.valueString[:255]))
+    # "6:entity" sorts before "7:patient" as "entity" before "patient"
+    return columns, "".join([f"{seq}:{p}{len(v)}:{v}" for p, v in sorted(rows)])
+
+
+# ---------------------------------------------------------------- the fast walk
+
+WALK_RECORDED = {"postgresql": "to_char(recorded AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", "sqlite": "recorded"}
+WALK_BODY = {"postgresql": "body", "sqlite": "CAST(body AS BLOB)"}  # SQLite: the stored UTF-8 bytes, hashed as they are
+SQLITE_INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
+
+
+# The fast walk's statements, per batch: where it ends; its events with their head row's hash;
+# and all their search rows folded into one string in (event, pk) order, each row as
+# seq:len(param):param len(value):value (lengths in characters, so that no two different lists
+# of rows make the same string), with the count of head rows in the range and (SQLite, which
+# stores any type in any column) of search rows that are not text. The instant comes as the
+# database holds it (SQLite) or as the chain hashes it (PostgreSQL formats it); each event is
+# hashed on the fetching thread, over the bytes the chain hashed (hashlib lets go of the GIL;
+# PostgreSQL would decompress each body twice, to hash it and to send it).
+_NO_END = (1 << 63) - 1  # beyond any seq: the walk's last batch ends at the newest event
+_FAST_END = "SELECT max(seq), count(*) FROM (SELECT seq FROM audit_event WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?) b"
+_FAST_EVENTS = ("SELECT e.seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
+                "agent_role, review_required, policy_version, {body}, prev_hash, e.hash, h.hash "
+                "FROM audit_event e LEFT JOIN audit_head h ON h.seq = e.seq AND h.seq > ? AND h.seq <= ? "
+                "WHERE e.seq > ? AND e.seq <= ? ORDER BY e.seq")
+_FAST_INDEX = ("SELECT (SELECT {concat} FROM (SELECT {row} AS r, event_seq, pk FROM audit_index "
+               "WHERE event_seq > ? AND event_seq <= ? {order}) i), "
+               "(SELECT count(*) FROM audit_head WHERE seq > ? AND seq <= ?)")
+
+
+def fast_sql(dialect: str) -> tuple[str, str]:
+    """The fast walk's events and search-rows statements for this database."""
+    if dialect == "postgresql":
+        return (_FAST_EVENTS.format(recorded=WALK_RECORDED[dialect], body="body"),
+                _FAST_INDEX.format(concat="string_agg(r, '' ORDER BY event_seq, pk)", order="",
+                                   row="event_seq || ':' || length(param) || ':' || param || length(value) || ':' || value"))
+    # SQLite: group_concat takes the rows in the order of the inner query (ix_audit_index_event
+    # gives (event_seq, pk) without a sort); rows in another order only send the batch to the
+    # exact walk. SQLite stores any type in any column: a row whose param or value is not text
+    # (or whose event_seq is not an integer) ends in "!", which no row the bodies imply does
+    return (_FAST_EVENTS.format(recorded="recorded", body=WALK_BODY.get(dialect, "body")),
+            _FAST_INDEX.format(concat="group_concat(r, '')", order="ORDER BY event_seq, pk",
+                               row="printf('%s:%d:%s%d:%s%s', event_seq, length(param), param, length(value), value, "
+                                   "CASE WHEN typeof(param) = 'text' AND typeof(value) = 'text' AND typeof(event_seq) = 'integer' "
+                                   "THEN '' ELSE '!' END)"))
+
+
+def bodies_agree(rows: list[Any], urls: AuditUrls) -> str | None:
+    """The fast walk's check of each row's body against its columns, rows as (seq, event_id,
+    the instant as the body writes it, (type_code .. policy_version), body): the search rows
+    the bodies imply, folded as the fast walk's SQL folds the stored ones; None when in doubt."""
+    decode, pieces = BODY.decode, []
+    try:
+        for seq, event_id, said, stored_columns, body in rows:
+            b = decode(body)
+            if b.id != event_id or b.recorded is None or b.recorded != said:
+                return None
+            columns, index_text = typed_facts(seq, b, urls)
+            if columns != stored_columns:  # bool == 0/1 too: a review flag stored otherwise is for the exact walk
+                return None
+            pieces.append(index_text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return "".join(pieces)
+
+
+def driver_sql(dialect: str, q: str) -> str:
+    """A walk statement in the driver's own placeholders."""
+    return q.replace("?", "%s") if dialect == "postgresql" else q
+
+
+class FastWalk:
+    """The fast walk's reading and checking of batches on one driver cursor: verify's own, or
+    a worker process's (verify's workers)."""
+
+    def __init__(self, cursor: Any, dialect: str, batch: int, expect_head: str | None, urls: AuditUrls) -> None:
+        self.cursor, self.batch, self.expect_head, self.urls = cursor, batch, expect_head, urls
+        self.events_sql, self.index_sql = (driver_sql(dialect, q) for q in fast_sql(dialect))
+        self.end_sql = driver_sql(dialect, _FAST_END)
+        self.sqlite = dialect == "sqlite"
+
+    def fetch(self, lo: int, end: int | None = None) -> tuple[int, list[Any], tuple[Any, ...], list[Any] | None, bool] | None:
+        """The fast walk's rows of the batch after ``lo`` (up to ``end`` when given; None at the
+        end); when the chain holds within it (each event's hash over its stored bytes, each
+        linked to the one before, each recorded in the head table), each event as bodies_agree
+        takes it, else None; and whether the anchor is among them."""
+        cursor, batch, expect_head = self.cursor, self.batch, self.expect_head
+        if end is not None and lo >= end:
+            return None
+        cursor.execute(self.end_sql, (lo, _NO_END if end is None else end, batch))
+        hi, n = cursor.fetchone()
+        if end is None:
+            if hi is None:
+                return None
+        elif n < batch:
+            hi = end  # a span's last batch runs to its end: head and search rows in a gap are checked too
+        cursor.execute(self.events_sql, (lo, hi, lo, hi))
+        rows = cursor.fetchall()
+        cursor.execute(self.index_sql, (lo, hi, lo, hi))
+        others = cursor.fetchone()
+        sha256, instant, sqlite = hashlib.sha256, SQLITE_INSTANT.fullmatch, self.sqlite
+        checked: list[Any] = []
+        append, agree = checked.append, checked  # (None when in doubt)
+        before = rows[0][14] if rows else None
+        for r in rows:
+            seq, event_id, recorded, _, _, _, _, _, _, _, _, _, _, stored, row_prev, row_hash, head = r
+            if sqlite:  # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) as the chain hashes it; anything else is for the exact walk
+                if type(recorded) is not str or not instant(recorded):
+                    agree = None
+                    break
+                recorded = f"{recorded[:10]}T{recorded[11:]}Z"
+            if head != row_hash or row_prev != before or sha256(
+                    f"{row_prev}|{event_id}|{recorded}|".encode() + stored if type(stored) is bytes
+                    else f"{row_prev}|{event_id}|{recorded}|{stored}".encode()).hexdigest() != row_hash:
+                agree = None
+                break
+            before = row_hash
+            # the body writes the instant to the millisecond: the same instant when the rest is zeros
+            append((seq, event_id, f"{recorded[:23]}Z" if recorded[23:26] == "000" else None, r[3:13], stored))
+        return hi, rows, others, agree, expect_head is not None and any(r[15] == expect_head for r in rows)
+
+    def clean(self, prev_hash: str, rows: list[Any], others: tuple[Any, ...], agree: list[Any] | None) -> bool:
+        """Whether every check of a fetched batch holds, its first event linked to ``prev_hash``;
+        False when in doubt."""
+        if agree is None or (rows and rows[0][14] != prev_hash):
+            return False
+        # the searchable columns and search rows the bodies imply, against the stored ones
+        implied = bodies_agree(agree, self.urls)
+        stored_index, heads = others
+        # every search row of the range, in order, is one the bodies imply; every head row is an event's
+        return not (implied is None or heads != len(rows) or (stored_index or "") != implied)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A worker's fast walk of the events in (lo, hi]: clean, or in doubt somewhere (then the
+    serial walk takes the chain over from the span's start); its first event's previous-hash
+    and its last event's hash, for verify to link the spans."""
+
+    lo: int
+    hi: int
+    clean: bool
+    count: int = 0
+    first_prev: str | None = None
+    last_hash: str | None = None
+    anchored: bool = False
+    last_seq: int = 0  # its newest event's
+    cpu: float = 0.0  # the worker's CPU seconds for the span (its threads; the benchmark's figure)
+
+
+def walk_span(fast: FastWalk, lo: int, hi: int) -> Span:
+    """The fast walk of the events in (lo, hi], the next batch fetched while one is checked."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="audit-verify")
+    count, first_prev, last_hash, anchored, last_seq = 0, None, None, False, 0
+    try:
+        ahead = pool.submit(fast.fetch, lo, hi)
+        while True:
+            got = ahead.result()
+            if got is None:
+                return Span(lo, hi, True, count, first_prev, last_hash, anchored, last_seq)
+            ahead = pool.submit(fast.fetch, got[0], hi)
+            _, rows, others, agree, seen = got
+            if not rows:  # a span's end with no events (a gap in the seqs)
+                if not fast.clean("", rows, others, agree):
+                    return Span(lo, hi, False)
+                continue
+            if first_prev is None:
+                first_prev = last_hash = rows[0][14]  # the link into the span: verify checks it against the span before
+            if not fast.clean(last_hash, rows, others, agree):  # type: ignore[arg-type]
+                return Span(lo, hi, False)
+            count, last_hash, anchored, last_seq = count + len(rows), rows[-1][15], anchored or seen, rows[-1][0]
+    finally:
+        pool.shutdown(wait=True)
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
+
+
+
+# ---------------------------------------------------------------- a worker process's side
+
+# The driver's own connect() arguments, as SQLAlchemy's dialect makes them from the database
+# URL (app.audit.service passes them: this module does not import SQLAlchemy), and the driver.
+Connect = tuple[str, list[Any], dict[str, Any]]
+_CONNECTIONS: dict[str, Any] = {}  # a worker process's connection, kept for its next span
+
+
+def _connection(connect: Connect) -> Any:
+    """A worker process's read connection to the chain's database, made once and kept; its
+    cyclic garbage collector paused (a process of verify's own: app.audit.service.collector_paused)."""
+    import gc
+
+    gc.disable()
+    key = repr(connect)
+    conn = _CONNECTIONS.get(key)
+    if conn is None:
+        dialect, args, kwargs = connect
+        if dialect == "sqlite":
+            import sqlite3
+
+            conn = sqlite3.connect(*args, **{**kwargs, "isolation_level": None, "timeout": 30})
+            # as app.db's engine reads: memory-mapped, with a small page cache for a table read once
+            # (app.db.scan_cache); and never a write
+            for pragma in ("busy_timeout=30000", "mmap_size=2147418112", "cache_size=-2048", "query_only=1"):
+                conn.execute(f"PRAGMA {pragma}")
+        elif dialect == "postgresql":
+            import psycopg
+
+            conn = psycopg.connect(*args, **kwargs)
+        else:
+            raise ValueError(f"verify's workers do not read {dialect}")
+        _CONNECTIONS[key] = conn
+    return conn
+
+
+def warm_worker(connect: Connect) -> int:
+    """A worker process ready to walk: its connection made."""
+    _connection(connect)
+    import os
+
+    return os.getpid()
+
+
+def span_worker(connect: Connect, snapshot: str | None, lo: int, hi: int, batch: int, expect_head: str | None,
+                urls: AuditUrls) -> Span:
+    """A worker process's span of the chain, in a read transaction of its own; on PostgreSQL in
+    the snapshot verify exported (the same committed events verify's own transaction sees)."""
+    dialect = connect[0]
+    conn = _connection(connect)
+    cursor = conn.cursor()
+    try:
+        if dialect == "postgresql":
+            if snapshot is None or not _SNAPSHOT_ID.fullmatch(snapshot):
+                raise ValueError("not a PostgreSQL snapshot id")
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # the driver's BEGIN comes first
+            cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        else:
+            cursor.execute("BEGIN")  # a read transaction: the walk's reads see one state of the file
+        started = time.process_time()
+        span = walk_span(FastWalk(cursor, dialect, batch, expect_head, urls), lo, hi)
+        return dataclasses.replace(span, cpu=time.process_time() - started)
+    finally:
+        cursor.close()
+        conn.rollback()  # (sqlite3 too, with isolation_level None: ROLLBACK when a transaction is open)
