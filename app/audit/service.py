@@ -441,9 +441,10 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
     head table against the events (the newest events deleted); and, when given, the anchor an
     IG officer kept from an earlier verify.
 
-    Each batch is first checked the fast way (_FAST_EVENTS brings each event with its head
-    row's hash, _FAST_INDEX all the batch's search rows folded into one string; bodies read
-    typed by msgspec, no dicts; the next batch fetched meanwhile on a second thread). Any doubt there (a check that fails, a body of another shape) and the same batch is
+    Each batch is first checked the fast way (app.audit.walk: the events, their head rows, and
+    all the batch's search rows folded into one string; bodies read typed by msgspec, no dicts;
+    the next batch fetched meanwhile on a second thread). Any doubt there (a check that fails,
+    a body of another shape) and the same batch is
     walked again the exact way (orjson dicts, columns_from_body, index_from_body), which names
     the problem: the fast way only ever says a batch is clean.
 
@@ -502,11 +503,11 @@ def _verify(session: Session, batch: int, expect_head: str | None, expect_count:
     def broken(seq: int, event_id: str | None, problem: str) -> VerifyResult:
         return VerifyResult(False, checked, seq, event_id, problem, last_seq, prev_hash, rechecked, worker_cpu)
 
-    def fast_batch(hi: int, rows: list[Any], others: tuple[Any, ...], agree: list[Any] | None, anchored: bool) -> bool:
+    def fast_batch(hi: int, rows: list[Any], stored_index: str | None, agree: list[Any] | None, anchored: bool) -> bool:
         """Whether every check of the batch holds (then the walk advances past it); False when
         in doubt, and nothing is advanced."""
         nonlocal prev_hash, checked, last_seq, anchor_seen
-        if not fast.clean(prev_hash, rows, others, agree):
+        if not fast.clean(prev_hash, rows, stored_index, agree):
             return False
         prev_hash, last_seq = rows[-1][15], hi
         anchor_seen = anchor_seen or anchored

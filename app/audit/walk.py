@@ -197,23 +197,21 @@ WALK_BODY = {"postgresql": "body", "sqlite": "CAST(body AS BLOB)"}  # SQLite: th
 SQLITE_INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
 
 
-# The fast walk's statements, per batch: where it ends; its events with their head row's hash;
-# and all their search rows folded into one string in (event, pk) order, each row as
+# The fast walk's statements, per batch: where it ends; its events; their head rows (read on
+# their own, a range of the head table's key: a join would look each event's up); and all their
+# search rows folded into one string in (event, pk) order, each row as
 # seq:len(param):param len(value):value (lengths in characters, so that no two different lists
-# of rows make the same string), with the count of head rows in the range and (SQLite, which
-# stores any type in any column) of search rows that are not text. The instant comes as the
-# database holds it (SQLite) or as the chain hashes it (PostgreSQL formats it); each event is
-# hashed on the fetching thread, over the bytes the chain hashed (hashlib lets go of the GIL;
-# PostgreSQL would decompress each body twice, to hash it and to send it).
+# of rows make the same string; SQLite, which stores any type in any column, marks a row that is
+# not text). The instant comes as the database holds it (SQLite) or as the chain hashes it
+# (PostgreSQL formats it); each event is hashed on the fetching thread, over the bytes the chain
+# hashed (hashlib lets go of the GIL; PostgreSQL would decompress each body twice, to hash it
+# and to send it).
 _NO_END = (1 << 63) - 1  # beyond any seq: the walk's last batch ends at the newest event
 _FAST_END = "SELECT max(seq), count(*) FROM (SELECT seq FROM audit_event WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?) b"
-_FAST_EVENTS = ("SELECT e.seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
-                "agent_role, review_required, policy_version, {body}, prev_hash, e.hash, h.hash "
-                "FROM audit_event e LEFT JOIN audit_head h ON h.seq = e.seq AND h.seq > ? AND h.seq <= ? "
-                "WHERE e.seq > ? AND e.seq <= ? ORDER BY e.seq")
-_FAST_INDEX = ("SELECT (SELECT {concat} FROM (SELECT {row} AS r, event_seq, pk FROM audit_index "
-               "WHERE event_seq > ? AND event_seq <= ? {order}) i), "
-               "(SELECT count(*) FROM audit_head WHERE seq > ? AND seq <= ?)")
+_FAST_EVENTS = ("SELECT seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
+                "agent_role, review_required, policy_version, {body}, prev_hash, hash FROM audit_event WHERE seq > ? AND seq <= ? ORDER BY seq")
+_FAST_HEADS = "SELECT seq, hash FROM audit_head WHERE seq > ? AND seq <= ? ORDER BY seq"
+_FAST_INDEX = "SELECT {concat} FROM (SELECT {row} AS r, event_seq, pk FROM audit_index WHERE event_seq > ? AND event_seq <= ? {order}) i"
 
 
 def fast_sql(dialect: str) -> tuple[str, str]:
@@ -264,14 +262,14 @@ class FastWalk:
     def __init__(self, cursor: Any, dialect: str, batch: int, expect_head: str | None, urls: AuditUrls) -> None:
         self.cursor, self.batch, self.expect_head, self.urls = cursor, batch, expect_head, urls
         self.events_sql, self.index_sql = (driver_sql(dialect, q) for q in fast_sql(dialect))
-        self.end_sql = driver_sql(dialect, _FAST_END)
+        self.end_sql, self.heads_sql = driver_sql(dialect, _FAST_END), driver_sql(dialect, _FAST_HEADS)
         self.sqlite = dialect == "sqlite"
 
-    def fetch(self, lo: int, end: int | None = None) -> tuple[int, list[Any], tuple[Any, ...], list[Any] | None, bool] | None:
+    def fetch(self, lo: int, end: int | None = None) -> tuple[int, list[Any], str | None, list[Any] | None, bool] | None:
         """The fast walk's rows of the batch after ``lo`` (up to ``end`` when given; None at the
         end); when the chain holds within it (each event's hash over its stored bytes, each
         linked to the one before, each recorded in the head table), each event as bodies_agree
-        takes it, else None; and whether the anchor is among them."""
+        takes it, else None; the search rows folded (_FAST_INDEX); and whether the anchor is among them."""
         cursor, batch, expect_head = self.cursor, self.batch, self.expect_head
         if end is not None and lo >= end:
             return None
@@ -282,22 +280,24 @@ class FastWalk:
                 return None
         elif n < batch:
             hi = end  # a span's last batch runs to its end: head and search rows in a gap are checked too
-        cursor.execute(self.events_sql, (lo, hi, lo, hi))
+        cursor.execute(self.events_sql, (lo, hi))
         rows = cursor.fetchall()
-        cursor.execute(self.index_sql, (lo, hi, lo, hi))
-        others = cursor.fetchone()
+        cursor.execute(self.heads_sql, (lo, hi))
+        heads = cursor.fetchall()
+        cursor.execute(self.index_sql, (lo, hi))
+        stored_index = cursor.fetchone()[0]
         sha256, instant, sqlite = hashlib.sha256, SQLITE_INSTANT.fullmatch, self.sqlite
         checked: list[Any] = []
         append, agree = checked.append, checked  # (None when in doubt)
         before = rows[0][14] if rows else None
         for r in rows:
-            seq, event_id, recorded, _, _, _, _, _, _, _, _, _, _, stored, row_prev, row_hash, head = r
+            seq, event_id, recorded, _, _, _, _, _, _, _, _, _, _, stored, row_prev, row_hash = r
             if sqlite:  # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) as the chain hashes it; anything else is for the exact walk
                 if type(recorded) is not str or not instant(recorded):
                     agree = None
                     break
                 recorded = f"{recorded[:10]}T{recorded[11:]}Z"
-            if head != row_hash or row_prev != before or sha256(
+            if row_prev != before or sha256(
                     f"{row_prev}|{event_id}|{recorded}|".encode() + stored if type(stored) is bytes
                     else f"{row_prev}|{event_id}|{recorded}|{stored}".encode()).hexdigest() != row_hash:
                 agree = None
@@ -305,18 +305,20 @@ class FastWalk:
             before = row_hash
             # the body writes the instant to the millisecond: the same instant when the rest is zeros
             append((seq, event_id, f"{recorded[:23]}Z" if recorded[23:26] == "000" else None, r[3:13], stored))
-        return hi, rows, others, agree, expect_head is not None and any(r[15] == expect_head for r in rows)
+        # each event recorded in the head table with its hash, and no other head row in the range
+        if agree is not None and heads != [(r[0], r[15]) for r in rows]:
+            agree = None
+        return hi, rows, stored_index, agree, expect_head is not None and any(r[15] == expect_head for r in rows)
 
-    def clean(self, prev_hash: str, rows: list[Any], others: tuple[Any, ...], agree: list[Any] | None) -> bool:
+    def clean(self, prev_hash: str, rows: list[Any], stored_index: str | None, agree: list[Any] | None) -> bool:
         """Whether every check of a fetched batch holds, its first event linked to ``prev_hash``;
         False when in doubt."""
         if agree is None or (rows and rows[0][14] != prev_hash):
             return False
         # the searchable columns and search rows the bodies imply, against the stored ones
         implied = bodies_agree(agree, self.urls)
-        stored_index, heads = others
-        # every search row of the range, in order, is one the bodies imply; every head row is an event's
-        return not (implied is None or heads != len(rows) or (stored_index or "") != implied)
+        # every search row of the range, in order, is one the bodies imply
+        return implied is not None and (stored_index or "") == implied
 
 
 @dataclass(frozen=True)
@@ -347,14 +349,14 @@ def walk_span(fast: FastWalk, lo: int, hi: int) -> Span:
             if got is None:
                 return Span(lo, hi, True, count, first_prev, last_hash, anchored, last_seq)
             ahead = pool.submit(fast.fetch, got[0], hi)
-            _, rows, others, agree, seen = got
+            _, rows, stored_index, agree, seen = got
             if not rows:  # a span's end with no events (a gap in the seqs)
-                if not fast.clean("", rows, others, agree):
+                if not fast.clean("", rows, stored_index, agree):
                     return Span(lo, hi, False)
                 continue
             if first_prev is None:
                 first_prev = last_hash = rows[0][14]  # the link into the span: verify checks it against the span before
-            if not fast.clean(last_hash, rows, others, agree):  # type: ignore[arg-type]
+            if not fast.clean(last_hash, rows, stored_index, agree):  # type: ignore[arg-type]
                 return Span(lo, hi, False)
             count, last_hash, anchored, last_seq = count + len(rows), rows[-1][15], anchored or seen, rows[-1][0]
     finally:
