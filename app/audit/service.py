@@ -6,6 +6,7 @@ import gc
 import hashlib
 import json
 import logging
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -345,6 +346,9 @@ class _Workers:
         args, kwargs = bind.dialect.create_connect_args(bind.url)  # type: ignore[union-attr]  # the driver's connect(), as the engine's
         kwargs.pop("context", None)  # (psycopg: SQLAlchemy's type adapters, not the workers')
         self.connect: walk.Connect = (dialect, list(args), dict(kwargs))
+        # each worker fetches its next batch on a second thread while it checks one, unless the
+        # workers already have every core this process may use (then it only adds switching)
+        self.fetch_ahead = workers < len(os.sched_getaffinity(0))
         self.pool: Any = None
         self.warm: list[Any] = []
         self.failed: BaseException | None = None
@@ -408,7 +412,7 @@ class _Workers:
             # the chain's seqs run from 1 with few gaps, and a span with no events is walked as empty
             size = max(self.batch, -(-(self.top - lo) // (self.workers * _SPANS_PER_WORKER)))
             futures = [self.pool.submit(walk.span_worker, self.connect, self.snapshot, a, min(a + size, self.top), self.batch,
-                                       self.expect_head, _URLS)
+                                       self.expect_head, _URLS, self.fetch_ahead)
                        for a in range(lo, self.top, size)]
             return [f.result() for f in futures]
         except Exception as exc:

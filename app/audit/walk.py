@@ -338,17 +338,31 @@ class Span:
     cpu: float = 0.0  # the worker's CPU seconds for the span (its threads; the benchmark's figure)
 
 
-def walk_span(fast: FastWalk, lo: int, hi: int) -> Span:
-    """The fast walk of the events in (lo, hi], the next batch fetched while one is checked."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="audit-verify")
+class _Now:
+    """A batch fetched on the walk's own thread, in the shape of a fetch done ahead on another."""
+
+    def __init__(self, fetch: Any, *args: Any) -> None:
+        self.got = fetch(*args)
+
+    def result(self) -> Any:
+        return self.got
+
+
+def walk_span(fast: FastWalk, lo: int, hi: int, *, fetch_ahead: bool = True) -> Span:
+    """The fast walk of the events in (lo, hi], the next batch fetched on a second thread while
+    one is checked (``fetch_ahead``: the database's work, and the hashing, beside the Python's);
+    without it, on this thread: when verify's workers already keep every core busy, a second
+    thread in each only adds switching between them (1-3% of their CPU in the benchmark's runs)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="audit-verify") if fetch_ahead else None
+    submit = pool.submit if pool is not None else _Now
     count, first_prev, last_hash, anchored, last_seq = 0, None, None, False, 0
     try:
-        ahead = pool.submit(fast.fetch, lo, hi)
+        ahead = submit(fast.fetch, lo, hi)
         while True:
             got = ahead.result()
             if got is None:
                 return Span(lo, hi, True, count, first_prev, last_hash, anchored, last_seq)
-            ahead = pool.submit(fast.fetch, got[0], hi)
+            ahead = submit(fast.fetch, got[0], hi)
             _, rows, stored_index, agree, seen = got
             if not rows:  # a span's end with no events (a gap in the seqs)
                 if not fast.clean("", rows, stored_index, agree):
@@ -360,7 +374,8 @@ def walk_span(fast: FastWalk, lo: int, hi: int) -> Span:
                 return Span(lo, hi, False)
             count, last_hash, anchored, last_seq = count + len(rows), rows[-1][15], anchored or seen, rows[-1][0]
     finally:
-        pool.shutdown(wait=True)
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
@@ -412,7 +427,7 @@ def warm_worker(connect: Connect) -> int:
 
 
 def span_worker(connect: Connect, snapshot: str | None, lo: int, hi: int, batch: int, expect_head: str | None,
-                urls: AuditUrls) -> Span:
+                urls: AuditUrls, fetch_ahead: bool = True) -> Span:
     """A worker process's span of the chain, in a read transaction of its own; on PostgreSQL in
     the snapshot verify exported (the same committed events verify's own transaction sees)."""
     dialect = connect[0]
@@ -427,7 +442,7 @@ def span_worker(connect: Connect, snapshot: str | None, lo: int, hi: int, batch:
         else:
             cursor.execute("BEGIN")  # a read transaction: the walk's reads see one state of the file
         started = time.process_time()
-        span = walk_span(FastWalk(cursor, dialect, batch, expect_head, urls), lo, hi)
+        span = walk_span(FastWalk(cursor, dialect, batch, expect_head, urls), lo, hi, fetch_ahead=fetch_ahead)
         return dataclasses.replace(span, cpu=time.process_time() - started)
     finally:
         cursor.close()

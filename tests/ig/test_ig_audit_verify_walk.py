@@ -347,3 +347,26 @@ def test_the_workers_module_imports_neither_sqlalchemy_nor_the_consent_engine():
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'consent', 'fastapi', 'pydantic', 'orjson'}))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
+
+
+@pytest.mark.parametrize("tamper", [[], [("UPDATE audit_event SET outcome = '8' WHERE seq = 10", {})],
+                                    [("DELETE FROM audit_head WHERE seq = 15", {})]])
+def test_a_span_is_judged_the_same_with_or_without_fetching_ahead(database, tamper):
+    """A worker fetches its next batch on a second thread only when there are cores to spare
+    (app.audit.service._Workers.fetch_ahead): both ways give the same span."""
+    from app.audit import walk
+
+    _record(database, 24)
+    _as_attacker(database.engine.url, *tamper)
+    spans = []
+    for ahead in (True, False):
+        with database.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+            cursor = conn.connection.driver_connection.cursor()
+            span = walk.walk_span(walk.FastWalk(cursor, conn.dialect.name, 4, None, _URLS), 0, 24, fetch_ahead=ahead)
+            spans.append(span)
+            cursor.close()
+            conn.rollback()
+    assert spans[0] == spans[1] and spans[0].clean == (not tamper), spans
+    if not tamper:
+        assert spans[0].count == 24 and spans[0].last_seq == 24
