@@ -163,8 +163,8 @@ def typed_facts(seq: int, b: _Body, urls: AuditUrls) -> tuple[tuple[Any, ...], s
             seen_policy = True
             policy = x.valueBoolean if x.valueBoolean is not msgspec.UNSET else (None if x.valueString is msgspec.UNSET else x.valueString)
     columns = (b.type.code if b.type is not None else None, subtype, b.action, b.outcome, purpose, sub, org_code, role, bool(review), policy)
-    rows: set[tuple[str, str]] = set()
-    add = rows.add
+    patients: set[str] = set()  # (values, not (param, value) tuples: a million events' worth of them)
+    entities: set[str] = set()
     for e in b.entity or ():
         code = e.role.code if e.role is not None else None
         if code == "1":
@@ -172,22 +172,27 @@ def typed_facts(seq: int, b: _Body, urls: AuditUrls) -> tuple[tuple[Any, ...], s
             if what is not None:
                 value = what.reference or what.display
                 if value:
-                    add(("7:patient", value[:255]))
+                    patients.add(value[:255])
                 ident = what.identifier
                 if ident is not None and ident.system == NHS_NUMBER and ident.value:
-                    add(("7:patient", ident.value[:255]))
+                    patients.add(ident.value[:255])
             for d in e.detail or ():
                 if d.type == "nhs-number" and d.valueString:
-                    add(("7:patient", d.valueString[:255]))
+                    patients.add(d.valueString[:255])
         elif code == "4":
-            value = ((e.what.reference if e.what is not None else None) or "").split("#", 1)[0]
+            value = e.what.reference if e.what is not None else None
             if value:
-                add(("6:entity", value[:255]))
+                if "#" in value:
+                    value = value.split("#", 1)[0]
+                if value:
+                    entities.add(value[:255])
             for d in e.detail or ():
                 if d.type == "subject" and d.valueString:
-                    add(("6:entity", d.valueString[:255]))
-    # "6:entity" sorts before "7:patient" as "entity" before "patient"
-    return columns, "".join([f"{seq}:{p}{len(v)}:{v}" for p, v in sorted(rows)])
+                    entities.add(d.valueString[:255])
+    # sorted by (param, value): "entity" rows before "patient" rows
+    at = f"{seq}:"
+    return columns, "".join([f"{at}6:entity{len(v)}:{v}" for v in sorted(entities)] +
+                            [f"{at}7:patient{len(v)}:{v}" for v in sorted(patients)])
 
 
 # ---------------------------------------------------------------- the fast walk
