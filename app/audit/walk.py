@@ -85,7 +85,7 @@ class _Entity(msgspec.Struct, gc=False):
 
 
 class _Body(msgspec.Struct, gc=False):
-    """What columns_from_body and index_from_body read of a body, typed: a body whose parts are
+    """What app.audit.service's columns_from_body and index_from_body read of a body, typed: a body whose parts are
     not these types (a code that is a number, an agent that is not an object) fails to decode
     and the event is walked the exact way, with the dicts orjson gives."""
 
