@@ -347,8 +347,8 @@ class _Workers:
         kwargs.pop("context", None)  # (psycopg: SQLAlchemy's type adapters, not the workers')
         self.connect: walk.Connect = (dialect, list(args), dict(kwargs))
         # each worker fetches its next batch on a second thread while it checks one, unless the
-        # workers already have every core this process may use (then it only adds switching)
-        self.fetch_ahead = workers < len(os.sched_getaffinity(0))
+        # workers already have every core (then it only adds switching); cores counted as the CLI's default counts them
+        self.fetch_ahead = workers < (os.cpu_count() or 1)
         self.pool: Any = None
         self.warm: list[Any] = []
         self.failed: BaseException | None = None

@@ -8,7 +8,9 @@ names a problem, the workers' pool)."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -398,8 +400,6 @@ _CONNECTIONS: dict[str, Any] = {}  # a worker process's connection, kept for its
 def _connection(connect: Connect) -> Any:
     """A worker process's read connection to the chain's database, made once and kept; its
     cyclic garbage collector paused (a process of verify's own: app.audit.service.collector_paused)."""
-    import gc
-
     gc.disable()
     key = repr(connect)
     conn = _CONNECTIONS.get(key)
@@ -426,8 +426,6 @@ def _connection(connect: Connect) -> Any:
 def warm_worker(connect: Connect) -> int:
     """A worker process ready to walk: its connection made."""
     _connection(connect)
-    import os
-
     return os.getpid()
 
 
