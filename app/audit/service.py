@@ -275,8 +275,7 @@ _COLUMN_NAMES = tuple(AuditColumns.__dataclass_fields__)
 # the walk reads raw driver rows (no ORM objects, no type conversion per value): a million
 # events are a million tuples. The instant comes as the chain hashes it: PostgreSQL formats
 # it; SQLite holds it as text ("YYYY-MM-DD HH:MM:SS.ffffff", UTC), reshaped in Python.
-_WALK = ("SELECT seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
-         "agent_role, review_required, policy_version, {body}, prev_hash, hash FROM audit_event WHERE seq > ? ORDER BY seq LIMIT ?")
+_WALK = f"SELECT {walk.WALK_COLUMNS} FROM audit_event WHERE seq > ? ORDER BY seq LIMIT ?"
 _WALK_HEADS = "SELECT seq, hash FROM audit_head WHERE seq > ? AND seq <= ?"
 _WALK_INDEX = "SELECT event_seq, param, value FROM audit_index WHERE event_seq > ? AND event_seq <= ?"
 

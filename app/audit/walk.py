@@ -215,8 +215,11 @@ SQLITE_INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
 # and to send it).
 _NO_END = (1 << 63) - 1  # beyond any seq: the walk's last batch ends at the newest event
 _FAST_END = "SELECT max(seq), count(*) FROM (SELECT seq FROM audit_event WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?) b"
-_FAST_EVENTS = ("SELECT seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
-                "agent_role, review_required, policy_version, {body}, prev_hash, hash FROM audit_event WHERE seq > ? AND seq <= ? ORDER BY seq")
+# an event's row as both walks read it (this module's and app.audit.service's exact walk): the
+# walks index it by position (r[3:13] the searchable columns, r[13] the body, r[14] prev_hash, r[15] hash)
+WALK_COLUMNS = ("seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
+                "agent_role, review_required, policy_version, {body}, prev_hash, hash")
+_FAST_EVENTS = f"SELECT {WALK_COLUMNS} FROM audit_event WHERE seq > ? AND seq <= ? ORDER BY seq"
 _FAST_HEADS = "SELECT seq, hash FROM audit_head WHERE seq > ? AND seq <= ? ORDER BY seq"
 _FAST_INDEX = "SELECT {concat} FROM (SELECT {row} AS r, event_seq, pk FROM audit_index WHERE event_seq > ? AND event_seq <= ? {order}) i"
 
