@@ -33,8 +33,9 @@ GENESIS = "0" * 64
 _CHAIN_LOCK_KEY = 7_274_220_261  # pg_advisory_xact_lock key serialising appends to the chain
 
 
-def chain_hash(prev_hash: str, event_id: str, recorded: str, body: str) -> str:
-    return hashlib.sha256(f"{prev_hash}|{event_id}|{recorded}|{body}".encode()).hexdigest()
+def chain_hash(prev_hash: str, event_id: str, recorded: str, body: str, facts: str | None = None) -> str:
+    """An event's hash: of form 2 over what ``facts`` seals (app.audit.walk.sealed_facts), of form 1 without."""
+    return hashlib.sha256(f"{walk.sealed_prefix(prev_hash, event_id, recorded, facts)}{body}".encode()).hexdigest()
 
 
 def _recorded_text(dt: datetime) -> str:
@@ -59,22 +60,52 @@ class AuditColumns:
     policy_version: str | None
 
 
+_COLUMN_NAMES = tuple(AuditColumns.__dataclass_fields__)
+
+
+class AuditMismatch(ValueError):
+    """An event's searchable columns or search rows are not what its body says: a writer's bug.
+    The append fails (and with it the access: no audit, no disclosure) rather than seal a
+    column an IG search would read otherwise than the body."""
+
+
+def _sealed(event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> tuple[dict[str, Any], list[tuple[str, str]], str]:
+    """An event's searchable columns and search rows as they are stored, and the facts its hash
+    seals of them (form 2): strings as plain str (an enum's value), the flag as a bool, each
+    search row once, cut to the column's 255 characters, sorted; checked against what the body
+    implies (columns_from_body, index_from_body), which a verifier outside the gateway
+    recomputes the hash with (sealed_facts_of_body), and which verify's fast walk no longer reads."""
+    values = tuple(None if v is None else bool(v) if name == "review_required" else str.__str__(v)
+                   for name, v in columns.__dict__.items())
+    entries = sorted({(p, v[:255]) for p, v in index if v})
+    implied = _implied_columns(event)
+    if values != implied:
+        wrong = next(name for name, got, want in zip(_COLUMN_NAMES, values, implied) if got != want)
+        raise AuditMismatch(f"audit event {event.get('id')}: its column {wrong} is not what its body says")
+    if entries != index_from_body(event):
+        raise AuditMismatch(f"audit event {event.get('id')}: its search rows are not what its body says")
+    facts, index_text = walk.column_facts(values), walk.index_facts(entries)
+    if facts is None or index_text is None:  # pragma: no cover - the columns are str, bool and None by now
+        raise AuditMismatch("audit columns and search rows are text (and the review flag a bool)")
+    return {**dict(zip(_COLUMN_NAMES, values)), "hash_form": walk.FORM_SEALED}, entries, facts + index_text
+
+
 _LAST_HASH = select(AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
 _INSERT_EVENT = insert(AuditRecord).returning(AuditRecord.seq)
 
 
 # PostgreSQL: read the chain head, hash and insert the event and its search rows in one
 # statement (after the advisory lock, so its snapshot sees the latest committed event).
-# sha256 over "prev|id|recorded|body" in UTF-8, exactly as chain_hash() computes it.
+# sha256 over "prev|id|recorded|facts|body" in UTF-8, exactly as chain_hash() computes it.
 _APPEND_PG = text(
     """
     WITH prev AS (SELECT coalesce((SELECT hash FROM audit_event ORDER BY seq DESC LIMIT 1), :genesis) AS h),
     ev AS (
         INSERT INTO audit_event (event_id, recorded, type_code, subtype_code, action, outcome, purpose_of_use,
-                                 agent_sub, agent_org, agent_role, review_required, policy_version, body, prev_hash, hash)
+                                 agent_sub, agent_org, agent_role, review_required, policy_version, body, prev_hash, hash, hash_form)
         SELECT :event_id, :recorded, :type_code, :subtype_code, :action, :outcome, :purpose_of_use,
                :agent_sub, :agent_org, :agent_role, :review_required, :policy_version, :body, prev.h,
-               encode(sha256(convert_to(prev.h || :suffix, 'UTF8')), 'hex')
+               encode(sha256(convert_to(prev.h || :suffix, 'UTF8')), 'hex'), :hash_form
         FROM prev
         RETURNING seq, hash
     )
@@ -106,11 +137,11 @@ def event_text(event: dict[str, Any]) -> str:
 def _append_pg_params(event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> dict[str, Any]:
     recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
     body = event_text(event)
-    entries = sorted({(p, v[:255]) for p, v in index if v})
+    stored, entries, facts = _sealed(event, columns, index)
     return {
         "genesis": GENESIS, "event_id": event["id"], "recorded": recorded, "body": body,
-        "suffix": f"|{event['id']}|{_recorded_text(recorded)}|{body}",
-        "params": [p for p, _ in entries], "vals": [v for _, v in entries], **columns.__dict__,
+        "suffix": walk.sealed_prefix("", event["id"], _recorded_text(recorded), facts) + body,
+        "params": [p for p, _ in entries], "vals": [v for _, v in entries], **stored,
     }
 
 
@@ -134,12 +165,12 @@ def append(session: Session, event: dict[str, Any], columns: AuditColumns, index
         return
     recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
     body = event_text(event)
-    entries = sorted({(p, v[:255]) for p, v in index if v})
+    stored, entries, facts = _sealed(event, columns, index)
     prev_hash = conn.execute(_LAST_HASH).scalar() or GENESIS  # SQLite: BEGIN IMMEDIATE serialises writers
-    digest = chain_hash(prev_hash, event["id"], _recorded_text(recorded), body)
+    digest = chain_hash(prev_hash, event["id"], _recorded_text(recorded), body, facts)
     seq = conn.execute(
         _INSERT_EVENT,
-        {"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev_hash, "hash": digest, **columns.__dict__},
+        {"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev_hash, "hash": digest, **stored},
     ).scalar_one()
     # one executemany of a statement built once (a multi-row VALUES is compiled afresh per event)
     insert_rows(conn, AuditIndex.__table__, [{"event_seq": seq, "param": p, "value": v} for p, v in entries])
@@ -160,9 +191,10 @@ def append_many(session: Session, entries: list[tuple[dict[str, Any], AuditColum
     for event, columns, idx in entries:
         recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
         body = event_text(event)
-        digest = chain_hash(prev, event["id"], _recorded_text(recorded), body)
-        rows.append({"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev, "hash": digest, **columns.__dict__})
-        index.append(sorted({(p, v[:255]) for p, v in idx if v}))
+        stored, sorted_rows, facts = _sealed(event, columns, idx)
+        digest = chain_hash(prev, event["id"], _recorded_text(recorded), body, facts)
+        rows.append({"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev, "hash": digest, **stored})
+        index.append(sorted_rows)
         prev = digest
     insert_rows(conn, AuditRecord.__table__, rows)  # seq assigned in order (one writer holds the chain)
     seqs = dict(conn.execute(select(AuditRecord.event_id, AuditRecord.seq).where(AuditRecord.event_id.in_([r["event_id"] for r in rows]))).all())
@@ -211,6 +243,14 @@ def _implied_columns(body: dict[str, Any]) -> tuple[Any, ...]:
         bool(_ext(body, _EXT_IG_REVIEW)),
         _ext(body, _EXT_POLICY_VERSION),
     )
+
+
+def sealed_facts_of_body(body: dict[str, Any]) -> str | None:
+    """The facts an event of form 2 seals (app.audit.walk), as its body implies them: what a
+    verifier outside the gateway recomputes the hash with, from the export's body and hashes
+    alone; None for a body whose columns are of types the writer never stores."""
+    columns, rows = walk.column_facts(_implied_columns(body)), walk.index_facts(index_from_body(body))
+    return None if columns is None or rows is None else columns + rows
 
 
 def index_from_body(body: dict[str, Any]) -> list[tuple[str, str]]:
@@ -271,13 +311,12 @@ class VerifyResult:
         return f"audit chain BROKEN at {where}: {self.problem}; {self.checked} events before it verified"
 
 
-_COLUMN_NAMES = tuple(AuditColumns.__dataclass_fields__)
 # the walk reads raw driver rows (no ORM objects, no type conversion per value): a million
 # events are a million tuples. The instant comes as the chain hashes it: PostgreSQL formats
 # it; SQLite holds it as text ("YYYY-MM-DD HH:MM:SS.ffffff", UTC), reshaped in Python.
 _WALK = f"SELECT {walk.WALK_COLUMNS} FROM audit_event WHERE seq > ? ORDER BY seq LIMIT ?"
 _WALK_HEADS = "SELECT seq, hash FROM audit_head WHERE seq > ? AND seq <= ?"
-_WALK_INDEX = "SELECT event_seq, param, value FROM audit_index WHERE event_seq > ? AND event_seq <= ?"
+_WALK_INDEX = "SELECT event_seq, param, value FROM audit_index WHERE event_seq > ? AND event_seq <= ? ORDER BY event_seq, pk"
 
 def _sqlite_recorded(stored: Any) -> str | None:
     """A SQLite row's instant as the chain hashes it; None when it is not an instant."""
@@ -307,6 +346,41 @@ def _body_problem(row: tuple[Any, ...], body: dict[str, Any], recorded: str) -> 
     if implied == actual:
         return None
     return next(name for name, want, got in zip(_COLUMN_NAMES, implied, actual) if want != got)
+
+
+def _body_disagrees(row: tuple[Any, ...], body: bytes, recorded: str, stored_rows: list[tuple[Any, Any]], text_rows: bool) -> str | None:
+    """What of an event's searchable columns and search rows disagrees with its body, named."""
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "its body is not valid JSON"
+    column = _body_problem(row, event, recorded)
+    if column:
+        return f"its searchable column {column} disagrees with its body (a column was altered)"
+    if not text_rows or sorted(stored_rows) != index_from_body(event):
+        return "its audit_index search rows disagree with its body (index rows were altered, inserted or deleted)"
+    return None
+
+
+def _unsealed(row: tuple[Any, ...], body: bytes, recorded: str, stored_rows: list[tuple[Any, Any]], text_rows: bool) -> str:
+    """Why an event's hash does not hold, named as closely as the row lets: when the body, with
+    the columns and search rows it implies, still gives the hash (form 2), the body is as
+    written and a column or search row was altered; otherwise the content was."""
+    unaltered = "its content does not match its hash (the row was altered)"
+    if row[16] != walk.FORM_SEALED:
+        return unaltered
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return unaltered
+    implied = sealed_facts_of_body(event)
+    if implied is None:
+        return unaltered
+    prefix = walk.sealed_prefix(row[14], row[1], recorded, implied)
+    if hashlib.sha256(prefix.encode() + body).hexdigest() != row[15]:
+        problem = _body_problem(row, event, recorded)  # the instant and the id are sealed outside the facts
+        return f"its searchable column {problem} disagrees with its body (a column was altered)" if problem in ("recorded", "event_id") else unaltered
+    return _body_disagrees(row, body, recorded, stored_rows, text_rows) or unaltered
 
 
 @contextmanager
@@ -439,17 +513,18 @@ def verify(session: Session, batch: int = 2000, *, expect_head: str | None = Non
            workers: int = 1) -> VerifyResult:
     """Walk the chain from the first event; name the first link that does not hold.
 
-    Each event's hash recomputed over its stored bytes and linked to the one before; each
-    searchable column and each audit_index row against what the hash-chained body says; the
-    head table against the events (the newest events deleted); and, when given, the anchor an
-    IG officer kept from an earlier verify.
+    Each event's hash recomputed over what it seals and linked to the one before (form 2, what
+    append writes: the body, the searchable columns and the audit_index rows; form 1, events
+    appended before migration 0020: the body, and each searchable column and audit_index row
+    against what the body says); the head table against the events (the newest events deleted);
+    and, when given, the anchor an IG officer kept from an earlier verify.
 
     Each batch is first checked the fast way (app.audit.walk: the events, their head rows, and
-    all the batch's search rows folded into one string; bodies read typed by msgspec, no dicts;
-    the next batch fetched meanwhile on a second thread). Any doubt there (a check that fails,
-    a body of another shape) and the same batch is
-    walked again the exact way (orjson dicts, columns_from_body, index_from_body), which names
-    the problem: the fast way only ever says a batch is clean.
+    each event's search rows folded into one string; bodies of form 1 read typed by msgspec, no
+    dicts; the next batch fetched meanwhile on a second thread). Any doubt there (a check that
+    fails, a body of another shape) and the same batch is walked again the exact way (orjson
+    dicts, columns_from_body, index_from_body), which names the problem: the fast way only ever
+    says a batch is clean.
 
     With ``workers`` > 1 (`familyview audit verify`, a process of its own) on a long chain,
     worker processes start while verify walks the first batches itself; the rest of the chain
@@ -501,16 +576,16 @@ def _verify(session: Session, batch: int, expect_head: str | None, expect_count:
     walk_sql = sql(_WALK.format(recorded=walk.WALK_RECORDED.get(dialect, "recorded"), body=walk.WALK_BODY.get(dialect, "body")))
     heads_sql, index_sql = sql(_WALK_HEADS), sql(_WALK_INDEX)
     fast = walk.FastWalk(cursor, dialect, batch, expect_head, _URLS)
-    sha256, loads = hashlib.sha256, orjson.loads
+    sha256 = hashlib.sha256
 
     def broken(seq: int, event_id: str | None, problem: str) -> VerifyResult:
         return VerifyResult(False, checked, seq, event_id, problem, last_seq, prev_hash, rechecked, worker_cpu)
 
-    def fast_batch(hi: int, rows: list[Any], stored_index: str | None, agree: list[Any] | None, anchored: bool) -> bool:
+    def fast_batch(hi: int, rows: list[Any], agree: list[Any] | None, anchored: bool) -> bool:
         """Whether every check of the batch holds (then the walk advances past it); False when
         in doubt, and nothing is advanced."""
         nonlocal prev_hash, checked, last_seq, anchor_seen
-        if not fast.clean(prev_hash, rows, stored_index, agree):
+        if not fast.clean(prev_hash, rows, agree):
             return False
         prev_hash, last_seq = rows[-1][15], hi
         anchor_seen = anchor_seen or anchored
@@ -539,7 +614,7 @@ def _verify(session: Session, batch: int, expect_head: str | None, expect_count:
         if stray:
             return broken(stray[0], None, "audit_index holds search rows for an event that does not exist (index rows were inserted)")
         for r in rows:
-            seq, event_id, recorded, stored, row_prev, row_hash = r[0], r[1], r[2], r[13], r[14], r[15]
+            seq, event_id, recorded, stored, row_prev, row_hash, form = r[0], r[1], r[2], r[13], r[14], r[15], r[16]
             if row_prev != prev_hash:
                 return broken(seq, event_id, "its previous-hash does not match the event before it (a row was removed or re-ordered)")
             if sqlite:
@@ -547,21 +622,26 @@ def _verify(session: Session, batch: int, expect_head: str | None, expect_count:
                 if recorded is None:
                     return broken(seq, event_id, "its searchable column recorded is not an instant (a column was altered)")
             body = stored if isinstance(stored, bytes) else stored.encode()
-            if sha256(f"{prev_hash}|{event_id}|{recorded}|".encode() + body).hexdigest() != row_hash:
-                return broken(seq, event_id, "its content does not match its hash (the row was altered)")
-            if heads.get(seq) != row_hash:
-                return broken(seq, event_id, "the head table does not record this event with this hash (the event was inserted or altered outside the gateway)")
-            try:
-                event = loads(body)
-            except orjson.JSONDecodeError:
-                return broken(seq, event_id, "its body is not valid JSON")
-            column = _body_problem(r, event, recorded)
-            if column:
-                return broken(seq, event_id, f"its searchable column {column} disagrees with its body (a column was altered)")
             stored_rows = index.get(seq, [])
             # (SQLite stores any type: a value that is not text is not the body's, and does not sort beside text)
-            if any(type(p) is not str or type(v) is not str for p, v in stored_rows) or sorted(stored_rows) != index_from_body(event):
-                return broken(seq, event_id, "its audit_index search rows disagree with its body (index rows were altered, inserted or deleted)")
+            text_rows = all(type(p) is str and type(v) is str for p, v in stored_rows)
+            if form == walk.FORM_SEALED:
+                # the search rows are a set: sealed sorted, whatever order they were stored in
+                facts = walk.column_facts(r[3:13]), walk.index_facts(sorted(stored_rows)) if text_rows else None
+                sealed = None if None in facts else facts[0] + facts[1]  # type: ignore[operator]
+            elif form == walk.FORM_BODY:
+                sealed = None
+            else:
+                return broken(seq, event_id, f"its hash form {form!r} is not one the gateway writes (a column was altered)")
+            if sealed is None and form == walk.FORM_SEALED or \
+                    sha256(walk.sealed_prefix(prev_hash, event_id, recorded, sealed).encode() + body).hexdigest() != row_hash:
+                return broken(seq, event_id, _unsealed(r, body, recorded, stored_rows, text_rows))
+            if heads.get(seq) != row_hash:
+                return broken(seq, event_id, "the head table does not record this event with this hash (the event was inserted or altered outside the gateway)")
+            if form == walk.FORM_BODY:  # the hash seals the body alone: the body proves the columns and search rows
+                problem = _body_disagrees(r, body, recorded, stored_rows, text_rows)
+                if problem:
+                    return broken(seq, event_id, problem)
             prev_hash = row_hash
             anchor_seen = anchor_seen or row_hash == expect_head
             checked += 1

@@ -1,5 +1,5 @@
 """The audit chain's fast walk: each batch of events read with their head rows and search rows,
-hashed, linked and checked against what their bodies say, on one driver cursor. What
+hashed over what each event's hash seals, and linked, on one driver cursor. What
 `familyview audit verify`'s worker processes run, so it imports only the standard library,
 msgspec and the database driver (not SQLAlchemy, not the consent engine that app.urls brings):
 a worker is up in a fraction of the time the service module takes to import, while verify's
@@ -140,10 +140,10 @@ def _agent_facts(raw: msgspec.Raw) -> tuple[Any, Any, Any]:
     return facts
 
 
-def typed_facts(seq: int, b: _Body, urls: AuditUrls) -> tuple[tuple[Any, ...], str]:
-    """app.audit.service's _implied_columns and index_from_body of event ``seq``'s typed body
-    (plain loops: verify calls it a million times), the index rows as the fast walk's SQL folds
-    the stored ones: sorted by (param, value), each as seq:len(param):param len(value):value."""
+def typed_facts(b: _Body, urls: AuditUrls) -> tuple[tuple[Any, ...], str]:
+    """app.audit.service's _implied_columns and index_from_body of an event's typed body (plain
+    loops: verify may call it a million times, for a chain of form 1), the index rows as the fast
+    walk's SQL folds the stored ones: sorted by (param, value), each as len(param):param len(value):value."""
     ig_review, policy_version, subtype_system = urls.ig_review, urls.policy_version, urls.subtype_system
     sub, org_code, role = _agent_facts(b.agent)
     subtype = purpose = None
@@ -192,9 +192,59 @@ def typed_facts(seq: int, b: _Body, urls: AuditUrls) -> tuple[tuple[Any, ...], s
                 if d.type == "subject" and d.valueString:
                     entities.add(d.valueString[:255])
     # sorted by (param, value): "entity" rows before "patient" rows
-    at = f"{seq}:"
-    return columns, "".join([f"{at}6:entity{len(v)}:{v}" for v in sorted(entities)] +
-                            [f"{at}7:patient{len(v)}:{v}" for v in sorted(patients)])
+    return columns, "".join([f"6:entity{len(v)}:{v}" for v in sorted(entities)] + [f"7:patient{len(v)}:{v}" for v in sorted(patients)])
+
+
+# ---------------------------------------------------------------- what an event's hash seals
+
+# The hash's two forms, kept per event (audit_event.hash_form). Form 1 (events written before
+# migration 0020): sha256 over "prev|id|recorded|body"; the searchable columns and search rows
+# are then proved by reading the body, which is most of a walk's cost. Form 2 (what append
+# writes): sha256 over "prev|id|recorded|facts|body", where the facts are the event's searchable
+# columns and its search rows, so that altering any of them breaks the hash as altering the
+# body does, and a walk proves the chain without reading the body. A downgrade of an event from
+# form 2 to 1 (or back) changes its hash, which breaks the chain after it. The facts are
+# self-delimiting: the ten columns of AuditColumns in order, each as len:text, ~ (none) or T/F
+# (the review flag); then the count of search rows and each, sorted by (param, value), as
+# len(param):param len(value):value.
+FORM_BODY, FORM_SEALED = 1, 2
+_FLAGS = {True: "T", False: "F"}  # (SQLite keeps the review flag as 1/0, which are equal to these keys)
+
+
+def column_facts(columns: tuple[Any, ...]) -> str | None:
+    """The searchable columns as form 2 seals them; None when a value is of no type the writer
+    stores (SQLite keeps any type in any column)."""
+    parts = []
+    append = parts.append
+    for v in columns:
+        t = type(v)
+        if t is str:
+            append(f"{len(v)}:{v}")
+        elif v is None:
+            append("~")
+        elif t is bool or t is int:
+            flag = _FLAGS.get(v)
+            if flag is None:
+                return None
+            append(flag)
+        else:
+            return None
+    return "".join(parts)
+
+
+def index_facts(rows: list[tuple[Any, Any]]) -> str | None:
+    """An event's search rows, sorted by (param, value), as form 2 seals them; None when one is not text."""
+    parts = [f"{len(rows)}:"]
+    for p, v in rows:
+        if type(p) is not str or type(v) is not str:
+            return None
+        parts.append(f"{len(p)}:{p}{len(v)}:{v}")
+    return "".join(parts)
+
+
+def sealed_prefix(prev_hash: str, event_id: str, recorded: str, facts: str | None) -> str:
+    """What an event's hash covers before its body, in form 1 (``facts`` None) or form 2."""
+    return f"{prev_hash}|{event_id}|{recorded}|" if facts is None else f"{prev_hash}|{event_id}|{recorded}|{facts}|"
 
 
 # ---------------------------------------------------------------- the fast walk
@@ -205,10 +255,11 @@ SQLITE_INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
 
 
 # The fast walk's statements, per batch: where it ends; its events; their head rows (read on
-# their own, a range of the head table's key: a join would look each event's up); and all their
-# search rows folded into one string in (event, pk) order, each row as
-# seq:len(param):param len(value):value (lengths in characters, so that no two different lists
-# of rows make the same string; SQLite, which stores any type in any column, marks a row that is
+# their own, a range of the head table's key: a join would look each event's up); and their
+# search rows, one row per event that has any, in event order: their count and the rows folded
+# into one string in pk order (the order append inserts them: sorted), each row as
+# len(param):param len(value):value (lengths in characters, so that no two different lists of
+# rows make the same string; SQLite, which stores any type in any column, marks a row that is
 # not text). The instant comes as the database holds it (SQLite) or as the chain hashes it
 # (PostgreSQL formats it); each event is hashed on the fetching thread, over the bytes the chain
 # hashed (hashlib lets go of the GIL; PostgreSQL would decompress each body twice, to hash it
@@ -216,48 +267,49 @@ SQLITE_INSTANT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
 _NO_END = (1 << 63) - 1  # beyond any seq: the walk's last batch ends at the newest event
 _FAST_END = "SELECT max(seq), count(*) FROM (SELECT seq FROM audit_event WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?) b"
 # an event's row as both walks read it (this module's and app.audit.service's exact walk): the
-# walks index it by position (r[3:13] the searchable columns, r[13] the body, r[14] prev_hash, r[15] hash)
+# walks index it by position (r[3:13] the searchable columns, r[13] the body, r[14] prev_hash,
+# r[15] hash, r[16] the hash's form)
 WALK_COLUMNS = ("seq, event_id, {recorded}, type_code, subtype_code, action, outcome, purpose_of_use, agent_sub, agent_org, "
-                "agent_role, review_required, policy_version, {body}, prev_hash, hash")
+                "agent_role, review_required, policy_version, {body}, prev_hash, hash, hash_form")
 _FAST_EVENTS = f"SELECT {WALK_COLUMNS} FROM audit_event WHERE seq > ? AND seq <= ? ORDER BY seq"
 _FAST_HEADS = "SELECT seq, hash FROM audit_head WHERE seq > ? AND seq <= ? ORDER BY seq"
-_FAST_INDEX = "SELECT {concat} FROM (SELECT {row} AS r, event_seq, pk FROM audit_index WHERE event_seq > ? AND event_seq <= ? {order}) i"
+_FAST_INDEX = {
+    "postgresql": "SELECT event_seq, count(*), string_agg(length(param) || ':' || param || length(value) || ':' || value, '' ORDER BY pk) "
+                  "FROM audit_index WHERE event_seq > ? AND event_seq <= ? GROUP BY event_seq ORDER BY event_seq",
+    # group_concat takes the rows in the order of the inner query (ix_audit_index_event gives
+    # (event_seq, pk) without a sort); rows in another order only send the batch to the exact
+    # walk. A row whose param or value is not text (or whose event_seq is not an integer) ends
+    # in "!", which no row a writer seals does
+    "sqlite": "SELECT event_seq, count(*), group_concat(r, '') FROM (SELECT event_seq, "
+              "printf('%d:%s%d:%s%s', length(param), param, length(value), value, "
+              "CASE WHEN typeof(param) = 'text' AND typeof(value) = 'text' AND typeof(event_seq) = 'integer' THEN '' ELSE '!' END) AS r "
+              "FROM audit_index WHERE event_seq > ? AND event_seq <= ? ORDER BY event_seq, pk) i GROUP BY event_seq ORDER BY event_seq",
+}
 
 
 def fast_sql(dialect: str) -> tuple[str, str]:
     """The fast walk's events and search-rows statements for this database."""
-    if dialect == "postgresql":
-        return (_FAST_EVENTS.format(recorded=WALK_RECORDED[dialect], body="body"),
-                _FAST_INDEX.format(concat="string_agg(r, '' ORDER BY event_seq, pk)", order="",
-                                   row="event_seq || ':' || length(param) || ':' || param || length(value) || ':' || value"))
-    # SQLite: group_concat takes the rows in the order of the inner query (ix_audit_index_event
-    # gives (event_seq, pk) without a sort); rows in another order only send the batch to the
-    # exact walk. SQLite stores any type in any column: a row whose param or value is not text
-    # (or whose event_seq is not an integer) ends in "!", which no row the bodies imply does
-    return (_FAST_EVENTS.format(recorded="recorded", body=WALK_BODY.get(dialect, "body")),
-            _FAST_INDEX.format(concat="group_concat(r, '')", order="ORDER BY event_seq, pk",
-                               row="printf('%s:%d:%s%d:%s%s', event_seq, length(param), param, length(value), value, "
-                                   "CASE WHEN typeof(param) = 'text' AND typeof(value) = 'text' AND typeof(event_seq) = 'integer' "
-                                   "THEN '' ELSE '!' END)"))
+    return (_FAST_EVENTS.format(recorded=WALK_RECORDED.get(dialect, "recorded"), body=WALK_BODY.get(dialect, "body")),
+            _FAST_INDEX["postgresql" if dialect == "postgresql" else "sqlite"])
 
 
-def bodies_agree(rows: list[Any], urls: AuditUrls) -> str | None:
-    """The fast walk's check of each row's body against its columns, rows as (seq, event_id,
-    the instant as the body writes it, (type_code .. policy_version), body): the search rows
-    the bodies imply, folded as the fast walk's SQL folds the stored ones; None when in doubt."""
-    decode, pieces = BODY.decode, []
+def bodies_agree(rows: list[Any], urls: AuditUrls) -> bool:
+    """The fast walk's check of events of form 1, each as (event_id, the instant as the body
+    writes it, (type_code .. policy_version), body, its stored search rows folded): the
+    searchable columns and search rows the body implies against the stored ones; False when in doubt."""
+    decode = BODY.decode
     try:
-        for seq, event_id, said, stored_columns, body in rows:
+        for event_id, said, stored_columns, body, stored_index in rows:
             b = decode(body)
             if b.id != event_id or b.recorded is None or b.recorded != said:
-                return None
-            columns, index_text = typed_facts(seq, b, urls)
-            if columns != stored_columns:  # bool == 0/1 too: a review flag stored otherwise is for the exact walk
-                return None
-            pieces.append(index_text)
+                return False
+            columns, index_text = typed_facts(b, urls)
+            # (bool == 0/1 too: a review flag stored otherwise is for the exact walk)
+            if columns != stored_columns or index_text != stored_index:
+                return False
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    return "".join(pieces)
+        return False
+    return True
 
 
 def driver_sql(dialect: str, q: str) -> str:
@@ -275,11 +327,11 @@ class FastWalk:
         self.end_sql, self.heads_sql = driver_sql(dialect, _FAST_END), driver_sql(dialect, _FAST_HEADS)
         self.sqlite = dialect == "sqlite"
 
-    def fetch(self, lo: int, end: int | None = None) -> tuple[int, list[Any], str | None, list[Any] | None, bool] | None:
+    def fetch(self, lo: int, end: int | None = None) -> tuple[int, list[Any], list[Any] | None, bool] | None:
         """The fast walk's rows of the batch after ``lo`` (up to ``end`` when given; None at the
-        end); when the chain holds within it (each event's hash over its stored bytes, each
-        linked to the one before, each recorded in the head table), each event as bodies_agree
-        takes it, else None; the search rows folded (_FAST_INDEX); and whether the anchor is among them."""
+        end); when the chain holds within it (each event's hash over what it seals, each linked
+        to the one before, each recorded in the head table, no search rows but its events'),
+        the events of form 1 as bodies_agree takes them, else None; and whether the anchor is among them."""
         cursor, batch, expect_head = self.cursor, self.batch, self.expect_head
         if end is not None and lo >= end:
             return None
@@ -295,40 +347,54 @@ class FastWalk:
         cursor.execute(self.heads_sql, (lo, hi))
         heads = cursor.fetchall()
         cursor.execute(self.index_sql, (lo, hi))
-        stored_index = cursor.fetchone()[0]
-        sha256, instant, sqlite = hashlib.sha256, SQLITE_INSTANT.fullmatch, self.sqlite
-        checked: list[Any] = []
-        append, agree = checked.append, checked  # (None when in doubt)
+        groups = cursor.fetchall()
+        sha256, instant, sqlite, facts_of = hashlib.sha256, SQLITE_INSTANT.fullmatch, self.sqlite, column_facts
+        agree: list[Any] | None = []  # (None when in doubt)
         before = rows[0][14] if rows else None
+        g, ng = 0, len(groups)
         for r in rows:
-            seq, event_id, recorded, _, _, _, _, _, _, _, _, _, _, stored, row_prev, row_hash = r
+            seq, event_id, recorded, _, _, _, _, _, _, _, _, _, _, stored, row_prev, row_hash, form = r
             if sqlite:  # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) as the chain hashes it; anything else is for the exact walk
                 if type(recorded) is not str or not instant(recorded):
                     agree = None
                     break
                 recorded = f"{recorded[:10]}T{recorded[11:]}Z"
-            if row_prev != before or sha256(
-                    f"{row_prev}|{event_id}|{recorded}|".encode() + stored if type(stored) is bytes
-                    else f"{row_prev}|{event_id}|{recorded}|{stored}".encode()).hexdigest() != row_hash:
+            if g < ng and groups[g][0] == seq:
+                _, count, folded = groups[g]
+                g += 1
+            else:
+                count, folded = 0, ""
+            if form == FORM_SEALED:
+                columns = facts_of(r[3:13])
+                if columns is None:
+                    agree = None
+                    break
+                head = f"{row_prev}|{event_id}|{recorded}|{columns}{count}:{folded}|"
+            elif form == FORM_BODY:
+                head = f"{row_prev}|{event_id}|{recorded}|"
+                # the body writes the instant to the millisecond: the same instant when the rest is zeros
+                agree.append((event_id, f"{recorded[:23]}Z" if recorded[23:26] == "000" else None, r[3:13], stored, folded))
+            else:
+                agree = None
+                break
+            if row_prev != before or sha256(head.encode() + stored if type(stored) is bytes
+                                            else f"{head}{stored}".encode()).hexdigest() != row_hash:
                 agree = None
                 break
             before = row_hash
-            # the body writes the instant to the millisecond: the same instant when the rest is zeros
-            append((seq, event_id, f"{recorded[:23]}Z" if recorded[23:26] == "000" else None, r[3:13], stored))
-        # each event recorded in the head table with its hash, and no other head row in the range
-        if agree is not None and heads != [(r[0], r[15]) for r in rows]:
+        # each event recorded in the head table with its hash, and no other head row in the range;
+        # every group of search rows taken by an event (none for an event that is not there)
+        if agree is not None and (g != ng or heads != [(r[0], r[15]) for r in rows]):
             agree = None
-        return hi, rows, stored_index, agree, expect_head is not None and any(r[15] == expect_head for r in rows)
+        return hi, rows, agree, expect_head is not None and any(r[15] == expect_head for r in rows)
 
-    def clean(self, prev_hash: str, rows: list[Any], stored_index: str | None, agree: list[Any] | None) -> bool:
+    def clean(self, prev_hash: str, rows: list[Any], agree: list[Any] | None) -> bool:
         """Whether every check of a fetched batch holds, its first event linked to ``prev_hash``;
         False when in doubt."""
         if agree is None or (rows and rows[0][14] != prev_hash):
             return False
-        # the searchable columns and search rows the bodies imply, against the stored ones
-        implied = bodies_agree(agree, self.urls)
-        # every search row of the range, in order, is one the bodies imply
-        return implied is not None and (stored_index or "") == implied
+        # events of form 1: the searchable columns and search rows their bodies imply, against the stored ones
+        return not agree or bodies_agree(agree, self.urls)
 
 
 @dataclass(frozen=True)
@@ -373,14 +439,14 @@ def walk_span(fast: FastWalk, lo: int, hi: int, *, fetch_ahead: bool = True) -> 
             if got is None:
                 return Span(lo, hi, True, count, first_prev, last_hash, anchored, last_seq)
             ahead = submit(fast.fetch, got[0], hi)
-            _, rows, stored_index, agree, seen = got
+            _, rows, agree, seen = got
             if not rows:  # a span's end with no events (a gap in the seqs)
-                if not fast.clean("", rows, stored_index, agree):
+                if not fast.clean("", rows, agree):
                     return Span(lo, hi, False)
                 continue
             if first_prev is None:
                 first_prev = last_hash = rows[0][14]  # the link into the span: verify checks it against the span before
-            if not fast.clean(last_hash, rows, stored_index, agree):  # type: ignore[arg-type]
+            if not fast.clean(last_hash, rows, agree):  # type: ignore[arg-type]
                 return Span(lo, hi, False)
             count, last_hash, anchored, last_seq = count + len(rows), rows[-1][15], anchored or seen, rows[-1][0]
     finally:

@@ -22,7 +22,7 @@ from app.ig.disclosure import safe_cell
 
 FORMATS = ("ndjson", "csv")
 CSV_COLUMNS = ("seq", "id", "recorded", "type", "subtype", "action", "outcome", "purpose_of_use", "agent", "agent_organisation",
-               "agent_role", "review_required", "policy_version", "prev_hash", "hash")
+               "agent_role", "review_required", "policy_version", "prev_hash", "hash", "hash_form")
 DATE_MESSAGE = "from and to must be FHIR dates or dateTimes (e.g. 2026-12-01 or 2026-12-01T09:00:00Z)"
 
 
@@ -141,12 +141,13 @@ def _csv_line(dialect: str) -> Any:
               f"AND {e}review_required IN (0, 1)")
     cells = [f"{e}seq", f"{e}event_id", recorded, f"{e}type_code", f"{e}subtype_code", f"{e}action", f"{e}outcome",
              f"coalesce({e}purpose_of_use, '')", defused(f"{e}agent_sub"), defused(f"{e}agent_org"), f"{e}agent_role", review,
-             f"coalesce({e}policy_version, '')", f"{e}prev_hash", f"{e}hash"]
+             f"coalesce({e}policy_version, '')", f"{e}prev_hash", f"{e}hash", f"{e}hash_form"]
     return literal_column(f"CASE WHEN {ok} THEN " + " || ',' || ".join(cells) + " END")
 
 
 def csv_rows(db: Database, where: Any, *, batch: int = 2000) -> Iterator[bytes]:
-    """A header, then a row per event: who, what kind, when, outcome and the chain hashes."""
+    """A header, then a row per event: who, what kind, when, outcome, the chain hashes and the
+    hash's form (app.audit.walk: 2 seals the searchable columns and search rows the body implies)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
@@ -171,13 +172,13 @@ def _csv_row_in_python(db: Database, seq: int, dialect: str, writer: Any, buffer
     write: rare, so read on its own)."""
     with db.session(readonly=True) as session:
         (_, event_id, recorded, type_code, subtype_code, action, outcome, purpose, sub, org, role, review, policy, prev_hash,
-         hash_) = session.connection().execute(
+         hash_, form) = session.connection().execute(
             select(AuditRecord.seq, AuditRecord.event_id, _recorded_column(dialect), AuditRecord.type_code, AuditRecord.subtype_code,
                    AuditRecord.action, AuditRecord.outcome, AuditRecord.purpose_of_use, AuditRecord.agent_sub, AuditRecord.agent_org,
                    AuditRecord.agent_role, AuditRecord.review_required, AuditRecord.policy_version, AuditRecord.prev_hash,
-                   AuditRecord.hash).where(AuditRecord.seq == seq)).one()
+                   AuditRecord.hash, AuditRecord.hash_form).where(AuditRecord.seq == seq)).one()
     cells = (str(seq), event_id, _sqlite_instant(recorded) if dialect == "sqlite" else recorded, type_code, subtype_code, action,
-             outcome, purpose or "", safe_cell(sub), safe_cell(org), role, "true" if review else "false", policy or "", prev_hash, hash_)
+             outcome, purpose or "", safe_cell(sub), safe_cell(org), role, "true" if review else "false", policy or "", prev_hash, hash_, str(form))
     buffer.seek(0)
     buffer.truncate()
     writer.writerow(cells)

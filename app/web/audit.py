@@ -30,15 +30,17 @@ def session_event(db: Database, *, action: str, outcome: str, sub: str, role: st
         "outcomeDesc": detail,
         "agent": [{"role": [{"coding": [{"system": ROLE_SYSTEM, "code": role or "unknown"}]}],
                    "who": {"identifier": {"system": f"{FV}/Id/user", "value": sub or "unknown"}}, "requestor": True}]
-        + ([{"who": {"type": "Organization", "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": org}},
-             "requestor": False}] if org else []),
+        # a refused sign-in may have no organisation: "unknown", as the column says (agent_org is never empty
+        # of what the body says: verify and the export's recomputed hashes read the one from the other)
+        + [{"who": {"type": "Organization", "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": org or "unknown"}},
+            "requestor": False}],
         "source": {"site": "familyview", "observer": {"display": f"familyview pages ({how} sign-in)"}},
         "entity": [{"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
                     "detail": [{"type": "request-id", "valueString": request_id or "-"}, {"type": "method", "valueString": how}]}],
     }
     columns = audit_store.AuditColumns(
         type_code="110114", subtype_code=action, action="E", outcome=OUTCOME[outcome], purpose_of_use=None,
-        agent_sub=sub or "unknown", agent_org=org or "", agent_role=role or "unknown", review_required=False, policy_version=None)
+        agent_sub=sub or "unknown", agent_org=org or "unknown", agent_role=role or "unknown", review_required=False, policy_version=None)
     with db.session() as session:
         audit_store.append(session, event, columns, audit_store.index_from_body(event))
     return event_id

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from app import cli
-from app.audit.service import _recorded_text, chain_hash
+from app.audit.service import _recorded_text, chain_hash, sealed_facts_of_body
 from app.settings import get_settings
 from tests.conftest import FHIR_JSON, MATERNITY_ORG
 from tests.fhirdata import nhs_numbers, patient
@@ -70,15 +70,16 @@ def test_a_chain_rewritten_since_its_anchor_fails(live, anchored, capsys):
     with eng.connect() as c:
         rows = c.execute(text("SELECT seq, event_id, recorded, body FROM audit_event ORDER BY seq")).all()
     eng.dispose()
-    # the second event's description changed, and every hash after it recomputed, head table too
+    # the second event's description changed, and every hash after it recomputed (over what
+    # each seals: its columns and search rows, which the description is not), head table too
     statements, prev = [], "0" * 64
     for seq, event_id, recorded, body in rows:
+        event = json.loads(body)
         if seq == rows[1][0]:
-            event = json.loads(body)
             event["outcomeDesc"] = "nothing happened"
             body = json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
         recorded = recorded if not isinstance(recorded, str) else __import__("datetime").datetime.fromisoformat(recorded)
-        digest = chain_hash(prev, event_id, _recorded_text(recorded), body)
+        digest = chain_hash(prev, event_id, _recorded_text(recorded), body, sealed_facts_of_body(event))
         statements += [("UPDATE audit_event SET body = :b, prev_hash = :p, hash = :h WHERE seq = :s", {"b": body, "p": prev, "h": digest, "s": seq}),
                        ("UPDATE audit_head SET hash = :h WHERE seq = :s", {"h": digest, "s": seq})]
         prev = digest

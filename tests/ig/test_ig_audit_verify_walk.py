@@ -3,6 +3,7 @@ the full parse does: the body's instant against the stored one, and a SQLite ins
 chain hashes it."""
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 
 import pytest
@@ -13,7 +14,7 @@ from app.audit.service import _body_problem, _recorded_text, _sqlite_recorded, c
 def _row(body: dict, recorded: str) -> tuple:
     c = columns_from_body(body)
     return (1, body["id"], recorded, c.type_code, c.subtype_code, c.action, c.outcome, c.purpose_of_use, c.agent_sub, c.agent_org,
-            c.agent_role, c.review_required, c.policy_version, b"", "0" * 64, "0" * 64)
+            c.agent_role, c.review_required, c.policy_version, b"", "0" * 64, "0" * 64, 2)
 
 
 STORED = "2026-12-07T02:46:53.123000Z"
@@ -65,11 +66,11 @@ from tests.family.test_family_audit import _as_attacker  # noqa: E402
 _SUBTYPE = "https://familyview.example.nhs.uk/fhir/CodeSystem/audit-subtype"
 
 
-def _dict_facts(seq: int, body: dict) -> tuple:
+def _dict_facts(body: dict) -> tuple:
     c = columns_from_body(body)
     columns = (c.type_code, c.subtype_code, c.action, c.outcome, c.purpose_of_use, c.agent_sub, c.agent_org, c.agent_role,
                c.review_required, c.policy_version)
-    return columns, "".join(f"{seq}:{len(p)}:{p}{len(v)}:{v}" for p, v in index_from_body(body))
+    return columns, "".join(f"{len(p)}:{p}{len(v)}:{v}" for p, v in index_from_body(body))
 
 
 def _gateway_bodies() -> list[dict]:
@@ -114,7 +115,7 @@ def test_the_typed_reading_of_a_body_is_the_dict_reading(body):
     import orjson
 
     raw = orjson.dumps(body)
-    assert typed_facts(42, BODY.decode(raw), _URLS) == _dict_facts(42, orjson.loads(raw))
+    assert typed_facts(BODY.decode(raw), _URLS) == _dict_facts(orjson.loads(raw))
 
 
 @pytest.mark.parametrize("odd", REFUSED)
@@ -123,7 +124,7 @@ def test_a_body_of_another_shape_is_left_to_the_exact_walk(odd):
     import orjson
 
     with pytest.raises(msgspec.ValidationError):
-        typed_facts(1, BODY.decode(orjson.dumps({**BASE, **odd})), _URLS)
+        typed_facts(BODY.decode(orjson.dumps({**BASE, **odd})), _URLS)
 
 
 def _record(database, n: int) -> None:
@@ -370,3 +371,123 @@ def test_a_span_is_judged_the_same_with_or_without_fetching_ahead(database, tamp
     assert spans[0] == spans[1] and spans[0].clean == (not tamper), spans
     if not tamper:
         assert spans[0].count == 24 and spans[0].last_seq == 24
+
+
+# ---------------------------------------------------------------- the hash's two forms (migration 0020)
+
+def _append_as_before_0020(database, n: int, tag: str) -> None:
+    """Events as the writer before migration 0020 appended them: hashed over the body alone,
+    their hash_form left to the column's default (1)."""
+    from app.audit import service
+
+    someone = Principal(sub="gp-1@A99001", role="gp", org="A99001")
+    with database.session() as s:
+        conn = s.connection()
+        for i in range(n):
+            event = balp.AccessEvent(someone, "read", request_id=f"{tag}{i}").entity(f"Patient/{tag}{i}").about([f"Patient/{tag}{i}", "9990000018"]).to_fhir()
+            columns = columns_from_body(event)
+            recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
+            body = service.event_text(event)
+            prev = conn.execute(service._LAST_HASH).scalar() or service.GENESIS
+            seq = conn.execute(service._INSERT_EVENT, {"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev,
+                                                       "hash": service.chain_hash(prev, event["id"], _recorded_text(recorded), body),
+                                                       **columns.__dict__}).scalar_one()
+            for p, v in index_from_body(event):
+                conn.execute(text("INSERT INTO audit_index (event_seq, param, value) VALUES (:s, :p, :v)"), {"s": seq, "p": p, "v": v})
+
+
+def _mixed_chain(database) -> None:
+    """Six events of form 1 (written before the upgrade), then six of form 2."""
+    _append_as_before_0020(database, 6, "old")
+    _record(database, 6)
+    with database.session(readonly=True) as s:
+        forms = s.execute(text("SELECT hash_form FROM audit_event ORDER BY seq")).scalars().all()
+    assert forms == [1] * 6 + [2] * 6
+
+
+def test_a_chain_of_both_forms_is_verified_the_fast_way(database, monkeypatch):
+    from app.audit import service
+
+    _mixed_chain(database)
+    with database.session(readonly=True) as s:
+        result = verify(s, batch=4)  # the batch of events 5-8 holds both forms
+    assert result.ok and result.checked == 12 and result.rechecked == 0, result
+    monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
+    monkeypatch.setattr(service, "_WALK_WHILE_WORKERS_START", False)
+    with database.session(readonly=True) as s:
+        assert verify(s, batch=4, workers=2) == result
+
+
+@pytest.mark.parametrize("seq, tamper, problem", [
+    # form 1: the body proves the columns and search rows
+    (3, "UPDATE audit_event SET agent_org = 'RZZ99' WHERE seq = 3", "searchable column agent_org disagrees with its body"),
+    (2, "UPDATE audit_index SET value = 'Patient/x' WHERE pk = (SELECT min(pk) FROM audit_index WHERE event_seq = 2)", "audit_index"),
+    # form 2: the hash seals them; the body, which the hash also seals, names what was altered
+    (9, "UPDATE audit_event SET agent_org = 'RZZ99' WHERE seq = 9", "searchable column agent_org disagrees with its body"),
+    (10, "UPDATE audit_event SET review_required = NOT review_required WHERE seq = 10", "searchable column review_required disagrees"),
+    (8, "UPDATE audit_event SET purpose_of_use = 'BTG' WHERE seq = 8", "searchable column purpose_of_use disagrees"),
+    (11, "UPDATE audit_index SET value = 'Patient/x' WHERE pk = (SELECT min(pk) FROM audit_index WHERE event_seq = 11)", "audit_index"),
+    (11, "DELETE FROM audit_index WHERE pk = (SELECT min(pk) FROM audit_index WHERE event_seq = 11)", "audit_index"),
+    (7, "INSERT INTO audit_index (event_seq, param, value) VALUES (7, 'patient', '9434765919')", "audit_index"),
+    (12, "UPDATE audit_event SET body = replace(body, '\"outcome\":\"0\"', '\"outcome\":\"0\" ') WHERE seq = 12", "does not match its hash"),
+    # a downgrade to form 1 (or a form no writer writes): the hash no longer holds
+    (9, "UPDATE audit_event SET hash_form = 1 WHERE seq = 9", "does not match its hash"),
+    (3, "UPDATE audit_event SET hash_form = 2 WHERE seq = 3", "does not match its hash"),
+    (10, "UPDATE audit_event SET hash_form = 3 WHERE seq = 10", "hash form 3"),
+])
+def test_what_either_form_seals_is_named_when_altered(database, monkeypatch, seq, tamper, problem):
+    from app.audit import service
+
+    _mixed_chain(database)
+    if database.engine.dialect.name == "sqlite":
+        tamper = tamper.replace("NOT review_required", "1 - review_required")
+    _as_attacker(database.engine.url, (tamper, {}))
+    with database.session(readonly=True) as s:
+        serial = verify(s, batch=4)
+    assert not serial.ok and serial.broken_at == seq and problem in (serial.problem or ""), serial
+    monkeypatch.setattr(service, "_PARALLEL_MIN_EVENTS", 0)
+    monkeypatch.setattr(service, "_WALK_WHILE_WORKERS_START", False)
+    with database.session(readonly=True) as s:
+        assert verify(s, batch=4, workers=2) == serial
+
+
+def test_an_event_downgraded_to_form_1_and_rehashed_breaks_the_chain_after_it(database):
+    """Someone alters a sealed column, then rewrites the event as form 1 with a hash over its
+    body alone (which the alteration does not touch): the event's hash changes, so the next
+    event's link and the head table no longer hold."""
+    _record(database, 6)
+    with database.session(readonly=True) as s:
+        seq, event_id, recorded, body, prev = s.execute(text(
+            "SELECT seq, event_id, recorded, body, prev_hash FROM audit_event WHERE seq = 3")).one()
+    recorded = recorded if not isinstance(recorded, str) else datetime.fromisoformat(recorded)
+    from app.audit.service import chain_hash
+
+    digest = chain_hash(prev, event_id, _recorded_text(recorded), body)
+    _as_attacker(database.engine.url, ("UPDATE audit_event SET hash_form = 1, hash = :h WHERE seq = 3", {"h": digest}))
+    with database.session(readonly=True) as s:
+        result = verify(s, batch=4)
+    assert not result.ok and result.broken_at == 3 and "head table" in (result.problem or ""), result
+    _as_attacker(database.engine.url, ("UPDATE audit_head SET hash = :h WHERE seq = 3", {"h": digest}))
+    with database.session(readonly=True) as s:
+        result = verify(s, batch=4)
+    assert not result.ok and result.broken_at == 4 and "previous-hash" in (result.problem or ""), result
+
+
+def test_a_writer_whose_columns_are_not_what_the_body_says_cannot_append(database):
+    """Verify's fast walk proves what the hash seals, not that the columns are the body's: the
+    append checks that, and an event whose columns an IG search would read otherwise than its
+    body is refused (and with it the access), leaving the chain as it was."""
+    from app.audit import service
+
+    someone = Principal(sub="gp-1@A99001", role="gp", org="A99001")
+    access = balp.AccessEvent(someone, "read", request_id="r1").entity("Patient/a")
+    event = access.to_fhir()
+    wrong = dataclasses.replace(access.columns(event), agent_org="RZZ99")
+    for columns, index in ((wrong, index_from_body(event)), (access.columns(event), [("patient", "Patient/b")])):
+        with pytest.raises(service.AuditMismatch), database.session() as s:
+            service.append(s, event, columns, index)
+    with database.session() as s:
+        service.append(s, event, access.columns(event), index_from_body(event))
+    with database.session(readonly=True) as s:
+        result = verify(s)
+    assert result.ok and result.checked == 1, result

@@ -10,7 +10,7 @@ import json
 import httpx
 import pytest
 
-from app.audit.service import chain_hash
+from app.audit.service import chain_hash, sealed_facts_of_body
 from app.ig.export import CSV_COLUMNS
 from tests.conftest import FHIR_JSON, MATERNITY_ORG
 from tests.fhirdata import nhs_numbers, patient
@@ -49,7 +49,9 @@ def test_export_ndjson_is_the_chain_in_order_and_csv_its_columns(live):
         row = by_id[e["id"]]
         assert row["prev_hash"] == prev
         recorded = row["recorded"][:-1] + "000Z"  # the chain hashes the instant to the microsecond
-        assert chain_hash(prev, e["id"], recorded, line) == row["hash"]
+        # form 2: the hash seals the searchable columns and search rows, as the body implies them
+        assert row["hash_form"] == "2"
+        assert chain_hash(prev, e["id"], recorded, line, sealed_facts_of_body(e)) == row["hash"]
         prev = row["hash"]
     assert {"create"} <= {row["subtype"] for row in rows}
     # the exports themselves are audited
