@@ -34,7 +34,7 @@ _CHAIN_LOCK_KEY = 7_274_220_261  # pg_advisory_xact_lock key serialising appends
 
 
 def chain_hash(prev_hash: str, event_id: str, recorded: str, body: str, facts: str | None = None) -> str:
-    """An event's hash: of form 2 over what ``facts`` seals (app.audit.walk.sealed_facts), of form 1 without."""
+    """An event's hash: of form 2 over ``facts`` too (its columns and search rows, as _sealed spells them), of form 1 without."""
     return hashlib.sha256(f"{walk.sealed_prefix(prev_hash, event_id, recorded, facts)}{body}".encode()).hexdigest()
 
 
