@@ -219,14 +219,14 @@ def record(session: Session, access: AccessEvent) -> str:
     """Append the event to the chain in the caller's transaction; returns its id."""
     event = access.to_fhir()
     try:
-        audit_store.append(session, event, access.columns(event), audit_store.index_from_body(event))
+        audit_store.append(session, event, access.columns(event))  # (its search rows: those its body implies)
     except SQLAlchemyError:
         log.error("access refused: its audit event could not be written (request_id=%s)", access.request_id)
         raise audit_unavailable() from None
     return access.event_id
 
 
-def record_each(session: Session, entries: list[tuple[dict[str, Any], audit_store.AuditColumns, Iterable[tuple[str, str]]]],
+def record_each(session: Session, entries: list[tuple[dict[str, Any], audit_store.AuditColumns, audit_store.SearchRows]],
                 request_id: str = "") -> None:
     """Append a few prepared events (``entry``) in one go (``audit_store.append_each``: one
     round trip on PostgreSQL), in the caller's transaction."""
@@ -237,18 +237,18 @@ def record_each(session: Session, entries: list[tuple[dict[str, Any], audit_stor
         raise audit_unavailable() from None
 
 
-def entry(access: AccessEvent) -> tuple[dict[str, Any], audit_store.AuditColumns, list[tuple[str, str]]]:
-    """An access as the audit store appends it: its FHIR body, columns and search rows."""
+def entry(access: AccessEvent) -> tuple[dict[str, Any], audit_store.AuditColumns, audit_store.SearchRows]:
+    """An access as the audit store appends it: its FHIR body, columns and search rows (those its body implies)."""
     event = access.to_fhir()
-    return event, access.columns(event), audit_store.index_from_body(event)
+    return event, access.columns(event), None
 
 
 def record_many(session: Session, accesses: list[AccessEvent]) -> None:
     """Append several events in one go (``audit_store.append_many``), in the caller's transaction."""
-    entries = []
+    entries: list[tuple[dict[str, Any], audit_store.AuditColumns, audit_store.SearchRows]] = []
     for access in accesses:
         event = access.to_fhir()
-        entries.append((event, access.columns(event), audit_store.index_from_body(event)))
+        entries.append((event, access.columns(event), None))  # (its search rows: those its body implies)
     try:
         audit_store.append_many(session, entries)
     except SQLAlchemyError:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from app.audit.service import AuditColumns, index_from_body
+from app.audit.service import AuditColumns, SearchRows
 from app.auth.tokens import Principal
 from app.urls import CANONICAL_BASE
 
@@ -177,7 +177,7 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def consent_write_event(principal: Principal, written: list[Any]) -> tuple[dict[str, Any], AuditColumns, list[tuple[str, str]]]:  # noqa: E501
+def consent_write_event(principal: Principal, written: list[Any]) -> tuple[dict[str, Any], AuditColumns, SearchRows]:
     """One BALP create/update event for the Consents a write stored: a change to who may see a
     person's records is an IG fact in its own right (which organisation recorded it, for whom,
     permit or refusal), searchable by patient, entity and agent."""
@@ -245,4 +245,4 @@ def consent_write_event(principal: Principal, written: list[Any]) -> tuple[dict[
         type_code="rest", subtype_code="consent-write", action=action, outcome=OUTCOME_SUCCESS, purpose_of_use=None,
         agent_sub=principal.sub, agent_org=principal.org, agent_role=principal.role, review_required=False, policy_version=None,
     )
-    return event, columns, index_from_body(event)
+    return event, columns, None  # (its search rows: those its body implies)

@@ -69,7 +69,12 @@ class AuditMismatch(ValueError):
     column an IG search would read otherwise than the body."""
 
 
-def _sealed(event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> tuple[dict[str, Any], list[tuple[str, str]], str]:
+# An event's search rows as the caller gives them to append: its own list (the family view's
+# event derives them from what it disclosed), or None for the rows its body implies (index_from_body)
+SearchRows = Iterable[tuple[str, str]] | None
+
+
+def _sealed(event: dict[str, Any], columns: AuditColumns, index: SearchRows) -> tuple[dict[str, Any], list[tuple[str, str]], str]:
     """An event's searchable columns and search rows as they are stored, and the facts its hash
     seals of them (form 2): strings as plain str (an enum's value), the flag as a bool, each
     search row once, cut to the column's 255 characters, sorted; checked against what the body
@@ -77,17 +82,17 @@ def _sealed(event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[
     recomputes the hash with (sealed_facts_of_body), and which verify's fast walk no longer reads."""
     values = tuple(None if v is None else bool(v) if name == "review_required" else str.__str__(v)
                    for name, v in columns.__dict__.items())
-    entries = sorted({(p, v[:255]) for p, v in index if v})
     implied = _implied_columns(event)
     if values != implied:
         wrong = next(name for name, got, want in zip(_COLUMN_NAMES, values, implied) if got != want)
         raise AuditMismatch(f"audit event {event.get('id')}: its column {wrong} is not what its body says")
-    if entries != index_from_body(event):
+    entries = index_from_body(event)
+    if index is not None and sorted({(p, v[:255]) for p, v in index if v}) != entries:
         raise AuditMismatch(f"audit event {event.get('id')}: its search rows are not what its body says")
-    facts, index_text = walk.column_facts(values), walk.index_facts(entries)
-    if facts is None or index_text is None:  # pragma: no cover - the columns are str, bool and None by now
+    facts = walk.sealed_facts(values, entries)
+    if facts is None:  # pragma: no cover - the columns are str, bool and None by now, the rows text
         raise AuditMismatch("audit columns and search rows are text (and the review flag a bool)")
-    return {**dict(zip(_COLUMN_NAMES, values)), "hash_form": walk.FORM_SEALED}, entries, facts + index_text
+    return {**dict(zip(_COLUMN_NAMES, values)), "hash_form": walk.FORM_SEALED}, entries, facts
 
 
 _LAST_HASH = select(AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
@@ -134,7 +139,7 @@ def event_text(event: dict[str, Any]) -> str:
         return json.dumps(event, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
-def _append_pg_params(event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> dict[str, Any]:
+def _append_pg_params(event: dict[str, Any], columns: AuditColumns, index: SearchRows) -> dict[str, Any]:
     recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
     body = event_text(event)
     stored, entries, facts = _sealed(event, columns, index)
@@ -145,7 +150,7 @@ def _append_pg_params(event: dict[str, Any], columns: AuditColumns, index: Itera
     }
 
 
-def append_each(session: Session, entries: list[tuple[dict[str, Any], AuditColumns, Iterable[tuple[str, str]]]]) -> None:
+def append_each(session: Session, entries: list[tuple[dict[str, Any], AuditColumns, SearchRows]]) -> None:
     """Append a few events, in order, as ``append`` one by one would; on PostgreSQL the chain
     lock and every event's statement go in one round trip (a pipeline: each statement runs
     after the one before it, so each reads the head the previous one wrote)."""
@@ -157,8 +162,9 @@ def append_each(session: Session, entries: list[tuple[dict[str, Any], AuditColum
     pipelined(conn, [(_CHAIN_LOCK, {"k": _CHAIN_LOCK_KEY})] + [(_APPEND_PG, _append_pg_params(*entry)) for entry in entries])
 
 
-def append(session: Session, event: dict[str, Any], columns: AuditColumns, index: Iterable[tuple[str, str]]) -> None:
-    """Append one AuditEvent to the chain, in the caller's transaction."""
+def append(session: Session, event: dict[str, Any], columns: AuditColumns, index: SearchRows = None) -> None:
+    """Append one AuditEvent to the chain, in the caller's transaction; its search rows those
+    its body implies, or ``index`` (checked against them)."""
     conn = session.connection()
     if conn.dialect.name == "postgresql":  # the chain lock and the append in one round trip
         pipelined(conn, [(_CHAIN_LOCK, {"k": _CHAIN_LOCK_KEY}), (_APPEND_PG, _append_pg_params(event, columns, index))])
@@ -176,7 +182,7 @@ def append(session: Session, event: dict[str, Any], columns: AuditColumns, index
     insert_rows(conn, AuditIndex.__table__, [{"event_seq": seq, "param": p, "value": v} for p, v in entries])
 
 
-def append_many(session: Session, entries: list[tuple[dict[str, Any], AuditColumns, Iterable[tuple[str, str]]]]) -> None:
+def append_many(session: Session, entries: list[tuple[dict[str, Any], AuditColumns, SearchRows]]) -> None:
     """Append several events at once, in order, in the caller's transaction: one read of the
     chain head, the hashes chained in Python, one bulk insert of the events and one of their
     search rows (a batch of accesses, an import, the audit benchmark). The same chain as
@@ -249,8 +255,7 @@ def sealed_facts_of_body(body: dict[str, Any]) -> str | None:
     """The facts an event of form 2 seals (app.audit.walk), as its body implies them: what a
     verifier outside the gateway recomputes the hash with, from the export's body and hashes
     alone; None for a body whose columns are of types the writer never stores."""
-    columns, rows = walk.column_facts(_implied_columns(body)), walk.index_facts(index_from_body(body))
-    return None if columns is None or rows is None else columns + rows
+    return walk.sealed_facts(_implied_columns(body), index_from_body(body))
 
 
 def index_from_body(body: dict[str, Any]) -> list[tuple[str, str]]:
@@ -348,12 +353,8 @@ def _body_problem(row: tuple[Any, ...], body: dict[str, Any], recorded: str) -> 
     return next(name for name, want, got in zip(_COLUMN_NAMES, implied, actual) if want != got)
 
 
-def _body_disagrees(row: tuple[Any, ...], body: bytes, recorded: str, stored_rows: list[tuple[Any, Any]], text_rows: bool) -> str | None:
-    """What of an event's searchable columns and search rows disagrees with its body, named."""
-    try:
-        event = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return "its body is not valid JSON"
+def _body_disagrees(row: tuple[Any, ...], event: dict[str, Any], recorded: str, stored_rows: list[tuple[Any, Any]], text_rows: bool) -> str | None:
+    """What of an event's searchable columns and search rows disagrees with its (parsed) body, named."""
     column = _body_problem(row, event, recorded)
     if column:
         return f"its searchable column {column} disagrees with its body (a column was altered)"
@@ -380,7 +381,7 @@ def _unsealed(row: tuple[Any, ...], body: bytes, recorded: str, stored_rows: lis
     if hashlib.sha256(prefix.encode() + body).hexdigest() != row[15]:
         problem = _body_problem(row, event, recorded)  # the instant and the id are sealed outside the facts
         return f"its searchable column {problem} disagrees with its body (a column was altered)" if problem in ("recorded", "event_id") else unaltered
-    return _body_disagrees(row, body, recorded, stored_rows, text_rows) or unaltered
+    return _body_disagrees(row, event, recorded, stored_rows, text_rows) or unaltered
 
 
 @contextmanager
@@ -625,21 +626,20 @@ def _verify(session: Session, batch: int, expect_head: str | None, expect_count:
             stored_rows = index.get(seq, [])
             # (SQLite stores any type: a value that is not text is not the body's, and does not sort beside text)
             text_rows = all(type(p) is str and type(v) is str for p, v in stored_rows)
-            if form == walk.FORM_SEALED:
-                # the search rows are a set: sealed sorted, whatever order they were stored in
-                facts = walk.column_facts(r[3:13]), walk.index_facts(sorted(stored_rows)) if text_rows else None
-                sealed = None if None in facts else facts[0] + facts[1]  # type: ignore[operator]
-            elif form == walk.FORM_BODY:
-                sealed = None
-            else:
+            if form not in (walk.FORM_BODY, walk.FORM_SEALED):
                 return broken(seq, event_id, f"its hash form {form!r} is not one the gateway writes (a column was altered)")
-            if sealed is None and form == walk.FORM_SEALED or \
+            # form 2: the search rows are a set, sealed sorted whatever order they were stored in
+            sealed = walk.sealed_facts(r[3:13], sorted(stored_rows)) if form == walk.FORM_SEALED and text_rows else None
+            if (form == walk.FORM_SEALED and sealed is None) or \
                     sha256(walk.sealed_prefix(prev_hash, event_id, recorded, sealed).encode() + body).hexdigest() != row_hash:
                 return broken(seq, event_id, _unsealed(r, body, recorded, stored_rows, text_rows))
             if heads.get(seq) != row_hash:
                 return broken(seq, event_id, "the head table does not record this event with this hash (the event was inserted or altered outside the gateway)")
             if form == walk.FORM_BODY:  # the hash seals the body alone: the body proves the columns and search rows
-                problem = _body_disagrees(r, body, recorded, stored_rows, text_rows)
+                try:
+                    problem = _body_disagrees(r, orjson.loads(body), recorded, stored_rows, text_rows)
+                except orjson.JSONDecodeError:
+                    problem = "its body is not valid JSON"
                 if problem:
                     return broken(seq, event_id, problem)
             prev_hash = row_hash

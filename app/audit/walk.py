@@ -214,7 +214,7 @@ _FLAGS = {True: "T", False: "F"}  # (SQLite keeps the review flag as 1/0, which 
 def column_facts(columns: tuple[Any, ...]) -> str | None:
     """The searchable columns as form 2 seals them; None when a value is of no type the writer
     stores (SQLite keeps any type in any column)."""
-    parts = []
+    parts: list[str] = []
     append = parts.append
     for v in columns:
         t = type(v)
@@ -240,6 +240,13 @@ def index_facts(rows: list[tuple[Any, Any]]) -> str | None:
             return None
         parts.append(f"{len(p)}:{p}{len(v)}:{v}")
     return "".join(parts)
+
+
+def sealed_facts(columns: tuple[Any, ...], rows: list[tuple[Any, Any]]) -> str | None:
+    """What form 2 seals of an event: its columns, then its search rows sorted by (param, value);
+    None when a value is of no type the writer stores."""
+    sealed_columns, sealed_rows = column_facts(columns), index_facts(rows)
+    return None if sealed_columns is None or sealed_rows is None else sealed_columns + sealed_rows
 
 
 def sealed_prefix(prev_hash: str, event_id: str, recorded: str, facts: str | None) -> str:
@@ -349,14 +356,15 @@ class FastWalk:
         cursor.execute(self.index_sql, (lo, hi))
         groups = cursor.fetchall()
         sha256, instant, sqlite, facts_of = hashlib.sha256, SQLITE_INSTANT.fullmatch, self.sqlite, column_facts
-        agree: list[Any] | None = []  # (None when in doubt)
+        form_1: list[Any] = []  # events of form 1, for bodies_agree
+        doubt = False
         before = rows[0][14] if rows else None
         g, ng = 0, len(groups)
         for r in rows:
             seq, event_id, recorded, _, _, _, _, _, _, _, _, _, _, stored, row_prev, row_hash, form = r
             if sqlite:  # "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) as the chain hashes it; anything else is for the exact walk
                 if type(recorded) is not str or not instant(recorded):
-                    agree = None
+                    doubt = True
                     break
                 recorded = f"{recorded[:10]}T{recorded[11:]}Z"
             if g < ng and groups[g][0] == seq:
@@ -367,26 +375,25 @@ class FastWalk:
             if form == FORM_SEALED:
                 columns = facts_of(r[3:13])
                 if columns is None:
-                    agree = None
+                    doubt = True
                     break
                 head = f"{row_prev}|{event_id}|{recorded}|{columns}{count}:{folded}|"
             elif form == FORM_BODY:
                 head = f"{row_prev}|{event_id}|{recorded}|"
                 # the body writes the instant to the millisecond: the same instant when the rest is zeros
-                agree.append((event_id, f"{recorded[:23]}Z" if recorded[23:26] == "000" else None, r[3:13], stored, folded))
+                form_1.append((event_id, f"{recorded[:23]}Z" if recorded[23:26] == "000" else None, r[3:13], stored, folded))
             else:
-                agree = None
+                doubt = True
                 break
             if row_prev != before or sha256(head.encode() + stored if type(stored) is bytes
                                             else f"{head}{stored}".encode()).hexdigest() != row_hash:
-                agree = None
+                doubt = True
                 break
             before = row_hash
         # each event recorded in the head table with its hash, and no other head row in the range;
         # every group of search rows taken by an event (none for an event that is not there)
-        if agree is not None and (g != ng or heads != [(r[0], r[15]) for r in rows]):
-            agree = None
-        return hi, rows, agree, expect_head is not None and any(r[15] == expect_head for r in rows)
+        doubt = doubt or g != ng or heads != [(r[0], r[15]) for r in rows]
+        return hi, rows, None if doubt else form_1, expect_head is not None and any(r[15] == expect_head for r in rows)
 
     def clean(self, prev_hash: str, rows: list[Any], agree: list[Any] | None) -> bool:
         """Whether every check of a fetched batch holds, its first event linked to ``prev_hash``;

@@ -111,5 +111,5 @@ def _audit(session: Session, principal: Principal, matches: list[CaseloadMatch],
     columns = audit_store.AuditColumns(
         type_code="rest", subtype_code="caseload-search", action="E", outcome=OUTCOME_SUCCESS, purpose_of_use="TREAT",
         agent_sub=principal.sub, agent_org=principal.org, agent_role=principal.role, review_required=False, policy_version=None)
-    audit_store.append(session, event, columns, audit_store.index_from_body(event))
+    audit_store.append(session, event, columns)  # (its search rows: those its body implies)
     return event_id

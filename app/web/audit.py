@@ -42,5 +42,5 @@ def session_event(db: Database, *, action: str, outcome: str, sub: str, role: st
         type_code="110114", subtype_code=action, action="E", outcome=OUTCOME[outcome], purpose_of_use=None,
         agent_sub=sub or "unknown", agent_org=org or "unknown", agent_role=role or "unknown", review_required=False, policy_version=None)
     with db.session() as session:
-        audit_store.append(session, event, columns, audit_store.index_from_body(event))
+        audit_store.append(session, event, columns)  # (its search rows: those its body implies)
     return event_id

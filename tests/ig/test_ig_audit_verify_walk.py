@@ -375,30 +375,32 @@ def test_a_span_is_judged_the_same_with_or_without_fetching_ahead(database, tamp
 
 # ---------------------------------------------------------------- the hash's two forms (migration 0020)
 
-def _append_as_before_0020(database, n: int, tag: str) -> None:
-    """Events as the writer before migration 0020 appended them: hashed over the body alone,
-    their hash_form left to the column's default (1)."""
+def append_as_before_0020(conn, events: list[dict]) -> None:
+    """Events appended as the writer before migration 0020 appended them, on ``conn``: hashed
+    over the body alone, their hash_form left to the column's default (1) or, before 0020, absent."""
     from app.audit import service
 
+    for event in events:
+        recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
+        body = service.event_text(event)
+        prev = conn.execute(service._LAST_HASH).scalar() or service.GENESIS
+        seq = conn.execute(service._INSERT_EVENT, {"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev,
+                                                   "hash": service.chain_hash(prev, event["id"], _recorded_text(recorded), body),
+                                                   **columns_from_body(event).__dict__}).scalar_one()
+        for p, v in index_from_body(event):
+            conn.execute(text("INSERT INTO audit_index (event_seq, param, value) VALUES (:s, :p, :v)"), {"s": seq, "p": p, "v": v})
+
+
+def old_events(tag: str, n: int) -> list[dict]:
     someone = Principal(sub="gp-1@A99001", role="gp", org="A99001")
-    with database.session() as s:
-        conn = s.connection()
-        for i in range(n):
-            event = balp.AccessEvent(someone, "read", request_id=f"{tag}{i}").entity(f"Patient/{tag}{i}").about([f"Patient/{tag}{i}", "9990000018"]).to_fhir()
-            columns = columns_from_body(event)
-            recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
-            body = service.event_text(event)
-            prev = conn.execute(service._LAST_HASH).scalar() or service.GENESIS
-            seq = conn.execute(service._INSERT_EVENT, {"event_id": event["id"], "recorded": recorded, "body": body, "prev_hash": prev,
-                                                       "hash": service.chain_hash(prev, event["id"], _recorded_text(recorded), body),
-                                                       **columns.__dict__}).scalar_one()
-            for p, v in index_from_body(event):
-                conn.execute(text("INSERT INTO audit_index (event_seq, param, value) VALUES (:s, :p, :v)"), {"s": seq, "p": p, "v": v})
+    return [balp.AccessEvent(someone, "read", request_id=f"{tag}{i}").entity(f"Patient/{tag}{i}").about([f"Patient/{tag}{i}", "9990000018"]).to_fhir()
+            for i in range(n)]
 
 
 def _mixed_chain(database) -> None:
     """Six events of form 1 (written before the upgrade), then six of form 2."""
-    _append_as_before_0020(database, 6, "old")
+    with database.session() as s:
+        append_as_before_0020(s.connection(), old_events("old", 6))
     _record(database, 6)
     with database.session(readonly=True) as s:
         forms = s.execute(text("SELECT hash_form FROM audit_event ORDER BY seq")).scalars().all()

@@ -69,34 +69,18 @@ def test_events_appended_before_0020_stay_verifiable_after_it(empty_url):
     """Migration 0020 (the hash's form): events already in the chain keep their hash over the
     body alone and say form 1; events appended after it seal their columns and search rows
     (form 2); verify proves both, before and after a downgrade past 0020 and upgrade again."""
-    from datetime import datetime
-
-    from sqlalchemy import insert
-
     from app.audit import balp
-    from app.audit.models import AuditRecord
-    from app.audit.service import _recorded_text, chain_hash, columns_from_body, event_text, index_from_body, verify
+    from app.audit.service import verify
     from app.auth.tokens import Principal
     from app.db import Database
+    from tests.ig.test_ig_audit_verify_walk import append_as_before_0020, old_events
 
     upgrade(empty_url, "0019_audit_body_lz4")
     someone = Principal(sub="gp-1@A99001", role="gp", org="A99001")
     eng = create_engine(empty_url)
     try:
-        with eng.begin() as c:  # what the writer before 0020 appended
-            prev = "0" * 64
-            for i in range(3):
-                event = balp.AccessEvent(someone, "read", request_id=f"old{i}").entity(f"Patient/o{i}").to_fhir()
-                recorded = datetime.fromisoformat(event["recorded"].replace("Z", "+00:00"))
-                body = event_text(event)
-                digest = chain_hash(prev, event["id"], _recorded_text(recorded), body)
-                # (the table's own types: SQLite keeps the instant as the gateway stores it; hash_form not named)
-                seq = c.execute(insert(AuditRecord.__table__).values(
-                    event_id=event["id"], recorded=recorded, body=body, prev_hash=prev, hash=digest,
-                    **columns_from_body(event).__dict__).returning(AuditRecord.seq)).scalar_one()
-                for p, v in index_from_body(event):
-                    c.execute(text("INSERT INTO audit_index (event_seq, param, value) VALUES (:s, :p, :v)"), {"s": seq, "p": p, "v": v})
-                prev = digest
+        with eng.begin() as c:
+            append_as_before_0020(c, old_events("old", 3))
     finally:
         eng.dispose()
     upgrade(empty_url)
