@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime
 import decimal
 import re
+import threading
 import types
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterator
@@ -542,6 +544,84 @@ def validate_structure(resource: Any, *, expected_type: str | None = None, limit
     _validate_structure(resource, expected_type, limits)
 
 
+class ElementMemo:
+    """The datatype elements fhir.resources has found valid, by type and exact JSON.
+
+    The models validate every complex element (a Coding, a Reference, an Address) by building
+    its model in Python, one element at a time, and most of a Bundle's elements repeat: the same
+    codes, references to the same patient, a household's one address. Whether an element is a
+    valid instance of its datatype depends on its JSON alone (no parent, no context), so an
+    element whose exact JSON was found valid before is taken as valid again, with the model
+    built then. A failure is never kept: what is refused is refused as before, with the same
+    errors. On only while `_validate_structure` validates a resource that is surely plain JSON
+    (its `_serialised` shape check passed: no null, so no NaN either, which orjson writes as
+    null), and the models it builds are thrown away; models built anywhere else are never
+    shared. Bounded: emptied when full."""
+
+    def __init__(self, capacity: int = 8192):
+        self.capacity = capacity
+        self.found: dict[tuple[type, bytes], Any] = {}
+        self.hits = self.misses = 0
+        self._local = threading.local()
+        self._installed: bool | None = None  # None: not tried yet
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def on(self, plain_json: bool = True) -> Iterator[None]:
+        if not plain_json or not (self._installed or self._install()):
+            yield
+            return
+        before = getattr(self._local, "on", False)
+        self._local.on = True
+        try:
+            yield
+        finally:
+            self._local.on = before
+
+    def _install(self) -> bool:
+        """Hook fhir_core's validator of complex elements (FhirBase.fhir_model_validator, which
+        every datatype and contained resource goes through), once; False, and no memo, if a
+        version of fhir_core has none."""
+        with self._lock:
+            if self._installed is None:
+                self._installed = self._hook()
+            return self._installed
+
+    def _hook(self) -> bool:
+        try:
+            from fhir_core.types import FhirBase
+
+            plain = FhirBase.__dict__["fhir_model_validator"].__func__
+        except (ImportError, KeyError, AttributeError):  # pragma: no cover - another fhir_core
+            return False
+        memo = self
+
+        def fhir_model_validator(cls, value, model_klass):
+            if type(value) is not dict or not getattr(memo._local, "on", False):
+                return plain(cls, value, model_klass)
+            try:  # datetimes, dataclasses and subclasses of str or dict are not plain JSON: never kept
+                key = (model_klass, orjson.dumps(value, option=_PLAIN_JSON_ONLY))
+            except TypeError:
+                return plain(cls, value, model_klass)
+            model = memo.found.get(key)
+            if model is not None:
+                memo.hits += 1
+                return model
+            model = plain(cls, value, model_klass)  # raises for an invalid element: nothing kept
+            memo.misses += 1
+            if len(memo.found) >= memo.capacity:
+                memo.found.clear()
+            memo.found[key] = model
+            return model
+
+        FhirBase.fhir_model_validator = classmethod(fhir_model_validator)  # type: ignore[method-assign]
+        return True
+
+
+_PLAIN_JSON_ONLY = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+ELEMENT_MEMO = ElementMemo()
+
+
 @dataclass(frozen=True, slots=True)
 class _Facts:
     """What validating the structure learnt that the business rules need not learn again."""
@@ -578,7 +658,8 @@ def _validate_structure(resource: Any, expected_type: str | None, limits: Resour
     _check_contained_types(resource, res_type)
     model = get_fhir_model_class(res_type)
     try:
-        model.model_validate(resource)
+        with ELEMENT_MEMO.on(shape_ok):
+            model.model_validate(resource)
     except pydantic.ValidationError as exc:
         issues = []
         for err in exc.errors()[:20]:
