@@ -8,6 +8,7 @@ Several workers (``familyview serve --workers N``) share one directory of metric
 sums them all. No label carries an id, a name, an NHS number or a query: routes are templates."""
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any, Callable, Iterable
 
@@ -33,8 +34,8 @@ def record_request(method: str, route: str, status: int, seconds: float) -> None
     LATENCY.labels(method, route).observe(seconds)
 
 
-def record_ingested(res_type: str, created: bool) -> None:
-    INGESTED.labels(res_type, "create" if created else "update").inc()
+def record_ingested(res_type: str, created: bool, count: int = 1) -> None:
+    INGESTED.labels(res_type, "create" if created else "update").inc(count)
 
 
 def basis_label(lawful_basis: dict[str, Any] | None) -> str:
@@ -106,9 +107,9 @@ class IngestCounter:
 
             pending = session.info["familyview_ingested"] = []
 
-            def committed(sess: Any) -> None:
-                for res_type, created in sess.info.pop("familyview_ingested", []):
-                    record_ingested(res_type, created)
+            def committed(sess: Any) -> None:  # one increment per type and kind, not per record
+                for (res_type, created), count in collections.Counter(sess.info.pop("familyview_ingested", [])).items():
+                    record_ingested(res_type, created, count)
 
             def rolled_back(sess: Any, *_: Any) -> None:
                 sess.info.pop("familyview_ingested", None)

@@ -239,3 +239,55 @@ def test_two_processes_creating_the_local_key_at_once_end_with_one_key(tmp_path,
     on_disk = tokens._load_or_create_key(path)
     assert loser.private_numbers() == on_disk.private_numbers() == winner[0].private_numbers()
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_a_verified_token_is_kept_until_it_expires_and_a_refused_one_never(tmp_path, monkeypatch):
+    """The verifier keeps what a token's signature check found, for the requests that follow;
+    the clock still ends the token when its exp passes, and a refused token is checked again
+    each time it comes."""
+    from app.auth import tokens
+    from app.errors import FhirError
+    from tests.conftest import make_settings
+
+    s = make_settings("sqlite://", tmp_path / "key.pem")
+    verifier = tokens.TokenVerifier(s)
+    good = _signed(s, _claims(s, exp=int(time.time()) + 120))
+    decodes = []
+    real_decode = tokens.jwt.decode
+    monkeypatch.setattr(tokens.jwt, "decode", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
+    first = verifier.verify(good)
+    assert verifier.verify(good) is first and len(decodes) == 1  # kept: no second signature check
+    # past exp and the leeway: refused, as jwt.decode refuses it
+    later = time.time() + 120 + s.auth_leeway_seconds + 1
+    monkeypatch.setattr(tokens.time, "time", lambda: later)
+    monkeypatch.setattr(tokens.jwt, "decode", lambda *a, **k: _decode_at(real_decode, later, *a, **k))
+    with pytest.raises(FhirError) as err:
+        verifier.verify(good)
+    assert err.value.status == 401 and "expired" in err.value.diagnostics
+    monkeypatch.undo()
+    # a refused token (another key's signature) is refused every time it is sent
+    other = jwt.encode(_claims(s), rsa.generate_private_key(public_exponent=65537, key_size=2048), algorithm="RS256")
+    for _ in range(2):
+        with pytest.raises(FhirError) as err:
+            verifier.verify(other)
+        assert err.value.status == 401
+    assert other not in verifier._verified
+    # bounded: a flood of distinct tokens does not grow it past its size
+    monkeypatch.setattr(tokens.TokenVerifier, "VERIFIED_KEPT", 8)
+    for n in range(20):
+        verifier.verify(_signed(s, _claims(s, sub=f"s{n}")))
+        assert len(verifier._verified) <= 8
+
+
+def _decode_at(real_decode, now, *args, **kwargs):
+    """jwt.decode as it runs at `now` (PyJWT reads the clock through datetime)."""
+    import datetime as dt
+    from unittest import mock
+
+    class _Clock(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime.fromtimestamp(now, tz)
+
+    with mock.patch("jwt.api_jwt.datetime", _Clock):
+        return real_decode(*args, **kwargs)

@@ -210,3 +210,8 @@ def test_a_failed_transaction_counts_nothing_and_a_committed_one_counts_each_wri
     r = src.post("", json=bundle, headers=CT)
     assert r.status_code == 200, r.text
     assert created("RelatedPerson") == before + 1
+    three = [{"fullUrl": f"urn:uuid:0f1e2d3c-0000-4000-8000-00000000001{i}", "request": {"method": "POST", "url": "RelatedPerson"},
+              "resource": {**good, "name": [{"family": "Countwell", "given": [name]}]}} for i, name in enumerate(["Ada", "Bo", "Cy"])]
+    r = src.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": three}, headers=CT)
+    assert r.status_code == 200, r.text
+    assert created("RelatedPerson") == before + 4  # each of the three writes counted
