@@ -343,10 +343,19 @@ def _insert_sqlite(conn: Connection, table: Table, rows: list[dict]) -> None:
     procs = [(i, p) for i, c in enumerate(cols) if (p := table.c[c].type.dialect_impl(dialect).bind_processor(dialect))]
     params = tuples
     if procs:
+        # a value shared by many rows (a Bundle's rows share one timestamp object) converted once:
+        # a datetime's text costs more than the rest of its row's binding. By identity, not
+        # equality (equal datetimes of two offsets are written differently); each entry holds its
+        # value, so no id is reused while the batch is converted.
+        done: list[dict[int, tuple[Any, Any]]] = [{} for _ in procs]
         for n, row in enumerate(params):
             row = list(row)
-            for i, p in procs:
-                row[i] = p(row[i])
+            for (i, p), seen in zip(procs, done):
+                value = row[i]
+                kept = seen.get(id(value))
+                if kept is None or kept[0] is not value:
+                    kept = seen[id(value)] = (value, p(value))
+                row[i] = kept[1]
             params[n] = tuple(row)
     conn.exec_driver_sql(f"INSERT INTO {target} ({names}) VALUES ({', '.join('?' * len(cols))})", params)
 

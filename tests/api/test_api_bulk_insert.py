@@ -57,3 +57,16 @@ def test_a_key_already_taken_fails_the_whole_call(database):
     with database.session(readonly=True) as s:  # the transaction rolled back: neither the record nor the new key
         assert s.scalar(select(func.count()).select_from(StoredResource)) == 0
         assert s.scalar(select(func.count()).select_from(SourceKey)) == 1
+
+
+def test_rows_sharing_a_timestamp_and_rows_with_their_own_keep_each_its_own(database):
+    """The SQLite insert converts a value shared by many rows once: each row still gets its own."""
+    others = [datetime(2026, 11, 26, 12, 50, 1, n * 1000, tzinfo=timezone.utc) for n in range(1, 6)]
+    rows = [_resource(f"ts-{n}") for n in range(6)]  # all share the WHEN object
+    rows += [{**_resource(f"own-{n}"), "last_updated": when} for n, when in enumerate(others)]
+    with database.session() as s:
+        insert_tables(s.connection(), [(StoredResource.__table__, rows)])
+    with database.session(readonly=True) as s:
+        stored = {r.res_id: r.last_updated.replace(tzinfo=r.last_updated.tzinfo or timezone.utc)
+                  for r in s.execute(select(StoredResource).where(StoredResource.res_id.like("ts-%") | StoredResource.res_id.like("own-%"))).scalars()}
+    assert stored == {r["res_id"]: r["last_updated"] for r in rows}
