@@ -1,6 +1,7 @@
 """Database engine and session handling, shared by SQLite (embedded) and PostgreSQL (production)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -302,37 +303,90 @@ def pipelined(conn: Connection, statements: list[tuple[Any, dict[str, Any]]]) ->
     own snapshot, so a lock taken by one holds for the next). A statement is a Core statement
     built once at import, or plain SQL text without parameters. Errors are raised as SQLAlchemy
     raises them (IntegrityError, OperationalError, ...). Elsewhere, one after another."""
-    if conn.dialect.name != "postgresql":
-        out = []
-        for statement, params in statements:
-            result = conn.exec_driver_sql(statement) if isinstance(statement, str) else conn.execute(statement, params)
-            out.append(result.all() if result.returns_rows else [])
-        return out
-    from psycopg.rows import namedtuple_row
+    return Sent(conn, statements).rows()
 
-    dialect = conn.dialect
-    prepared = []
-    for statement, params in statements:
-        if isinstance(statement, str):
-            prepared.append((statement, None))
-            continue
-        sql, processors = _driver_sql(dialect, statement)
-        prepared.append((sql, {k: processors[k](v) if k in processors else v for k, v in params.items()}))
-    driver = conn.connection.driver_connection
-    try:
-        with driver.pipeline() as pipe:
-            cursors = []
+
+class Sent:
+    """Statements sent now and read later: pipelined's round trip, split so that the caller's
+    own work runs while PostgreSQL runs them (rows() waits for them). On PostgreSQL they are
+    sent to the server at once, in one pipeline that stays open until rows() or abandon(): the
+    connection is not used for anything else meanwhile. Elsewhere nothing is sent: they run
+    when rows() is called. abandon() gives them up (the caller's transaction is rolled back)."""
+
+    def __init__(self, conn: Connection, statements: list[tuple[Any, dict[str, Any]]]):
+        self.conn = conn
+        self.statements = statements
+        self._open: contextlib.ExitStack | None = None
+        self._sql: list[str] = []
+        self._cursors: list[Any] = []
+        if conn.dialect.name == "postgresql":
+            self._send()
+
+    def _send(self) -> None:
+        from psycopg.rows import namedtuple_row
+
+        dialect = self.conn.dialect
+        prepared = []
+        for statement, params in self.statements:
+            if isinstance(statement, str):
+                prepared.append((statement, None))
+                continue
+            sql, processors = _driver_sql(dialect, statement)
+            prepared.append((sql, {k: processors[k](v) if k in processors else v for k, v in params.items()}))
+        self._sql = [sql for sql, _ in prepared]
+        driver = self.conn.connection.driver_connection
+        opened = contextlib.ExitStack()
+        try:
+            self._pipe = opened.enter_context(driver.pipeline())
             for sql, params in prepared:
                 cur = driver.cursor(row_factory=namedtuple_row)
+                self._cursors.append(cur)
                 cur.execute(sql, params, prepare=False)  # unnamed: planned with its values
-                cursors.append(cur)
-            pipe.sync()
-            out = [cur.fetchall() if cur.description is not None else [] for cur in cursors]
-            for cur in cursors:
-                cur.close()
+        except dialect.loaded_dbapi.Error as err:  # as SQLAlchemy raises it
+            opened.__exit__(type(err), err, err.__traceback__)
+            raise self._raised(err) from err
+        except BaseException as err:
+            opened.__exit__(type(err), err, err.__traceback__)
+            raise
+        self._open = opened
+
+    def _raised(self, err: Exception) -> DBAPIError:
+        return DBAPIError.instance("; ".join(self._sql), None, err, self.conn.dialect.loaded_dbapi.Error)
+
+    def rows(self) -> list[list[Any]]:
+        conn = self.conn
+        if conn.dialect.name != "postgresql":
+            out = []
+            for statement, params in self.statements:
+                result = conn.exec_driver_sql(statement) if isinstance(statement, str) else conn.execute(statement, params)
+                out.append(result.all() if result.returns_rows else [])
             return out
-    except dialect.loaded_dbapi.Error as err:  # as SQLAlchemy raises it
-        raise DBAPIError.instance("; ".join(s for s, _ in prepared), None, err, dialect.loaded_dbapi.Error) from err
+        opened, self._open = self._open, None
+        if opened is None:
+            raise RuntimeError("these statements were read or abandoned already")
+        try:
+            self._pipe.sync()
+            out = [cur.fetchall() if cur.description is not None else [] for cur in self._cursors]
+            opened.close()  # an error the server sends late is raised here
+        except conn.dialect.loaded_dbapi.Error as err:
+            opened.__exit__(type(err), err, err.__traceback__)  # nothing left to end if close() raised
+            raise self._raised(err) from err
+        except BaseException as err:
+            opened.__exit__(type(err), err, err.__traceback__)
+            raise
+        for cur in self._cursors:
+            cur.close()
+        return out
+
+    def abandon(self) -> None:
+        """Give the statements up: the pipeline is ended and their results, or their error,
+        dropped; the caller rolls its transaction back."""
+        opened, self._open = self._open, None
+        if opened is not None:
+            try:
+                opened.close()
+            except self.conn.dialect.loaded_dbapi.Error:
+                pass
 
 
 def _insert_sqlite(conn: Connection, table: Table, rows: list[dict]) -> None:

@@ -19,7 +19,7 @@ from app.audit.events import consent_write_event
 from app.auth import access
 from app.auth.access import require
 from app.auth.tokens import Principal
-from app.db import in_list, insert_tables, new_id, pipelined, plan_each_execution_first, ref_lists
+from app.db import Sent, in_list, insert_tables, new_id, pipelined, plan_each_execution_first, ref_lists
 from app.errors import FhirError, bad_request, unprocessable
 from app.family.graph import as_shown  # a Bundle's GET entries are read as GET requests are
 from app.fhir import store
@@ -337,8 +337,14 @@ class IngestService:
                 seen[key] = e.index
 
     def _apply_writes(self, reqs: list[EntryRequest], *, allow_urn: bool) -> list[EntryResult]:
-        types = [self._check_entry(r) for r in reqs]  # before the first statement: see _check_entry
-        current, key_rows = self._first_lookups(reqs, types)
+        early = self._send_first_lookups(reqs)  # PostgreSQL: run by the server while the entries are checked
+        try:
+            types = [self._check_entry(r) for r in reqs]  # on SQLite before the first statement: see _check_entry
+        except BaseException:
+            if early is not None:
+                early[0].abandon()
+            raise
+        current, key_rows = self._first_lookups(reqs, types, early)
         plans = [self._plan(r, t, current) for r, t in zip(reqs, types)]
         known_keys = self._dedupe_by_source_key(plans, key_rows)
         if len(plans) > 1:
@@ -368,23 +374,56 @@ class IngestService:
         self._check_consent_recorders(plans)
         return self._store(plans, known_keys)
 
-    def _first_lookups(self, reqs: list[EntryRequest], types: list[str]) -> tuple[dict[tuple[str, str], Any], list]:
-        """The current rows of every PUT's target and this source's keys for every identifier
-        sent, read together (on PostgreSQL in one round trip, with the transaction's BEGIN and
-        plan_each_execution): the dedupe keeps the keys of the entries it writes."""
-        conn = self.session.connection()
+    def _lookups(self, reqs: list[EntryRequest], conn) -> tuple[list, set[tuple[str, ...]], list[str]]:
+        """The first look-ups' statements (see _first_lookups), with the PUT targets and the
+        identifier values they read."""
         statements = []
         if not self._custom_plans:
             statements += plan_each_execution_first(conn)
-            self._custom_plans = True
         targets = {tuple(parts) for r in reqs if r.method == "PUT" and "?" not in r.url and len(parts := r.url.strip("/").split("/")) == 2}
-        keys = {(t, s, v) for r, t in zip(reqs, types) for s, v in identifiers_of(r.resource or {})}
+        values = sorted({v for r in reqs for _, v in identifiers_of(r.resource or {})})
         if targets:
             statements.append((_CURRENT_ROWS, ref_lists(targets)))
-        if keys:
-            statements.append((_SOURCE_KEYS, {"org": self.principal.org, "values": sorted({k[2] for k in keys})}))
-        results = pipelined(conn, statements) if statements else []
-        key_rows = [r for r in results.pop() if (r.res_type, r.system, r.value) in keys] if keys else []
+        if values:
+            statements.append((_SOURCE_KEYS, {"org": self.principal.org, "values": values}))
+        return statements, targets, values
+
+    def _send_first_lookups(self, reqs: list[EntryRequest]) -> tuple[Sent, list[str]] | None:
+        """On PostgreSQL the first look-ups sent before the entries are checked, from what the
+        entries hold (a snapshot taken a few milliseconds early reads what any later one would,
+        but for a concurrent writer's key, which the unique constraint catches either way); None
+        on SQLite, where the first statement takes the one write lock, or when the entries hold
+        something the look-ups cannot bind (the checks refuse it, or the look-ups run after them)."""
+        if self.session.get_bind().dialect.name != "postgresql" or len(reqs) < 2:
+            return None
+        try:
+            conn = self.session.connection()
+            statements, _, values = self._lookups(reqs, conn)
+            if any(not isinstance(v, str) or len(v) > 255 or "\x00" in v for v in values) or len(statements) < 2:
+                return None
+        except (TypeError, AttributeError, KeyError):  # not yet checked: e.g. an identifier that is not an array
+            return None
+        self._custom_plans = True
+        return Sent(conn, statements), values
+
+    def _first_lookups(self, reqs: list[EntryRequest], types: list[str],
+                       early: tuple[Sent, list[str]] | None = None) -> tuple[dict[tuple[str, str], Any], list]:
+        """The current rows of every PUT's target and this source's keys for every identifier
+        sent, read together (on PostgreSQL in one round trip, with the transaction's BEGIN and
+        plan_each_execution): the dedupe keeps the keys of the entries it writes. `early`: the
+        same look-ups sent before the entries were checked, and the values they read."""
+        conn = self.session.connection()
+        statements, targets, values = self._lookups(reqs, conn)
+        keys = {(t, s, v) for r, t in zip(reqs, types) for s, v in identifiers_of(r.resource or {})}
+        if early is not None and early[1] == values:
+            results = early[0].rows()
+        else:
+            if early is not None:  # pragma: no cover - the checked entries hold what was sent
+                early[0].abandon()
+                statements = plan_each_execution_first(conn) + statements
+            self._custom_plans = True
+            results = pipelined(conn, statements) if statements else []
+        key_rows = [r for r in results.pop() if (r.res_type, r.system, r.value) in keys] if values else []
         current = {(r.res_type, r.res_id): r for r in results.pop() if (r.res_type, r.res_id) in targets} if targets else {}
         return current, key_rows
 

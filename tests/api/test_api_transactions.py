@@ -253,3 +253,34 @@ def test_concurrent_sends_of_the_same_record_make_one_record(live):
         assert _count(src, "Patient", identifier=f"https://fhir.nhs.uk/Id/nhs-number|{nhs}") == 1
         assert _count(src, "Consent", identifier=f"https://test.example.nhs.uk/Id/consent|c-{nhs}") == 1
     assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]
+
+
+@pytest.mark.parametrize("bad", [
+    {"resourceType": "Patient", "gender": "bloke"},  # refused by the checks after the look-ups were sent
+    {"resourceType": "Patient", "identifier": {"system": NHS, "value": "9990000018"}},  # not an array: nothing sent early
+    {"resourceType": "Patient", "identifier": [{"system": NHS, "value": "999\u00000000018"}]},  # a NUL: nothing sent early
+])
+def test_a_bundle_refused_after_its_first_look_ups_were_sent_leaves_every_connection_usable(live, bad):
+    """On PostgreSQL a Bundle's first look-ups go to the server while its entries are checked;
+    a Bundle the checks refuse gives them up with its transaction. Many such Bundles in a row
+    (more than the pool holds), then good ones: each is answered as alone, nothing is written,
+    and every connection is left fit for the next request."""
+    src = live.source(MATERNITY_ORG, "maternity")
+    ct = {"Content-Type": "application/fhir+json"}
+    before = _all_counts(src)
+    good = family_bundle()
+    refused = {"resourceType": "Bundle", "type": "transaction", "entry": good["entry"][:2] + [
+        {"fullUrl": "urn:uuid:5b3e0a84-1d7c-4c55-9d0e-2d6a4f0b9c11", "resource": bad, "request": {"method": "POST", "url": "Patient"}}]}
+    for _ in range(35):
+        r = src.post("", content=json.dumps(refused), headers=ct)
+        assert r.status_code == 400, r.text
+        assert "entry[2]" in r.json()["issue"][0]["diagnostics"] or "Bundle.entry[2]" in json.dumps(r.json())
+    assert _all_counts(src) == before
+    for _ in range(12):  # the pooled connections serve writes and reads as before
+        r = src.post("", content=json.dumps(family_bundle()), headers=ct)
+        assert r.status_code == 200, r.text
+    r = src.post("", content=json.dumps(good), headers=ct)
+    assert r.status_code == 200 and [e["response"]["status"] for e in r.json()["entry"]] == ["201 Created"] * 3
+    r = src.post("", content=json.dumps(family_bundle_same(good)), headers=ct)  # its source keys found by the early look-ups
+    assert [e["response"]["status"] for e in r.json()["entry"]] == ["200 OK"] * 3
+    assert _all_counts(src)["Patient"] == before["Patient"] + 13
