@@ -144,7 +144,7 @@ class TokenVerifier:
         self._jwks = jwt.PyJWKClient(settings.auth_jwks_url, cache_keys=True) if settings.auth_jwks_url else None
         self._local: LocalKey | None = None  # loaded on first use, so building the app writes nothing
         self._oidc: Any = None  # the OpenID provider (app.auth.oidc), when one is configured
-        self._verified: dict[str, tuple[float, Principal]] = {}  # token -> (its exp, who it names): see verify
+        self._verified: dict[str, tuple[float, Principal]] = {}  # token -> (kept until, who it names): see verify
 
     def oidc(self):
         """The configured OpenID Connect provider's client (shared with the pages' sign-in)."""
@@ -185,21 +185,25 @@ class TokenVerifier:
             self._local = LocalKey(self.settings.local_key_path)
         return self._local.public_key
 
-    VERIFIED_KEPT = 1024
+    VERIFIED_KEPT = 1024  # tokens
+    VERIFIED_KEPT_SECONDS = 60.0
 
     def verify(self, token: str) -> Principal:
         """The principal a bearer token names, or 401. A token this server's key (or the JWKS)
-        verified is kept, with its expiry, for the requests that follow: a client sends the same
-        token on every request, and checking an RSA signature and the claims again cost ~1 ms
-        each time. Everything verification checks is fixed by the token's bytes except the
-        clock, and the only check the clock can turn from pass to fail is expiry, which a kept
-        token is checked against on each use; a refused token is never kept."""
+        verified is kept for the requests that follow, for a minute at most: a client sends the
+        same token on every request, and checking an RSA signature and the claims again cost ~1 ms
+        each time. Everything verification checks is fixed by the token's bytes except the clock
+        and the keys: the only check the clock can turn from pass to fail is expiry, which ends a
+        kept token as it would a checked one; a key withdrawn from the JWKS goes on verifying for
+        as long as PyJWKClient keeps the key set it fetched (five minutes), and a kept token adds
+        at most the minute to that. A refused token is never kept."""
         from_provider = self._from_oidc_provider(token)
         if from_provider is not None:
             return from_provider
         kept = self._verified.get(token)
+        now = time.time()
         if kept is not None:
-            if kept[0] > time.time() - self.settings.auth_leeway_seconds:
+            if now < kept[0]:
                 return kept[1]
             self._verified.pop(token, None)
         try:
@@ -226,7 +230,8 @@ class TokenVerifier:
         principal = principal_from_claims(claims)
         if len(self._verified) >= self.VERIFIED_KEPT:
             self._verified.clear()
-        self._verified[token] = (float(claims["exp"]), principal)
+        # jwt.decode refuses a token once its exp is at or before now - leeway
+        self._verified[token] = (min(float(claims["exp"]) + self.settings.auth_leeway_seconds, now + self.VERIFIED_KEPT_SECONDS), principal)
         return principal
 
     def _check_lifetime(self, claims: dict[str, Any]) -> None:

@@ -241,28 +241,35 @@ def test_two_processes_creating_the_local_key_at_once_end_with_one_key(tmp_path,
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
 
 
-def test_a_verified_token_is_kept_until_it_expires_and_a_refused_one_never(tmp_path, monkeypatch):
-    """The verifier keeps what a token's signature check found, for the requests that follow;
-    the clock still ends the token when its exp passes, and a refused token is checked again
-    each time it comes."""
+def test_a_verified_token_is_kept_a_minute_at_most_ended_by_its_expiry_and_a_refused_one_never(tmp_path, monkeypatch):
+    """The verifier keeps what a token's signature check found, for the requests that follow,
+    for a minute at most (a key withdrawn from the JWKS stops its tokens within it); the clock
+    still ends the token when its exp passes, and a refused token is checked again each time."""
     from app.auth import tokens
     from app.errors import FhirError
     from tests.conftest import make_settings
 
     s = make_settings("sqlite://", tmp_path / "key.pem")
     verifier = tokens.TokenVerifier(s)
-    good = _signed(s, _claims(s, exp=int(time.time()) + 120))
+    start = time.time()
+    good = _signed(s, _claims(s, iat=int(start), exp=int(start) + 3600))
     decodes = []
     real_decode = tokens.jwt.decode
-    monkeypatch.setattr(tokens.jwt, "decode", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
+    clock = {"now": start}
+    monkeypatch.setattr(tokens.time, "time", lambda: clock["now"])
+    monkeypatch.setattr(tokens.jwt, "decode", lambda *a, **k: decodes.append(1) or _decode_at(real_decode, clock["now"], *a, **k))
     first = verifier.verify(good)
+    clock["now"] = start + 30
     assert verifier.verify(good) is first and len(decodes) == 1  # kept: no second signature check
-    # past exp and the leeway: refused, as jwt.decode refuses it
-    later = time.time() + 120 + s.auth_leeway_seconds + 1
-    monkeypatch.setattr(tokens.time, "time", lambda: later)
-    monkeypatch.setattr(tokens.jwt, "decode", lambda *a, **k: _decode_at(real_decode, later, *a, **k))
+    clock["now"] = start + tokens.TokenVerifier.VERIFIED_KEPT_SECONDS + 1
+    assert verifier.verify(good).sub == first.sub and len(decodes) == 2  # a minute on: checked again
+    # a token that expires within the minute: refused past its exp and the leeway, as jwt.decode refuses it
+    short = _signed(s, _claims(s, iat=int(start), exp=int(start) + 20))
+    clock["now"] = start
+    verifier.verify(short)
+    clock["now"] = start + 20 + s.auth_leeway_seconds + 1
     with pytest.raises(FhirError) as err:
-        verifier.verify(good)
+        verifier.verify(short)
     assert err.value.status == 401 and "expired" in err.value.diagnostics
     monkeypatch.undo()
     # a refused token (another key's signature) is refused every time it is sent
