@@ -249,22 +249,28 @@ def _json_default(value):
     raise TypeError
 
 
-def insert_tables(conn: Connection, batches: list[tuple[Table, list[dict]]], then: tuple[str, ...] = ()) -> None:
+def insert_tables(conn: Connection, batches: list[tuple[Table, list[dict]]], then: tuple[str, ...] = (),
+                  after: list[tuple[Any, dict[str, Any]]] | None = None) -> None:
     """Bulk insert into several tables, in the order given. On PostgreSQL every table's rows
     go as one JSON array bound to one `INSERT ... SELECT ... FROM json_populate_recordset`,
     and all the tables' statements in one pipeline: one round trip to the server for all of
     them (COPY took two per table, and a Bundle fills seven tables; on a busy machine each
     round trip waits for the server's turn on a core). The rows are taken in array order,
     so rows sorted to take unique keys in one order still do. `then`: statements without
-    parameters run after the inserts in the same pipeline (PostgreSQL only: a NOTIFY). On
-    SQLite, insert_rows' way per table (no round trips there)."""
+    parameters run after the inserts in the same pipeline (PostgreSQL only: a NOTIFY);
+    `after`: statements with their parameters, as pipelined takes them, run last in the same
+    round trip (the write's audit), their rows not read. On SQLite, insert_rows' way per
+    table (no round trips there), then `after` one by one."""
     batches = [(t, rows) for t, rows in batches if rows]
-    if not batches and not then:
+    after = after or []
+    if not batches and not then and not after:
         return
     dialect = conn.dialect
     if dialect.name != "postgresql":
         for table, rows in batches:
             _insert_sqlite(conn, table, rows)
+        if after:
+            pipelined(conn, after)
         return
     quote, statements = dialect.identifier_preparer.quote, []
     for table, rows in batches:
@@ -273,6 +279,7 @@ def insert_tables(conn: Connection, batches: list[tuple[Table, list[dict]]], the
         target = dialect.identifier_preparer.format_table(table)
         statements.append((f"INSERT INTO {target} ({names}) SELECT {names} FROM json_populate_recordset(NULL::{target}, %s::json)",
                            orjson.dumps(rows, default=_json_default).decode()))
+    last = [_for_driver(dialect, statement, params) for statement, params in after]
     driver = conn.connection.driver_connection
     try:
         with driver.pipeline(), driver.cursor() as cur:
@@ -280,8 +287,11 @@ def insert_tables(conn: Connection, batches: list[tuple[Table, list[dict]]], the
                 cur.execute(statement, (data,), prepare=False)
             for statement in then:
                 cur.execute(statement, prepare=False)
+            for statement, params in last:
+                cur.execute(statement, params, prepare=False)
     except dialect.loaded_dbapi.Error as err:  # as SQLAlchemy raises it (IntegrityError: a racing writer)
-        raise DBAPIError.instance("; ".join([s for s, _ in statements] + list(then)), None, err, dialect.loaded_dbapi.Error) from err
+        raise DBAPIError.instance("; ".join([s for s, _ in statements] + list(then) + [s for s, _ in last]), None, err,
+                                  dialect.loaded_dbapi.Error) from err
 
 
 _DRIVER_SQL: dict[int, tuple[Any, str, dict[str, Any]]] = {}
@@ -294,6 +304,15 @@ def _driver_sql(dialect, statement) -> tuple[str, dict[str, Any]]:
         compiled = statement.compile(dialect=dialect)
         cached = _DRIVER_SQL[id(statement)] = (statement, str(compiled), dict(compiled._bind_processors))
     return cached[1], cached[2]
+
+
+def _for_driver(dialect, statement, params: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """A statement as the driver takes it: plain SQL text as is, a Core statement built once
+    (at import) compiled once (_driver_sql), its parameters through their bind processors."""
+    if isinstance(statement, str):
+        return statement, None
+    sql, processors = _driver_sql(dialect, statement)
+    return sql, {k: processors[k](v) if k in processors else v for k, v in (params or {}).items()}
 
 
 def pipelined(conn: Connection, statements: list[tuple[Any, dict[str, Any]]]) -> list[list[Any]]:
@@ -326,13 +345,7 @@ class Sent:
         from psycopg.rows import namedtuple_row
 
         dialect = self.conn.dialect
-        prepared = []
-        for statement, params in self.statements:
-            if isinstance(statement, str):
-                prepared.append((statement, None))
-                continue
-            sql, processors = _driver_sql(dialect, statement)
-            prepared.append((sql, {k: processors[k](v) if k in processors else v for k, v in params.items()}))
+        prepared = [_for_driver(dialect, statement, params) for statement, params in self.statements]
         self._sql = [sql for sql, _ in prepared]
         driver = self.conn.connection.driver_connection
         opened = contextlib.ExitStack()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit_store
@@ -235,6 +235,32 @@ def record_each(session: Session, entries: list[tuple[dict[str, Any], audit_stor
     except SQLAlchemyError:
         log.error("access refused: its audit event could not be written (request_id=%s)", request_id)
         raise audit_unavailable() from None
+
+
+def appends_with_writes(session: Session, entries: list[tuple[dict[str, Any], audit_store.AuditColumns, audit_store.SearchRows]]
+                        ) -> list[tuple[Any, dict[str, Any]]] | None:
+    """On PostgreSQL the statements that append these events (``audit_store.append_statements``),
+    for a writer to send in the round trip of the writes they audit (``insert_tables``' after),
+    the round trip of their own saved; None elsewhere (or for no event), where the writer
+    appends them with ``record_each`` after its writes."""
+    if not entries or session.get_bind().dialect.name != "postgresql":
+        return None
+    return audit_store.append_statements(entries)
+
+
+# errors of writes sent with their audit that are the writes' own, answered as without the audit:
+# a key another writer took, a value the database cannot hold, a deadlock or serialization
+# victim (retried), the connection lost or a statement timeout
+_WRITES_OWN = (IntegrityError, DataError, OperationalError, InterfaceError)
+
+
+def writes_failed(err: DBAPIError, request_id: str = "") -> DBAPIError | FhirError:
+    """What it means when writes sent with their audit (``appends_with_writes``) fail: the
+    writes' own error as it is, or else the audit's: 503, no audit, no write."""
+    if isinstance(err, _WRITES_OWN) or getattr(err.orig, "sqlstate", None) in ("40P01", "40001"):
+        return err
+    log.error("access refused: its audit event could not be written (request_id=%s)", request_id)
+    return audit_unavailable()
 
 
 def entry(access: AccessEvent) -> tuple[dict[str, Any], audit_store.AuditColumns, audit_store.SearchRows]:

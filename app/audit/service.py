@@ -159,7 +159,14 @@ def append_each(session: Session, entries: list[tuple[dict[str, Any], AuditColum
         for entry in entries:
             append(session, *entry)
         return
-    pipelined(conn, [(_CHAIN_LOCK, {"k": _CHAIN_LOCK_KEY})] + [(_APPEND_PG, _append_pg_params(*entry)) for entry in entries])
+    pipelined(conn, append_statements(entries))
+
+
+def append_statements(entries: list[tuple[dict[str, Any], AuditColumns, SearchRows]]) -> list[tuple[Any, dict[str, Any]]]:
+    """PostgreSQL: the statements that append the events, in order (the chain lock first), for
+    append_each, or for a writer to send in the round trip of the writes they audit
+    (app.db.insert_tables' ``after``): the chain's hashes are computed by the server."""
+    return [(_CHAIN_LOCK, {"k": _CHAIN_LOCK_KEY})] + [(_APPEND_PG, _append_pg_params(*entry)) for entry in entries]
 
 
 def append(session: Session, event: dict[str, Any], columns: AuditColumns, index: SearchRows = None) -> None:

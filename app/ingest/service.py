@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.orm import Session
 
 from app.audit import balp
@@ -714,9 +714,6 @@ class IngestService:
             more, statements = hook.stored_with(self.session, written)
             extra += more
             then += statements
-        self._flush(creates, updates, versions, rows, new_keys, known_keys, extra, then)
-        for hook in self.hooks:
-            hook.after_write(self.session, written)
         events = []
         consents = [w for w in written if w.res_type == "Consent"]
         if consents:  # a change to who may see a person's records is itself audited, in this transaction
@@ -725,12 +722,22 @@ class IngestService:
         if others:  # every write is audited in its own transaction: no audit, no write
             interaction = self.interaction or ("create" if all(w.created for w in others) else "update")
             events.append(balp.entry(write_event(self.principal, interaction, others, self.request_id)))
-        if events:  # appended together: one round trip on PostgreSQL
+        # on PostgreSQL appended in the round trip of the inserts they audit; elsewhere right after them
+        audit = balp.appends_with_writes(self.session, events)
+        try:
+            self._flush(creates, updates, versions, rows, new_keys, known_keys, extra, then, audit)
+        except DBAPIError as err:
+            if audit is None:
+                raise
+            raise balp.writes_failed(err, self.request_id) from None
+        if events and audit is None:
             balp.record_each(self.session, events, self.request_id)
+        for hook in self.hooks:  # e.g. record linkage, and its own audit
+            hook.after_write(self.session, written)
         return results
 
     def _flush(self, creates, updates, versions, rows: IndexRows, new_keys, known_keys: dict[tuple, str] | None,
-               extra: list, then: tuple[str, ...]) -> None:
+               extra: list, then: tuple[str, ...], after: list | None = None) -> None:
         s = self.session.connection()  # Core executemany: no ORM unit of work on the write path
         if updates:
             stmt = (
@@ -753,7 +760,7 @@ class IngestService:
             (SearchDate.__table__, rows.dates), (SearchReference.__table__, rows.references),
             (SourceKey.__table__, self._new_source_keys(new_keys, known_keys) if new_keys else []),
             *extra,
-        ], then)
+        ], then, after)
 
     def _new_source_keys(self, keys: list[dict], known: dict[tuple, str] | None) -> list[dict]:
         """The source-key rows to insert: each written identifier as this source's key to the

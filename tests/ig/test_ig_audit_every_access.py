@@ -8,12 +8,14 @@ import json
 from datetime import datetime, timezone
 
 import httpx
+import pytest
 from sqlalchemy import create_engine, text
 
 from app.audit import balp
 from app.auth.tokens import Principal
+from app.errors import FhirError
 from tests.conftest import FHIR_JSON, GP_ORG, MATERNITY_ORG
-from tests.fhirdata import nhs_numbers, patient
+from tests.fhirdata import family_bundle, nhs_numbers, patient
 
 NHS_NUMBERS = nhs_numbers(710_000)
 IG = ("ig-officer", "X26")
@@ -198,8 +200,12 @@ def test_a_write_whose_audit_cannot_be_written_is_not_made(live):
     r = src.post("/Patient", content=json.dumps(patient("Fairley", "Joan", nhs=next(NHS_NUMBERS))), headers=FHIR_JSON)
     assert r.status_code == 503 and r.json()["issue"][0]["code"] == "transient"
     assert r.headers.get("retry-after") == "1"  # a transient 503 the client retries, as every other
+    # a Bundle too (on PostgreSQL its audit goes in the round trip of its inserts): refused whole
+    r = src.post("", content=json.dumps(family_bundle()), headers=FHIR_JSON)
+    assert r.status_code == 503 and r.json()["issue"][0]["code"] == "transient"
     with eng.begin() as c:
-        assert c.execute(text("SELECT count(*) FROM resource WHERE res_type = 'Patient'")).scalar() == 0
+        assert c.execute(text("SELECT count(*) FROM resource")).scalar() == 0
+        assert c.execute(text("SELECT count(*) FROM search_token")).scalar() == 0
     eng.dispose()
 
 
@@ -219,3 +225,19 @@ def test_events_appended_together_make_the_same_chain(database, capsys):
         assert result.ok and result.checked == 7, result
         found = s.execute(text("SELECT count(DISTINCT event_seq) FROM audit_index WHERE param = 'patient' AND value = '9990000018'")).scalar()
     assert found == 5
+
+
+@pytest.mark.parametrize("kind, own", [("IntegrityError", True), ("DataError", True), ("OperationalError", True),
+                                       ("InternalError", False), ("ProgrammingError", False)])
+def test_a_failure_of_writes_sent_with_their_audit_is_answered_as_the_writes_or_as_the_audit(kind, own):
+    """On PostgreSQL a write's audit goes in the round trip of its inserts: an error the inserts
+    can raise (a key another writer took, a value too long, the connection) keeps its meaning (a
+    retry, a 400, a 503), and any other is the audit's: 503, nothing written."""
+    import sqlalchemy.exc as sa_exc
+
+    err = getattr(sa_exc, kind)("INSERT ...", None, Exception("boom"))
+    answer = balp.writes_failed(err)
+    if own:
+        assert answer is err
+    else:
+        assert isinstance(answer, FhirError) and answer.status == 503 and answer.headers.get("Retry-After") == "1"
