@@ -32,3 +32,9 @@ class IngestHook(Protocol):
 
     def after_write(self, session: Session, written: list[Written]) -> None:
         """Work that must commit or fail with the write (e.g. record linkage)."""
+
+    def writes_after_write(self) -> bool:
+        """Whether after_write runs statements. When no hook does, the write's audit goes in the
+        round trip of its inserts (PostgreSQL); when one does, it is appended after the hooks, so
+        the audit chain's lock is not held while they work. A hook without this method counts as
+        one that does."""

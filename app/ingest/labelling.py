@@ -22,3 +22,6 @@ class SecurityLabelHook:
 
     def after_write(self, session: Session, written: list[Written]) -> None:
         return None
+
+    def writes_after_write(self) -> bool:
+        return False

@@ -722,18 +722,20 @@ class IngestService:
         if others:  # every write is audited in its own transaction: no audit, no write
             interaction = self.interaction or ("create" if all(w.created for w in others) else "update")
             events.append(balp.entry(write_event(self.principal, interaction, others, self.request_id)))
-        # on PostgreSQL appended in the round trip of the inserts they audit; elsewhere right after them
-        audit = balp.appends_with_writes(self.session, events)
+        # on PostgreSQL, when no hook writes after the inserts, appended in their round trip;
+        # else after the hooks (record linkage inline, and its own audit): the chain's lock last
+        hooks_write = any(getattr(hook, "writes_after_write", lambda: True)() for hook in self.hooks)
+        audit = None if hooks_write else balp.appends_with_writes(self.session, events)
         try:
             self._flush(creates, updates, versions, rows, new_keys, known_keys, extra, then, audit)
         except DBAPIError as err:
             if audit is None:
                 raise
             raise balp.writes_failed(err, self.request_id) from None
+        for hook in self.hooks:
+            hook.after_write(self.session, written)
         if events and audit is None:
             balp.record_each(self.session, events, self.request_id)
-        for hook in self.hooks:  # e.g. record linkage, and its own audit
-            hook.after_write(self.session, written)
         return results
 
     def _flush(self, creates, updates, versions, rows: IndexRows, new_keys, known_keys: dict[tuple, str] | None,

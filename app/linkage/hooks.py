@@ -38,6 +38,9 @@ class LinkageHook:
             wake_after_commit(session)
         return queue_entries(conn, mine)
 
+    def writes_after_write(self) -> bool:  # inline linkage writes links and its audit in the write's transaction
+        return not self.settings.linkage_queued
+
     def after_write(self, session: Session, written: list[Written]) -> None:
         mine = [w for w in written if w.res_type in LINKED_TYPES]
         if mine and not self.settings.linkage_queued:  # queued: named in the queue with the write's rows (stored_with)

@@ -100,6 +100,9 @@ class IngestCounter:
     def stored_with(self, session: Any, written: list[Any]) -> tuple[list, tuple[str, ...]]:
         return [], ()
 
+    def writes_after_write(self) -> bool:  # counts in memory at commit
+        return False
+
     def after_write(self, session: Any, written: list[Any]) -> None:
         pending = session.info.get("familyview_ingested")
         if pending is None:

@@ -239,3 +239,53 @@ def test_the_father_is_not_joined_to_his_baby_and_so_finds_his_gp_record(databas
     with database.session(readonly=True) as s:
         assert linked_person_id(s, *father.split("/")) == linked_person_id(s, *gp.split("/"))
         assert linked_person_id(s, *baby.split("/")) != linked_person_id(s, *father.split("/"))
+
+
+class _SeesTheChain:
+    """A hook that notes, in after_write, the newest audit event's subtype."""
+
+    def __init__(self, declares: bool | None):
+        self.seen: list[str | None] = []
+        if declares is not None:
+            self.writes_after_write = lambda: declares
+
+    def prepare(self, resource):
+        return None
+
+    def stored_with(self, session, written):
+        return [], ()
+
+    def after_write(self, session, written):
+        self.seen.append(session.execute(text("SELECT subtype_code FROM audit_event ORDER BY seq DESC LIMIT 1")).scalar())
+
+
+@pytest.mark.parametrize("declares", [False, True, None])
+def test_a_writes_audit_goes_with_its_inserts_only_when_no_hook_writes_after_them(database, settings, declares):
+    """On PostgreSQL a write's audit goes in the round trip of its inserts when every hook says
+    its after_write runs no statement; else (and on SQLite) it is appended after the hooks, so
+    the audit chain's lock is not held while they work: inline linkage's event comes first."""
+    hook = _SeesTheChain(declares)
+    with database.session() as s:
+        svc = IngestService(s, _source(MATERNITY_ORG, "maternity"), settings, [hook], base="http://test/fhir")
+        svc.write_one(EntryRequest(0, "POST", "Flag", {"resourceType": "Flag", "status": "active", "code": {"text": "x"},
+                                                       "subject": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": next_nhs()}}},
+                                   in_bundle=False))
+    with_inserts = declares is False and database.dialect == "postgresql"
+    assert (hook.seen == ["create"]) is with_inserts
+    with database.session(readonly=True) as s:
+        assert s.execute(text("SELECT subtype_code FROM audit_event ORDER BY seq DESC LIMIT 1")).scalar() == "create"
+
+    inline = settings.model_copy(update={"linkage_mode": "inline"})
+    assert LinkageHook(inline).writes_after_write() and not LinkageHook(settings.model_copy(update={"linkage_mode": "queued"})).writes_after_write()
+    nhs = next_nhs()
+    _write(database, inline, GP_ORG, "general-practice", person("Patient", "Ada", "Order", "1990-02-03", nhs=nhs))
+    before = _max_seq(database)  # the same woman from another source: linked to her, and the link audited
+    _write(database, inline, MATERNITY_ORG, "maternity", person("Patient", "Ada", "Order", "1990-02-03", nhs=nhs))
+    with database.session(readonly=True) as s:
+        subtypes = list(s.execute(text("SELECT subtype_code FROM audit_event WHERE seq > :b ORDER BY seq"), {"b": before}).scalars())
+    assert subtypes == ["linkage-auto", "create"]
+
+
+def _max_seq(database) -> int:
+    with database.session(readonly=True) as s:
+        return s.execute(text("SELECT coalesce(max(seq), 0) FROM audit_event")).scalar()
