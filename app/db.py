@@ -338,7 +338,7 @@ class Sent:
         self._open: contextlib.ExitStack | None = None
         self._sql: list[str] = []
         self._cursors: list[Any] = []
-        if conn.dialect.name == "postgresql":
+        if conn.dialect.name == "postgresql" and statements:
             self._send()
 
     def _send(self) -> None:
@@ -368,6 +368,8 @@ class Sent:
 
     def rows(self) -> list[list[Any]]:
         conn = self.conn
+        if not self.statements:
+            return []
         if conn.dialect.name != "postgresql":
             out = []
             for statement, params in self.statements:
@@ -430,6 +432,16 @@ def _insert_sqlite(conn: Connection, table: Table, rows: list[dict]) -> None:
 log = logging.getLogger("familyview")
 
 QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement cut short by statement_timeout
+
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction was chosen as the
+# victim and rolled back whole, so running it again is safe
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def retryable(err: BaseException) -> bool:
+    """Whether a database error means the transaction was a deadlock or serialization victim."""
+    orig = getattr(err, "orig", None)
+    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) in RETRYABLE_SQLSTATES
 
 
 def cancelled_by_timeout(exc: BaseException) -> bool:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit_store
 from app.audit.service import AuditColumns
+from app.db import retryable
 from app.auth.tokens import Principal
 from app.errors import FhirError
 from app.urls import CANONICAL_BASE
@@ -257,7 +258,7 @@ _WRITES_OWN = (IntegrityError, DataError, OperationalError, InterfaceError)
 def writes_failed(err: DBAPIError, request_id: str = "") -> DBAPIError | FhirError:
     """What it means when writes sent with their audit (``appends_with_writes``) fail: the
     writes' own error as it is, or else the audit's: 503, no audit, no write."""
-    if isinstance(err, _WRITES_OWN) or getattr(err.orig, "sqlstate", None) in ("40P01", "40001"):
+    if isinstance(err, _WRITES_OWN) or retryable(err):
         return err
     log.error("access refused: its audit event could not be written (request_id=%s)", request_id)
     return audit_unavailable()

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from app.audit import balp
 from app.auth.access import BundlePoster, Public, Reader, SmartConfiguration, Writer
 from app.auth.access import require, sees_all_orgs
-from app.db import Database
+from app.db import Database, retryable
 from app.errors import FhirError, bad_request
 from app.family.graph import as_shown
 from app.linkage.queue import settle
@@ -28,16 +28,6 @@ from app.ingest.service import EntryRequest, EntryResult, search_event
 
 router = APIRouter(prefix="/fhir", tags=["FHIR REST"])
 log = logging.getLogger("familyview")
-
-
-# PostgreSQL's deadlock_detected and serialization_failure: the transaction was chosen as the
-# victim and rolled back whole, so running it again is safe
-_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
-
-
-def _retryable(err: DBAPIError) -> bool:
-    code = getattr(err.orig, "sqlstate", None) or getattr(err.orig, "pgcode", None)
-    return code in _RETRYABLE_SQLSTATES
 
 
 def run_write(db: Database, work, body: Any, raw: bytes, *, attempts: int = 3):
@@ -57,7 +47,7 @@ def run_write(db: Database, work, body: Any, raw: bytes, *, attempts: int = 3):
         except DataError:  # a value the database cannot hold that validation let through
             raise unstorable() from None
         except DBAPIError as err:
-            if not _retryable(err):
+            if not retryable(err):
                 raise
             log.info("write retried after a %s (attempt %d)", "deadlock" if getattr(err.orig, "sqlstate", None) == "40P01" else "serialization failure", attempt + 1)
             if attempt == attempts - 1:

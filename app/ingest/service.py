@@ -19,7 +19,7 @@ from app.audit.events import consent_write_event
 from app.auth import access
 from app.auth.access import require
 from app.auth.tokens import Principal
-from app.db import Sent, in_list, insert_tables, new_id, pipelined, plan_each_execution_first, ref_lists
+from app.db import Sent, in_list, insert_tables, new_id, plan_each_execution_first, ref_lists
 from app.errors import FhirError, bad_request, unprocessable
 from app.family.graph import as_shown  # a Bundle's GET entries are read as GET requests are
 from app.fhir import store
@@ -102,6 +102,15 @@ _CURRENT_ROWS = select(StoredResource.__table__).where(in_list(StoredResource.re
 # references from a Bundle to stored records: (type, id) -> each place it is referenced, as
 # ((entry index, n-th reference), the element's path, computed only when it is reported)
 _Outside = dict[tuple[str, str], list[tuple[tuple[int, int], Callable[[], str]]]]
+
+
+@dataclass
+class _Lookups:
+    """The first look-ups of a write (IngestService._first_lookups): sent, and what they read."""
+
+    sent: Sent
+    targets: set[tuple[str, ...]]
+    values: list[str]
 
 
 def source_keys(conn, org: str, keys) -> list:
@@ -342,7 +351,7 @@ class IngestService:
             types = [self._check_entry(r) for r in reqs]  # on SQLite before the first statement: see _check_entry
         except BaseException:
             if early is not None:
-                early[0].abandon()
+                early.sent.abandon()
             raise
         current, key_rows = self._first_lookups(reqs, types, early)
         plans = [self._plan(r, t, current) for r, t in zip(reqs, types)]
@@ -388,41 +397,39 @@ class IngestService:
             statements.append((_SOURCE_KEYS, {"org": self.principal.org, "values": values}))
         return statements, targets, values
 
-    def _send_first_lookups(self, reqs: list[EntryRequest]) -> tuple[Sent, list[str]] | None:
+    def _send_first_lookups(self, reqs: list[EntryRequest]) -> _Lookups | None:
         """On PostgreSQL the first look-ups sent before the entries are checked, from what the
-        entries hold (a snapshot taken a few milliseconds early reads what any later one would,
-        but for a concurrent writer's key, which the unique constraint catches either way); None
-        on SQLite, where the first statement takes the one write lock, or when the entries hold
-        something the look-ups cannot bind (the checks refuse it, or the look-ups run after them)."""
+        entries hold (checking reads them and changes none of them; a snapshot taken a few
+        milliseconds early reads what any later one would, but for a concurrent writer's key,
+        which the unique constraint catches either way); None on SQLite, where the first
+        statement takes the one write lock, or when the entries hold something the look-ups
+        cannot bind (the checks refuse it)."""
         if self.session.get_bind().dialect.name != "postgresql" or len(reqs) < 2:
             return None
         try:
             conn = self.session.connection()
-            statements, _, values = self._lookups(reqs, conn)
+            statements, targets, values = self._lookups(reqs, conn)
             if any(not isinstance(v, str) or len(v) > 255 or "\x00" in v for v in values) or len(statements) < 2:
                 return None
         except (TypeError, AttributeError, KeyError):  # not yet checked: e.g. an identifier that is not an array
             return None
         self._custom_plans = True
-        return Sent(conn, statements), values
+        return _Lookups(Sent(conn, statements), targets, values)
 
     def _first_lookups(self, reqs: list[EntryRequest], types: list[str],
-                       early: tuple[Sent, list[str]] | None = None) -> tuple[dict[tuple[str, str], Any], list]:
+                       early: _Lookups | None = None) -> tuple[dict[tuple[str, str], Any], list]:
         """The current rows of every PUT's target and this source's keys for every identifier
         sent, read together (on PostgreSQL in one round trip, with the transaction's BEGIN and
         plan_each_execution): the dedupe keeps the keys of the entries it writes. `early`: the
-        same look-ups sent before the entries were checked, and the values they read."""
-        conn = self.session.connection()
-        statements, targets, values = self._lookups(reqs, conn)
-        keys = {(t, s, v) for r, t in zip(reqs, types) for s, v in identifiers_of(r.resource or {})}
-        if early is not None and early[1] == values:
-            results = early[0].rows()
-        else:
-            if early is not None:  # pragma: no cover - the checked entries hold what was sent
-                early[0].abandon()
-                statements = plan_each_execution_first(conn) + statements
+        same look-ups, sent before the entries were checked."""
+        if early is None:
+            conn = self.session.connection()
+            statements, targets, values = self._lookups(reqs, conn)
             self._custom_plans = True
-            results = pipelined(conn, statements) if statements else []
+            early = _Lookups(Sent(conn, statements), targets, values)
+        results = early.sent.rows()
+        targets, values = early.targets, early.values
+        keys = {(t, s, v) for r, t in zip(reqs, types) for s, v in identifiers_of(r.resource or {})}
         key_rows = [r for r in results.pop() if (r.res_type, r.system, r.value) in keys] if values else []
         current = {(r.res_type, r.res_id): r for r in results.pop() if (r.res_type, r.res_id) in targets} if targets else {}
         return current, key_rows
